@@ -1,0 +1,115 @@
+//! The checkpoint: which WAL position may be reported to PostgreSQL as flushed.
+//!
+//! The flush position moves past a transaction only once the sink has confirmed every
+//! envelope of it. While nothing is outstanding (no open transaction, everything handed
+//! to the sink confirmed), the server's keepalive position is safe too: it lets the
+//! slot release WAL that held no change for walcast. The reported position never
+//! moves backwards.
+
+use crate::lsn::Lsn;
+
+#[derive(Debug, Default, Clone)]
+pub struct Checkpoint {
+    /// Highest WAL position received from the server.
+    received: Lsn,
+    /// End LSN of the last transaction handed to the sink.
+    handed_off: Lsn,
+    /// End LSN of the last transaction the sink confirmed.
+    confirmed: Lsn,
+    in_transaction: bool,
+    /// Highest position reported as flushed.
+    reported: Lsn,
+}
+
+impl Checkpoint {
+    /// Start from the slot's confirmed position.
+    pub fn starting_at(lsn: Lsn) -> Self {
+        Checkpoint {
+            received: lsn,
+            handed_off: lsn,
+            confirmed: lsn,
+            in_transaction: false,
+            reported: lsn,
+        }
+    }
+
+    pub fn on_received(&mut self, wal_end: Lsn) {
+        self.received = self.received.max(wal_end);
+    }
+
+    pub fn on_begin(&mut self) {
+        self.in_transaction = true;
+    }
+
+    /// A transaction's last envelope went to the sink.
+    pub fn on_handed_off(&mut self, end_lsn: Lsn) {
+        self.in_transaction = false;
+        self.handed_off = self.handed_off.max(end_lsn);
+    }
+
+    /// A skipped (already handed off) transaction ended.
+    pub fn on_skipped_commit(&mut self) {
+        self.in_transaction = false;
+    }
+
+    /// The sink confirmed everything up to this transaction end.
+    pub fn on_confirmed(&mut self, end_lsn: Lsn) {
+        self.confirmed = self.confirmed.max(end_lsn);
+    }
+
+    /// Nothing is waiting on the sink and no transaction is open.
+    pub fn is_idle(&self) -> bool {
+        !self.in_transaction && self.confirmed >= self.handed_off
+    }
+
+    /// A keepalive: when idle, its position is safe to report.
+    pub fn on_keepalive(&mut self, wal_end: Lsn) {
+        self.on_received(wal_end);
+        if self.is_idle() {
+            self.reported = self.reported.max(wal_end);
+        }
+    }
+
+    pub fn received(&self) -> Lsn {
+        self.received
+    }
+
+    pub fn handed_off(&self) -> Lsn {
+        self.handed_off
+    }
+
+    pub fn confirmed(&self) -> Lsn {
+        self.confirmed
+    }
+
+    /// The position to send as flushed now.
+    pub fn flush_position(&mut self) -> Lsn {
+        self.reported = self.reported.max(self.confirmed);
+        self.reported
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flush_waits_for_confirmation_and_never_goes_back() {
+        let mut cp = Checkpoint::starting_at(Lsn(100));
+        cp.on_begin();
+        cp.on_received(Lsn(150));
+        cp.on_keepalive(Lsn(160));
+        assert_eq!(cp.flush_position(), Lsn(100), "open transaction");
+        cp.on_handed_off(Lsn(150));
+        cp.on_keepalive(Lsn(170));
+        assert_eq!(cp.flush_position(), Lsn(100), "not yet confirmed");
+        cp.on_confirmed(Lsn(150));
+        assert_eq!(cp.flush_position(), Lsn(150));
+        cp.on_keepalive(Lsn(200));
+        assert_eq!(cp.flush_position(), Lsn(200), "idle: keepalive position");
+        cp.on_begin();
+        cp.on_handed_off(Lsn(250));
+        cp.on_confirmed(Lsn(150));
+        assert_eq!(cp.flush_position(), Lsn(200), "monotonic");
+    }
+}

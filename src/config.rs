@@ -1,0 +1,159 @@
+//! Command-line flags and `WALCAST_*` environment variables (a flag wins over its
+//! variable, which wins over the default).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// walcast: PostgreSQL logical replication to per-key MessagePack envelopes on NATS.
+#[derive(Debug, Parser)]
+#[command(name = "walcast", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format.
+    #[arg(long, global = true, env = "WALCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream changes from PostgreSQL to NATS until SIGINT/SIGTERM.
+    Run(RunConfig),
+    /// Subscribe to a subject pattern and print the envelopes received, decoded.
+    Tail(TailConfig),
+}
+
+/// Settings of `walcast run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunConfig {
+    /// PostgreSQL connection URL (libpq style), e.g. postgres://walcast:pw@db:5432/app.
+    #[arg(long, env = "WALCAST_POSTGRES_URL")]
+    pub postgres_url: String,
+    /// NATS server URL.
+    #[arg(long, env = "WALCAST_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Publication to stream (it must exist: see sql/setup.sql).
+    #[arg(long, env = "WALCAST_PUBLICATION", default_value = "walcast")]
+    pub publication: String,
+    /// Logical replication slot (created when missing; a permanent slot).
+    #[arg(long, env = "WALCAST_SLOT", default_value = "walcast", value_parser = parse_slot_name)]
+    pub slot: String,
+    /// Subject prefix: envelopes go to <prefix>.<schema>.<table>.<key token>.
+    #[arg(long, env = "WALCAST_SUBJECT_PREFIX", default_value = "walcast", value_parser = parse_prefix)]
+    pub subject_prefix: String,
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "WALCAST_METRICS_ADDR", default_value = "127.0.0.1:9187")]
+    pub metrics_addr: SocketAddr,
+    /// Seconds between standby status updates sent to PostgreSQL.
+    #[arg(long, env = "WALCAST_STATUS_INTERVAL", default_value = "1", value_parser = parse_seconds)]
+    pub status_interval: Duration,
+    /// Seconds to wait for a connection to PostgreSQL or NATS.
+    #[arg(long, env = "WALCAST_CONNECT_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    pub connect_timeout: Duration,
+    /// Seconds to wait for NATS to confirm published envelopes before publishing again.
+    #[arg(long, env = "WALCAST_CONFIRM_TIMEOUT", default_value = "5", value_parser = parse_seconds)]
+    pub confirm_timeout: Duration,
+    /// Envelopes published but not yet confirmed, at most (back-pressure beyond).
+    #[arg(long, env = "WALCAST_MAX_INFLIGHT", default_value_t = 50_000)]
+    pub max_inflight: usize,
+    /// Bytes kept for unchanged-TOAST columns of tables without REPLICA IDENTITY FULL.
+    #[arg(long, env = "WALCAST_TOAST_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub toast_cache_bytes: usize,
+}
+
+/// Settings of `walcast tail`.
+#[derive(Debug, Clone, Args)]
+pub struct TailConfig {
+    /// Subject pattern, e.g. 'walcast.public.users.>' or 'walcast.>'.
+    pub pattern: String,
+    /// NATS server URL.
+    #[arg(long, env = "WALCAST_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Print one JSON object per line instead of a human-readable line.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit after this many envelopes.
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(v > 0.0 && v.is_finite()) {
+        return Err(format!("{s:?} must be a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn parse_slot_name(s: &str) -> Result<String, String> {
+    if s.is_empty()
+        || s.len() > 63
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(format!(
+            "{s:?} is not a valid slot name: use 1 to 63 lower-case letters, digits and underscores"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.split('.').all(|t| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>')
+        });
+    if !ok {
+        return Err(format!(
+            "{s:?} is not a valid subject prefix: dot-separated non-empty tokens without spaces, '*' or '>'"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_values_with_a_reason() {
+        assert!(parse_slot_name("Bad-Slot").is_err());
+        assert!(parse_slot_name("good_slot_1").is_ok());
+        assert!(parse_prefix("a..b").is_err());
+        assert!(parse_prefix("cdc.prod").is_ok());
+        assert!(parse_prefix("a.*").is_err());
+        assert!(parse_seconds("0").is_err());
+        assert_eq!(parse_seconds("0.5").unwrap(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn flags_parse() {
+        let cli = Cli::try_parse_from([
+            "walcast",
+            "run",
+            "--postgres-url",
+            "postgres://u@h/db",
+            "--slot",
+            "s1",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(run.slot, "s1");
+        assert_eq!(run.publication, "walcast");
+    }
+}

@@ -1,0 +1,826 @@
+//! Typed column values: PostgreSQL's text output turned into the values the envelope
+//! carries, and how each is written in MessagePack (see `docs/envelope.md`).
+//!
+//! The replication session is started with `DateStyle=ISO`, `IntervalStyle=iso_8601`,
+//! `TimeZone=UTC`, `extra_float_digits=3` and `bytea_output=hex`, so the text forms
+//! parsed here are fixed whatever the server's defaults are.
+
+use std::borrow::Cow;
+
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
+
+use super::types::TypeKind;
+
+/// A column value could not be read in its type's text form.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("cannot decode {text:?} as {kind}: {reason}")]
+pub struct ValueError {
+    pub kind: &'static str,
+    pub text: String,
+    pub reason: &'static str,
+}
+
+fn bad(kind: &'static str, text: &[u8], reason: &'static str) -> ValueError {
+    ValueError {
+        kind,
+        text: String::from_utf8_lossy(&text[..text.len().min(200)]).into_owned(),
+        reason,
+    }
+}
+
+/// Seconds and nanoseconds since the Unix epoch, as the MessagePack timestamp
+/// extension (type -1) carries them. `+infinity`/`-infinity` are `i64::MAX`/`i64::MIN`
+/// seconds with zero nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp {
+    pub seconds: i64,
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    pub const INFINITY: Timestamp = Timestamp {
+        seconds: i64::MAX,
+        nanos: 0,
+    };
+    pub const NEG_INFINITY: Timestamp = Timestamp {
+        seconds: i64::MIN,
+        nanos: 0,
+    };
+    /// Seconds between 1970-01-01 and PostgreSQL's epoch 2000-01-01.
+    const PG_EPOCH_OFFSET: i64 = 946_684_800;
+
+    /// From microseconds since 2000-01-01 UTC (the pgoutput Begin/Commit timestamp).
+    pub fn from_pg_micros(micros: i64) -> Timestamp {
+        match micros {
+            i64::MAX => Timestamp::INFINITY,
+            i64::MIN => Timestamp::NEG_INFINITY,
+            _ => {
+                let secs = micros.div_euclid(1_000_000);
+                let frac = micros.rem_euclid(1_000_000);
+                Timestamp {
+                    seconds: secs + Self::PG_EPOCH_OFFSET,
+                    nanos: (frac * 1000) as u32,
+                }
+            }
+        }
+    }
+
+    /// The MessagePack timestamp extension body: 32-, 64- or 96-bit form, the
+    /// smallest that holds the value (as the MessagePack spec asks).
+    pub fn ext_bytes(&self) -> Vec<u8> {
+        let (s, n) = (self.seconds, self.nanos);
+        if s >> 34 == 0 {
+            let data64 = (u64::from(n) << 34) | s as u64;
+            if data64 & 0xffff_ffff_0000_0000 == 0 {
+                (data64 as u32).to_be_bytes().to_vec()
+            } else {
+                data64.to_be_bytes().to_vec()
+            }
+        } else {
+            let mut out = Vec::with_capacity(12);
+            out.extend_from_slice(&n.to_be_bytes());
+            out.extend_from_slice(&s.to_be_bytes());
+            out
+        }
+    }
+
+    /// Read a MessagePack timestamp extension body.
+    pub fn from_ext_bytes(data: &[u8]) -> Option<Timestamp> {
+        match data.len() {
+            4 => Some(Timestamp {
+                seconds: i64::from(u32::from_be_bytes(data.try_into().ok()?)),
+                nanos: 0,
+            }),
+            8 => {
+                let v = u64::from_be_bytes(data.try_into().ok()?);
+                Some(Timestamp {
+                    seconds: (v & 0x3_ffff_ffff) as i64,
+                    nanos: (v >> 34) as u32,
+                })
+            }
+            12 => Some(Timestamp {
+                nanos: u32::from_be_bytes(data[..4].try_into().ok()?),
+                seconds: i64::from_be_bytes(data[4..].try_into().ok()?),
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_newtype_struct(
+            rmp_serde::MSGPACK_EXT_STRUCT_NAME,
+            &(-1i8, serde_bytes::ByteBuf::from(self.ext_bytes())),
+        )
+    }
+}
+
+/// One typed column value. Text borrows from the received WAL buffer when it needs
+/// no unescaping.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float32(f32),
+    Float64(f64),
+    Str(Cow<'a, str>),
+    Bin(Vec<u8>),
+    Timestamp(Timestamp),
+    /// A PostgreSQL interval: kept as its three exact fields.
+    Interval {
+        months: i32,
+        days: i32,
+        microseconds: i64,
+    },
+    Json(serde_json::Value),
+    Array(Vec<Value<'a>>),
+}
+
+impl Value<'_> {
+    /// A copy that no longer borrows the WAL buffer.
+    pub fn into_owned(self) -> Value<'static> {
+        match self {
+            Value::Null => Value::Null,
+            Value::Bool(b) => Value::Bool(b),
+            Value::Int(i) => Value::Int(i),
+            Value::Float32(f) => Value::Float32(f),
+            Value::Float64(f) => Value::Float64(f),
+            Value::Str(s) => Value::Str(Cow::Owned(s.into_owned())),
+            Value::Bin(b) => Value::Bin(b),
+            Value::Timestamp(t) => Value::Timestamp(t),
+            Value::Interval {
+                months,
+                days,
+                microseconds,
+            } => Value::Interval {
+                months,
+                days,
+                microseconds,
+            },
+            Value::Json(j) => Value::Json(j),
+            Value::Array(a) => Value::Array(a.into_iter().map(Value::into_owned).collect()),
+        }
+    }
+}
+
+impl Serialize for Value<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::Null => s.serialize_unit(),
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::Int(i) => s.serialize_i64(*i),
+            Value::Float32(f) => s.serialize_f32(*f),
+            Value::Float64(f) => s.serialize_f64(*f),
+            Value::Str(t) => s.serialize_str(t),
+            Value::Bin(b) => s.serialize_bytes(b),
+            Value::Timestamp(t) => t.serialize(s),
+            Value::Interval {
+                months,
+                days,
+                microseconds,
+            } => {
+                let mut m = s.serialize_map(Some(3))?;
+                m.serialize_entry("months", months)?;
+                m.serialize_entry("days", days)?;
+                m.serialize_entry("microseconds", microseconds)?;
+                m.end()
+            }
+            Value::Json(j) => j.serialize(s),
+            Value::Array(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(item)?;
+                }
+                seq.end()
+            }
+        }
+    }
+}
+
+fn utf8<'a>(kind: &'static str, text: &'a [u8]) -> Result<&'a str, ValueError> {
+    std::str::from_utf8(text).map_err(|_| bad(kind, text, "not UTF-8"))
+}
+
+/// Turn one column's text form into its typed value.
+pub fn parse_text<'a>(kind: &TypeKind, text: &'a [u8]) -> Result<Value<'a>, ValueError> {
+    Ok(match kind {
+        TypeKind::Bool => match text {
+            b"t" => Value::Bool(true),
+            b"f" => Value::Bool(false),
+            _ => return Err(bad("bool", text, "expected t or f")),
+        },
+        TypeKind::Int => Value::Int(
+            utf8("integer", text)?
+                .parse()
+                .map_err(|_| bad("integer", text, "not an integer"))?,
+        ),
+        TypeKind::Float4 => Value::Float32(parse_float("float4", text)? as f32),
+        TypeKind::Float8 => Value::Float64(parse_float("float8", text)?),
+        TypeKind::Numeric => {
+            let s = utf8("numeric", text)?;
+            let ok = matches!(s, "NaN" | "Infinity" | "-Infinity")
+                || (!s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'e'));
+            if !ok {
+                return Err(bad("numeric", text, "not a decimal number"));
+            }
+            Value::Str(Cow::Borrowed(s))
+        }
+        TypeKind::Text | TypeKind::Date | TypeKind::Time | TypeKind::TimeTz => {
+            Value::Str(Cow::Borrowed(utf8("text", text)?))
+        }
+        TypeKind::Uuid => {
+            let s = utf8("uuid", text)?;
+            if s.len() != 36 || !s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+                return Err(bad("uuid", text, "not a canonical UUID"));
+            }
+            Value::Str(Cow::Borrowed(s))
+        }
+        TypeKind::Bytea => Value::Bin(parse_bytea_hex(text)?),
+        TypeKind::Json => Value::Json(
+            serde_json::from_slice(text).map_err(|_| bad("json", text, "not valid JSON"))?,
+        ),
+        TypeKind::Timestamp => Value::Timestamp(parse_timestamp("timestamp", text)?),
+        TypeKind::TimestampTz => Value::Timestamp(parse_timestamp("timestamptz", text)?),
+        TypeKind::Interval => parse_interval(text)?,
+        TypeKind::Array { element, delimiter } => parse_array(element, *delimiter, text)?,
+    })
+}
+
+fn parse_float(kind: &'static str, text: &[u8]) -> Result<f64, ValueError> {
+    Ok(match text {
+        b"NaN" => f64::NAN,
+        b"Infinity" => f64::INFINITY,
+        b"-Infinity" => f64::NEG_INFINITY,
+        _ => utf8(kind, text)?
+            .parse()
+            .map_err(|_| bad(kind, text, "not a float"))?,
+    })
+}
+
+fn parse_bytea_hex(text: &[u8]) -> Result<Vec<u8>, ValueError> {
+    let hex = text
+        .strip_prefix(b"\\x")
+        .ok_or_else(|| bad("bytea", text, "expected hex format (\\x...)"))?;
+    if hex.len() % 2 != 0 {
+        return Err(bad("bytea", text, "odd number of hex digits"));
+    }
+    let nibble = |c: u8| -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    };
+    hex.chunks_exact(2)
+        .map(|p| Some((nibble(p[0])? << 4) | nibble(p[1])?))
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(|| bad("bytea", text, "not a hex digit"))
+}
+
+/// Days from 1970-01-01 to the proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn digits(s: &str) -> Option<i64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// `YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM[:SS]]][ BC]`, or `infinity` / `-infinity`.
+fn parse_timestamp(kind: &'static str, text: &[u8]) -> Result<Timestamp, ValueError> {
+    let s = utf8(kind, text)?;
+    match s {
+        "infinity" => return Ok(Timestamp::INFINITY),
+        "-infinity" => return Ok(Timestamp::NEG_INFINITY),
+        _ => {}
+    }
+    let err = |reason| bad(kind, text, reason);
+    let (s, bc) = match s.strip_suffix(" BC") {
+        Some(rest) => (rest, true),
+        None => (s, false),
+    };
+    let (date, time) = s.split_once(' ').ok_or_else(|| err("no time part"))?;
+    let mut dp = date.splitn(3, '-');
+    let (y, mo, d) = (
+        dp.next().and_then(digits),
+        dp.next().and_then(digits),
+        dp.next().and_then(digits),
+    );
+    let (Some(mut y), Some(mo), Some(d)) = (y, mo, d) else {
+        return Err(err("bad date"));
+    };
+    if bc {
+        y = 1 - y;
+    }
+    // Split a trailing UTC offset off the time.
+    let (clock, offset_secs) = match time.find(['+', '-']) {
+        Some(i) => {
+            let (clock, off) = time.split_at(i);
+            let sign = if off.starts_with('-') { -1 } else { 1 };
+            let mut parts = off[1..].split(':');
+            let h = parts.next().and_then(digits).ok_or_else(|| err("bad offset"))?;
+            let m = parts.next().map(digits).unwrap_or(Some(0));
+            let sec = parts.next().map(digits).unwrap_or(Some(0));
+            let (Some(m), Some(sec)) = (m, sec) else {
+                return Err(err("bad offset"));
+            };
+            (clock, sign * (h * 3600 + m * 60 + sec))
+        }
+        None => (time, 0),
+    };
+    let mut cp = clock.splitn(3, ':');
+    let (h, mi, sec) = (
+        cp.next().and_then(digits),
+        cp.next().and_then(digits),
+        cp.next(),
+    );
+    let (Some(h), Some(mi), Some(sec)) = (h, mi, sec) else {
+        return Err(err("bad time"));
+    };
+    let (whole, frac) = sec.split_once('.').unwrap_or((sec, ""));
+    let whole = digits(whole).ok_or_else(|| err("bad seconds"))?;
+    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(err("bad fraction"));
+    }
+    let nanos = if frac.is_empty() {
+        0
+    } else {
+        frac.parse::<u32>().unwrap() * 10u32.pow(9 - frac.len() as u32)
+    };
+    let seconds = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + whole - offset_secs;
+    Ok(Timestamp { seconds, nanos })
+}
+
+/// ISO 8601 durations as `IntervalStyle=iso_8601` prints them: `P1Y2M3DT4H5M6.5S`,
+/// with a sign on any field (`P-1Y2M`, `PT-0.5S`) and `PT0S` for zero.
+fn parse_interval(text: &[u8]) -> Result<Value<'static>, ValueError> {
+    let s = utf8("interval", text)?;
+    let err = |reason| bad("interval", text, reason);
+    let body = s.strip_prefix('P').ok_or_else(|| err("expected ISO 8601 (P...)"))?;
+    let (mut months, mut days, mut micros) = (0i64, 0i64, 0i64);
+    let mut in_time = false;
+    let mut rest = body;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('T') {
+            in_time = true;
+            rest = r;
+            continue;
+        }
+        let end = rest
+            .find(|c: char| c.is_ascii_alphabetic())
+            .ok_or_else(|| err("number without unit"))?;
+        let (num, unit) = (&rest[..end], rest.as_bytes()[end]);
+        rest = &rest[end + 1..];
+        let (neg, mag) = match num.strip_prefix('-') {
+            Some(m) => (true, m),
+            None => (false, num),
+        };
+        let sign = if neg { -1 } else { 1 };
+        if unit == b'S' && in_time {
+            let (w, f) = mag.split_once('.').unwrap_or((mag, ""));
+            let w = digits(w).ok_or_else(|| err("bad seconds"))?;
+            if f.len() > 6 || !f.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(err("bad fraction"));
+            }
+            let f = if f.is_empty() {
+                0
+            } else {
+                f.parse::<i64>().unwrap() * 10i64.pow(6 - f.len() as u32)
+            };
+            micros += sign * (w * 1_000_000 + f);
+            continue;
+        }
+        let n = sign * digits(mag).ok_or_else(|| err("bad number"))?;
+        match (in_time, unit) {
+            (false, b'Y') => months += n * 12,
+            (false, b'M') => months += n,
+            (false, b'W') => days += n * 7,
+            (false, b'D') => days += n,
+            (true, b'H') => micros += n * 3_600_000_000,
+            (true, b'M') => micros += n * 60_000_000,
+            _ => return Err(err("unknown unit")),
+        }
+    }
+    Ok(Value::Interval {
+        months: i32::try_from(months).map_err(|_| err("months out of range"))?,
+        days: i32::try_from(days).map_err(|_| err("days out of range"))?,
+        microseconds: micros,
+    })
+}
+
+/// PostgreSQL's array text form: `{1,NULL,"a \"b\""}`, nested braces for more
+/// dimensions, an optional `[lo:hi]=` bounds prefix (dropped: elements keep their
+/// order, the lower bound is not carried).
+fn parse_array<'a>(
+    element: &TypeKind,
+    delimiter: u8,
+    text: &'a [u8],
+) -> Result<Value<'a>, ValueError> {
+    let mut pos = 0;
+    if text.first() == Some(&b'[') {
+        pos = text
+            .iter()
+            .position(|&b| b == b'=')
+            .ok_or_else(|| bad("array", text, "bounds without '='"))?
+            + 1;
+    }
+    let mut parser = ArrayParser {
+        text,
+        pos,
+        element,
+        delimiter,
+    };
+    let v = parser.parse_level(0)?;
+    if parser.pos != text.len() {
+        return Err(bad("array", text, "trailing characters"));
+    }
+    Ok(v)
+}
+
+struct ArrayParser<'a, 'k> {
+    text: &'a [u8],
+    pos: usize,
+    element: &'k TypeKind,
+    delimiter: u8,
+}
+
+impl<'a> ArrayParser<'a, '_> {
+    fn err(&self, reason: &'static str) -> ValueError {
+        bad("array", self.text, reason)
+    }
+
+    fn skip_ws(&mut self) {
+        while self.pos < self.text.len() && self.text[self.pos].is_ascii_whitespace() {
+            self.pos += 1;
+        }
+    }
+
+    fn parse_level(&mut self, depth: usize) -> Result<Value<'a>, ValueError> {
+        if depth > 6 {
+            return Err(self.err("more than 6 dimensions"));
+        }
+        self.skip_ws();
+        if self.text.get(self.pos) != Some(&b'{') {
+            return Err(self.err("expected '{'"));
+        }
+        self.pos += 1;
+        let mut items = Vec::new();
+        self.skip_ws();
+        if self.text.get(self.pos) == Some(&b'}') {
+            self.pos += 1;
+            return Ok(Value::Array(items));
+        }
+        loop {
+            self.skip_ws();
+            match self.text.get(self.pos) {
+                Some(b'{') => items.push(self.parse_level(depth + 1)?),
+                Some(b'"') => {
+                    let s = self.quoted()?;
+                    items.push(self.element_value(s)?);
+                }
+                Some(_) => {
+                    let start = self.pos;
+                    while self.pos < self.text.len()
+                        && self.text[self.pos] != self.delimiter
+                        && self.text[self.pos] != b'}'
+                    {
+                        self.pos += 1;
+                    }
+                    let raw = self.text[start..self.pos].trim_ascii_end();
+                    if raw.eq_ignore_ascii_case(b"NULL") {
+                        items.push(Value::Null);
+                    } else {
+                        items.push(self.element_value(Cow::Borrowed(raw))?);
+                    }
+                }
+                None => return Err(self.err("unterminated array")),
+            }
+            self.skip_ws();
+            match self.text.get(self.pos) {
+                Some(&c) if c == self.delimiter => self.pos += 1,
+                Some(b'}') => {
+                    self.pos += 1;
+                    return Ok(Value::Array(items));
+                }
+                _ => return Err(self.err("expected delimiter or '}'")),
+            }
+        }
+    }
+
+    fn quoted(&mut self) -> Result<Cow<'a, [u8]>, ValueError> {
+        self.pos += 1; // opening quote
+        let start = self.pos;
+        let mut owned: Option<Vec<u8>> = None;
+        while let Some(&c) = self.text.get(self.pos) {
+            match c {
+                b'"' => {
+                    let out = match owned {
+                        Some(v) => Cow::Owned(v),
+                        None => Cow::Borrowed(&self.text[start..self.pos]),
+                    };
+                    self.pos += 1;
+                    return Ok(out);
+                }
+                b'\\' => {
+                    let buf = owned.get_or_insert_with(|| self.text[start..self.pos].to_vec());
+                    let next = *self
+                        .text
+                        .get(self.pos + 1)
+                        .ok_or_else(|| self.err("dangling escape"))?;
+                    buf.push(next);
+                    self.pos += 2;
+                }
+                _ => {
+                    if let Some(buf) = owned.as_mut() {
+                        buf.push(c);
+                    }
+                    self.pos += 1;
+                }
+            }
+        }
+        Err(self.err("unterminated quoted element"))
+    }
+
+    fn element_value(&self, raw: Cow<'a, [u8]>) -> Result<Value<'a>, ValueError> {
+        match raw {
+            Cow::Borrowed(b) => parse_text(self.element, b),
+            Cow::Owned(v) => parse_text(self.element, &v).map(Value::into_owned),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(kind: TypeKind, text: &str) -> Value<'_> {
+        parse_text(&kind, text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn scalars() {
+        assert_eq!(p(TypeKind::Bool, "t"), Value::Bool(true));
+        assert_eq!(
+            p(TypeKind::Int, "-9223372036854775808"),
+            Value::Int(i64::MIN)
+        );
+        assert_eq!(p(TypeKind::Float4, "1.1"), Value::Float32(1.1));
+        assert!(matches!(p(TypeKind::Float8, "NaN"), Value::Float64(f) if f.is_nan()));
+        assert_eq!(
+            p(TypeKind::Float8, "-Infinity"),
+            Value::Float64(f64::NEG_INFINITY)
+        );
+        assert_eq!(
+            p(TypeKind::Numeric, "-12345678901234567890.000000000000000001"),
+            Value::Str("-12345678901234567890.000000000000000001".into())
+        );
+        assert_eq!(
+            p(TypeKind::Bytea, "\\x00ff10"),
+            Value::Bin(vec![0, 255, 16])
+        );
+        assert_eq!(
+            p(TypeKind::Json, r#"{"a":[1,2.5,null]}"#),
+            Value::Json(serde_json::json!({"a": [1, 2.5, null]}))
+        );
+        assert!(parse_text(&TypeKind::Int, b"12x").is_err());
+        assert!(parse_text(&TypeKind::Bytea, b"\\x0").is_err());
+        assert!(parse_text(&TypeKind::Bool, b"yes").is_err());
+    }
+
+    #[test]
+    fn timestamps_including_infinity_and_bc() {
+        let ts = |s: &str| match p(TypeKind::TimestampTz, s) {
+            Value::Timestamp(t) => t,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            ts("1970-01-01 00:00:00+00"),
+            Timestamp {
+                seconds: 0,
+                nanos: 0
+            }
+        );
+        assert_eq!(
+            ts("2024-02-29 12:34:56.789012+00"),
+            Timestamp {
+                seconds: 1_709_210_096,
+                nanos: 789_012_000
+            }
+        );
+        assert_eq!(ts("2024-02-29 14:34:56+02").seconds, 1_709_210_096);
+        assert_eq!(ts("2024-02-29 12:04:56-00:30").seconds, 1_709_210_096);
+        assert_eq!(ts("infinity"), Timestamp::INFINITY);
+        assert_eq!(ts("-infinity"), Timestamp::NEG_INFINITY);
+        // 0001-01-01 BC is astronomical year 0.
+        assert_eq!(
+            ts("0001-01-01 00:00:00+00 BC").seconds,
+            days_from_civil(0, 1, 1) * 86400
+        );
+        assert_eq!(ts("1969-12-31 23:59:59.5+00").seconds, -1);
+        assert_eq!(
+            match p(TypeKind::Timestamp, "10000-01-01 00:00:00") {
+                Value::Timestamp(t) => t.seconds,
+                _ => 0,
+            },
+            253_402_300_800
+        );
+    }
+
+    #[test]
+    fn timestamp_ext_round_trips_in_all_three_widths() {
+        for t in [
+            Timestamp {
+                seconds: 5,
+                nanos: 0,
+            },
+            Timestamp {
+                seconds: 1_709_210_096,
+                nanos: 789_012_000,
+            },
+            Timestamp {
+                seconds: -1,
+                nanos: 500_000_000,
+            },
+            Timestamp::INFINITY,
+            Timestamp::NEG_INFINITY,
+        ] {
+            let bytes = t.ext_bytes();
+            assert_eq!(Timestamp::from_ext_bytes(&bytes), Some(t));
+        }
+        assert_eq!(
+            Timestamp {
+                seconds: 5,
+                nanos: 0
+            }
+            .ext_bytes()
+            .len(),
+            4
+        );
+        assert_eq!(Timestamp::INFINITY.ext_bytes().len(), 12);
+    }
+
+    #[test]
+    fn intervals() {
+        let iv = |s: &'static str| p(TypeKind::Interval, s);
+        assert_eq!(
+            iv("P1Y2M3DT4H5M6.5S"),
+            Value::Interval {
+                months: 14,
+                days: 3,
+                microseconds: 4 * 3_600_000_000 + 5 * 60_000_000 + 6_500_000
+            }
+        );
+        assert_eq!(
+            iv("PT0S"),
+            Value::Interval {
+                months: 0,
+                days: 0,
+                microseconds: 0
+            }
+        );
+        assert_eq!(
+            iv("P-1Y-2M3DT-4H-5M-6.000001S"),
+            Value::Interval {
+                months: -14,
+                days: 3,
+                microseconds: -(4 * 3_600_000_000 + 5 * 60_000_000 + 6_000_001)
+            }
+        );
+        assert!(parse_text(&TypeKind::Interval, b"1 day").is_err());
+    }
+
+    #[test]
+    fn arrays_with_nulls_quotes_and_dimensions() {
+        let int_arr = TypeKind::Array {
+            element: Box::new(TypeKind::Int),
+            delimiter: b',',
+        };
+        assert_eq!(
+            p(int_arr.clone(), "{{1,NULL},{3,4}}"),
+            Value::Array(vec![
+                Value::Array(vec![Value::Int(1), Value::Null]),
+                Value::Array(vec![Value::Int(3), Value::Int(4)]),
+            ])
+        );
+        assert_eq!(p(int_arr.clone(), "{}"), Value::Array(vec![]));
+        assert_eq!(
+            p(int_arr.clone(), "[0:1]={7,8}"),
+            Value::Array(vec![Value::Int(7), Value::Int(8)])
+        );
+        let text_arr = TypeKind::Array {
+            element: Box::new(TypeKind::Text),
+            delimiter: b',',
+        };
+        assert_eq!(
+            p(text_arr.clone(), r#"{"a,b","say \"hi\"","NULL",NULL,plain,""}"#),
+            Value::Array(vec![
+                Value::Str("a,b".into()),
+                Value::Str("say \"hi\"".into()),
+                Value::Str("NULL".into()),
+                Value::Null,
+                Value::Str("plain".into()),
+                Value::Str("".into()),
+            ])
+        );
+        let bytea_arr = TypeKind::Array {
+            element: Box::new(TypeKind::Bytea),
+            delimiter: b',',
+        };
+        assert_eq!(
+            p(bytea_arr, r#"{"\\x0001",NULL}"#),
+            Value::Array(vec![Value::Bin(vec![0, 1]), Value::Null])
+        );
+        let box_arr = TypeKind::Array {
+            element: Box::new(TypeKind::Text),
+            delimiter: b';',
+        };
+        assert_eq!(
+            p(box_arr, "{(1,1),(0,0);(2,2),(1,1)}"),
+            Value::Array(vec![
+                Value::Str("(1,1),(0,0)".into()),
+                Value::Str("(2,2),(1,1)".into())
+            ])
+        );
+        for bad in ["{1,2", "{1,2}x", "1,2", "{\"a}", "{{{{{{{{1}}}}}}}}"] {
+            assert!(parse_text(&int_arr, bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+}
+
+/// Year, month, day of a day count since 1970-01-01 (inverse of `days_from_civil`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+impl Timestamp {
+    /// RFC 3339 in UTC with microseconds (`infinity` / `-infinity` for the extremes).
+    pub fn to_rfc3339(&self) -> String {
+        if *self == Timestamp::INFINITY {
+            return "infinity".into();
+        }
+        if *self == Timestamp::NEG_INFINITY {
+            return "-infinity".into();
+        }
+        let days = self.seconds.div_euclid(86_400);
+        let secs = self.seconds.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60,
+            self.nanos / 1000
+        )
+    }
+}
+
+#[cfg(test)]
+mod rfc3339_tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc() {
+        let t = Timestamp {
+            seconds: 1_709_210_096,
+            nanos: 789_012_000,
+        };
+        assert_eq!(t.to_rfc3339(), "2024-02-29T12:34:56.789012Z");
+        assert_eq!(
+            Timestamp {
+                seconds: -1,
+                nanos: 0
+            }
+            .to_rfc3339(),
+            "1969-12-31T23:59:59.000000Z"
+        );
+        assert_eq!(Timestamp::INFINITY.to_rfc3339(), "infinity");
+        for days in [-800_000i64, -1, 0, 59, 10_000, 2_932_896] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m.into(), d.into()), days);
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Prometheus metrics and the health endpoints (`/metrics`, `/healthz`, `/readyz`).
+//!
+//! Labels are bounded: `table` (the publication's tables) and `op`, never a key.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Every metric walcast exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub changes: IntCounterVec,
+    pub transactions: IntCounter,
+    pub bytes_received: IntCounter,
+    pub published: IntCounter,
+    pub publish_retries: IntCounter,
+    pub publish_seconds: Histogram,
+    pub inflight_envelopes: IntGauge,
+    pub received_lsn: IntGauge,
+    pub confirmed_lsn: IntGauge,
+    pub last_commit_timestamp: IntGauge,
+    pub schema_changes: IntCounterVec,
+    pub keepalives: IntCounter,
+    pub reconnects: IntCounter,
+    pub toast_fetches: IntCounter,
+    pub streaming: IntGauge,
+    pub nats_connected: IntGauge,
+    /// Why the process is not ready, when it is not.
+    pub not_ready_reason: Mutex<String>,
+    ready: AtomicBool,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let publish_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "walcast_publish_duration_seconds",
+                "Time from writing a group of envelopes to NATS until NATS confirmed them",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(publish_seconds.clone()))
+            .expect("unique metric");
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
+        Arc::new(Metrics {
+            changes: counter_vec(
+                "walcast_changes_total",
+                "Row changes turned into envelopes, by table and op",
+                &["table", "op"],
+            ),
+            transactions: counter("walcast_transactions_total", "Transactions decoded"),
+            bytes_received: counter(
+                "walcast_received_bytes_total",
+                "pgoutput bytes received from PostgreSQL",
+            ),
+            published: counter(
+                "walcast_published_total",
+                "Envelopes published and confirmed by NATS",
+            ),
+            publish_retries: counter(
+                "walcast_publish_retries_total",
+                "Groups of envelopes published again because NATS did not confirm them",
+            ),
+            publish_seconds,
+            inflight_envelopes: gauge(
+                "walcast_inflight_envelopes",
+                "Envelopes published but not yet confirmed",
+            ),
+            received_lsn: gauge("walcast_received_lsn", "Highest WAL position received"),
+            confirmed_lsn: gauge(
+                "walcast_confirmed_flush_lsn",
+                "WAL position reported to PostgreSQL as flushed",
+            ),
+            last_commit_timestamp: gauge(
+                "walcast_last_commit_timestamp_seconds",
+                "Commit time of the last transaction handed to the sink (Unix seconds)",
+            ),
+            schema_changes: counter_vec(
+                "walcast_schema_version_changes_total",
+                "Schema version bumps, by table",
+                &["table"],
+            ),
+            keepalives: counter(
+                "walcast_keepalives_total",
+                "Keepalive messages received from PostgreSQL",
+            ),
+            reconnects: counter(
+                "walcast_reconnects_total",
+                "Replication connections re-established after a failure",
+            ),
+            toast_fetches: counter(
+                "walcast_toast_fetches_total",
+                "Unchanged TOAST values fetched from the table (no FULL replica identity, not cached)",
+            ),
+            streaming: gauge(
+                "walcast_replication_streaming",
+                "1 while the replication stream is open",
+            ),
+            nats_connected: gauge("walcast_nats_connected", "1 while connected to NATS"),
+            not_ready_reason: Mutex::new("starting".into()),
+            ready: AtomicBool::new(false),
+            registry,
+        })
+    }
+
+    pub fn set_ready(&self, ready: bool, reason: &str) {
+        self.ready.store(ready, Ordering::SeqCst);
+        *self.not_ready_reason.lock().unwrap() = reason.to_string();
+    }
+
+    pub fn is_ready(&self) -> (bool, String) {
+        (
+            self.ready.load(Ordering::SeqCst),
+            self.not_ready_reason.lock().unwrap().clone(),
+        )
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("encoding metrics to memory");
+        String::from_utf8(buf).expect("metrics are UTF-8")
+    }
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` on `listener` (plain HTTP/1.1 GET).
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut req = Vec::with_capacity(1024);
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
+                    .await
+                {
+                    Ok(Ok(n)) if n > 0 => req.extend_from_slice(&buf[..n]),
+                    _ => return,
+                }
+            }
+            let line = String::from_utf8_lossy(&req);
+            let path = line.split_whitespace().nth(1).unwrap_or("/");
+            let path = path.split('?').next().unwrap_or(path);
+            let (status, ctype, body) = match path {
+                "/metrics" => (
+                    "200 OK",
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    metrics.render(),
+                ),
+                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+                "/readyz" => match metrics.is_ready() {
+                    (true, _) => ("200 OK", "text/plain", "ready\n".to_string()),
+                    (false, reason) => (
+                        "503 Service Unavailable",
+                        "text/plain",
+                        format!("not ready: {reason}\n"),
+                    ),
+                },
+                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(body.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
