@@ -15,13 +15,15 @@
 //! - [`pipeline`]: wires the stages together and runs them until shutdown.
 //!
 //! Beside the pipeline: [`config`] (flags, environment), [`metrics`] (Prometheus and
-//! health endpoints) and [`shutdown`] (the signal every task listens on).
+//! health endpoints), [`shutdown`] (the signal every task listens on) and
+//! [`fixtures`] (throwaway PostgreSQL and NATS servers for tests, demo and benchmarks).
 
 pub mod checkpoint;
 pub mod codec;
 pub mod config;
 pub mod decode;
 pub mod envelope;
+pub mod fixtures;
 pub mod lsn;
 pub mod metrics;
 pub mod pipeline;
