@@ -188,6 +188,70 @@ pub fn decode(mut bytes: &[u8]) -> Result<Envelope, DecodeEnvelopeError> {
     })
 }
 
+/// A generic MessagePack value as JSON for people: binary as `\x`-hex strings,
+/// timestamps as RFC 3339 strings, non-finite floats as strings.
+pub fn to_json(v: &rmpv::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        rmpv::Value::Nil => J::Null,
+        rmpv::Value::Boolean(b) => J::Bool(*b),
+        rmpv::Value::Integer(i) => match (i.as_i64(), i.as_u64()) {
+            (Some(n), _) => J::from(n),
+            (_, Some(n)) => J::from(n),
+            _ => J::Null,
+        },
+        rmpv::Value::F32(f) => float_json(f64::from(*f)),
+        rmpv::Value::F64(f) => float_json(*f),
+        rmpv::Value::String(s) => J::String(
+            s.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        ),
+        rmpv::Value::Binary(b) => J::String(format!(
+            "\\x{}",
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        )),
+        rmpv::Value::Array(a) => J::Array(a.iter().map(to_json).collect()),
+        rmpv::Value::Map(m) => J::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let key = k
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| k.to_string());
+                    (key, to_json(v))
+                })
+                .collect(),
+        ),
+        rmpv::Value::Ext(-1, data) => match Timestamp::from_ext_bytes(data) {
+            Some(t) => J::String(t.to_rfc3339()),
+            None => J::Null,
+        },
+        rmpv::Value::Ext(tag, data) => serde_json::json!({"ext": tag, "data": data}),
+    }
+}
+
+fn float_json(f: f64) -> serde_json::Value {
+    serde_json::Number::from_f64(f)
+        .map(serde_json::Value::Number)
+        .unwrap_or_else(|| serde_json::Value::String(f.to_string()))
+}
+
+impl Envelope {
+    /// The envelope as one JSON object (for `walcast tail --json`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "key": self.key,
+            "op": self.op.as_str(),
+            "value": to_json(&self.value),
+            "schema_version": self.schema_version,
+            "sequence": self.sequence,
+            "lsn": crate::lsn::Lsn(self.lsn).to_string(),
+            "commit_ts": self.commit_ts.to_rfc3339(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,7 +309,11 @@ mod tests {
         assert_eq!(back.op, Op::Insert);
         assert_eq!(back.sequence, 1);
         assert_eq!(back.column("id").and_then(|v| v.as_i64()), Some(42));
-        assert!(back.column("score").and_then(|v| v.as_f64()).unwrap().is_nan());
+        assert!(back
+            .column("score")
+            .and_then(|v| v.as_f64())
+            .unwrap()
+            .is_nan());
         assert_eq!(back.to_bytes(), bytes);
 
         let delete = EnvelopeRef {
@@ -269,69 +337,14 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_an_envelope() {
-        assert!(matches!(decode(b"\xd9"), Err(DecodeEnvelopeError::NotMsgpack(_))));
+        assert!(matches!(
+            decode(b"\xd9"),
+            Err(DecodeEnvelopeError::NotMsgpack(_))
+        ));
         assert!(matches!(decode(b"\x01"), Err(DecodeEnvelopeError::NotAMap)));
         assert!(matches!(
             decode(b"\x81\xa3key\xa1k"),
             Err(DecodeEnvelopeError::Field("op"))
         ));
-    }
-}
-
-/// A generic MessagePack value as JSON for people: binary as `\x`-hex strings,
-/// timestamps as RFC 3339 strings, non-finite floats as strings.
-pub fn to_json(v: &rmpv::Value) -> serde_json::Value {
-    use serde_json::Value as J;
-    match v {
-        rmpv::Value::Nil => J::Null,
-        rmpv::Value::Boolean(b) => J::Bool(*b),
-        rmpv::Value::Integer(i) => match (i.as_i64(), i.as_u64()) {
-            (Some(n), _) => J::from(n),
-            (_, Some(n)) => J::from(n),
-            _ => J::Null,
-        },
-        rmpv::Value::F32(f) => float_json(f64::from(*f)),
-        rmpv::Value::F64(f) => float_json(*f),
-        rmpv::Value::String(s) => J::String(s.as_str().map(str::to_string).unwrap_or_else(|| {
-            String::from_utf8_lossy(s.as_bytes()).into_owned()
-        })),
-        rmpv::Value::Binary(b) => {
-            J::String(format!("\\x{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>()))
-        }
-        rmpv::Value::Array(a) => J::Array(a.iter().map(to_json).collect()),
-        rmpv::Value::Map(m) => J::Object(
-            m.iter()
-                .map(|(k, v)| {
-                    let key = k.as_str().map(str::to_string).unwrap_or_else(|| k.to_string());
-                    (key, to_json(v))
-                })
-                .collect(),
-        ),
-        rmpv::Value::Ext(-1, data) => match Timestamp::from_ext_bytes(data) {
-            Some(t) => J::String(t.to_rfc3339()),
-            None => J::Null,
-        },
-        rmpv::Value::Ext(tag, data) => serde_json::json!({"ext": tag, "data": data}),
-    }
-}
-
-fn float_json(f: f64) -> serde_json::Value {
-    serde_json::Number::from_f64(f)
-        .map(serde_json::Value::Number)
-        .unwrap_or_else(|| serde_json::Value::String(f.to_string()))
-}
-
-impl Envelope {
-    /// The envelope as one JSON object (for `walcast tail --json`).
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "key": self.key,
-            "op": self.op.as_str(),
-            "value": to_json(&self.value),
-            "schema_version": self.schema_version,
-            "sequence": self.sequence,
-            "lsn": crate::lsn::Lsn(self.lsn).to_string(),
-            "commit_ts": self.commit_ts.to_rfc3339(),
-        })
     }
 }

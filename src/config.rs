@@ -38,7 +38,11 @@ pub struct RunConfig {
     #[arg(long, env = "WALCAST_POSTGRES_URL")]
     pub postgres_url: String,
     /// NATS server URL.
-    #[arg(long, env = "WALCAST_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "WALCAST_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
     /// Publication to stream (it must exist: see sql/setup.sql).
     #[arg(long, env = "WALCAST_PUBLICATION", default_value = "walcast")]
@@ -75,7 +79,11 @@ pub struct TailConfig {
     /// Subject pattern, e.g. 'walcast.public.users.>' or 'walcast.>'.
     pub pattern: String,
     /// NATS server URL.
-    #[arg(long, env = "WALCAST_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "WALCAST_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
     /// Print one JSON object per line instead of a human-readable line.
     #[arg(long)]

@@ -185,7 +185,16 @@ impl PgServer {
         initdb
             .args(["-D"])
             .arg(&data)
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "-N"])
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "-N",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some((uid, gid)) = user {
@@ -221,7 +230,8 @@ impl PgServer {
                 .truncate(replace)
                 .open(data.join(file))
                 .map_err(io("writing the server config"))?;
-            f.write_all(text.as_bytes()).map_err(io("writing the server config"))
+            f.write_all(text.as_bytes())
+                .map_err(io("writing the server config"))
         };
         append("postgresql.conf", &conf, false)?;
         append(
@@ -249,7 +259,11 @@ impl PgServer {
         let log = std::fs::File::create(self.dir.path().join("postgres.log"))
             .map_err(io("creating the server log"))?;
         if let Some((uid, gid)) = self.user {
-            let _ = std::os::unix::fs::chown(self.dir.path().join("postgres.log"), Some(uid), Some(gid));
+            let _ = std::os::unix::fs::chown(
+                self.dir.path().join("postgres.log"),
+                Some(uid),
+                Some(gid),
+            );
         }
         let mut cmd = Command::new(self.bin.join("postgres"));
         cmd.arg("-D")
@@ -415,7 +429,8 @@ impl NatsServer {
         if !wait_for_port(self.port, Duration::from_secs(30)) {
             return Err(FixtureError::Failed {
                 what: "nats-server".into(),
-                detail: std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default(),
+                detail: std::fs::read_to_string(self.dir.path().join("nats.log"))
+                    .unwrap_or_default(),
             });
         }
         Ok(())

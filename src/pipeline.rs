@@ -30,7 +30,9 @@ use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::sink::{self, NatsSink, NatsState, Publish, SinkBatch, SinkError};
 use crate::source::catalog::Catalog;
-use crate::source::{ConnectParams, ReplicationConnection, ReplicationEvent, ReplicationStream, SourceError};
+use crate::source::{
+    ConnectParams, ReplicationConnection, ReplicationEvent, ReplicationStream, SourceError,
+};
 
 /// Why the pipeline stopped.
 #[derive(Debug, thiserror::Error)]
@@ -189,7 +191,11 @@ pub async fn run(
         metrics.streaming.set(0);
         match outcome {
             Ok(()) => break Ok(()),
-            Err(e) if e.is_transient() || (streamed_once && matches!(e, PipelineError::Source(SourceError::Server(_)))) => {
+            Err(e)
+                if e.is_transient()
+                    || (streamed_once
+                        && matches!(e, PipelineError::Source(SourceError::Server(_)))) =>
+            {
                 // A first connection that fails outright is a configuration problem,
                 // reported at once; an active slot (hot standby) or a failure after
                 // streaming started is waited out.
@@ -211,7 +217,9 @@ pub async fn run(
                     _ = shutdown.wait() => break Ok(()),
                 }
                 if reader.catalog.is_closed() {
-                    match Catalog::connect(&reader.cfg.postgres_url, reader.cfg.connect_timeout).await {
+                    match Catalog::connect(&reader.cfg.postgres_url, reader.cfg.connect_timeout)
+                        .await
+                    {
                         Ok(c) => reader.catalog = c,
                         Err(e) => tracing::warn!(error = %e, "catalog connection not back yet"),
                     }
@@ -305,7 +313,9 @@ impl Reader {
                 match tx.try_send(batch) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(b)) => self.ready = Some(b),
-                    Err(mpsc::error::TrySendError::Closed(_)) => return Err(PipelineError::SinkGone),
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        return Err(PipelineError::SinkGone)
+                    }
                 }
             }
             if stopping && self.ready.is_none() && !self.builder.in_transaction() {
@@ -341,7 +351,10 @@ impl Reader {
                     }
                     // Work through what is already buffered before polling again.
                     let mut budget = 4096;
-                    while self.ready.is_none() && budget > 0 && !(stopping && !self.builder.in_transaction()) {
+                    while self.ready.is_none()
+                        && budget > 0
+                        && (!stopping || self.builder.in_transaction())
+                    {
                         budget -= 1;
                         match stream.buffered_event()? {
                             Some(event) => {
@@ -430,7 +443,8 @@ impl Reader {
     }
 
     async fn on_message(&mut self, at: Lsn, data: Bytes) -> Result<(), PipelineError> {
-        let msg = pgoutput::parse(&data).map_err(|source| PipelineError::Decode { lsn: at, source })?;
+        let msg =
+            pgoutput::parse(&data).map_err(|source| PipelineError::Decode { lsn: at, source })?;
         match msg {
             PgOutput::Begin {
                 final_lsn,
@@ -440,7 +454,8 @@ impl Reader {
                 self.skipping = final_lsn <= self.last_handed_commit;
                 self.builder.begin(final_lsn, commit_ts);
                 self.cp.on_begin();
-                self.commit_ts_unix = crate::decode::value::Timestamp::from_pg_micros(commit_ts).seconds;
+                self.commit_ts_unix =
+                    crate::decode::value::Timestamp::from_pg_micros(commit_ts).seconds;
             }
             PgOutput::Commit {
                 commit_lsn,
@@ -470,7 +485,8 @@ impl Reader {
                     .await?;
             }
             PgOutput::Insert { relation_id, new } if !self.skipping => {
-                self.change(relation_id, Op::Insert, None, Some(&new)).await?;
+                self.change(relation_id, Op::Insert, None, Some(&new))
+                    .await?;
             }
             PgOutput::Update {
                 relation_id,
@@ -481,12 +497,15 @@ impl Reader {
                     .await?;
             }
             PgOutput::Delete { relation_id, old } if !self.skipping => {
-                self.change(relation_id, Op::Delete, Some(&old), None).await?;
+                self.change(relation_id, Op::Delete, Some(&old), None)
+                    .await?;
             }
             PgOutput::Truncate { relation_ids, .. } if !self.skipping => {
                 self.builder.truncate(&relation_ids, &mut self.chunk)?;
             }
-            PgOutput::Message { prefix, content, .. } => {
+            PgOutput::Message {
+                prefix, content, ..
+            } => {
                 tracing::debug!(prefix, bytes = content.len(), "logical decoding message");
             }
             PgOutput::Origin { name, .. } => tracing::debug!(origin = name, "origin"),
@@ -531,7 +550,12 @@ impl Reader {
                     self.metrics.toast_fetches.inc();
                     let texts = self
                         .catalog
-                        .fetch_row_columns(&needed.schema, &needed.table, &needed.key_columns, &needed.columns)
+                        .fetch_row_columns(
+                            &needed.schema,
+                            &needed.table,
+                            &needed.key_columns,
+                            &needed.columns,
+                        )
                         .await?;
                     self.builder.provide_toast(&needed, &texts)?;
                 }
@@ -593,9 +617,9 @@ impl Reader {
                 .map(|(i, _)| i)
                 .collect(),
         };
-        let update = self
-            .builder
-            .on_relation(relation_id, namespace, name, replica_identity, cols, key)?;
+        let update =
+            self.builder
+                .on_relation(relation_id, namespace, name, replica_identity, cols, key)?;
         if let Some(prev) = update.previous {
             if prev != update.current {
                 self.metrics

@@ -62,7 +62,11 @@ async fn flush_lsn_advances_only_after_nats_confirmed() {
         if flushed >= current {
             break flushed;
         }
-        assert!(Instant::now() < deadline, "slot never caught up:\n{}", w.log());
+        assert!(
+            Instant::now() < deadline,
+            "slot never caught up:\n{}",
+            w.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
 
@@ -89,7 +93,11 @@ async fn flush_lsn_advances_only_after_nats_confirmed() {
     s.nats.start_again().unwrap();
     let deadline = Instant::now() + WAIT;
     while confirmed_flush(&db, "walcast").await < commit_lsn {
-        assert!(Instant::now() < deadline, "flush never advanced after NATS returned:\n{}", w.log());
+        assert!(
+            Instant::now() < deadline,
+            "flush never advanced after NATS returned:\n{}",
+            w.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // What the slot confirmed did reach NATS.
@@ -101,7 +109,10 @@ async fn flush_lsn_advances_only_after_nats_confirmed() {
         .await
         .expect("the change made during the outage is in the stream");
     let env = walcast::codec::decode(&msg.payload).unwrap();
-    assert_eq!(env.column("v").and_then(|v| v.as_str()), Some("during outage"));
+    assert_eq!(
+        env.column("v").and_then(|v| v.as_str()),
+        Some("during outage")
+    );
     assert!(w.metric("walcast_publish_retries_total").await.unwrap() >= 1.0);
 }
 
@@ -123,7 +134,12 @@ async fn idle_connection_survives_wal_sender_timeout() {
     tokio::time::sleep(Duration::from_secs(7)).await;
     exec(&db, "INSERT INTO t VALUES (1)").await;
     collector.until(1, WAIT).await;
-    assert_eq!(w.metric("walcast_reconnects_total").await, Some(0.0), "{}", w.log());
+    assert_eq!(
+        w.metric("walcast_reconnects_total").await,
+        Some(0.0),
+        "{}",
+        w.log()
+    );
     assert!(!w.log().contains("reconnecting"), "{}", w.log());
 }
 
@@ -144,7 +160,11 @@ async fn reconnects_by_itself_when_postgres_restarts() {
     s.pg.crash();
     s.pg.start_again().unwrap();
     let db = s.pg.client().await;
-    exec(&db, "INSERT INTO t VALUES (2, 2); UPDATE t SET v = 10 WHERE id = 1").await;
+    exec(
+        &db,
+        "INSERT INTO t VALUES (2, 2); UPDATE t SET v = 10 WHERE id = 1",
+    )
+    .await;
     collector.until(3, WAIT).await;
     let seqs: Vec<(String, u64)> = collector
         .received
@@ -153,7 +173,11 @@ async fn reconnects_by_itself_when_postgres_restarts() {
         .collect();
     assert_eq!(
         seqs,
-        [("public.t:1".into(), 1), ("public.t:2".into(), 1), ("public.t:1".into(), 2)]
+        [
+            ("public.t:1".into(), 1),
+            ("public.t:2".into(), 1),
+            ("public.t:1".into(), 2)
+        ]
     );
     collector.assert_quiet(Duration::from_secs(1)).await;
     assert!(w.metric("walcast_reconnects_total").await.unwrap() >= 1.0);
@@ -172,7 +196,11 @@ async fn authenticates_with_scram_md5_cleartext_and_unix_sockets() {
          CREATE ROLE clear_user LOGIN REPLICATION PASSWORD 'pw-clear';",
     )
     .await;
-    for (user, pw) in [("scram_user", "pw-scram"), ("md5_user", "pw-md5"), ("clear_user", "pw-clear")] {
+    for (user, pw) in [
+        ("scram_user", "pw-scram"),
+        ("md5_user", "pw-md5"),
+        ("clear_user", "pw-clear"),
+    ] {
         let params = ConnectParams::from_url(&s.pg.url_for(user, Some(pw), "postgres")).unwrap();
         let mut conn = ReplicationConnection::connect(&params)
             .await
@@ -180,10 +208,17 @@ async fn authenticates_with_scram_md5_cleartext_and_unix_sockets() {
         let sys = conn.identify_system().await.unwrap();
         assert_eq!(sys.dbname.as_deref(), Some("postgres"), "{user}");
         let bad = ConnectParams::from_url(&s.pg.url_for(user, Some("wrong"), "postgres")).unwrap();
-        let err = ReplicationConnection::connect(&bad).await.err().expect("wrong password accepted");
+        let err = ReplicationConnection::connect(&bad)
+            .await
+            .err()
+            .expect("wrong password accepted");
         assert!(matches!(err, SourceError::Auth(_)), "{user}: {err}");
     }
-    let unix = format!("host={} port={} user=postgres dbname=postgres", s.pg.socket_dir().display(), s.pg.port);
+    let unix = format!(
+        "host={} port={} user=postgres dbname=postgres",
+        s.pg.socket_dir().display(),
+        s.pg.port
+    );
     let mut conn = ReplicationConnection::connect(&ConnectParams::from_url(&unix).unwrap())
         .await
         .unwrap();
@@ -214,8 +249,17 @@ async fn bad_input_is_a_clear_one_line_error_and_a_non_zero_exit() {
         let (nats, metrics) = (nats.clone(), metrics.clone());
         async move {
             run_to_exit(&[
-                "run", "--postgres-url", &url, "--nats-url", &nats, "--publication", publication,
-                "--metrics-addr", &metrics, "--connect-timeout", "3",
+                "run",
+                "--postgres-url",
+                &url,
+                "--nats-url",
+                &nats,
+                "--publication",
+                publication,
+                "--metrics-addr",
+                &metrics,
+                "--connect-timeout",
+                "3",
             ])
             .await
         }
@@ -223,10 +267,17 @@ async fn bad_input_is_a_clear_one_line_error_and_a_non_zero_exit() {
 
     let (code, err) = run(s.pg.url_for("pw_user", Some("wrong"), "postgres"), "good").await;
     assert_ne!(code, 0);
-    assert!(error_line(&err).contains("password authentication failed"), "{err}");
+    assert!(
+        error_line(&err).contains("password authentication failed"),
+        "{err}"
+    );
 
     let closed = free_port();
-    let (code, err) = run(format!("postgres://postgres@127.0.0.1:{closed}/postgres"), "good").await;
+    let (code, err) = run(
+        format!("postgres://postgres@127.0.0.1:{closed}/postgres"),
+        "good",
+    )
+    .await;
     assert_ne!(code, 0);
     assert!(error_line(&err).contains("onnect"), "{err}");
     assert!(error_line(&err).contains("refused"), "{err}");
@@ -244,14 +295,24 @@ async fn bad_input_is_a_clear_one_line_error_and_a_non_zero_exit() {
     assert!(error_line(&err).contains("no primary key"), "{err}");
 
     let (code, err) = run_to_exit(&[
-        "run", "--postgres-url", &s.pg.url(), "--nats-url", "nats://127.0.0.1:1",
-        "--publication", "good", "--metrics-addr", &metrics, "--connect-timeout", "2",
+        "run",
+        "--postgres-url",
+        &s.pg.url(),
+        "--nats-url",
+        "nats://127.0.0.1:1",
+        "--publication",
+        "good",
+        "--metrics-addr",
+        &metrics,
+        "--connect-timeout",
+        "2",
     ])
     .await;
     assert_ne!(code, 0);
     assert!(error_line(&err).contains("cannot connect to NATS"), "{err}");
 
-    let (code, err) = run_to_exit(&["run", "--postgres-url", &s.pg.url(), "--slot", "Bad-Name"]).await;
+    let (code, err) =
+        run_to_exit(&["run", "--postgres-url", &s.pg.url(), "--slot", "Bad-Name"]).await;
     assert_ne!(code, 0);
     assert!(err.contains("not a valid slot name"), "{err}");
 
@@ -271,10 +332,19 @@ async fn non_logical_wal_level_is_refused() {
         ..Default::default()
     });
     let db = s.pg.client().await;
-    exec(&db, "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION walcast FOR TABLE t;").await;
+    exec(
+        &db,
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION walcast FOR TABLE t;",
+    )
+    .await;
     let (code, err) = run_to_exit(&[
-        "run", "--postgres-url", &s.pg.url(), "--nats-url", &s.nats.url(),
-        "--metrics-addr", &format!("127.0.0.1:{}", free_port()),
+        "run",
+        "--postgres-url",
+        &s.pg.url(),
+        "--nats-url",
+        &s.nats.url(),
+        "--metrics-addr",
+        &format!("127.0.0.1:{}", free_port()),
     ])
     .await;
     assert_ne!(code, 0);

@@ -13,7 +13,9 @@ use walcast::envelope::key::{parse_key, parse_key_token, parse_name_token};
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Replay envelopes into key → row value (deletes remove, truncates clear the table).
-fn replay(received: &[(String, walcast::codec::Envelope, Vec<u8>)]) -> BTreeMap<String, rmpv::Value> {
+fn replay(
+    received: &[(String, walcast::codec::Envelope, Vec<u8>)],
+) -> BTreeMap<String, rmpv::Value> {
     let mut state = BTreeMap::new();
     for (_, env, _) in received {
         match env.op {
@@ -50,7 +52,11 @@ async fn changes_reach_nats_and_equal_what_postgres_holds() {
     )
     .await;
     for i in 0..10 {
-        exec(&db, &format!("UPDATE users SET score = {i}.25 WHERE id = {}", 1 + i % 3)).await;
+        exec(
+            &db,
+            &format!("UPDATE users SET score = {i}.25 WHERE id = {}", 1 + i % 3),
+        )
+        .await;
     }
     exec(&db, "DELETE FROM users WHERE id = 2").await;
     collector.until(14, WAIT).await;
@@ -84,7 +90,9 @@ async fn changes_reach_nats_and_equal_what_postgres_holds() {
     assert!(collector.received[13].1.value.is_nil());
     // Every envelope of one transaction carries its commit LSN.
     let first_lsn = collector.received[0].1.lsn;
-    assert!(collector.received[..3].iter().all(|(_, e, _)| e.lsn == first_lsn));
+    assert!(collector.received[..3]
+        .iter()
+        .all(|(_, e, _)| e.lsn == first_lsn));
     assert!(collector.received[3].1.lsn > first_lsn);
 
     // Truncate: a table-level envelope, then the table is empty for the replica too.
@@ -144,7 +152,11 @@ async fn every_type_maps_exactly() {
     .await;
     let got = collector.until(1, WAIT).await;
     let env = &got[0].1;
-    let col = |n: &str| env.column(n).unwrap_or_else(|| panic!("no column {n}")).clone();
+    let col = |n: &str| {
+        env.column(n)
+            .unwrap_or_else(|| panic!("no column {n}"))
+            .clone()
+    };
     use rmpv::Value as V;
     assert_eq!(col("i2"), V::from(-32768));
     assert_eq!(col("i8"), V::from(9223372036854775807i64));
@@ -175,7 +187,10 @@ async fn every_type_maps_exactly() {
             V::from("nested"),
             V::Map(vec![(
                 V::from("deep"),
-                V::Array(vec![V::Boolean(true), V::Map(vec![(V::from("k"), V::from(-1))])])
+                V::Array(vec![
+                    V::Boolean(true),
+                    V::Map(vec![(V::from("k"), V::from(-1))])
+                ])
             )])
         )])
     );
@@ -184,8 +199,14 @@ async fn every_type_maps_exactly() {
     assert_eq!(ts(col("ts")).nanos, 789_012_000);
     assert_eq!(ts(col("tstz")).seconds, 1_709_210_096 - 7200);
     assert_eq!(ts(col("tstz")).nanos, 500_000_000);
-    assert_eq!(ts(col("tsinf")), walcast::decode::value::Timestamp::INFINITY);
-    assert_eq!(ts(col("tsninf")), walcast::decode::value::Timestamp::NEG_INFINITY);
+    assert_eq!(
+        ts(col("tsinf")),
+        walcast::decode::value::Timestamp::INFINITY
+    );
+    assert_eq!(
+        ts(col("tsninf")),
+        walcast::decode::value::Timestamp::NEG_INFINITY
+    );
     assert_eq!(col("d"), V::from("2024-02-29"));
     assert_eq!(col("tm"), V::from("13:14:15.5"));
     assert_eq!(col("tmtz"), V::from("13:14:15+05:30"));
@@ -216,11 +237,17 @@ async fn every_type_maps_exactly() {
     assert_eq!(col("nul"), V::Nil);
     // The values equal what Postgres itself says of the row.
     let row = db
-        .query_one("SELECT num::text, bignum::text, extract(epoch FROM tstz)::float8 FROM types", &[])
+        .query_one(
+            "SELECT num::text, bignum::text, extract(epoch FROM tstz)::float8 FROM types",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(col("num").as_str(), Some(row.get::<_, String>(0).as_str()));
-    assert_eq!(col("bignum").as_str(), Some(row.get::<_, String>(1).as_str()));
+    assert_eq!(
+        col("bignum").as_str(),
+        Some(row.get::<_, String>(1).as_str())
+    );
     let epoch: f64 = row.get(2);
     let t = ts(col("tstz"));
     assert_eq!(t.seconds as f64 + f64::from(t.nanos) / 1e9, epoch);
@@ -240,19 +267,34 @@ async fn awkward_and_composite_keys_give_valid_reversible_subjects() {
     let mut collector = Collector::new(&s.nats.url(), "walcast.>").await;
     let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
     w.wait_ready().await;
-    let keys = ["a.b", "with space", "star*", "gt>", "", "x".repeat(500).as_str().to_owned().leak()];
+    let keys = [
+        "a.b",
+        "with space",
+        "star*",
+        "gt>",
+        "",
+        "x".repeat(500).as_str().to_owned().leak(),
+    ];
     for (i, k) in keys.iter().enumerate() {
-        db.execute("INSERT INTO \"odd.table\" VALUES ($1, $2)", &[k, &(i as i32)])
-            .await
-            .unwrap();
+        db.execute(
+            "INSERT INTO \"odd.table\" VALUES ($1, $2)",
+            &[k, &(i as i32)],
+        )
+        .await
+        .unwrap();
     }
-    exec(&db, "INSERT INTO items VALUES (17, 'a.b c', 1), (17, '*', 2)").await;
+    exec(
+        &db,
+        "INSERT INTO items VALUES (17, 'a.b c', 1), (17, '*', 2)",
+    )
+    .await;
     let got = collector.until(keys.len() + 2, WAIT).await;
     for (subject, env, _) in got {
         let tokens: Vec<&str> = subject.split('.').collect();
         assert_eq!(tokens.len(), 4, "{subject}");
         assert!(tokens.iter().all(|t| !t.is_empty()
-            && t.bytes().all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>')));
+            && t.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>')));
         let key = parse_key(&env.key).unwrap();
         assert_eq!(parse_name_token(tokens[1]).unwrap(), key.schema);
         assert_eq!(parse_name_token(tokens[2]).unwrap(), key.table);
@@ -264,11 +306,17 @@ async fn awkward_and_composite_keys_give_valid_reversible_subjects() {
         let pk_value = env.column("k").or_else(|| env.column("line")).unwrap();
         assert!(key.values.contains(&pk_value.as_str().unwrap().to_string()));
     }
-    let composite: Vec<_> = got.iter().filter(|(_, e, _)| e.key.starts_with("public.items")).collect();
+    let composite: Vec<_> = got
+        .iter()
+        .filter(|(_, e, _)| e.key.starts_with("public.items"))
+        .collect();
     assert_eq!(composite[0].1.key, "public.items:17,a%2Eb c");
     assert_eq!(composite[0].0, "walcast.public.items.17,a~2Eb~20c");
     assert_eq!(composite[1].0, "walcast.public.items.17,~2A");
-    let odd: Vec<_> = got.iter().filter(|(_, e, _)| e.key.starts_with("public.odd")).collect();
+    let odd: Vec<_> = got
+        .iter()
+        .filter(|(_, e, _)| e.key.starts_with("public.odd"))
+        .collect();
     assert_eq!(odd[0].0, "walcast.public.odd~2Etable.a~2Eb");
     assert_eq!(odd[4].0, "walcast.public.odd~2Etable.~_");
 }
@@ -286,7 +334,11 @@ async fn per_key_sequences_are_dense_and_in_commit_order() {
     let mut collector = Collector::new(&s.nats.url(), "walcast.public.counters.*").await;
     let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
     w.wait_ready().await;
-    exec(&db, "INSERT INTO counters SELECT g, 0 FROM generate_series(1, 5) g").await;
+    exec(
+        &db,
+        "INSERT INTO counters SELECT g, 0 FROM generate_series(1, 5) g",
+    )
+    .await;
     // Interleaved updates: some transactions touch several keys, some one key twice.
     for round in 1..=20 {
         exec(
@@ -299,21 +351,36 @@ async fn per_key_sequences_are_dense_and_in_commit_order() {
         )
         .await;
     }
-    exec(&db, "DELETE FROM counters WHERE id = 3; INSERT INTO counters VALUES (3, 100)").await;
+    exec(
+        &db,
+        "DELETE FROM counters WHERE id = 3; INSERT INTO counters VALUES (3, 100)",
+    )
+    .await;
     collector.until(5 + 40 + 2, WAIT).await;
     let mut per_key: BTreeMap<String, Vec<(u64, i64)>> = BTreeMap::new();
     for (_, env, _) in &collector.received {
         let n = env.column("n").and_then(|v| v.as_i64()).unwrap_or(-1);
-        per_key.entry(env.key.clone()).or_default().push((env.sequence, n));
+        per_key
+            .entry(env.key.clone())
+            .or_default()
+            .push((env.sequence, n));
     }
     let rows = db.query("SELECT id, n FROM counters", &[]).await.unwrap();
     for row in rows {
         let id: i32 = row.get(0);
         let seen = &per_key[&format!("public.counters:{id}")];
         let seqs: Vec<u64> = seen.iter().map(|(s, _)| *s).collect();
-        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "key {id}");
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "key {id}"
+        );
         // n increases by one per update, in commit order (deletes carry no value).
-        let ns: Vec<i64> = seen.iter().map(|(_, n)| *n).filter(|&n| n >= 0 && n < 100).collect();
+        let ns: Vec<i64> = seen
+            .iter()
+            .map(|(_, n)| *n)
+            .filter(|n| (0..100).contains(n))
+            .collect();
         assert_eq!(ns, (0..ns.len() as i64).collect::<Vec<_>>(), "key {id}");
         assert_eq!(seen.last().unwrap().1, i64::from(row.get::<_, i32>(1)));
     }
@@ -340,7 +407,10 @@ async fn schema_version_bumps_on_add_and_drop_column() {
     exec(&db, "ALTER TABLE docs ADD COLUMN n int").await;
     exec(&db, "UPDATE docs SET n = 1 WHERE id = 2").await;
     let got = collector.until(4, WAIT).await;
-    let versions: Vec<&str> = got.iter().map(|(_, e, _)| e.schema_version.as_str()).collect();
+    let versions: Vec<&str> = got
+        .iter()
+        .map(|(_, e, _)| e.schema_version.as_str())
+        .collect();
     assert_eq!(versions, ["1.0", "1.1", "2.0", "2.1"]);
     assert!(got[2].1.column("body").is_none());
     assert!(got[1].1.column("tags").is_some());
@@ -370,10 +440,20 @@ async fn unchanged_toast_values_are_published_whole() {
     exec(&db, "INSERT INTO blobs VALUES (2, repeat('y', 9000), 0)").await;
     exec(&db, "UPDATE blobs SET n = 2 WHERE id = 2").await;
     // FULL identity: the old row carries the value.
-    exec(&db, "INSERT INTO blobs_full VALUES (3, repeat('z', 8000), 0)").await;
+    exec(
+        &db,
+        "INSERT INTO blobs_full VALUES (3, repeat('z', 8000), 0)",
+    )
+    .await;
     exec(&db, "UPDATE blobs_full SET n = 3 WHERE id = 3").await;
     let got = collector.until(5, WAIT).await;
-    let big = |i: usize| got[i].1.column("big").and_then(|v| v.as_str()).map(str::len);
+    let big = |i: usize| {
+        got[i]
+            .1
+            .column("big")
+            .and_then(|v| v.as_str())
+            .map(str::len)
+    };
     assert_eq!(big(0), Some(10000));
     assert_eq!(big(2), Some(9000));
     assert_eq!(big(4), Some(8000));

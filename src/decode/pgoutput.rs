@@ -9,7 +9,9 @@ use crate::lsn::Lsn;
 /// Why a pgoutput message could not be parsed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error("pgoutput message truncated: needed {needed} more byte(s) at offset {offset} of a {what}")]
+    #[error(
+        "pgoutput message truncated: needed {needed} more byte(s) at offset {offset} of a {what}"
+    )]
     Truncated {
         what: &'static str,
         offset: usize,
@@ -357,10 +359,10 @@ mod tests {
     // Byte sequences in the layout a PostgreSQL 15 walsender sends (protocol v1) for
     // `CREATE TABLE t(id int primary key, name text)`; the integration tests decode
     // the live stream of a real server with the same parser.
-    const BEGIN: &[u8] = b"B\x00\x00\x00\x00\x01\x5a\x3c\x28\x00\x02\xb4\x6f\x0a\x9d\x3b\x31\x00\x00\x02\xe4";
+    const BEGIN: &[u8] =
+        b"B\x00\x00\x00\x00\x01\x5a\x3c\x28\x00\x02\xb4\x6f\x0a\x9d\x3b\x31\x00\x00\x02\xe4";
     const RELATION: &[u8] = b"R\x00\x00\x40\x01public\x00t\x00d\x00\x02\x01id\x00\x00\x00\x00\x17\xff\xff\xff\xff\x00name\x00\x00\x00\x00\x19\xff\xff\xff\xff";
-    const INSERT: &[u8] =
-        b"I\x00\x00\x40\x01N\x00\x02t\x00\x00\x00\x011t\x00\x00\x00\x05hello";
+    const INSERT: &[u8] = b"I\x00\x00\x40\x01N\x00\x02t\x00\x00\x00\x011t\x00\x00\x00\x05hello";
     const UPDATE_FULL: &[u8] = b"U\x00\x00\x40\x01O\x00\x02t\x00\x00\x00\x011t\x00\x00\x00\x05helloN\x00\x02t\x00\x00\x00\x011u";
     const DELETE_KEY: &[u8] = b"D\x00\x00\x40\x01K\x00\x02t\x00\x00\x00\x011n";
     const COMMIT: &[u8] = b"C\x00\x00\x00\x00\x00\x01\x5a\x3c\x28\x00\x00\x00\x00\x01\x5a\x3c\x58\x00\x02\xb4\x6f\x0a\x9d\x3b\x31";

@@ -333,7 +333,10 @@ fn parse_timestamp(kind: &'static str, text: &[u8]) -> Result<Timestamp, ValueEr
             let (clock, off) = time.split_at(i);
             let sign = if off.starts_with('-') { -1 } else { 1 };
             let mut parts = off[1..].split(':');
-            let h = parts.next().and_then(digits).ok_or_else(|| err("bad offset"))?;
+            let h = parts
+                .next()
+                .and_then(digits)
+                .ok_or_else(|| err("bad offset"))?;
             let m = parts.next().map(digits).unwrap_or(Some(0));
             let sec = parts.next().map(digits).unwrap_or(Some(0));
             let (Some(m), Some(sec)) = (m, sec) else {
@@ -371,7 +374,9 @@ fn parse_timestamp(kind: &'static str, text: &[u8]) -> Result<Timestamp, ValueEr
 fn parse_interval(text: &[u8]) -> Result<Value<'static>, ValueError> {
     let s = utf8("interval", text)?;
     let err = |reason| bad("interval", text, reason);
-    let body = s.strip_prefix('P').ok_or_else(|| err("expected ISO 8601 (P...)"))?;
+    let body = s
+        .strip_prefix('P')
+        .ok_or_else(|| err("expected ISO 8601 (P...)"))?;
     let (mut months, mut days, mut micros) = (0i64, 0i64, 0i64);
     let mut in_time = false;
     let mut rest = body;
@@ -586,7 +591,10 @@ mod tests {
             Value::Float64(f64::NEG_INFINITY)
         );
         assert_eq!(
-            p(TypeKind::Numeric, "-12345678901234567890.000000000000000001"),
+            p(
+                TypeKind::Numeric,
+                "-12345678901234567890.000000000000000001"
+            ),
             Value::Str("-12345678901234567890.000000000000000001".into())
         );
         assert_eq!(
@@ -727,7 +735,10 @@ mod tests {
             delimiter: b',',
         };
         assert_eq!(
-            p(text_arr.clone(), r#"{"a,b","say \"hi\"","NULL",NULL,plain,""}"#),
+            p(
+                text_arr.clone(),
+                r#"{"a,b","say \"hi\"","NULL",NULL,plain,""}"#
+            ),
             Value::Array(vec![
                 Value::Str("a,b".into()),
                 Value::Str("say \"hi\"".into()),

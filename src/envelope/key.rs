@@ -83,7 +83,11 @@ pub fn push_key_value(key: &mut String, first: bool, value: &str) {
 }
 
 /// Build the canonical key of a row.
-pub fn make_key<'v>(schema: &str, table: &str, values: impl IntoIterator<Item = &'v str>) -> String {
+pub fn make_key<'v>(
+    schema: &str,
+    table: &str,
+    values: impl IntoIterator<Item = &'v str>,
+) -> String {
     let mut key = table_key_prefix(schema, table);
     for (i, v) in values.into_iter().enumerate() {
         push_key_value(&mut key, i == 0, v);
@@ -172,7 +176,10 @@ fn unescape_token_part(part: &str) -> Result<String, KeyError> {
         match b[i] {
             b'~' => {
                 let hex = part.get(i + 1..i + 3).ok_or_else(bad)?;
-                if !hex.bytes().all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c)) {
+                if !hex
+                    .bytes()
+                    .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c))
+                {
                     return Err(bad());
                 }
                 out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
@@ -266,11 +273,11 @@ mod tests {
         assert!(valid_nats_token(&token));
         assert_eq!(token, key_token([long.as_str()]));
         assert_ne!(token, key_token([&long[1..]]));
-        assert!(matches!(
-            parse_key_token(&token),
-            Err(KeyError::Hashed(_))
-        ));
-        assert_eq!(key_token(["x".repeat(MAX_TOKEN_LEN).as_str()]).len(), MAX_TOKEN_LEN);
+        assert!(matches!(parse_key_token(&token), Err(KeyError::Hashed(_))));
+        assert_eq!(
+            key_token(["x".repeat(MAX_TOKEN_LEN).as_str()]).len(),
+            MAX_TOKEN_LEN
+        );
     }
 
     #[test]

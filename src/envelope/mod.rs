@@ -384,7 +384,10 @@ impl EnvelopeBuilder {
                 };
                 // Unchanged TOAST columns: from the full old row, else from the cache
                 // (under the old key when the key changed).
-                let toast_key = moved_from.as_ref().map(|(ok, _)| ok.clone()).unwrap_or_else(|| k.clone());
+                let toast_key = moved_from
+                    .as_ref()
+                    .map(|(ok, _)| ok.clone())
+                    .unwrap_or_else(|| k.clone());
                 let mut missing = Vec::new();
                 for (i, v) in new.iter().enumerate() {
                     if *v == TupleValue::UnchangedToast {

@@ -102,7 +102,10 @@ impl Catalog {
         }
         let exists = self
             .client
-            .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
+            .query_opt(
+                "SELECT 1 FROM pg_publication WHERE pubname = $1",
+                &[&publication],
+            )
             .await?;
         if exists.is_none() {
             return Err(SourceError::Preflight(format!(

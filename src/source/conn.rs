@@ -170,10 +170,7 @@ pub enum ReplicationEvent {
         data: Bytes,
     },
     /// The server's position; `reply_requested` asks for a status update now.
-    Keepalive {
-        wal_end: Lsn,
-        reply_requested: bool,
-    },
+    Keepalive { wal_end: Lsn, reply_requested: bool },
     /// The server ended the stream (CopyDone).
     End,
 }
@@ -366,7 +363,12 @@ impl ReplicationConnection {
                 }
                 b'K' | b'N' => {}
                 b'Z' => return Ok(()),
-                other => return Err(proto(format!("unexpected message {:?} during startup", other as char))),
+                other => {
+                    return Err(proto(format!(
+                        "unexpected message {:?} during startup",
+                        other as char
+                    )))
+                }
             }
         }
     }
@@ -418,7 +420,10 @@ impl ReplicationConnection {
     }
 
     /// Run a simple query; rows come back as text columns.
-    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, SourceError> {
+    pub async fn simple_query(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, SourceError> {
         frontend::query(sql, &mut self.wbuf).map_err(io_err("encoding a query"))?;
         self.flush().await?;
         let mut rows = Vec::new();
@@ -435,14 +440,21 @@ impl ReplicationConnection {
                     }
                 }
                 b'T' | b'C' | b'N' | b'I' | b'S' => {}
-                other => return Err(proto(format!("unexpected message {:?} after a query", other as char))),
+                other => {
+                    return Err(proto(format!(
+                        "unexpected message {:?} after a query",
+                        other as char
+                    )))
+                }
             }
         }
     }
 
     pub async fn identify_system(&mut self) -> Result<SystemInfo, SourceError> {
         let rows = self.simple_query("IDENTIFY_SYSTEM").await?;
-        let row = rows.first().ok_or_else(|| proto("IDENTIFY_SYSTEM returned no row"))?;
+        let row = rows
+            .first()
+            .ok_or_else(|| proto("IDENTIFY_SYSTEM returned no row"))?;
         let col = |i: usize| row.get(i).cloned().flatten();
         Ok(SystemInfo {
             system_id: col(0).unwrap_or_default(),

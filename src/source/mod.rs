@@ -6,7 +6,9 @@
 pub mod catalog;
 pub mod conn;
 
-pub use conn::{ConnectParams, PgError, ReplicationConnection, ReplicationEvent, ReplicationStream};
+pub use conn::{
+    ConnectParams, PgError, ReplicationConnection, ReplicationEvent, ReplicationStream,
+};
 
 /// Why talking to PostgreSQL failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +59,10 @@ impl SourceError {
             // 57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now,
             // 55006 object in use (the slot is active in another process).
             SourceError::Server(e) => {
-                matches!(e.code.as_str(), "57P01" | "57P02" | "57P03" | "55006" | "53300")
+                matches!(
+                    e.code.as_str(),
+                    "57P01" | "57P02" | "57P03" | "55006" | "53300"
+                )
             }
             SourceError::Query(e) => e.is_closed() || e.code().is_none(),
             _ => false,

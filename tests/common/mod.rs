@@ -87,8 +87,12 @@ impl Walcast {
 
     pub async fn http_get(&self, path: &str) -> Option<(u16, String)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.ok()?;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+            .await
+            .ok()?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).await.ok()?;
         let code = out.split_whitespace().nth(1)?.parse().ok()?;
@@ -101,7 +105,10 @@ impl Walcast {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("walcast exited with {status} before becoming ready:\n{}", self.log());
+                panic!(
+                    "walcast exited with {status} before becoming ready:\n{}",
+                    self.log()
+                );
             }
             if let Some((200, _)) = self.http_get("/readyz").await {
                 return;
@@ -145,7 +152,10 @@ pub async fn run_to_exit(args: &[&str]) -> (i32, String) {
     .await
     .expect("walcast did not exit within 60 s")
     .unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A NATS subscription collecting decoded envelopes.
@@ -156,10 +166,15 @@ pub struct Collector {
 
 impl Collector {
     pub async fn new(nats_url: &str, subject: &str) -> Collector {
-        let client = async_nats::connect(nats_url).await.expect("connecting to NATS");
+        let client = async_nats::connect(nats_url)
+            .await
+            .expect("connecting to NATS");
         let sub = client.subscribe(subject.to_string()).await.unwrap();
         client.flush().await.unwrap();
-        Collector { sub, received: vec![] }
+        Collector {
+            sub,
+            received: vec![],
+        }
     }
 
     /// Wait until `n` envelopes in all have arrived.
@@ -170,13 +185,17 @@ impl Collector {
                 Ok(Some(msg)) => {
                     let env = codec::decode(&msg.payload)
                         .unwrap_or_else(|e| panic!("{}: not an envelope: {e}", msg.subject));
-                    self.received.push((msg.subject.to_string(), env, msg.payload.to_vec()));
+                    self.received
+                        .push((msg.subject.to_string(), env, msg.payload.to_vec()));
                 }
                 Ok(None) => panic!("subscription closed"),
                 Err(_) => panic!(
                     "got {} of {n} envelopes within {timeout:?}: {:#?}",
                     self.received.len(),
-                    self.received.iter().map(|(s, e, _)| (s, e.op, e.sequence)).collect::<Vec<_>>()
+                    self.received
+                        .iter()
+                        .map(|(s, e, _)| (s, e.op, e.sequence))
+                        .collect::<Vec<_>>()
                 ),
             }
         }
@@ -186,7 +205,11 @@ impl Collector {
     /// Nothing more arrives within `quiet`.
     pub async fn assert_quiet(&mut self, quiet: Duration) {
         if let Ok(Some(msg)) = tokio::time::timeout(quiet, self.sub.next()).await {
-            panic!("unexpected envelope on {}: {:?}", msg.subject, codec::decode(&msg.payload));
+            panic!(
+                "unexpected envelope on {}: {:?}",
+                msg.subject,
+                codec::decode(&msg.payload)
+            );
         }
     }
 }
