@@ -336,6 +336,27 @@ mod tests {
     }
 
     #[test]
+    fn documentation_carries_the_same_vectors() {
+        let doc = include_str!("../docs/envelope.md");
+        let source = include_str!("codec.rs");
+        // Every hex vector asserted above appears verbatim in the documentation.
+        let vectors: Vec<String> = source
+            .split("assert_eq!(\n            hex(&bytes),\n            \"")
+            .skip(1)
+            .map(|rest| {
+                rest.split("\"\n        );")
+                    .next()
+                    .unwrap()
+                    .replace(['\\', '\n', ' '], "")
+            })
+            .collect();
+        assert_eq!(vectors.len(), 2);
+        for v in vectors {
+            assert!(doc.contains(&v), "docs/envelope.md lacks the vector {v}");
+        }
+    }
+
+    #[test]
     fn rejects_what_is_not_an_envelope() {
         assert!(matches!(
             decode(b"\xd9"),

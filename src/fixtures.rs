@@ -241,6 +241,7 @@ impl PgServer {
              host all md5_user 127.0.0.1/32 md5\n\
              host all clear_user 127.0.0.1/32 password\n\
              host all pw_user 127.0.0.1/32 scram-sha-256\n\
+             host all walcast 127.0.0.1/32 scram-sha-256\n\
              host all all 127.0.0.1/32 trust\n",
             true,
         )?;
