@@ -63,7 +63,10 @@ async fn main() -> Result<(), DynError> {
         .map(|dir| dir.join("walcast"))
         .ok_or("cannot locate the walcast binary")?;
     let metrics_port = free_port();
-    println!("== running {} run (metrics on 127.0.0.1:{metrics_port})", walcast_bin.display());
+    println!(
+        "== running {} run (metrics on 127.0.0.1:{metrics_port})",
+        walcast_bin.display()
+    );
     let mut walcast = tokio::process::Command::new(&walcast_bin)
         .args(["run", "--postgres-url", &pg_url, "--nats-url", &nats_url])
         .args(["--publication", PUBLICATION, "--slot", SLOT])
@@ -80,7 +83,10 @@ async fn main() -> Result<(), DynError> {
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     }
     let status = tokio::time::timeout(Duration::from_secs(30), walcast.wait()).await;
-    println!("== walcast stopped on SIGTERM: {:?}", status.ok().and_then(Result::ok));
+    println!(
+        "== walcast stopped on SIGTERM: {:?}",
+        status.ok().and_then(Result::ok)
+    );
     let cleanup = format!(
         "DROP PUBLICATION IF EXISTS {PUBLICATION}; DROP TABLE IF EXISTS {TABLE};
          SELECT pg_drop_replication_slot('{SLOT}') FROM pg_replication_slots WHERE slot_name = '{SLOT}';"
@@ -163,7 +169,10 @@ async fn ready(port: u16) -> bool {
     let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
         return false;
     };
-    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await.is_err() {
+    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .is_err()
+    {
         return false;
     }
     let mut out = String::new();

@@ -351,3 +351,63 @@ async fn non_logical_wal_level_is_refused() {
     assert!(error_line(&err).contains("wal_level is 'replica'"), "{err}");
     assert!(error_line(&err).starts_with("walcast: error:"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_walcast_waits_for_the_slot_and_takes_over() {
+    let s = servers();
+    let db = s.pg.client().await;
+    exec(
+        &db,
+        "CREATE TABLE t (id int PRIMARY KEY, v int); CREATE PUBLICATION walcast FOR TABLE t;",
+    )
+    .await;
+    let mut collector = Collector::new(&s.nats.url(), "walcast.>").await;
+    let mut active = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
+    active.wait_ready().await;
+    let standby = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
+    // The standby is alive but not ready, and says why.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some((503, body)) = standby.http_get("/readyz").await {
+            if body.contains("active") {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "standby never reported the busy slot:\n{}",
+            standby.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    exec(&db, "INSERT INTO t VALUES (1, 1)").await;
+    collector.until(1, WAIT).await;
+    active.child.start_kill().unwrap();
+    active.wait_exit(WAIT).await;
+    exec(&db, "INSERT INTO t VALUES (2, 2)").await;
+    let mut standby = standby;
+    standby.wait_ready().await;
+    // At-least-once: the standby may replay what the killed one published but had not
+    // yet reported as flushed; a replay is byte-identical, never a different change.
+    let mut n = 2;
+    while !collector
+        .until(n, WAIT)
+        .await
+        .iter()
+        .any(|(_, e, _)| e.key == "public.t:2")
+    {
+        n += 1;
+    }
+    let mut seen: std::collections::HashMap<(String, u64), Vec<u8>> = Default::default();
+    for (_, env, bytes) in &collector.received {
+        let prev = seen
+            .entry((env.key.clone(), env.sequence))
+            .or_insert_with(|| bytes.clone());
+        assert_eq!(
+            prev, bytes,
+            "two different envelopes for {} #{}",
+            env.key, env.sequence
+        );
+    }
+    assert_eq!(seen.len(), 2);
+}

@@ -10,11 +10,14 @@ use common::*;
 fn psql(s: &Servers, file: &str, vars: &[(&str, &str)]) -> std::process::Output {
     let bin = walcast::fixtures::postgres_bin_dir().unwrap().join("psql");
     let mut cmd = std::process::Command::new(bin);
-    cmd.arg(s.pg.url()).args(["-v", "ON_ERROR_STOP=1", "-q", "-f", file]);
+    cmd.arg(s.pg.url())
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-f", file]);
     for (k, v) in vars {
         cmd.arg("-v").arg(format!("{k}={v}"));
     }
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,9 +33,16 @@ async fn setup_runs_walcast_least_privilege_and_teardown_removes_the_slot() {
     let out = psql(
         &s,
         "sql/setup.sql",
-        &[("walcast_password", "'pw-setup'"), ("tables", "public.users")],
+        &[
+            ("walcast_password", "'pw-setup'"),
+            ("tables", "public.users"),
+        ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let row = db
         .query_one(
             "SELECT rolsuper, rolreplication, has_table_privilege('walcast', 'public.users', 'SELECT'),
@@ -42,7 +52,8 @@ async fn setup_runs_walcast_least_privilege_and_teardown_removes_the_slot() {
         )
         .await
         .unwrap();
-    let (sup, repl, users, secrets): (bool, bool, bool, bool) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    let (sup, repl, users, secrets): (bool, bool, bool, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
     assert!(!sup && repl && users && !secrets);
 
     let mut collector = Collector::new(&s.nats.url(), "walcast.public.users.*").await;
@@ -57,7 +68,11 @@ async fn setup_runs_walcast_least_privilege_and_teardown_removes_the_slot() {
     assert!(w.wait_exit(Duration::from_secs(30)).await.success());
 
     let out = psql(&s, "sql/teardown.sql", &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let left: i64 = db
         .query_one(
             "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)
