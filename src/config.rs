@@ -18,6 +18,13 @@ pub struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Delivery {
+    Auto,
+    Jetstream,
+    Core,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -68,6 +75,30 @@ pub struct RunConfig {
     /// Envelopes published but not yet confirmed, at most (back-pressure beyond).
     #[arg(long, env = "WALCAST_MAX_INFLIGHT", default_value_t = 50_000)]
     pub max_inflight: usize,
+    /// Delivery: `jetstream` (durable per-key state, PubAck-gated), `core` (plain NATS),
+    /// or `auto` (JetStream when the server has it).
+    #[arg(long, env = "WALCAST_DELIVERY", value_enum, default_value_t = Delivery::Auto)]
+    pub delivery: Delivery,
+    /// JetStream stream holding every key's last envelope (created when missing).
+    #[arg(long, env = "WALCAST_STREAM", default_value = "WALCAST")]
+    pub stream: String,
+    /// Messages the stream keeps per subject (1: each key's last state).
+    #[arg(long, env = "WALCAST_STREAM_HISTORY", default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..))]
+    pub stream_history: i64,
+    /// Seconds in which JetStream drops a re-published envelope as a duplicate.
+    #[arg(long, env = "WALCAST_DUPLICATE_WINDOW", default_value = "120", value_parser = parse_seconds)]
+    pub duplicate_window: Duration,
+    /// Per-key sequence states kept in memory (misses are loaded from the stream).
+    #[arg(long, env = "WALCAST_KEY_CACHE", default_value_t = 100_000)]
+    pub key_cache: usize,
+    /// Tables whose sequence is a column kept by sql/sequence_column.sql, as
+    /// `schema.table=column` (repeatable, or comma-separated in the variable).
+    #[arg(long = "column-sequence", env = "WALCAST_COLUMN_SEQUENCE", value_delimiter = ',', value_parser = parse_column_sequence)]
+    pub column_sequences: Vec<(String, String)>,
+    /// Without JetStream, let walcast assign sequences from memory: they restart at 1
+    /// on every start, so consumers cannot trust them across restarts.
+    #[arg(long, env = "WALCAST_VOLATILE_SEQUENCES")]
+    pub volatile_sequences: bool,
     /// Bytes kept for unchanged-TOAST columns of tables without REPLICA IDENTITY FULL.
     #[arg(long, env = "WALCAST_TOAST_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub toast_cache_bytes: usize,
@@ -101,6 +132,16 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} must be a positive number of seconds"));
     }
     Ok(Duration::from_secs_f64(v))
+}
+
+fn parse_column_sequence(s: &str) -> Result<(String, String), String> {
+    let (table, column) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected schema.table=column"))?;
+    if !table.contains('.') || column.is_empty() {
+        return Err(format!("{s:?}: expected schema.table=column"));
+    }
+    Ok((table.to_string(), column.to_string()))
 }
 
 fn parse_slot_name(s: &str) -> Result<String, String> {

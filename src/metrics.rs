@@ -29,6 +29,8 @@ pub struct Metrics {
     pub keepalives: IntCounter,
     pub reconnects: IntCounter,
     pub toast_fetches: IntCounter,
+    pub replays_skipped: IntCounter,
+    pub key_state_loads: IntCounter,
     pub streaming: IntGauge,
     pub nats_connected: IntGauge,
     /// Why the process is not ready, when it is not.
@@ -129,6 +131,14 @@ impl Metrics {
             toast_fetches: counter(
                 "walcast_toast_fetches_total",
                 "Unchanged TOAST values fetched from the table (no FULL replica identity, not cached)",
+            ),
+            replays_skipped: counter(
+                "walcast_replayed_changes_skipped_total",
+                "Changes recognised after a restart as already published (no new sequence)",
+            ),
+            key_state_loads: counter(
+                "walcast_key_state_loads_total",
+                "Per-key sequence states loaded from the stream (cache misses)",
             ),
             streaming: gauge(
                 "walcast_replication_streaming",

@@ -20,14 +20,16 @@ use tokio::time::MissedTickBehavior;
 
 use crate::checkpoint::Checkpoint;
 use crate::codec::Op;
-use crate::config::RunConfig;
+use crate::config::{Delivery, RunConfig};
 use crate::decode::pgoutput::{self, DecodeError, OldTuple, PgOutput, RelationColumn, TupleValue};
 use crate::decode::types::TypeRegistry;
 use crate::envelope::schema::Column;
-use crate::envelope::{EnvelopeBuilder, EnvelopeError, Outgoing};
+use crate::envelope::sequence::SequenceMode;
+use crate::envelope::{EnvelopeBuilder, EnvelopeError, Need, Outgoing};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
+use crate::sink::jetstream::{self as js, JetStreamSink, StateStore, StreamSettings};
 use crate::sink::{self, NatsSink, NatsState, Publish, SinkBatch, SinkError};
 use crate::source::catalog::Catalog;
 use crate::source::{
@@ -59,12 +61,17 @@ pub enum PipelineError {
     },
     #[error("the sink stopped unexpectedly")]
     SinkGone,
+    #[error("loading state from the stream: {0}")]
+    Store(SinkError),
+    #[error("{0}")]
+    Config(String),
 }
 
 impl PipelineError {
     fn is_transient(&self) -> bool {
         match self {
             PipelineError::Source(e) => e.is_transient(),
+            PipelineError::Store(_) => true,
             _ => false,
         }
     }
@@ -87,6 +94,9 @@ struct Reader {
     cfg: RunConfig,
     metrics: Arc<Metrics>,
     catalog: Catalog,
+    /// The JetStream state store (key states, schema histories), when delivering
+    /// through JetStream.
+    store: Option<StateStore>,
     types: TypeRegistry,
     builder: EnvelopeBuilder,
     cp: Checkpoint,
@@ -146,20 +156,88 @@ pub async fn run(
             }
         });
     }
-    let sink = NatsSink::new(
-        client,
-        nats_state,
-        cfg.confirm_timeout,
-        cfg.max_inflight,
-        metrics.clone(),
-    )
-    .await?;
+    let has_jetstream = client.server_info().jetstream;
+    let delivery = match (cfg.delivery, has_jetstream) {
+        (Delivery::Auto, true) | (Delivery::Jetstream, true) => Delivery::Jetstream,
+        (Delivery::Auto, false) | (Delivery::Core, _) => Delivery::Core,
+        (Delivery::Jetstream, false) => {
+            return Err(PipelineError::Config(format!(
+                "--delivery jetstream, but the NATS server at {} has no JetStream (start nats-server with -js)",
+                cfg.nats_url
+            )))
+        }
+    };
+    let column_modes: HashMap<String, String> = cfg.column_sequences.iter().cloned().collect();
+    let default_mode = match delivery {
+        Delivery::Jetstream => SequenceMode::Tracked,
+        _ if cfg.volatile_sequences => SequenceMode::Volatile,
+        _ => {
+            let tracked: Vec<&String> = preflight
+                .tables
+                .iter()
+                .filter(|t| !column_modes.contains_key(*t))
+                .collect();
+            if !tracked.is_empty() {
+                return Err(PipelineError::Config(format!(
+                    "NATS at {} {} JetStream, so walcast cannot keep the sequences of {} durable: enable JetStream (nats-server -js), put the tables in column mode (--column-sequence schema.table=column, see sql/sequence_column.sql), or accept sequences that restart on every start (--volatile-sequences)",
+                    cfg.nats_url,
+                    if has_jetstream { "is used without" } else { "has no" },
+                    tracked.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            SequenceMode::Volatile
+        }
+    };
+    let (sink, store) = match delivery {
+        Delivery::Jetstream => {
+            let context = async_nats::jetstream::ContextBuilder::new()
+                .ack_timeout(cfg.confirm_timeout)
+                .max_ack_inflight(cfg.max_inflight.max(1))
+                .backpressure_on_inflight(true)
+                .build(client);
+            let settings = StreamSettings {
+                name: cfg.stream.clone(),
+                prefix: cfg.subject_prefix.clone(),
+                history: cfg.stream_history,
+                duplicate_window: cfg.duplicate_window,
+            };
+            let stream = js::ensure_stream(&context, &settings).await?;
+            let store = StateStore::new(context.clone(), stream, &settings);
+            let sink = JetStreamSink::new(
+                context,
+                store.clone(),
+                cfg.key_cache,
+                cfg.max_inflight,
+                metrics.clone(),
+            );
+            (AnySink::JetStream(sink), Some(store))
+        }
+        _ => {
+            let sink = NatsSink::new(
+                client,
+                nats_state,
+                cfg.confirm_timeout,
+                cfg.max_inflight,
+                metrics.clone(),
+            )
+            .await?;
+            (AnySink::Core(sink), None)
+        }
+    };
+    tracing::info!(delivery = ?delivery, sequences = ?default_mode, "delivery chosen");
     let (tx, rx) = mpsc::channel::<SinkBatch>(CHANNEL_BATCHES);
     let (confirmed_tx, mut confirmed_rx) = watch::channel(Lsn(0));
     let sink_task = tokio::spawn(sink.run(rx, confirmed_tx));
 
     let mut reader = Reader {
-        builder: EnvelopeBuilder::new(&cfg.subject_prefix, cfg.toast_cache_bytes),
+        builder: EnvelopeBuilder::new(
+            &cfg.subject_prefix,
+            default_mode,
+            column_modes,
+            cfg.key_cache,
+            cfg.toast_cache_bytes,
+        ),
+        store,
         cfg,
         metrics: metrics.clone(),
         catalog,
@@ -288,7 +366,8 @@ impl Reader {
         cp.on_confirmed(self.cp.confirmed());
         cp.on_handed_off(self.cp.handed_off().max(start));
         self.cp = cp;
-        self.chunk.clear();
+        // An open transaction's envelopes built so far stay: the stream starts again
+        // at or before its Begin, recognises them as already built, and goes on.
         self.skipping = false;
         tracing::info!(slot = %slot, from = %start, "streaming");
         self.metrics.streaming.set(1);
@@ -337,6 +416,7 @@ impl Reader {
                     }
                     let lsn = *confirmed_rx.borrow_and_update();
                     self.cp.on_confirmed(lsn);
+                    self.builder.acknowledged(lsn);
                 }
                 permit = tx.reserve(), if !reading => {
                     let permit = permit.map_err(|_| PipelineError::SinkGone)?;
@@ -501,7 +581,9 @@ impl Reader {
                     .await?;
             }
             PgOutput::Truncate { relation_ids, .. } if !self.skipping => {
-                self.builder.truncate(&relation_ids, &mut self.chunk)?;
+                while let Some(need) = self.builder.truncate(&relation_ids, &mut self.chunk)? {
+                    self.provide(need).await?;
+                }
             }
             PgOutput::Message {
                 prefix, content, ..
@@ -524,6 +606,9 @@ impl Reader {
             .map(|o| Publish {
                 subject: Subject::from(o.subject),
                 payload: o.payload,
+                msg_id: o.msg_id,
+                position: o.position,
+                expected_last_subject_seq: o.expected_last_subject_seq,
             })
             .collect();
         debug_assert!(self.ready.is_none());
@@ -538,35 +623,56 @@ impl Reader {
         new: Option<&[TupleValue<'_>]>,
     ) -> Result<(), PipelineError> {
         let before = self.chunk.len();
-        loop {
-            match self
-                .builder
-                .change(relation_id, op, old, new, &mut self.chunk)?
-            {
-                None => break,
-                Some(needed) => {
-                    tracing::warn!(table = %format!("{}.{}", needed.schema, needed.table), columns = ?needed.columns,
-                        "unchanged TOAST value not known: fetching it from the table");
-                    self.metrics.toast_fetches.inc();
-                    let texts = self
-                        .catalog
-                        .fetch_row_columns(
-                            &needed.schema,
-                            &needed.table,
-                            &needed.key_columns,
-                            &needed.columns,
-                        )
-                        .await?;
-                    self.builder.provide_toast(&needed, &texts)?;
-                }
-            }
+        let skipped_before = self.builder.replays_skipped();
+        while let Some(need) = self
+            .builder
+            .change(relation_id, op, old, new, &mut self.chunk)?
+        {
+            self.provide(need).await?;
         }
+        self.metrics
+            .replays_skipped
+            .inc_by(self.builder.replays_skipped() - skipped_before);
         if let Some(c) = self.counters.get(&relation_id) {
             let n = (self.chunk.len() - before) as u64;
             match op {
                 Op::Insert => c.insert.inc_by(n),
                 Op::Update => c.update.inc_by(n),
                 _ => c.delete.inc_by(n),
+            }
+        }
+        Ok(())
+    }
+
+    /// Load what the envelope stage asked for.
+    async fn provide(&mut self, need: Need) -> Result<(), PipelineError> {
+        match need {
+            Need::Toast(needed) => {
+                tracing::warn!(table = %format!("{}.{}", needed.schema, needed.table), columns = ?needed.columns,
+                    "unchanged TOAST value not known: fetching it from the table");
+                self.metrics.toast_fetches.inc();
+                let texts = self
+                    .catalog
+                    .fetch_row_columns(
+                        &needed.schema,
+                        &needed.table,
+                        &needed.key_columns,
+                        &needed.columns,
+                    )
+                    .await?;
+                self.builder.provide_toast(&needed, &texts)?;
+            }
+            Need::KeyState { key, subject } => {
+                let store = self
+                    .store
+                    .as_ref()
+                    .expect("tracked sequences without a store are volatile");
+                self.metrics.key_state_loads.inc();
+                let loaded = store
+                    .load_key(&subject)
+                    .await
+                    .map_err(PipelineError::Store)?;
+                self.builder.provide_key_state(key, loaded);
             }
         }
         Ok(())
@@ -639,5 +745,24 @@ impl Reader {
             },
         );
         Ok(())
+    }
+}
+
+/// The delivery chosen at start-up.
+enum AnySink {
+    Core(NatsSink),
+    JetStream(JetStreamSink),
+}
+
+impl AnySink {
+    async fn run(
+        self,
+        rx: mpsc::Receiver<SinkBatch>,
+        confirmed: watch::Sender<Lsn>,
+    ) -> Result<(), SinkError> {
+        match self {
+            AnySink::Core(s) => s.run(rx, confirmed).await,
+            AnySink::JetStream(s) => s.run(rx, confirmed).await,
+        }
     }
 }

@@ -2,11 +2,17 @@
 //!
 //! It keeps the table shapes (from Relation messages) with their schema versions,
 //! extracts each row's canonical key from the primary key, assigns the per-key
-//! sequence, fills unchanged-TOAST columns, and hands each envelope to the codec
-//! exactly once. See `docs/envelope.md` for the contract.
+//! sequence ([`sequence`]), fills unchanged-TOAST columns ([`toast`]), and hands each
+//! envelope to the codec exactly once. See `docs/envelope.md` for the contract.
+//!
+//! State it does not hold in memory (a key's last sequence, an unchanged TOAST value)
+//! is asked of the caller through [`Need`]: the caller loads it and retries, so this
+//! stage stays synchronous and free of I/O.
 
 pub mod key;
 pub mod schema;
+pub mod sequence;
+pub mod toast;
 
 use std::collections::HashMap;
 
@@ -16,7 +22,9 @@ use crate::codec::{self, EnvelopeRef, Op, RowRef};
 use crate::decode::pgoutput::{OldTuple, TupleValue};
 use crate::decode::value::{parse_text, Timestamp, Value, ValueError};
 use crate::lsn::Lsn;
-use schema::{next_version, Column, SchemaVersion, ShapeChange, TableShape};
+use schema::{Column, SchemaHistory, SchemaVersion, TableShape};
+use sequence::{KeyState, KeyStateCache, Lookup, Position, SequenceMode};
+use toast::ToastCache;
 
 /// Why a change could not become an envelope.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +54,15 @@ pub enum EnvelopeError {
     },
     #[error("table {table}, column {column}: binary tuple values are not enabled")]
     Binary { table: String, column: String },
+    #[error("table {table}: sequence column {column:?} does not exist")]
+    NoSequenceColumn { table: String, column: String },
+    #[error("table {table}: sequence column {column} is not a non-negative integer in a {op} change ({detail}); a delete needs REPLICA IDENTITY FULL to carry it (see sql/sequence_column.sql)")]
+    BadSequenceColumn {
+        table: String,
+        column: String,
+        op: &'static str,
+        detail: String,
+    },
     #[error("change outside a transaction (no Begin)")]
     NoTransaction,
     #[error("encoding the envelope failed: {0}")]
@@ -66,6 +83,18 @@ pub struct ToastNeeded {
     pub columns: Vec<String>,
 }
 
+/// State the builder needs before it can build a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Need {
+    Toast(ToastNeeded),
+    /// The key's last published state: load the last message of `subject` and pass
+    /// it to [`EnvelopeBuilder::provide_key_state`].
+    KeyState {
+        key: String,
+        subject: String,
+    },
+}
+
 /// A table as the envelope stage knows it.
 #[derive(Debug, Clone)]
 pub struct Relation {
@@ -83,6 +112,8 @@ pub struct Relation {
     pub full_identity: bool,
     /// Indexes of the columns that may arrive as unchanged TOAST.
     toastable: Vec<usize>,
+    /// Column mode: the index of the sequence column.
+    sequence_column: Option<usize>,
 }
 
 impl Relation {
@@ -96,6 +127,13 @@ impl Relation {
 pub struct Outgoing {
     pub subject: String,
     pub payload: Bytes,
+    /// `<key>:<sequence>`: the JetStream de-duplication id (`Nats-Msg-Id`).
+    pub msg_id: String,
+    /// Where the change sits in the WAL (`Walcast-Position`).
+    pub position: Position,
+    /// The stream sequence of the subject's last message, when just loaded from the
+    /// stream (`0`: the subject has none): `Nats-Expected-Last-Subject-Sequence`.
+    pub expected_last_subject_seq: Option<u64>,
 }
 
 /// What a Relation message changed.
@@ -104,6 +142,8 @@ pub struct RelationUpdate {
     pub table: String,
     pub previous: Option<SchemaVersion>,
     pub current: SchemaVersion,
+    /// The table's schema history when it gained a version: to be persisted.
+    pub history_to_store: Option<SchemaHistory>,
 }
 
 /// The open transaction's commit identity.
@@ -111,61 +151,8 @@ pub struct RelationUpdate {
 struct Transaction {
     commit_lsn: Lsn,
     commit_ts: Timestamp,
-}
-
-/// Last values of TOASTable columns per key, for tables without FULL identity.
-/// Bounded by a byte budget; when full, entries are evicted.
-#[derive(Debug, Default)]
-struct ToastCache {
-    entries: HashMap<String, Vec<(usize, Value<'static>)>>,
-    bytes: usize,
-    budget: usize,
-}
-
-fn value_size(v: &Value<'_>) -> usize {
-    match v {
-        Value::Str(s) => s.len(),
-        Value::Bin(b) => b.len(),
-        Value::Array(a) => a.iter().map(value_size).sum::<usize>() + 8,
-        Value::Json(j) => j.to_string().len(),
-        _ => 16,
-    }
-}
-
-impl ToastCache {
-    fn entry_size(key: &str, vals: &[(usize, Value<'static>)]) -> usize {
-        key.len() + 32 + vals.iter().map(|(_, v)| value_size(v) + 16).sum::<usize>()
-    }
-
-    fn insert(&mut self, key: String, vals: Vec<(usize, Value<'static>)>) {
-        self.remove(&key);
-        let size = Self::entry_size(&key, &vals);
-        if size > self.budget {
-            return;
-        }
-        while self.bytes + size > self.budget {
-            let Some(victim) = self.entries.keys().next().cloned() else {
-                break;
-            };
-            self.remove(&victim);
-        }
-        self.bytes += size;
-        self.entries.insert(key, vals);
-    }
-
-    fn remove(&mut self, key: &str) {
-        if let Some(v) = self.entries.remove(key) {
-            self.bytes -= Self::entry_size(key, &v);
-        }
-    }
-
-    fn get(&self, key: &str, column: usize) -> Option<&Value<'static>> {
-        self.entries
-            .get(key)?
-            .iter()
-            .find(|(i, _)| *i == column)
-            .map(|(_, v)| v)
-    }
+    /// Envelopes emitted (or recognised as replays) so far in this transaction.
+    ordinal: u32,
 }
 
 /// Turns decoded changes into encoded envelopes; holds the per-table and per-key state.
@@ -173,31 +160,81 @@ impl ToastCache {
 pub struct EnvelopeBuilder {
     prefix: String,
     relations: HashMap<u32, Relation>,
-    sequences: HashMap<String, u64>,
-    truncates: HashMap<u32, u64>,
+    histories: HashMap<String, SchemaHistory>,
+    default_mode: SequenceMode,
+    /// Column mode per table (`schema.table` → column).
+    column_modes: HashMap<String, String>,
+    keys: KeyStateCache,
+    /// Key states loaded from the stream, with the stream sequence of that message.
+    loaded_stream_seq: HashMap<String, u64>,
     toast: ToastCache,
     tx: Option<Transaction>,
+    replays_skipped: u64,
 }
 
 impl EnvelopeBuilder {
-    /// `prefix` is the subject prefix; `toast_cache_bytes` bounds the memory kept for
-    /// unchanged-TOAST columns of tables without FULL replica identity.
-    pub fn new(prefix: &str, toast_cache_bytes: usize) -> Self {
+    /// `prefix`: the subject prefix; `default_mode`: tracked or volatile;
+    /// `column_modes`: tables in column mode; `key_cache`: key states kept in memory;
+    /// `toast_cache_bytes`: memory for unchanged-TOAST values.
+    pub fn new(
+        prefix: &str,
+        default_mode: SequenceMode,
+        column_modes: HashMap<String, String>,
+        key_cache: usize,
+        toast_cache_bytes: usize,
+    ) -> Self {
+        let authoritative = default_mode == SequenceMode::Volatile;
         EnvelopeBuilder {
             prefix: prefix.to_string(),
             relations: HashMap::new(),
-            sequences: HashMap::new(),
-            truncates: HashMap::new(),
-            toast: ToastCache {
-                budget: toast_cache_bytes,
-                ..Default::default()
-            },
+            histories: HashMap::new(),
+            default_mode,
+            column_modes,
+            keys: KeyStateCache::new(key_cache, authoritative),
+            loaded_stream_seq: HashMap::new(),
+            toast: ToastCache::new(toast_cache_bytes),
             tx: None,
+            replays_skipped: 0,
         }
     }
 
     pub fn relation(&self, id: u32) -> Option<&Relation> {
         self.relations.get(&id)
+    }
+
+    /// Changes recognised as already published (replays after a restart).
+    pub fn replays_skipped(&self) -> u64 {
+        self.replays_skipped
+    }
+
+    /// Key states held in memory.
+    pub fn cached_keys(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the schema history of `schema.table` is known (else the caller loads
+    /// it with [`EnvelopeBuilder::provide_schema_history`] when it has a store).
+    pub fn has_schema_history(&self, qualified: &str) -> bool {
+        self.histories.contains_key(qualified)
+    }
+
+    pub fn provide_schema_history(&mut self, qualified: &str, history: SchemaHistory) {
+        self.histories.insert(qualified.to_string(), history);
+    }
+
+    /// The sink confirmed every transaction ending at or before `end_lsn`.
+    pub fn acknowledged(&mut self, end_lsn: Lsn) {
+        self.keys.acknowledged(end_lsn);
+    }
+
+    /// The subject the last message of a key lives on.
+    pub fn subject_of(&self, relation_id: u32, key_values: &[&str]) -> Option<String> {
+        let rel = self.relations.get(&relation_id)?;
+        Some(format!(
+            "{}{}",
+            rel.subject_prefix,
+            key::key_token(key_values.iter().copied())
+        ))
     }
 
     /// Register or update a table from its Relation message.
@@ -214,16 +251,22 @@ impl EnvelopeBuilder {
         if key.is_empty() {
             return Err(EnvelopeError::NoKey { table: qualified });
         }
+        let sequence_column =
+            match self.column_modes.get(&qualified) {
+                Some(name) => Some(columns.iter().position(|c| &c.name == name).ok_or_else(
+                    || EnvelopeError::NoSequenceColumn {
+                        table: qualified.clone(),
+                        column: name.clone(),
+                    },
+                )?),
+                None => None,
+            };
         let shape = TableShape { columns, key };
         let previous = self.relations.get(&id).map(|r| r.version);
-        let version = match self.relations.get(&id) {
-            Some(old) if old.schema == schema && old.table == table => {
-                next_version(old.version, old.shape.compare(&shape))
-            }
-            // Renamed table: a new identity for consumers.
-            Some(old) => next_version(old.version, ShapeChange::Breaking),
-            None => SchemaVersion::INITIAL,
-        };
+        let at = self.tx.map(|t| t.commit_lsn).unwrap_or_default();
+        let history = self.histories.entry(qualified.clone()).or_default();
+        let (version, added) = history.version_for(&shape, at);
+        let history_to_store = added.then(|| history.clone());
         let toastable = shape
             .columns
             .iter()
@@ -246,6 +289,7 @@ impl EnvelopeBuilder {
             key_prefix: key::table_key_prefix(schema, table),
             full_identity: replica_identity == b'f',
             toastable,
+            sequence_column,
             shape,
         };
         self.relations.insert(id, rel);
@@ -253,6 +297,7 @@ impl EnvelopeBuilder {
             table: qualified,
             previous,
             current: version,
+            history_to_store,
         })
     }
 
@@ -261,6 +306,7 @@ impl EnvelopeBuilder {
         self.tx = Some(Transaction {
             commit_lsn,
             commit_ts: Timestamp::from_pg_micros(commit_ts_pg_micros),
+            ordinal: 0,
         });
     }
 
@@ -271,6 +317,22 @@ impl EnvelopeBuilder {
 
     pub fn in_transaction(&self) -> bool {
         self.tx.is_some()
+    }
+
+    /// The state of a key loaded from the stream: its last envelope's sequence, the
+    /// `Walcast-Position` of that change, and the message's stream sequence; `None`
+    /// when the subject has no message.
+    pub fn provide_key_state(&mut self, key: String, loaded: Option<(KeyState, u64)>) {
+        match loaded {
+            Some((state, stream_seq)) => {
+                self.loaded_stream_seq.insert(key.clone(), stream_seq);
+                self.keys.loaded(key, Some(state));
+            }
+            None => {
+                self.loaded_stream_seq.insert(key.clone(), 0);
+                self.keys.loaded(key, None);
+            }
+        }
     }
 
     /// Values fetched from the database for a [`ToastNeeded`] (text forms, by column).
@@ -312,8 +374,27 @@ impl EnvelopeBuilder {
         Ok(())
     }
 
+    fn mode_of(&self, rel: &Relation) -> SequenceMode {
+        match rel.sequence_column {
+            Some(i) => SequenceMode::Column(rel.shape.columns[i].name.clone()),
+            None => self.default_mode.clone(),
+        }
+    }
+
+    /// `Some(need)` when `key`'s state must be loaded first.
+    fn key_state_need(&mut self, rel_tracked: bool, key: &str, subject: &str) -> Option<Need> {
+        if rel_tracked && self.keys.lookup(key) == Lookup::Missing {
+            return Some(Need::KeyState {
+                key: key.to_string(),
+                subject: subject.to_string(),
+            });
+        }
+        None
+    }
+
     /// Build the envelope(s) of one Insert, Update or Delete. An update that changes
     /// the primary key yields a `delete` of the old key and an `insert` of the new one.
+    /// Returns what must be loaded first, if anything; nothing is emitted then.
     pub fn change(
         &mut self,
         relation_id: u32,
@@ -321,8 +402,8 @@ impl EnvelopeBuilder {
         old: Option<&OldTuple<'_>>,
         new: Option<&[TupleValue<'_>]>,
         out: &mut Vec<Outgoing>,
-    ) -> Result<Option<ToastNeeded>, EnvelopeError> {
-        let tx = self.tx.ok_or(EnvelopeError::NoTransaction)?;
+    ) -> Result<Option<Need>, EnvelopeError> {
+        self.tx.ok_or(EnvelopeError::NoTransaction)?;
         let rel = self
             .relations
             .get(&relation_id)
@@ -337,6 +418,7 @@ impl EnvelopeBuilder {
                 });
             }
         }
+        let tracked = self.mode_of(rel) == SequenceMode::Tracked;
 
         let key_of = |tuple: &[TupleValue<'_>], op_name: &'static str| {
             let mut k = rel.key_prefix.clone();
@@ -360,146 +442,213 @@ impl EnvelopeBuilder {
             Ok((k, subject))
         };
 
-        match op {
-            Op::Delete | Op::Truncate => {
-                let old = old.map(|o| o.values()).unwrap_or_default();
-                let (k, subject) = key_of(old, "delete")?;
-                self.emit(relation_id, tx, Op::Delete, k, subject, None, out)?;
-                Ok(None)
+        if matches!(op, Op::Delete | Op::Truncate) {
+            let old_values = old.map(|o| o.values()).unwrap_or_default();
+            let (k, subject) = key_of(old_values, "delete")?;
+            if let Some(need) = self.key_state_need(tracked, &k, &subject) {
+                return Ok(Some(need));
             }
-            Op::Insert | Op::Update | Op::Snapshot => {
-                let new = new.unwrap_or_default();
-                let (k, subject) = key_of(new, op.as_str())?;
-                // A key change: the old key's row is gone.
-                let moved_from = match (op, old) {
-                    (Op::Update, Some(old)) => {
-                        let (old_key, old_subject) = key_of(old.values(), "update")?;
-                        (old_key != k).then_some((old_key, old_subject))
-                    }
-                    _ => None,
-                };
-                let full_old = match old {
-                    Some(OldTuple::Full(v)) => Some(v.as_slice()),
-                    _ => None,
-                };
-                // Unchanged TOAST columns: from the full old row, else from the cache
-                // (under the old key when the key changed).
-                let toast_key = moved_from
-                    .as_ref()
-                    .map(|(ok, _)| ok.clone())
-                    .unwrap_or_else(|| k.clone());
-                let mut missing = Vec::new();
-                for (i, v) in new.iter().enumerate() {
-                    if *v == TupleValue::UnchangedToast {
-                        let from_old = full_old
-                            .map(|o| !matches!(o[i], TupleValue::UnchangedToast))
-                            .unwrap_or(false);
-                        if !from_old && self.toast.get(&toast_key, i).is_none() {
-                            missing.push(i);
-                        }
-                    }
+            let rel = &self.relations[&relation_id];
+            let column_seq = self.column_sequence(rel, old_values, true, "delete")?;
+            self.toast.remove(&k);
+            self.emit(relation_id, Op::Delete, k, subject, None, column_seq, out)?;
+            return Ok(None);
+        }
+
+        let new = new.unwrap_or_default();
+        let (k, subject) = key_of(new, op.as_str())?;
+        // A key change: the old key's row is gone.
+        let moved_from = match (op, old) {
+            (Op::Update, Some(old)) => {
+                let (old_key, old_subject) = key_of(old.values(), "update")?;
+                (old_key != k).then_some((old_key, old_subject))
+            }
+            _ => None,
+        };
+        let full_old = match old {
+            Some(OldTuple::Full(v)) => Some(v.as_slice()),
+            _ => None,
+        };
+        // Unchanged TOAST columns: from the full old row, else from the cache
+        // (under the old key when the key changed).
+        let toast_key = moved_from
+            .as_ref()
+            .map(|(ok, _)| ok.clone())
+            .unwrap_or_else(|| k.clone());
+        let mut missing = Vec::new();
+        for (i, v) in new.iter().enumerate() {
+            if *v == TupleValue::UnchangedToast {
+                let from_old = full_old
+                    .map(|o| !matches!(o[i], TupleValue::UnchangedToast))
+                    .unwrap_or(false);
+                if !from_old && self.toast.get(&toast_key, i).is_none() {
+                    missing.push(i);
                 }
-                if !missing.is_empty() {
-                    return Ok(Some(ToastNeeded {
-                        relation_id,
-                        schema: rel.schema.clone(),
-                        table: rel.table.clone(),
-                        key: toast_key,
-                        key_columns: rel
-                            .shape
-                            .key
-                            .iter()
-                            .map(|&i| {
-                                let text = match new[i] {
-                                    TupleValue::Text(t) => String::from_utf8_lossy(t).into_owned(),
-                                    _ => String::new(),
-                                };
-                                (rel.shape.columns[i].name.clone(), text)
-                            })
-                            .collect(),
-                        columns: missing
-                            .iter()
-                            .map(|&i| rel.shape.columns[i].name.clone())
-                            .collect(),
-                    }));
-                }
-                let mut values = Vec::with_capacity(new.len());
-                for (i, v) in new.iter().enumerate() {
-                    let col = &rel.shape.columns[i];
-                    let tv = match (*v, full_old) {
-                        (TupleValue::UnchangedToast, Some(o))
-                            if !matches!(o[i], TupleValue::UnchangedToast) =>
-                        {
-                            o[i]
-                        }
-                        _ => *v,
-                    };
-                    values.push(match tv {
-                        TupleValue::Null => Value::Null,
-                        TupleValue::Text(t) => {
-                            parse_text(&col.kind, t).map_err(|source| EnvelopeError::Value {
-                                table: rel.qualified_name(),
-                                column: col.name.clone(),
-                                source,
-                            })?
-                        }
-                        TupleValue::UnchangedToast => self
-                            .toast
-                            .get(&toast_key, i)
-                            .cloned()
-                            .expect("checked above: cached"),
-                        TupleValue::Binary(_) => {
-                            return Err(EnvelopeError::Binary {
-                                table: rel.qualified_name(),
-                                column: col.name.clone(),
-                            })
-                        }
-                    });
-                }
-                let mut op = op;
-                if let Some((old_key, old_subject)) = moved_from {
-                    self.toast.remove(&old_key);
-                    self.emit(relation_id, tx, Op::Delete, old_key, old_subject, None, out)?;
-                    op = Op::Insert;
-                }
-                let rel = &self.relations[&relation_id];
-                if !rel.full_identity && !rel.toastable.is_empty() {
-                    let cached = rel
-                        .toastable
-                        .iter()
-                        .map(|&i| (i, values[i].clone().into_owned()))
-                        .collect();
-                    self.toast.insert(k.clone(), cached);
-                }
-                self.emit(relation_id, tx, op, k, subject, Some(&values), out)?;
-                Ok(None)
             }
         }
+        if !missing.is_empty() {
+            return Ok(Some(Need::Toast(ToastNeeded {
+                relation_id,
+                schema: rel.schema.clone(),
+                table: rel.table.clone(),
+                key: toast_key,
+                key_columns: rel
+                    .shape
+                    .key
+                    .iter()
+                    .map(|&i| {
+                        let text = match new[i] {
+                            TupleValue::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                            _ => String::new(),
+                        };
+                        (rel.shape.columns[i].name.clone(), text)
+                    })
+                    .collect(),
+                columns: missing
+                    .iter()
+                    .map(|&i| rel.shape.columns[i].name.clone())
+                    .collect(),
+            })));
+        }
+        if let Some((old_key, old_subject)) = &moved_from {
+            if let Some(need) = self.key_state_need(tracked, old_key, old_subject) {
+                return Ok(Some(need));
+            }
+        }
+        if let Some(need) = self.key_state_need(tracked, &k, &subject) {
+            return Ok(Some(need));
+        }
+
+        let rel = &self.relations[&relation_id];
+        let mut values = Vec::with_capacity(new.len());
+        for (i, v) in new.iter().enumerate() {
+            let col = &rel.shape.columns[i];
+            let tv = match (*v, full_old) {
+                (TupleValue::UnchangedToast, Some(o))
+                    if !matches!(o[i], TupleValue::UnchangedToast) =>
+                {
+                    o[i]
+                }
+                _ => *v,
+            };
+            values.push(match tv {
+                TupleValue::Null => Value::Null,
+                TupleValue::Text(t) => {
+                    parse_text(&col.kind, t).map_err(|source| EnvelopeError::Value {
+                        table: rel.qualified_name(),
+                        column: col.name.clone(),
+                        source,
+                    })?
+                }
+                TupleValue::UnchangedToast => self
+                    .toast
+                    .get(&toast_key, i)
+                    .cloned()
+                    .expect("checked above: cached"),
+                TupleValue::Binary(_) => {
+                    return Err(EnvelopeError::Binary {
+                        table: rel.qualified_name(),
+                        column: col.name.clone(),
+                    })
+                }
+            });
+        }
+        let column_seq = self.column_sequence(rel, new, false, op.as_str())?;
+        let mut op = op;
+        if let Some((old_key, old_subject)) = moved_from {
+            let old_values = old.map(|o| o.values()).unwrap_or_default();
+            let old_seq = self.column_sequence(rel, old_values, true, "delete")?;
+            self.toast.remove(&old_key);
+            self.emit(
+                relation_id,
+                Op::Delete,
+                old_key,
+                old_subject,
+                None,
+                old_seq,
+                out,
+            )?;
+            op = Op::Insert;
+        }
+        let rel = &self.relations[&relation_id];
+        if !rel.full_identity && !rel.toastable.is_empty() {
+            let cached = rel
+                .toastable
+                .iter()
+                .map(|&i| (i, values[i].clone().into_owned()))
+                .collect();
+            self.toast.insert(k.clone(), cached);
+        }
+        self.emit(relation_id, op, k, subject, Some(&values), column_seq, out)?;
+        Ok(None)
+    }
+
+    /// Column mode: the sequence the row carries (a delete: the old value + 1).
+    fn column_sequence(
+        &self,
+        rel: &Relation,
+        tuple: &[TupleValue<'_>],
+        deleting: bool,
+        op: &'static str,
+    ) -> Result<Option<u64>, EnvelopeError> {
+        let Some(i) = rel.sequence_column else {
+            return Ok(None);
+        };
+        let bad = |detail: String| EnvelopeError::BadSequenceColumn {
+            table: rel.qualified_name(),
+            column: rel.shape.columns[i].name.clone(),
+            op,
+            detail,
+        };
+        let text = match tuple.get(i) {
+            Some(TupleValue::Text(t)) => {
+                std::str::from_utf8(t).map_err(|_| bad("not UTF-8".into()))?
+            }
+            Some(TupleValue::Null) => return Err(bad("null".into())),
+            _ => return Err(bad("not in the change".into())),
+        };
+        let n: u64 = text.parse().map_err(|_| bad(format!("{text:?}")))?;
+        Ok(Some(if deleting { n + 1 } else { n }))
     }
 
     #[allow(clippy::too_many_arguments)]
     fn emit(
         &mut self,
         relation_id: u32,
-        tx: Transaction,
         op: Op,
         key: String,
         subject: String,
         values: Option<&[Value<'_>]>,
+        column_seq: Option<u64>,
         out: &mut Vec<Outgoing>,
     ) -> Result<(), EnvelopeError> {
+        let mut tx = self.tx.ok_or(EnvelopeError::NoTransaction)?;
+        let position = Position {
+            commit_lsn: tx.commit_lsn,
+            ordinal: tx.ordinal,
+        };
+        tx.ordinal += 1;
+        self.tx = Some(tx);
         let rel = &self.relations[&relation_id];
-        if op == Op::Delete {
-            self.toast.remove(&key);
-        }
-        let sequence = match self.sequences.get_mut(&key) {
-            Some(s) => {
-                *s += 1;
-                *s
-            }
+        let mut expected_last_subject_seq = None;
+        let sequence = match column_seq {
+            Some(seq) => seq,
             None => {
-                self.sequences.insert(key.clone(), 1);
-                1
+                let state = match self.keys.lookup(&key) {
+                    Lookup::Known(s) => s,
+                    Lookup::Missing => unreachable!("key state loaded before emitting"),
+                };
+                if let Some(s) = state {
+                    if position <= s.position {
+                        // Already published before a restart: not a new change.
+                        self.replays_skipped += 1;
+                        return Ok(());
+                    }
+                }
+                expected_last_subject_seq = self.loaded_stream_seq.remove(&key);
+                let sequence = state.map_or(1, |s| s.sequence + 1);
+                self.keys.assigned(&key, KeyState { sequence, position });
+                sequence
             }
         };
         let envelope = EnvelopeRef {
@@ -518,52 +667,53 @@ impl EnvelopeBuilder {
         out.push(Outgoing {
             subject,
             payload: Bytes::from(payload),
+            msg_id: format!("{key}:{sequence}"),
+            position,
+            expected_last_subject_seq,
         });
         Ok(())
     }
 
+    /// The keys (with their subjects) a Truncate of these tables publishes on.
+    pub fn truncate_keys(
+        &self,
+        relation_ids: &[u32],
+    ) -> Result<Vec<(String, String)>, EnvelopeError> {
+        relation_ids
+            .iter()
+            .map(|id| {
+                let rel = self
+                    .relations
+                    .get(id)
+                    .ok_or(EnvelopeError::UnknownRelation(*id))?;
+                Ok((
+                    rel.key_prefix.clone(),
+                    format!("{}{}", rel.subject_prefix, key::TRUNCATE_TOKEN),
+                ))
+            })
+            .collect()
+    }
+
     /// A Truncate message: one table-level `truncate` envelope per table, on the
     /// subject `<prefix>.<schema>.<table>.~truncate`, with the key `<schema>.<table>:`
-    /// and a per-table sequence.
+    /// and its own sequence (tracked like a key's, also for column-mode tables).
     pub fn truncate(
         &mut self,
         relation_ids: &[u32],
         out: &mut Vec<Outgoing>,
-    ) -> Result<(), EnvelopeError> {
-        let tx = self.tx.ok_or(EnvelopeError::NoTransaction)?;
-        for &id in relation_ids {
-            let rel = self
-                .relations
-                .get(&id)
-                .ok_or(EnvelopeError::UnknownRelation(id))?;
-            let seq = self.truncates.entry(id).or_insert(0);
-            *seq += 1;
-            let envelope = EnvelopeRef {
-                key: &rel.key_prefix,
-                op: Op::Truncate,
-                value: None,
-                schema_version: &rel.version_text,
-                sequence: *seq,
-                lsn: tx.commit_lsn.0,
-                commit_ts: tx.commit_ts,
-            };
-            out.push(Outgoing {
-                subject: format!("{}{}", rel.subject_prefix, key::TRUNCATE_TOKEN),
-                payload: Bytes::from(codec::encode(&envelope)?),
-            });
-            // Cached TOAST values of the table's rows are gone with them.
-            let prefix = rel.key_prefix.clone();
-            let stale: Vec<String> = self
-                .toast
-                .entries
-                .keys()
-                .filter(|k| k.starts_with(&prefix))
-                .cloned()
-                .collect();
-            for k in stale {
-                self.toast.remove(&k);
+    ) -> Result<Option<Need>, EnvelopeError> {
+        self.tx.ok_or(EnvelopeError::NoTransaction)?;
+        let keys = self.truncate_keys(relation_ids)?;
+        let tracked = self.default_mode == SequenceMode::Tracked;
+        for (k, subject) in &keys {
+            if let Some(need) = self.key_state_need(tracked, k, subject) {
+                return Ok(Some(need));
             }
         }
-        Ok(())
+        for (&id, (k, subject)) in relation_ids.iter().zip(keys) {
+            self.toast.remove_prefix(&k);
+            self.emit(id, Op::Truncate, k, subject, None, None, out)?;
+        }
+        Ok(None)
     }
 }

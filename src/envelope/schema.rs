@@ -8,10 +8,13 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use crate::decode::types::TypeKind;
+use crate::lsn::Lsn;
 
 /// A `major.minor` schema version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SchemaVersion {
     pub major: u32,
     pub minor: u32,
@@ -52,25 +55,45 @@ pub enum ShapeChange {
     Breaking,
 }
 
+/// What identifies a shape: columns (name, type OID, type modifier) and key names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    pub columns: Vec<(String, u32, i32)>,
+    pub key: Vec<String>,
+}
+
 impl TableShape {
-    fn key_names(&self) -> Vec<&str> {
-        self.key
-            .iter()
-            .map(|&i| self.columns[i].name.as_str())
-            .collect()
+    pub fn signature(&self) -> Signature {
+        Signature {
+            columns: self
+                .columns
+                .iter()
+                .map(|c| (c.name.clone(), c.type_oid, c.type_modifier))
+                .collect(),
+            key: self
+                .key
+                .iter()
+                .map(|&i| self.columns[i].name.clone())
+                .collect(),
+        }
     }
 
     /// Classify `new` against `self`.
     pub fn compare(&self, new: &TableShape) -> ShapeChange {
-        if self.key_names() != new.key_names() {
+        self.signature().compare(&new.signature())
+    }
+}
+
+impl Signature {
+    /// Classify `new` against `self`.
+    pub fn compare(&self, new: &Signature) -> ShapeChange {
+        if self.key != new.key {
             return ShapeChange::Breaking;
         }
-        for old in &self.columns {
-            match new.columns.iter().find(|c| c.name == old.name) {
+        for (name, oid, typmod) in &self.columns {
+            match new.columns.iter().find(|c| &c.0 == name) {
                 None => return ShapeChange::Breaking,
-                Some(c) if c.type_oid != old.type_oid || c.type_modifier != old.type_modifier => {
-                    return ShapeChange::Breaking
-                }
+                Some(c) if c.1 != *oid || c.2 != *typmod => return ShapeChange::Breaking,
                 Some(_) => {}
             }
         }
@@ -79,6 +102,53 @@ impl TableShape {
         } else {
             ShapeChange::Same
         }
+    }
+}
+
+/// One recorded version of a table: the shape it had from `since` (a commit LSN).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaEntry {
+    pub version: SchemaVersion,
+    pub since: u64,
+    pub shape: Signature,
+}
+
+/// Every version a table had, so that a restart or a replay gives a change the
+/// version it had when first published ("3.2" never resets to "1.0").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaHistory {
+    pub entries: Vec<SchemaEntry>,
+}
+
+impl SchemaHistory {
+    /// The version of `shape` for a change committed at `at`; `true` when a new
+    /// version was recorded (the history must then be persisted).
+    pub fn version_for(&mut self, shape: &TableShape, at: Lsn) -> (SchemaVersion, bool) {
+        let sig = shape.signature();
+        let current = self
+            .entries
+            .iter()
+            .filter(|e| e.since <= at.0)
+            .max_by_key(|e| (e.since, e.version));
+        if let Some(e) = current {
+            if e.shape == sig {
+                return (e.version, false);
+            }
+        }
+        let latest = self.entries.iter().max_by_key(|e| e.version);
+        let version = match latest {
+            None => SchemaVersion::INITIAL,
+            Some(l) => match l.shape.compare(&sig) {
+                ShapeChange::Same => return (l.version, false),
+                change => next_version(l.version, change),
+            },
+        };
+        self.entries.push(SchemaEntry {
+            version,
+            since: at.0,
+            shape: sig,
+        });
+        (version, true)
     }
 }
 
@@ -137,6 +207,30 @@ mod tests {
             key: vec![0, 1],
         };
         assert_eq!(base.compare(&rekeyed), ShapeChange::Breaking);
+
+        // A history gives replays the version they had, and new shapes the next one.
+        let mut h = SchemaHistory::default();
+        assert_eq!(
+            h.version_for(&base, Lsn(100)),
+            (SchemaVersion::INITIAL, true)
+        );
+        assert_eq!(h.version_for(&base, Lsn(150)).1, false);
+        assert_eq!(h.version_for(&added, Lsn(200)).0.to_string(), "1.1");
+        assert_eq!(h.version_for(&dropped, Lsn(300)).0.to_string(), "2.0");
+        // Replay from before the changes: the original versions come back.
+        assert_eq!(
+            h.version_for(&base, Lsn(120)),
+            (SchemaVersion::INITIAL, false)
+        );
+        assert_eq!(h.version_for(&added, Lsn(250)).0.to_string(), "1.1");
+        assert_eq!(
+            h.version_for(&dropped, Lsn(400)),
+            (SchemaVersion { major: 2, minor: 0 }, false)
+        );
+        // A shape that comes back later is a new version, never an old one.
+        assert_eq!(h.version_for(&base, Lsn(500)).0.to_string(), "2.1");
+        let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(serde_json::from_str::<SchemaHistory>(&json).unwrap(), h);
 
         let v = SchemaVersion::INITIAL;
         let v = next_version(v, ShapeChange::Additive);

@@ -1,6 +1,8 @@
 //! The sink stage: publishing envelopes to NATS and confirming them.
 //!
-//! Publishes are pipelined: every batch waiting in the channel is written out, then
+//! Two deliveries: [`jetstream`] (the default when the server has JetStream:
+//! PubAck-gated, de-duplicated, the stream holding each key's state) and core NATS
+//! ([`NatsSink`] here). For core NATS, publishes are pipelined: every batch waiting in the channel is written out, then
 //! one confirmation round-trip (a message to walcast's own inbox, which the server
 //! delivers only after everything this connection published before it) confirms them
 //! all. Batches not confirmed (a timeout, or a reconnect in between, which may have
@@ -16,8 +18,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
+use crate::envelope::sequence::Position;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
+
+pub mod jetstream;
 
 /// Why the sink failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +37,10 @@ pub enum SinkError {
     Subscribe(#[from] async_nats::SubscribeError),
     #[error("the NATS client was closed")]
     Closed,
+    #[error("JetStream: {0}")]
+    JetStream(String),
+    #[error("stream {stream} exists with a configuration walcast cannot use: {problems} (fix or delete the stream, or choose another --stream)")]
+    StreamConflict { stream: String, problems: String },
 }
 
 /// One message to publish.
@@ -39,6 +48,12 @@ pub enum SinkError {
 pub struct Publish {
     pub subject: Subject,
     pub payload: Bytes,
+    /// `Nats-Msg-Id` (JetStream de-duplication).
+    pub msg_id: String,
+    /// `Walcast-Position`.
+    pub position: Position,
+    /// `Nats-Expected-Last-Subject-Sequence` when known from loading the key.
+    pub expected_last_subject_seq: Option<u64>,
 }
 
 /// Envelopes in commit order; `commit_end` is set on the last batch of a transaction.

@@ -1,0 +1,205 @@
+//! Per-key sequence state: where each key's dense sequence comes from.
+//!
+//! In **tracked** mode walcast assigns the sequence. The durable state of a key is the
+//! last message of its subject in the JetStream stream (its envelope's `sequence` and
+//! the `Walcast-Position` header: the WAL position of the change that got it). This
+//! module keeps a bounded LRU cache of that state; a miss is loaded from the stream by
+//! the caller. Entries whose change is not yet acknowledged are never evicted, so a
+//! reload can never see an older state than the one handed out.
+//!
+//! A change at or before the stored position of its key is a replay of something
+//! already published: it is recognised and not given a new sequence.
+//!
+//! In **column** mode the sequence is a column of the row, kept by the trigger in
+//! `sql/sequence_column.sql`.
+
+use lru::LruCache;
+
+use crate::lsn::Lsn;
+
+/// Where a change sits in the WAL: its transaction's commit LSN and its ordinal in
+/// the transaction. Totally ordered in commit order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Position {
+    pub commit_lsn: Lsn,
+    pub ordinal: u32,
+}
+
+impl Position {
+    /// The `Walcast-Position` header value: `<commit lsn as decimal>:<ordinal>`.
+    pub fn to_header(&self) -> String {
+        format!("{}:{}", self.commit_lsn.0, self.ordinal)
+    }
+
+    pub fn from_header(s: &str) -> Option<Position> {
+        let (lsn, ord) = s.split_once(':')?;
+        Some(Position {
+            commit_lsn: Lsn(lsn.parse().ok()?),
+            ordinal: ord.parse().ok()?,
+        })
+    }
+}
+
+/// What is known of a key's last published change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyState {
+    pub sequence: u64,
+    pub position: Position,
+}
+
+/// Where a table's sequence comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SequenceMode {
+    /// walcast assigns it; state is loaded from the stream on a cache miss.
+    Tracked,
+    /// walcast assigns it from memory only (no JetStream): not durable across
+    /// restarts. Only with `--volatile-sequences`.
+    Volatile,
+    /// The value of this column (insert 1, update old + 1; a delete carries old + 1).
+    Column(String),
+}
+
+/// Result of looking a key up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Known (or known to be new).
+    Known(Option<KeyState>),
+    /// Not in memory: load it from the stream first.
+    Missing,
+}
+
+/// Bounded LRU of key states; unacknowledged entries are pinned.
+#[derive(Debug)]
+pub struct KeyStateCache {
+    entries: LruCache<String, Option<KeyState>>,
+    capacity: usize,
+    /// Changes at or before this commit LSN are acknowledged by the sink.
+    acked_before: Lsn,
+    /// Whether a miss means "new key" (volatile) or "load it" (tracked).
+    authoritative: bool,
+}
+
+impl KeyStateCache {
+    /// `authoritative`: the cache is the only state (volatile mode), so a miss is a
+    /// new key.
+    pub fn new(capacity: usize, authoritative: bool) -> Self {
+        KeyStateCache {
+            entries: LruCache::unbounded(),
+            capacity: capacity.max(1),
+            acked_before: Lsn(0),
+            authoritative,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn lookup(&mut self, key: &str) -> Lookup {
+        match self.entries.get(key) {
+            Some(state) => Lookup::Known(*state),
+            None if self.authoritative => Lookup::Known(None),
+            None => Lookup::Missing,
+        }
+    }
+
+    /// Record the state loaded from the stream (`None`: the key has no message).
+    pub fn loaded(&mut self, key: String, state: Option<KeyState>) {
+        self.entries.put(key, state);
+        self.evict();
+    }
+
+    /// Record a newly assigned sequence.
+    pub fn assigned(&mut self, key: &str, state: KeyState) {
+        match self.entries.get_mut(key) {
+            Some(slot) => *slot = Some(state),
+            None => {
+                self.entries.put(key.to_string(), Some(state));
+            }
+        }
+        self.evict();
+    }
+
+    /// Everything committed before `end_lsn` is acknowledged downstream.
+    pub fn acknowledged(&mut self, end_lsn: Lsn) {
+        self.acked_before = self.acked_before.max(end_lsn);
+        self.evict();
+    }
+
+    fn evict(&mut self) {
+        if self.authoritative {
+            return; // the only copy of the state: never dropped
+        }
+        while self.entries.len() > self.capacity {
+            let Some((_, oldest)) = self.entries.peek_lru() else {
+                break;
+            };
+            let acked = oldest.is_none_or(|s| s.position.commit_lsn < self.acked_before);
+            if !acked {
+                break; // pinned until the sink confirms it
+            }
+            self.entries.pop_lru();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(seq: u64, lsn: u64) -> KeyState {
+        KeyState {
+            sequence: seq,
+            position: Position {
+                commit_lsn: Lsn(lsn),
+                ordinal: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn positions_order_and_round_trip() {
+        let a = Position {
+            commit_lsn: Lsn(10),
+            ordinal: 5,
+        };
+        let b = Position {
+            commit_lsn: Lsn(11),
+            ordinal: 0,
+        };
+        assert!(a < b);
+        assert_eq!(Position::from_header(&a.to_header()), Some(a));
+        assert_eq!(Position::from_header("x"), None);
+    }
+
+    #[test]
+    fn evicts_only_acknowledged_entries() {
+        let mut c = KeyStateCache::new(2, false);
+        assert_eq!(c.lookup("a"), Lookup::Missing);
+        c.loaded("a".into(), None);
+        assert_eq!(c.lookup("a"), Lookup::Known(None));
+        c.assigned("a", st(1, 100));
+        c.assigned("b", st(1, 200));
+        c.assigned("c", st(1, 300));
+        // Nothing acknowledged: all three pinned, over capacity.
+        assert_eq!(c.len(), 3);
+        c.acknowledged(Lsn(250));
+        // a and b are acknowledged; the least recently used goes first.
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.lookup("a"), Lookup::Missing);
+        assert_eq!(c.lookup("c"), Lookup::Known(Some(st(1, 300))));
+    }
+
+    #[test]
+    fn volatile_cache_treats_misses_as_new_keys() {
+        let mut c = KeyStateCache::new(1, true);
+        assert_eq!(c.lookup("x"), Lookup::Known(None));
+        c.assigned("x", st(1, 1));
+        c.assigned("y", st(1, 2));
+        assert_eq!(c.len(), 2);
+    }
+}

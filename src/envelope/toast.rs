@@ -1,0 +1,83 @@
+//! Last values of TOASTable columns per key, for tables without `REPLICA IDENTITY
+//! FULL`: an UPDATE that leaves a large value unchanged does not carry it.
+
+use std::collections::HashMap;
+
+use crate::decode::value::Value;
+
+/// Last values of TOASTable columns per key, for tables without FULL identity.
+/// Bounded by a byte budget; when full, entries are evicted.
+#[derive(Debug, Default)]
+pub struct ToastCache {
+    pub entries: HashMap<String, Vec<(usize, Value<'static>)>>,
+    bytes: usize,
+    pub budget: usize,
+}
+
+fn value_size(v: &Value<'_>) -> usize {
+    match v {
+        Value::Str(s) => s.len(),
+        Value::Bin(b) => b.len(),
+        Value::Array(a) => a.iter().map(value_size).sum::<usize>() + 8,
+        Value::Json(j) => j.to_string().len(),
+        _ => 16,
+    }
+}
+
+impl ToastCache {
+    fn entry_size(key: &str, vals: &[(usize, Value<'static>)]) -> usize {
+        key.len() + 32 + vals.iter().map(|(_, v)| value_size(v) + 16).sum::<usize>()
+    }
+
+    pub fn insert(&mut self, key: String, vals: Vec<(usize, Value<'static>)>) {
+        self.remove(&key);
+        let size = Self::entry_size(&key, &vals);
+        if size > self.budget {
+            return;
+        }
+        while self.bytes + size > self.budget {
+            let Some(victim) = self.entries.keys().next().cloned() else {
+                break;
+            };
+            self.remove(&victim);
+        }
+        self.bytes += size;
+        self.entries.insert(key, vals);
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        if let Some(v) = self.entries.remove(key) {
+            self.bytes -= Self::entry_size(key, &v);
+        }
+    }
+
+    pub fn get(&self, key: &str, column: usize) -> Option<&Value<'static>> {
+        self.entries
+            .get(key)?
+            .iter()
+            .find(|(i, _)| *i == column)
+            .map(|(_, v)| v)
+    }
+}
+
+impl ToastCache {
+    pub fn new(budget: usize) -> Self {
+        ToastCache {
+            budget,
+            ..Default::default()
+        }
+    }
+
+    /// Forget every key that starts with `prefix` (a truncated table).
+    pub fn remove_prefix(&mut self, prefix: &str) {
+        let stale: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        for k in stale {
+            self.remove(&k);
+        }
+    }
+}
