@@ -31,6 +31,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start-up
 pub enum Command {
     /// Stream changes from PostgreSQL to NATS until SIGINT/SIGTERM.
     Run(RunConfig),

@@ -749,6 +749,7 @@ impl Reader {
 }
 
 /// The delivery chosen at start-up.
+#[allow(clippy::large_enum_variant)] // one value, built once
 enum AnySink {
     Core(NatsSink),
     JetStream(JetStreamSink),
