@@ -723,9 +723,26 @@ impl Reader {
                 .map(|(i, _)| i)
                 .collect(),
         };
+        let qualified = format!("{namespace}.{name}");
+        if let Some(store) = &self.store {
+            if !self.builder.has_schema_history(&qualified) {
+                let history = store
+                    .load_schema(namespace, name)
+                    .await
+                    .map_err(PipelineError::Store)?;
+                tracing::debug!(table = %qualified, versions = history.entries.len(), "schema history loaded");
+                self.builder.provide_schema_history(&qualified, history);
+            }
+        }
         let update =
             self.builder
                 .on_relation(relation_id, namespace, name, replica_identity, cols, key)?;
+        if let (Some(store), Some(history)) = (&self.store, &update.history_to_store) {
+            store
+                .store_schema(namespace, name, history)
+                .await
+                .map_err(PipelineError::Store)?;
+        }
         if let Some(prev) = update.previous {
             if prev != update.current {
                 self.metrics

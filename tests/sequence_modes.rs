@@ -1,0 +1,192 @@
+//! Where sequences come from: column mode (with and without JetStream), tracked mode
+//! across restarts, schema versions across restarts, and byte-identical envelopes
+//! for the same change.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use walcast::codec::Op;
+use walcast::fixtures::{NatsServer, PgOptions, PgServer};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn restart(w: &mut Walcast, args: RunArgs<'_>) -> Walcast {
+    w.sigterm();
+    assert!(w.wait_exit(WAIT).await.success(), "{}", w.log());
+    let mut next = Walcast::spawn(args);
+    next.wait_ready().await;
+    next
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn column_mode_works_on_core_nats_and_tracked_mode_refuses_without_jetstream() {
+    let pg = PgServer::start(PgOptions::default()).unwrap();
+    let nats = NatsServer::start_with(false).unwrap();
+    let s = Servers { pg, nats };
+    let db = s.pg.client().await;
+    let sql = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/sql/sequence_column.sql"
+    ))
+    .unwrap();
+    exec(&db, &sql).await;
+    exec(
+        &db,
+        "CREATE TABLE acct (id int PRIMARY KEY, balance int);
+         SELECT walcast_install_sequence('acct');
+         CREATE TABLE other (id int PRIMARY KEY);
+         CREATE PUBLICATION colpub FOR TABLE acct;
+         CREATE PUBLICATION mixed FOR TABLE acct, other;",
+    )
+    .await;
+
+    // A tracked table without JetStream: refused, naming the table and the ways out.
+    let mut args = RunArgs::new(&s, "mixed", "s_mixed");
+    args.extra = vec!["--column-sequence".into(), "public.acct=walcast_seq".into()];
+    let mut refused = Walcast::spawn(args);
+    let status = refused.wait_exit(WAIT).await;
+    assert!(!status.success());
+    let log = refused.log();
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("has no JetStream") && last.contains("public.other"),
+        "{log}"
+    );
+
+    let mut collector = Collector::new(&s.nats.url(), "walcast.public.acct.*").await;
+    let mut args = RunArgs::new(&s, "colpub", "s_col");
+    args.extra = vec!["--column-sequence".into(), "public.acct=walcast_seq".into()];
+    let mut w = Walcast::spawn(args);
+    w.wait_ready().await;
+    exec(&db, "INSERT INTO acct VALUES (1, 10)").await;
+    exec(&db, "UPDATE acct SET balance = 20 WHERE id = 1").await;
+    exec(&db, "UPDATE acct SET balance = 30 WHERE id = 1").await;
+    exec(&db, "DELETE FROM acct WHERE id = 1").await;
+    let got = collector.until(4, WAIT).await;
+    let seqs: Vec<(Op, u64)> = got.iter().map(|(_, e, _)| (e.op, e.sequence)).collect();
+    assert_eq!(
+        seqs,
+        [
+            (Op::Insert, 1),
+            (Op::Update, 2),
+            (Op::Update, 3),
+            (Op::Delete, 4)
+        ]
+    );
+    // The sequence is the row's own column: a refetch is a plain SELECT.
+    assert_eq!(
+        got[2].1.column("walcast_seq").and_then(|v| v.as_u64()),
+        Some(3)
+    );
+    w.sigterm();
+    assert!(w.wait_exit(WAIT).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracked_sequences_and_schema_versions_survive_restarts() {
+    let s = servers();
+    let db = s.pg.client().await;
+    exec(
+        &db,
+        "CREATE TABLE t (id int PRIMARY KEY, a text);
+         CREATE PUBLICATION walcast FOR TABLE t;",
+    )
+    .await;
+    let mut collector = Collector::new(&s.nats.url(), "walcast.public.t.*").await;
+    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
+    w.wait_ready().await;
+    exec(&db, "INSERT INTO t VALUES (1, 'x'), (2, 'y')").await;
+    exec(&db, "UPDATE t SET a = 'x2' WHERE id = 1").await;
+    exec(&db, "ALTER TABLE t ADD COLUMN b int").await;
+    exec(&db, "UPDATE t SET b = 1 WHERE id = 1").await;
+    collector.until(4, WAIT).await;
+
+    let mut w = restart(&mut w, RunArgs::new(&s, "walcast", "walcast")).await;
+    exec(&db, "UPDATE t SET b = 2 WHERE id = 1").await;
+    exec(&db, "ALTER TABLE t DROP COLUMN a").await;
+    exec(&db, "UPDATE t SET b = 3 WHERE id = 2").await;
+    collector.until(6, WAIT).await;
+
+    let mut w = restart(&mut w, RunArgs::new(&s, "walcast", "walcast")).await;
+    exec(&db, "UPDATE t SET b = 4 WHERE id = 1").await;
+    let got = collector.until(7, WAIT).await;
+    let seen: Vec<(String, u64, String)> = got
+        .iter()
+        .map(|(_, e, _)| (e.key.clone(), e.sequence, e.schema_version.clone()))
+        .collect();
+    let k = |i: u32, seq: u64, v: &str| (format!("public.t:{i}"), seq, v.to_string());
+    assert_eq!(
+        seen,
+        [
+            k(1, 1, "1.0"),
+            k(2, 1, "1.0"),
+            k(1, 2, "1.0"),
+            k(1, 3, "1.1"),
+            k(1, 4, "1.1"),
+            k(2, 2, "2.0"),
+            k(1, 5, "2.0"),
+        ],
+        "{}",
+        w.log()
+    );
+    w.sigterm();
+    assert!(w.wait_exit(WAIT).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_change_always_encodes_to_the_same_bytes() {
+    let s = servers();
+    let db = s.pg.client().await;
+    exec(
+        &db,
+        "CREATE TABLE t (id int PRIMARY KEY, v text, n numeric, j jsonb, ts timestamptz);
+         CREATE PUBLICATION walcast FOR TABLE t;",
+    )
+    .await;
+    for slot in ["first", "second"] {
+        exec(
+            &db,
+            &format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"),
+        )
+        .await;
+    }
+    for i in 0..50 {
+        exec(
+            &db,
+            &format!("INSERT INTO t VALUES ({i}, 'v{i}', {i}.5, '{{\"i\": {i}}}', now()) ON CONFLICT (id) DO UPDATE SET v = excluded.v || 'u'"),
+        )
+        .await;
+        exec(&db, &format!("UPDATE t SET n = n + 1 WHERE id = {}", i / 2)).await;
+    }
+    // Two independent walcasts replay the same WAL from slots made at the same point,
+    // into two streams: every envelope must be byte-for-byte the same.
+    let mut a_sub = Collector::new(&s.nats.url(), "first.>").await;
+    let mut b_sub = Collector::new(&s.nats.url(), "second.>").await;
+    let mut runs = Vec::new();
+    for name in ["first", "second"] {
+        let mut args = RunArgs::new(&s, "walcast", name);
+        args.extra = vec![
+            "--subject-prefix".into(),
+            name.into(),
+            "--stream".into(),
+            name.to_uppercase(),
+        ];
+        let mut w = Walcast::spawn(args);
+        w.wait_ready().await;
+        runs.push(w);
+    }
+    let a = a_sub.until(100, WAIT).await.to_vec();
+    let b = b_sub.until(100, WAIT).await.to_vec();
+    let index =
+        |v: &[(String, walcast::codec::Envelope, Vec<u8>)]| -> BTreeMap<(String, u64), Vec<u8>> {
+            v.iter()
+                .map(|(_, e, bytes)| ((e.key.clone(), e.sequence), bytes.clone()))
+                .collect()
+        };
+    let (ia, ib) = (index(&a), index(&b));
+    assert_eq!(ia.len(), 100);
+    assert_eq!(ia, ib);
+}
