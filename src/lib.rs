@@ -14,11 +14,15 @@
 //! - [`checkpoint`]: which WAL position is safe to report as flushed.
 //! - [`pipeline`]: wires the stages together and runs them until shutdown.
 //!
+//! The consumer side: [`client`] (transports with local fan-out and subscriber GC, and
+//! a reconciling replica), what subscribing services link.
+//!
 //! Beside the pipeline: [`config`] (flags, environment), [`metrics`] (Prometheus and
 //! health endpoints), [`shutdown`] (the signal every task listens on) and
 //! [`fixtures`] (throwaway PostgreSQL and NATS servers for tests, demo and benchmarks).
 
 pub mod checkpoint;
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod decode;

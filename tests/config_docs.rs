@@ -7,10 +7,7 @@ use walcast::config::Cli;
 #[test]
 fn readme_lists_every_run_flag_with_its_variable_and_nothing_else() {
     let readme = include_str!("../README.md");
-    let rows: Vec<&str> = readme
-        .lines()
-        .filter(|l| l.starts_with("| `--"))
-        .collect();
+    let rows: Vec<&str> = readme.lines().filter(|l| l.starts_with("| `--")).collect();
     let cli = Cli::command();
     let run = cli.find_subcommand("run").expect("run subcommand");
     let mut documented = 0;
@@ -29,12 +26,22 @@ fn readme_lists_every_run_flag_with_its_variable_and_nothing_else() {
             .unwrap_or_else(|| panic!("--{long} has no WALCAST_* variable"))
             .to_string_lossy()
             .into_owned();
-        assert!(row.contains(&format!("`{env}`")), "row of {flag} does not name {env}: {row}");
+        assert!(
+            row.contains(&format!("`{env}`")),
+            "row of {flag} does not name {env}: {row}"
+        );
         if let Some(default) = arg.get_default_values().first() {
             let default = default.to_string_lossy();
-            assert!(row.contains(&format!("`{default}`")), "row of {flag} does not give the default {default}: {row}");
+            assert!(
+                row.contains(&format!("`{default}`")),
+                "row of {flag} does not give the default {default}: {row}"
+            );
         }
         documented += 1;
     }
-    assert_eq!(documented, rows.len(), "README documents flags walcast does not have");
+    assert_eq!(
+        documented,
+        rows.len(),
+        "README documents flags walcast does not have"
+    );
 }

@@ -1,0 +1,193 @@
+//! [`NatsTransport`]: walcast's subjects with local fan-out and subscriber GC.
+//!
+//! All local subscribers of one key share ONE NATS subscription; a task reads it,
+//! decodes each envelope once and hands an `Arc` to every local queue. When the last
+//! local subscriber of a key leaves (explicitly or by drop), the task ends and the NATS
+//! subscription is removed from the server.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+
+use super::{subscription, ClientError, Envelope, LocalSubscriber, Subscription, Transport};
+use crate::codec;
+use crate::envelope::key::{subject_for_key, subject_for_table};
+
+struct Shared {
+    /// subject → its local subscribers and the task reading its NATS subscription.
+    subjects: Mutex<HashMap<String, SubjectEntry>>,
+    /// Messages on walcast subjects that were not envelopes.
+    undecodable: AtomicU64,
+}
+
+struct SubjectEntry {
+    subscribers: Arc<Mutex<Vec<LocalSubscriber>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+/// The transport over NATS, on walcast's subject layout.
+#[derive(Clone)]
+pub struct NatsTransport {
+    client: async_nats::Client,
+    prefix: String,
+    shared: Arc<Shared>,
+    next_id: Arc<AtomicU64>,
+    queue_capacity: usize,
+}
+
+impl NatsTransport {
+    /// `prefix`: walcast's subject prefix (`walcast` by default).
+    pub fn new(client: async_nats::Client, prefix: &str, queue_capacity: usize) -> Self {
+        NatsTransport {
+            client,
+            prefix: prefix.to_string(),
+            shared: Arc::new(Shared {
+                subjects: Mutex::new(HashMap::new()),
+                undecodable: AtomicU64::new(0),
+            }),
+            next_id: Arc::default(),
+            queue_capacity,
+        }
+    }
+
+    /// Messages received that did not decode as envelopes (skipped).
+    pub fn undecodable(&self) -> u64 {
+        self.shared.undecodable.load(Ordering::Relaxed)
+    }
+
+    fn subject(&self, key: &str) -> Result<String, ClientError> {
+        subject_for_key(&self.prefix, key).map_err(|e| ClientError::Key(key.to_string(), e))
+    }
+
+    async fn add(&self, subject: String) -> Result<Subscription, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (local, rx, dropped) = LocalSubscriber::new(id, self.queue_capacity);
+        let joined = {
+            let subjects = self.shared.subjects.lock().unwrap();
+            match subjects.get(&subject) {
+                Some(entry) => {
+                    entry.subscribers.lock().unwrap().push(local.clone());
+                    true
+                }
+                None => false,
+            }
+        };
+        if !joined {
+            let nats_sub = self
+                .client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|e| ClientError::Nats(e.to_string()))?;
+            let mut subjects = self.shared.subjects.lock().unwrap();
+            match subjects.get(&subject) {
+                // Another local subscriber created it meanwhile: join it; ours is
+                // dropped, which unsubscribes it from the server.
+                Some(entry) => entry.subscribers.lock().unwrap().push(local),
+                None => {
+                    let subscribers = Arc::new(Mutex::new(vec![local]));
+                    let reader = tokio::spawn(read_subject(
+                        nats_sub,
+                        subscribers.clone(),
+                        self.shared.clone(),
+                    ));
+                    subjects.insert(
+                        subject.clone(),
+                        SubjectEntry {
+                            subscribers,
+                            reader,
+                        },
+                    );
+                }
+            }
+        }
+        let shared = self.shared.clone();
+        Ok(subscription(rx, dropped, move || {
+            let mut subjects = shared.subjects.lock().unwrap();
+            let now_empty = match subjects.get(&subject) {
+                Some(entry) => {
+                    let mut subs = entry.subscribers.lock().unwrap();
+                    subs.retain(|s| s.id != id);
+                    subs.is_empty()
+                }
+                None => false,
+            };
+            if now_empty {
+                if let Some(entry) = subjects.remove(&subject) {
+                    // Ending the reader drops the NATS subscriber: the server forgets it.
+                    entry.reader.abort();
+                }
+            }
+        }))
+    }
+}
+
+async fn read_subject(
+    mut nats_sub: async_nats::Subscriber,
+    subscribers: Arc<Mutex<Vec<LocalSubscriber>>>,
+    shared: Arc<Shared>,
+) {
+    while let Some(msg) = nats_sub.next().await {
+        match codec::decode(&msg.payload) {
+            Ok(env) => {
+                let env = Arc::new(env);
+                for sub in subscribers.lock().unwrap().iter() {
+                    sub.deliver(&env);
+                }
+            }
+            Err(e) => {
+                shared.undecodable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(subject = %msg.subject, error = %e, "not a walcast envelope");
+            }
+        }
+    }
+}
+
+impl Transport for NatsTransport {
+    async fn publish(&self, key: &str, envelope: &Envelope) -> Result<(), ClientError> {
+        let subject = self.subject(key)?;
+        self.client
+            .publish(subject, envelope.to_bytes().into())
+            .await
+            .map_err(|e| ClientError::Nats(e.to_string()))
+    }
+
+    async fn subscribe(&self, key: &str) -> Result<Subscription, ClientError> {
+        let subject = self.subject(key)?;
+        self.add(subject).await
+    }
+
+    async fn subscribe_table(
+        &self,
+        schema: &str,
+        table: &str,
+    ) -> Result<Subscription, ClientError> {
+        self.add(subject_for_table(&self.prefix, schema, table))
+            .await
+    }
+
+    fn key_count(&self) -> usize {
+        self.shared.subjects.lock().unwrap().len()
+    }
+}
+
+/// A refetch from walcast's JetStream stream: the last envelope of `key`'s subject
+/// (the authoritative snapshot walcast keeps).
+pub async fn refetch_from_stream(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    prefix: &str,
+    key: &str,
+) -> Result<Envelope, ClientError> {
+    let subject = subject_for_key(prefix, key).map_err(|e| ClientError::Key(key.to_string(), e))?;
+    let stream = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| ClientError::Refetch(e.to_string()))?;
+    let msg = stream
+        .direct_get_last_for_subject(subject)
+        .await
+        .map_err(|e| ClientError::Refetch(e.to_string()))?;
+    codec::decode(&msg.payload).map_err(|e| ClientError::Refetch(e.to_string()))
+}

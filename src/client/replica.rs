@@ -1,0 +1,314 @@
+//! [`Replica`]: one key's reconciled value, as the seed's `createClientReplica`.
+//!
+//! Every inbound envelope passes, in order:
+//! 1. the **schema-version gate**: a MAJOR different from the one the client expects is
+//!    a breaking skew (status `skew`, counted, not applied, refetch); a different minor
+//!    falls through;
+//! 2. the **parse gate**: the row value is decoded into the caller's `T`; a failure is
+//!    `skew` (counted as a parse error), triggers a refetch, never a panic;
+//! 3. the **stale drop**: `sequence <= current` is ignored (counted);
+//! 4. **gap detection**: `sequence > current + 1` on the live stream means envelopes
+//!    were missed: counted, not applied, refetch (the refetched snapshot is applied);
+//! 5. apply: value and metadata updated, status `ok`.
+//!
+//! A `delete` envelope applies as "no value" (`None`). Without a refetch function a
+//! needed recovery leaves the status `stale`; a failed refetch does too.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use super::{ClientError, Envelope, Subscription, Transport};
+use crate::codec::Op;
+
+/// Fetches the authoritative current envelope of the key.
+pub type Refetch = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<Envelope, ClientError>> + Send>> + Send + Sync,
+>;
+
+/// The replica's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// The last apply succeeded; the replica is current.
+    Ok,
+    /// Uninitialised, or a refetch failed or none is available.
+    Stale,
+    /// An inbound value failed the schema-version or parse gate.
+    Skew,
+    /// A recovery refetch is in flight.
+    Refetching,
+}
+
+/// Reconcile metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaMeta {
+    /// Schema version of the applied value.
+    pub schema_version: Option<String>,
+    /// Sequence of the applied value (`None`: uninitialised).
+    pub sequence: Option<u64>,
+    pub status: Status,
+}
+
+/// Observability counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicaStats {
+    pub applied: u64,
+    pub ignored_stale: u64,
+    pub gaps: u64,
+    pub parse_errors: u64,
+    pub refetches: u64,
+    pub schema_skews: u64,
+}
+
+/// How to start a replica.
+pub struct ReplicaOptions {
+    pub key: String,
+    /// An initial envelope (e.g. embedded by the server in a page).
+    pub seed: Option<Envelope>,
+    /// Recovery: fetch the current authoritative envelope.
+    pub refetch: Option<Refetch>,
+    /// The schema version (`major.minor`) the client's `T` was written for.
+    pub schema_version: Option<String>,
+}
+
+impl ReplicaOptions {
+    pub fn new(key: impl Into<String>) -> Self {
+        ReplicaOptions {
+            key: key.into(),
+            seed: None,
+            refetch: None,
+            schema_version: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Seed,
+    Live,
+    Refetch,
+}
+
+struct State<T> {
+    value: Option<T>,
+    meta: ReplicaMeta,
+    stats: ReplicaStats,
+    refetching: bool,
+    disposed: bool,
+}
+
+struct Inner<T> {
+    key: String,
+    expected_major: Option<String>,
+    refetch: Option<Refetch>,
+    state: Mutex<State<T>>,
+    values: watch::Sender<Option<T>>,
+    idle: watch::Sender<bool>,
+}
+
+/// One key's reconciled value.
+pub struct Replica<T> {
+    inner: Arc<Inner<T>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+fn major(v: &str) -> Option<&str> {
+    let (m, _) = v.split_once('.')?;
+    (!m.is_empty() && m.bytes().all(|b| b.is_ascii_digit())).then_some(m)
+}
+
+impl<T> Inner<T>
+where
+    T: DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    fn ingest(self: &Arc<Self>, env: &Envelope, source: Source) {
+        let mut st = self.state.lock().unwrap();
+        if st.disposed {
+            return;
+        }
+        // Schema-version gate (a malformed version lets the parse gate decide).
+        if let (Some(expected), Some(got)) = (&self.expected_major, major(&env.schema_version)) {
+            if expected != got {
+                st.stats.schema_skews += 1;
+                st.meta.status = Status::Skew;
+                drop(st);
+                if source != Source::Refetch {
+                    self.start_refetch();
+                }
+                return;
+            }
+        }
+        // Parse gate.
+        let parsed: Option<T> = if env.op == Op::Delete || env.op == Op::Truncate {
+            None
+        } else {
+            match rmpv::ext::from_value::<T>(env.value.clone()) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    tracing::debug!(key = %self.key, error = %e, "replica parse gate rejected a value");
+                    st.stats.parse_errors += 1;
+                    st.meta.status = Status::Skew;
+                    drop(st);
+                    if source != Source::Refetch {
+                        self.start_refetch();
+                    }
+                    return;
+                }
+            }
+        };
+        if let Some(current) = st.meta.sequence {
+            if env.sequence <= current {
+                st.stats.ignored_stale += 1;
+                if source == Source::Refetch {
+                    st.meta.status = Status::Ok;
+                }
+                return;
+            }
+            if env.sequence > current + 1 && source == Source::Live {
+                st.stats.gaps += 1;
+                drop(st);
+                self.start_refetch();
+                return;
+            }
+        }
+        st.value = parsed.clone();
+        st.meta = ReplicaMeta {
+            schema_version: Some(env.schema_version.clone()),
+            sequence: Some(env.sequence),
+            status: if st.refetching && source != Source::Refetch {
+                Status::Refetching
+            } else {
+                Status::Ok
+            },
+        };
+        st.stats.applied += 1;
+        drop(st);
+        self.values.send_replace(parsed);
+    }
+
+    fn start_refetch(self: &Arc<Self>) {
+        let mut st = self.state.lock().unwrap();
+        if st.disposed || st.refetching {
+            return;
+        }
+        let Some(refetch) = self.refetch.clone() else {
+            st.meta.status = Status::Stale;
+            return;
+        };
+        st.refetching = true;
+        st.stats.refetches += 1;
+        st.meta.status = Status::Refetching;
+        drop(st);
+        self.idle.send_replace(false);
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let result = refetch().await;
+            {
+                let mut st = inner.state.lock().unwrap();
+                st.refetching = false;
+            }
+            match result {
+                Ok(env) => inner.ingest(&env, Source::Refetch),
+                Err(e) => {
+                    tracing::warn!(key = %inner.key, error = %e, "replica refetch failed");
+                    inner.state.lock().unwrap().meta.status = Status::Stale;
+                }
+            }
+            inner.idle.send_replace(true);
+        });
+    }
+}
+
+impl<T> Replica<T>
+where
+    T: DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    /// Subscribe to the key on `transport` and start reconciling.
+    pub async fn start<Tr: Transport>(
+        transport: &Tr,
+        options: ReplicaOptions,
+    ) -> Result<Replica<T>, ClientError> {
+        let sub = transport.subscribe(&options.key).await?;
+        Ok(Self::from_subscription(sub, options))
+    }
+
+    /// Start reconciling from an existing subscription to the key.
+    pub fn from_subscription(mut sub: Subscription, options: ReplicaOptions) -> Replica<T> {
+        let inner = Arc::new(Inner {
+            expected_major: options
+                .schema_version
+                .as_deref()
+                .and_then(major)
+                .map(str::to_string),
+            key: options.key,
+            refetch: options.refetch,
+            state: Mutex::new(State {
+                value: None,
+                meta: ReplicaMeta {
+                    schema_version: None,
+                    sequence: None,
+                    status: Status::Stale,
+                },
+                stats: ReplicaStats::default(),
+                refetching: false,
+                disposed: false,
+            }),
+            values: watch::channel(None).0,
+            idle: watch::channel(true).0,
+        });
+        match &options.seed {
+            Some(seed) => inner.ingest(seed, Source::Seed),
+            None => inner.start_refetch(),
+        }
+        let reader_inner = inner.clone();
+        let reader = tokio::spawn(async move {
+            while let Some(env) = sub.recv().await {
+                reader_inner.ingest(&env, Source::Live);
+            }
+        });
+        Replica { inner, reader }
+    }
+
+    /// The current value (`None`: uninitialised or deleted).
+    pub fn get(&self) -> Option<T> {
+        self.inner.state.lock().unwrap().value.clone()
+    }
+
+    pub fn meta(&self) -> ReplicaMeta {
+        self.inner.state.lock().unwrap().meta.clone()
+    }
+
+    pub fn status(&self) -> Status {
+        self.meta().status
+    }
+
+    pub fn stats(&self) -> ReplicaStats {
+        self.inner.state.lock().unwrap().stats
+    }
+
+    /// A receiver that sees every applied value.
+    pub fn watch(&self) -> watch::Receiver<Option<T>> {
+        self.inner.values.subscribe()
+    }
+
+    /// Resolves when no recovery refetch is in flight.
+    pub async fn when_idle(&self) {
+        let mut idle = self.inner.idle.subscribe();
+        let _ = idle.wait_for(|&i| i).await;
+    }
+
+    /// Stop listening (idempotent): unsubscribes, and nothing is applied any more.
+    pub fn dispose(&self) {
+        self.inner.state.lock().unwrap().disposed = true;
+        self.reader.abort();
+    }
+}
+
+impl<T> Drop for Replica<T> {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}

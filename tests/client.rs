@@ -1,0 +1,584 @@
+//! The client side: one contract suite over both transports, local fan-out and
+//! subscriber GC checked through nats-server's own monitoring endpoint, slow
+//! subscribers, and the reconciling replica (also end to end from Postgres).
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use serde::Deserialize;
+use walcast::client::{
+    refetch_from_stream, ClientError, Envelope, InProcessTransport, NatsTransport, Refetch,
+    Replica, ReplicaOptions, Status, Subscription, Transport,
+};
+use walcast::codec::Op;
+use walcast::decode::value::Timestamp;
+use walcast::fixtures::NatsServer;
+
+const SHORT: Duration = Duration::from_millis(300);
+const WAIT: Duration = Duration::from_secs(10);
+
+fn envelope(key: &str, seq: u64, version: &str, balance: rmpv::Value) -> Envelope {
+    Envelope {
+        key: key.into(),
+        op: Op::Update,
+        value: rmpv::Value::Map(vec![("id".into(), 1.into()), ("balance".into(), balance)]),
+        schema_version: version.into(),
+        sequence: seq,
+        lsn: seq * 100,
+        commit_ts: Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0,
+        },
+    }
+}
+
+async fn next(sub: &mut Subscription) -> Option<Arc<Envelope>> {
+    tokio::time::timeout(WAIT, sub.recv()).await.ok().flatten()
+}
+
+async fn nothing_more(sub: &mut Subscription) {
+    if let Ok(Some(e)) = tokio::time::timeout(SHORT, sub.recv()).await {
+        panic!("unexpected envelope {} #{}", e.key, e.sequence);
+    }
+}
+
+/// The transport contract, the same cases for every implementation.
+async fn contract<T: Transport>(t: &T) {
+    let k = "public.accounts:1";
+    // Publishing to a key without subscribers is a no-op.
+    t.publish(k, &envelope(k, 1, "1.0", 10.into()))
+        .await
+        .unwrap();
+    assert_eq!(t.key_count(), 0);
+
+    // A subscriber only receives what is published after it subscribed.
+    let mut a = t.subscribe(k).await.unwrap();
+    let mut b = t.subscribe(k).await.unwrap();
+    assert_eq!(t.key_count(), 1);
+    t.publish(k, &envelope(k, 2, "1.0", 20.into()))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut a).await.unwrap().sequence, 2);
+    assert_eq!(next(&mut b).await.unwrap().sequence, 2);
+    nothing_more(&mut a).await;
+
+    // Not retained, not validated, not de-duplicated: the same envelope twice
+    // arrives twice, an older one after a newer one arrives too.
+    t.publish(k, &envelope(k, 2, "1.0", 20.into()))
+        .await
+        .unwrap();
+    t.publish(k, &envelope(k, 1, "9.9", "x".into()))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut a).await.unwrap().sequence, 2);
+    assert_eq!(next(&mut a).await.unwrap().sequence, 1);
+    let _ = next(&mut b).await;
+    let _ = next(&mut b).await;
+
+    // Other keys are not delivered.
+    t.publish(
+        "public.accounts:2",
+        &envelope("public.accounts:2", 1, "1.0", 1.into()),
+    )
+    .await
+    .unwrap();
+    nothing_more(&mut a).await;
+
+    // Unsubscribe is idempotent; the key stays while another subscriber lives.
+    a.unsubscribe();
+    a.unsubscribe();
+    assert!(a.recv().await.is_none());
+    assert_eq!(t.key_count(), 1);
+    // Dropping the subscription unsubscribes: no key leak.
+    drop(b);
+    assert_eq!(t.key_count(), 0);
+
+    // Table-level subscriptions see every key of the table and no other table.
+    let mut table = t.subscribe_table("public", "accounts").await.unwrap();
+    t.publish(
+        "public.accounts:7",
+        &envelope("public.accounts:7", 1, "1.0", 7.into()),
+    )
+    .await
+    .unwrap();
+    t.publish(
+        "public.other:7",
+        &envelope("public.other:7", 1, "1.0", 7.into()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(next(&mut table).await.unwrap().key, "public.accounts:7");
+    nothing_more(&mut table).await;
+    drop(table);
+
+    // A handler subscription; dropping its handle (from another task) stops it.
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    let handle = t
+        .subscribe_fn(k, move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+        })
+        .await
+        .unwrap();
+    t.publish(k, &envelope(k, 3, "1.0", 30.into()))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "handler never called"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::spawn(async move { drop(handle) }).await.unwrap();
+    assert_eq!(t.key_count(), 0);
+    t.publish(k, &envelope(k, 4, "1.0", 40.into()))
+        .await
+        .unwrap();
+    tokio::time::sleep(SHORT).await;
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+}
+
+async fn nats_transport(nats: &NatsServer, capacity: usize) -> NatsTransport {
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    NatsTransport::new(client, "walcast", capacity)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_holds_for_the_in_process_transport() {
+    contract(&InProcessTransport::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_holds_for_the_nats_transport() {
+    let nats = NatsServer::start().unwrap();
+    contract(&nats_transport(&nats, 1024).await).await;
+}
+
+async fn server_subscriptions(nats: &NatsServer) -> u64 {
+    let body = http_get(nats.monitor_port, "/subsz").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["num_subscriptions"].as_u64().unwrap()
+}
+
+async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
+async fn wait_server_subscriptions(nats: &NatsServer, expected: u64) -> u64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let n = server_subscriptions(nats).await;
+        if n == expected || tokio::time::Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_local_subscribers_share_one_server_subscription() {
+    let nats = NatsServer::start().unwrap();
+    let t = nats_transport(&nats, 16).await;
+    let before = server_subscriptions(&nats).await;
+    let k = "public.accounts:42";
+    let mut subs = Vec::new();
+    for _ in 0..1000 {
+        subs.push(t.subscribe(k).await.unwrap());
+    }
+    let during = wait_server_subscriptions(&nats, before + 1).await;
+    println!("server subscriptions: before {before}, with 1000 local subscribers {during}");
+    assert_eq!(during, before + 1);
+    assert_eq!(t.key_count(), 1);
+    t.publish(k, &envelope(k, 1, "1.0", 1.into()))
+        .await
+        .unwrap();
+    for s in subs.iter_mut() {
+        assert_eq!(next(s).await.unwrap().sequence, 1);
+    }
+    // Remove all but one: still one server subscription; then the last one.
+    let last = subs.pop().unwrap();
+    drop(subs);
+    assert_eq!(
+        wait_server_subscriptions(&nats, before + 1).await,
+        before + 1
+    );
+    drop(last);
+    let after = wait_server_subscriptions(&nats, before).await;
+    println!("server subscriptions after the last local subscriber left: {after}");
+    assert_eq!(after, before);
+    assert_eq!(t.key_count(), 0);
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn churn<T: Transport>(t: &T) -> (u64, u64) {
+    // Warm up, then measure: 10,000 subscribe/unsubscribe cycles over 1,000 keys,
+    // half of the handles dropped from other tasks.
+    let key = |i: usize| format!("public.churn:{}", i % 1000);
+    for i in 0..1000 {
+        drop(t.subscribe(&key(i)).await.unwrap());
+    }
+    let before = rss_kib();
+    for i in 0..10_000 {
+        let sub = t.subscribe(&key(i)).await.unwrap();
+        if i % 2 == 0 {
+            tokio::spawn(async move { drop(sub) }).await.unwrap();
+        } else {
+            drop(sub);
+        }
+    }
+    assert_eq!(t.key_count(), 0);
+    (before, rss_kib())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_unsubscribe_churn_leaks_no_keys_and_no_memory() {
+    let nats = NatsServer::start().unwrap();
+    let t = nats_transport(&nats, 16).await;
+    let base = server_subscriptions(&nats).await;
+    let (before, after) = churn(&t).await;
+    println!("NATS churn: RSS {before} KiB -> {after} KiB");
+    assert!(
+        after < before + 20 * 1024,
+        "RSS grew from {before} to {after} KiB"
+    );
+    assert_eq!(wait_server_subscriptions(&nats, base).await, base);
+    let (before, after) = churn(&InProcessTransport::default()).await;
+    println!("in-process churn: RSS {before} KiB -> {after} KiB");
+    assert!(after < before + 20 * 1024);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_does_not_delay_a_fast_one() {
+    let nats = NatsServer::start().unwrap();
+    let t = nats_transport(&nats, 32).await;
+    let k = "public.accounts:1";
+    let slow = t.subscribe(k).await.unwrap(); // never reads
+    let mut fast = t.subscribe(k).await.unwrap();
+    let reader = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        while seqs.len() < 200 {
+            match tokio::time::timeout(WAIT, fast.recv()).await {
+                Ok(Some(e)) => seqs.push(e.sequence),
+                _ => break,
+            }
+        }
+        (seqs, fast.dropped())
+    });
+    let started = tokio::time::Instant::now();
+    for seq in 1..=200u64 {
+        t.publish(k, &envelope(k, seq, "1.0", (seq as i64).into()))
+            .await
+            .unwrap();
+        if seq % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let (seqs, fast_dropped) = reader.await.unwrap();
+    println!(
+        "fast subscriber got {} envelopes in {:?} beside a stalled one",
+        seqs.len(),
+        started.elapsed()
+    );
+    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
+    assert_eq!(fast_dropped, 0);
+    assert_eq!(
+        slow.dropped(),
+        200 - 32,
+        "the slow subscriber's overflow is counted"
+    );
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+struct Account {
+    id: i64,
+    balance: i64,
+}
+
+/// A refetch that serves `snapshot` (or fails when it is `None`) and counts calls.
+fn refetch_of(snapshot: Arc<Mutex<Option<Envelope>>>) -> Refetch {
+    Arc::new(move || {
+        let snap = snapshot.lock().unwrap().clone();
+        Box::pin(async move { snap.ok_or_else(|| ClientError::Refetch("unavailable".into())) })
+    })
+}
+
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_reconciles_stale_gaps_skews_and_parse_failures() {
+    let t = InProcessTransport::default();
+    let k = "public.accounts:1";
+    let snapshot = Arc::new(Mutex::new(Some(envelope(k, 5, "1.0", 500.into()))));
+    let mut opts = ReplicaOptions::new(k);
+    opts.seed = Some(envelope(k, 1, "1.0", 100.into()));
+    opts.refetch = Some(refetch_of(snapshot.clone()));
+    opts.schema_version = Some("1.0".into());
+    let r: Replica<Account> = Replica::start(&t, opts).await.unwrap();
+    assert_eq!(
+        r.get(),
+        Some(Account {
+            id: 1,
+            balance: 100
+        })
+    );
+    assert_eq!(r.status(), Status::Ok);
+
+    // In order: applied. A minor schema difference applies.
+    t.publish(k, &envelope(k, 2, "1.3", 200.into()))
+        .await
+        .unwrap();
+    settle().await;
+    assert_eq!(r.get().unwrap().balance, 200);
+    assert_eq!(r.meta().schema_version.as_deref(), Some("1.3"));
+
+    // Stale: dropped.
+    t.publish(k, &envelope(k, 2, "1.0", 999.into()))
+        .await
+        .unwrap();
+    t.publish(k, &envelope(k, 1, "1.0", 999.into()))
+        .await
+        .unwrap();
+    settle().await;
+    assert_eq!(r.get().unwrap().balance, 200);
+    assert_eq!(r.stats().ignored_stale, 2);
+
+    // Gap: not applied; refetch converges on the snapshot.
+    t.publish(k, &envelope(k, 4, "1.0", 400.into()))
+        .await
+        .unwrap();
+    settle().await;
+    r.when_idle().await;
+    assert_eq!(r.stats().gaps, 1);
+    assert_eq!(r.get().unwrap().balance, 500);
+    assert_eq!(r.meta().sequence, Some(5));
+    assert_eq!(r.status(), Status::Ok);
+
+    // Major skew: not applied, refetch.
+    *snapshot.lock().unwrap() = Some(envelope(k, 7, "1.0", 700.into()));
+    t.publish(k, &envelope(k, 6, "2.0", 600.into()))
+        .await
+        .unwrap();
+    settle().await;
+    r.when_idle().await;
+    assert_eq!(r.stats().schema_skews, 1);
+    assert_eq!(r.get().unwrap().balance, 700);
+
+    // Parse failure: skew, refetch, never a panic.
+    *snapshot.lock().unwrap() = Some(envelope(k, 9, "1.0", 900.into()));
+    t.publish(k, &envelope(k, 8, "1.0", "not a number".into()))
+        .await
+        .unwrap();
+    settle().await;
+    r.when_idle().await;
+    assert_eq!(r.stats().parse_errors, 1);
+    assert_eq!(r.get().unwrap().balance, 900);
+    assert_eq!(r.status(), Status::Ok);
+
+    // Refetch failure: stale.
+    *snapshot.lock().unwrap() = None;
+    t.publish(k, &envelope(k, 11, "1.0", 1100.into()))
+        .await
+        .unwrap();
+    settle().await;
+    r.when_idle().await;
+    assert_eq!(r.status(), Status::Stale);
+    assert_eq!(r.get().unwrap().balance, 900);
+
+    // A watch sees applied values; dispose is idempotent and stops applying.
+    let mut w = r.watch();
+    t.publish(k, &envelope(k, 10, "1.0", 1000.into()))
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, w.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(w.borrow().as_ref().unwrap().balance, 1000);
+    r.dispose();
+    r.dispose();
+    t.publish(k, &envelope(k, 11, "1.0", 1100.into()))
+        .await
+        .unwrap();
+    settle().await;
+    assert_eq!(r.get().unwrap().balance, 1000);
+    let stats = r.stats();
+    assert_eq!((stats.applied, stats.refetches), (6, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_without_refetch_goes_stale_on_a_gap() {
+    let t = InProcessTransport::default();
+    let k = "public.accounts:1";
+    let r: Replica<Account> = Replica::start(&t, ReplicaOptions::new(k)).await.unwrap();
+    assert_eq!(r.status(), Status::Stale);
+    t.publish(k, &envelope(k, 3, "1.0", 300.into()))
+        .await
+        .unwrap();
+    settle().await;
+    assert_eq!(r.get().unwrap().balance, 300);
+    t.publish(k, &envelope(k, 5, "1.0", 500.into()))
+        .await
+        .unwrap();
+    settle().await;
+    assert_eq!(r.status(), Status::Stale);
+    assert_eq!(r.get().unwrap().balance, 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_follows_a_postgres_row_end_to_end() {
+    let s = servers();
+    let db = s.pg.client().await;
+    exec(
+        &db,
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);
+         INSERT INTO accounts VALUES (1, 0);
+         CREATE PUBLICATION walcast FOR TABLE accounts;",
+    )
+    .await;
+    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
+    w.wait_ready().await;
+    exec(&db, "UPDATE accounts SET balance = 1 WHERE id = 1").await;
+
+    let client = async_nats::connect(s.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let t = NatsTransport::new(client, "walcast", 1024);
+    let k = "public.accounts:1";
+    // Wait until walcast has the row in its stream, then seed from a refetch.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while refetch_from_stream(&js, "WALCAST", "walcast", k)
+        .await
+        .is_err()
+    {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut opts = ReplicaOptions::new(k);
+    let js2 = js.clone();
+    opts.refetch = Some(Arc::new(move || {
+        let js = js2.clone();
+        Box::pin(async move { refetch_from_stream(&js, "WALCAST", "walcast", k).await })
+    }));
+    opts.schema_version = Some("1.0".into());
+    let r: Replica<Account> = Replica::start(&t, opts).await.unwrap();
+    r.when_idle().await;
+    for i in 2..=50 {
+        exec(
+            &db,
+            &format!("UPDATE accounts SET balance = {i} WHERE id = 1"),
+        )
+        .await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while r.get().map(|a| a.balance) != Some(50) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replica at {:?} {:?}",
+            r.get(),
+            r.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let balance: i64 = db
+        .query_one("SELECT balance FROM accounts WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(r.get().unwrap().balance, balance);
+    assert_eq!(r.meta().sequence, Some(50));
+    assert_eq!(r.status(), Status::Ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walcast_tail_prints_a_live_table() {
+    let s = servers();
+    let db = s.pg.client().await;
+    exec(
+        &db,
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, owner text, balance numeric);
+         CREATE PUBLICATION walcast FOR TABLE accounts;",
+    )
+    .await;
+    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
+    w.wait_ready().await;
+    let tail = |json: bool| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_walcast"));
+        cmd.args([
+            "tail",
+            "walcast.public.accounts.*",
+            "--nats-url",
+            &s.nats.url(),
+            "--count",
+            "3",
+        ]);
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let human = tail(false);
+    let json = tail(true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    exec(
+        &db,
+        "INSERT INTO accounts VALUES (1, 'ada', 10.50);
+         UPDATE accounts SET balance = 7.25 WHERE id = 1;
+         DELETE FROM accounts WHERE id = 1;",
+    )
+    .await;
+    let human = tokio::time::timeout(WAIT, human.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let json = tokio::time::timeout(WAIT, json.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let human = String::from_utf8(human.stdout).unwrap();
+    println!("{human}");
+    let lines: Vec<&str> = human.lines().collect();
+    assert_eq!(lines.len(), 3, "{human}");
+    assert!(lines[0]
+        .starts_with("walcast.public.accounts.1 insert key=public.accounts:1 seq=1 schema=1.0"));
+    assert!(lines[0].contains(r#""balance":"10.50""#), "{}", lines[0]);
+    assert!(lines[1].contains("update") && lines[1].contains("seq=2"));
+    assert!(lines[2].contains("delete") && lines[2].ends_with("value=null"));
+    let json = String::from_utf8(json.stdout).unwrap();
+    let objs: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(objs.len(), 3);
+    assert_eq!(objs[1]["value"]["balance"], "7.25");
+    assert_eq!(objs[2]["op"], "delete");
+}
