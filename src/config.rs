@@ -37,6 +37,9 @@ pub enum Command {
     Run(RunConfig),
     /// Subscribe to a subject pattern and print the envelopes received, decoded.
     Tail(TailConfig),
+    /// Check PostgreSQL and NATS for everything `run` needs; one line per check, with
+    /// the fix when it fails; non-zero exit status on any failure.
+    Check(RunConfig),
 }
 
 /// Settings of `walcast run`.

@@ -17,10 +17,12 @@
 //! The consumer side: [`client`] (transports with local fan-out and subscriber GC, and
 //! a reconciling replica), what subscribing services link.
 //!
-//! Beside the pipeline: [`config`] (flags, environment), [`metrics`] (Prometheus and
+//! Beside the pipeline: [`check`] (`walcast check`), [`config`] (flags, environment,
+//! config file), [`metrics`] (Prometheus and
 //! health endpoints), [`shutdown`] (the signal every task listens on) and
 //! [`fixtures`] (throwaway PostgreSQL and NATS servers for tests, demo and benchmarks).
 
+pub mod check;
 pub mod checkpoint;
 pub mod client;
 pub mod codec;

@@ -88,6 +88,20 @@ fn main() -> ExitCode {
                     .map_err(anyhow::Error::from)
             }
             Command::Tail(cfg) => tail(cfg).await,
+            Command::Check(cfg) => {
+                let checks = walcast::check::run(&cfg).await;
+                for c in &checks {
+                    println!("{c}");
+                }
+                let failed = checks
+                    .iter()
+                    .filter(|c| c.outcome == walcast::check::Outcome::Fail)
+                    .count();
+                if failed > 0 {
+                    anyhow::bail!("{failed} check(s) failed");
+                }
+                Ok(())
+            }
         }
     });
     match result {

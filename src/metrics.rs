@@ -21,6 +21,13 @@ pub struct Metrics {
     pub published: IntCounter,
     pub publish_retries: IntCounter,
     pub publish_seconds: Histogram,
+    pub commit_to_publish_seconds: Histogram,
+    pub lag_bytes: IntGauge,
+    pub lag_seconds: prometheus::Gauge,
+    pub slot_active: IntGauge,
+    pub slot_wal_status: prometheus::IntGaugeVec,
+    pub slot_safe_wal_size: IntGauge,
+    pub slot_retained_wal: IntGauge,
     pub inflight_envelopes: IntGauge,
     pub received_lsn: IntGauge,
     pub confirmed_lsn: IntGauge,
@@ -76,6 +83,39 @@ impl Metrics {
         registry
             .register(Box::new(publish_seconds.clone()))
             .expect("unique metric");
+        let commit_to_publish_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "walcast_commit_to_publish_seconds",
+                "Time from a transaction's commit in PostgreSQL until NATS confirmed all its envelopes",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 60.0,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(commit_to_publish_seconds.clone()))
+            .expect("unique metric");
+        let lag_seconds = prometheus::Gauge::new(
+            "walcast_replication_lag_seconds",
+            "Age of the oldest transaction handed to the sink and not yet confirmed (0 when caught up)",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(lag_seconds.clone()))
+            .expect("unique metric");
+        let slot_wal_status = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "walcast_slot_wal_status",
+                "1 for the replication slot's current wal_status (reserved, extended, unreserved, lost)",
+            ),
+            &["status"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(slot_wal_status.clone()))
+            .expect("unique metric");
         #[cfg(target_os = "linux")]
         registry
             .register(Box::new(
@@ -102,6 +142,25 @@ impl Metrics {
                 "Groups of envelopes published again because NATS did not confirm them",
             ),
             publish_seconds,
+            commit_to_publish_seconds,
+            lag_bytes: gauge(
+                "walcast_replication_lag_bytes",
+                "Server WAL position received minus the position confirmed as flushed",
+            ),
+            lag_seconds,
+            slot_active: gauge(
+                "walcast_slot_active",
+                "1 while the replication slot is in use by a walsender",
+            ),
+            slot_wal_status,
+            slot_safe_wal_size: gauge(
+                "walcast_slot_safe_wal_size_bytes",
+                "WAL that can still be written before the slot is in danger of losing required WAL (-1: unlimited)",
+            ),
+            slot_retained_wal: gauge(
+                "walcast_slot_retained_wal_bytes",
+                "WAL retained by the slot (current WAL position minus the slot's restart_lsn)",
+            ),
             inflight_envelopes: gauge(
                 "walcast_inflight_envelopes",
                 "Envelopes published but not yet confirmed",

@@ -108,7 +108,9 @@ struct Reader {
     /// transactions up to it are replays of what the sink already has.
     last_handed_commit: Lsn,
     skipping: bool,
-    commit_ts_unix: i64,
+    commit_ts: crate::decode::value::Timestamp,
+    /// Transactions handed to the sink and not yet confirmed: (end LSN, commit time).
+    unconfirmed: std::collections::VecDeque<(Lsn, crate::decode::value::Timestamp)>,
     counters: HashMap<u32, TableCounters>,
 }
 
@@ -143,6 +145,12 @@ pub async fn run(
             source,
         })?;
     tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
+    tokio::spawn(monitor_slot(
+        cfg.postgres_url.clone(),
+        cfg.slot.clone(),
+        cfg.connect_timeout,
+        metrics.clone(),
+    ));
 
     let nats_state = Arc::new(NatsState::default());
     let client = sink::connect(&cfg.nats_url, cfg.connect_timeout, nats_state.clone()).await?;
@@ -247,7 +255,11 @@ pub async fn run(
         ready: None,
         last_handed_commit: Lsn(0),
         skipping: false,
-        commit_ts_unix: 0,
+        commit_ts: crate::decode::value::Timestamp {
+            seconds: 0,
+            nanos: 0,
+        },
+        unconfirmed: Default::default(),
         counters: HashMap::new(),
     };
 
@@ -487,6 +499,26 @@ impl Reader {
         let flush = self.cp.flush_position();
         self.metrics.confirmed_lsn.set(flush.0 as i64);
         self.metrics.received_lsn.set(self.cp.received().0 as i64);
+        self.metrics
+            .lag_bytes
+            .set(self.cp.received().0.saturating_sub(flush.0) as i64);
+        while let Some(&(end, _)) = self.unconfirmed.front() {
+            if end > self.cp.confirmed() {
+                break;
+            }
+            self.unconfirmed.pop_front();
+        }
+        let lag = match self.unconfirmed.front() {
+            Some((_, ts)) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64();
+                (now - (ts.seconds as f64 + f64::from(ts.nanos) / 1e9)).max(0.0)
+            }
+            None => 0.0,
+        };
+        self.metrics.lag_seconds.set(lag);
         stream.send_status(self.cp.received(), flush, reply).await?;
         Ok(())
     }
@@ -534,8 +566,7 @@ impl Reader {
                 self.skipping = final_lsn <= self.last_handed_commit;
                 self.builder.begin(final_lsn, commit_ts);
                 self.cp.on_begin();
-                self.commit_ts_unix =
-                    crate::decode::value::Timestamp::from_pg_micros(commit_ts).seconds;
+                self.commit_ts = crate::decode::value::Timestamp::from_pg_micros(commit_ts);
             }
             PgOutput::Commit {
                 commit_lsn,
@@ -552,7 +583,10 @@ impl Reader {
                 self.last_handed_commit = commit_lsn;
                 self.cp.on_handed_off(end_lsn);
                 self.metrics.transactions.inc();
-                self.metrics.last_commit_timestamp.set(self.commit_ts_unix);
+                self.metrics
+                    .last_commit_timestamp
+                    .set(self.commit_ts.seconds);
+                self.unconfirmed.push_back((end_lsn, self.commit_ts));
             }
             PgOutput::Relation {
                 relation_id,
@@ -612,7 +646,12 @@ impl Reader {
             })
             .collect();
         debug_assert!(self.ready.is_none());
-        self.ready = Some(SinkBatch { items, commit_end });
+        let commit_ts = commit_end.map(|_| self.commit_ts);
+        self.ready = Some(SinkBatch {
+            items,
+            commit_end,
+            commit_ts,
+        });
     }
 
     async fn change(
@@ -782,5 +821,35 @@ impl AnySink {
             AnySink::Core(s) => s.run(rx, confirmed).await,
             AnySink::JetStream(s) => s.run(rx, confirmed).await,
         }
+    }
+}
+
+/// Every 10 s: the slot's state from `pg_replication_slots`, as metrics.
+async fn monitor_slot(url: String, slot: String, timeout: Duration, metrics: Arc<Metrics>) {
+    let mut catalog: Option<Catalog> = None;
+    loop {
+        if catalog.as_ref().is_none_or(|c| c.is_closed()) {
+            catalog = Catalog::connect(&url, timeout).await.ok();
+        }
+        if let Some(c) = &catalog {
+            match c.slot_health(&slot).await {
+                Ok(Some(h)) => {
+                    metrics.slot_active.set(i64::from(h.active));
+                    for status in ["reserved", "extended", "unreserved", "lost"] {
+                        metrics
+                            .slot_wal_status
+                            .with_label_values(&[status])
+                            .set(i64::from(h.wal_status.as_deref() == Some(status)));
+                    }
+                    metrics
+                        .slot_safe_wal_size
+                        .set(h.safe_wal_size.unwrap_or(-1));
+                    metrics.slot_retained_wal.set(h.retained_bytes.unwrap_or(0));
+                }
+                Ok(None) => metrics.slot_active.set(0),
+                Err(e) => tracing::debug!(error = %e, "reading the slot's state"),
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
     }
 }

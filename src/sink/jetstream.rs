@@ -15,7 +15,7 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::context::{Context, PublishErrorKind};
+use async_nats::jetstream::context::{Context, GetStreamErrorKind, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{Config, DirectGetErrorKind, Stream};
 use async_nats::HeaderMap;
@@ -74,42 +74,64 @@ fn js_err(what: &str, e: impl std::fmt::Display) -> SinkError {
     SinkError::JetStream(format!("{what}: {e}"))
 }
 
-/// Create the stream, or check that the existing one fits.
-pub async fn ensure_stream(js: &Context, settings: &StreamSettings) -> Result<Stream, SinkError> {
+/// What makes an existing stream's configuration unusable for walcast.
+pub fn stream_problems(c: &Config, settings: &StreamSettings) -> Vec<String> {
+    let mut problems = Vec::new();
+    for s in settings.subjects() {
+        if !c.subjects.contains(&s) {
+            problems.push(format!("subjects {:?} lack {s:?}", c.subjects));
+        }
+    }
+    if c.max_messages_per_subject != settings.history {
+        problems.push(format!(
+            "max_msgs_per_subject is {}, walcast is configured for {}",
+            c.max_messages_per_subject, settings.history
+        ));
+    }
+    if !c.allow_direct {
+        problems.push("allow_direct is off".into());
+    }
+    if c.max_age != Duration::ZERO || c.max_messages > 0 || c.max_bytes > 0 {
+        problems.push("it has age/count/size limits that would drop key state".into());
+    }
+    problems
+}
+
+/// The stream's problems, or `None` when it does not exist yet.
+pub async fn inspect_stream(
+    js: &Context,
+    settings: &StreamSettings,
+) -> Result<Option<Vec<String>>, SinkError> {
     match js.get_stream(&settings.name).await {
         Ok(mut stream) => {
             let info = stream
                 .info()
                 .await
                 .map_err(|e| js_err("reading the stream config", e))?;
-            let c = &info.config;
-            let mut problems = Vec::new();
-            for s in settings.subjects() {
-                if !c.subjects.contains(&s) {
-                    problems.push(format!("subjects {:?} lack {s:?}", c.subjects));
-                }
-            }
-            if c.max_messages_per_subject != settings.history {
-                problems.push(format!(
-                    "max_msgs_per_subject is {}, walcast is configured for {}",
-                    c.max_messages_per_subject, settings.history
-                ));
-            }
-            if !c.allow_direct {
-                problems.push("allow_direct is off".into());
-            }
-            if c.max_age != Duration::ZERO || c.max_messages > 0 || c.max_bytes > 0 {
-                problems.push("it has age/count/size limits that would drop key state".into());
-            }
-            if !problems.is_empty() {
-                return Err(SinkError::StreamConflict {
-                    stream: settings.name.clone(),
-                    problems: problems.join("; "),
-                });
-            }
-            Ok(stream)
+            Ok(Some(stream_problems(&info.config, settings)))
         }
-        Err(_) => js
+        Err(e)
+            if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j)
+                if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(js_err("looking up the stream", e)),
+    }
+}
+
+/// Create the stream, or check that the existing one fits.
+pub async fn ensure_stream(js: &Context, settings: &StreamSettings) -> Result<Stream, SinkError> {
+    match inspect_stream(js, settings).await? {
+        Some(problems) if !problems.is_empty() => Err(SinkError::StreamConflict {
+            stream: settings.name.clone(),
+            problems: problems.join("; "),
+        }),
+        Some(_) => js
+            .get_stream(&settings.name)
+            .await
+            .map_err(|e| js_err("opening the stream", e)),
+        None => js
             .create_stream(settings.config())
             .await
             .map_err(|e| js_err(&format!("creating stream {}", settings.name), e)),
@@ -382,6 +404,7 @@ impl JetStreamSink {
                         .publish_seconds
                         .observe(started.elapsed().as_secs_f64());
                     self.metrics.published.inc_by(items as u64);
+                    super::observe_commit_latency(&self.metrics, &pending);
                     if let Some(end) = pending.iter().rev().find_map(|b| b.commit_end) {
                         let _ = confirmed.send(end);
                     }

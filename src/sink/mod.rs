@@ -61,6 +61,22 @@ pub struct Publish {
 pub struct SinkBatch {
     pub items: Vec<Publish>,
     pub commit_end: Option<Lsn>,
+    /// Commit time of the transaction, on its last batch.
+    pub commit_ts: Option<crate::decode::value::Timestamp>,
+}
+
+/// Observe commit → confirmation latency for the transactions of confirmed batches.
+pub(crate) fn observe_commit_latency(metrics: &Metrics, batches: &[SinkBatch]) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    for ts in batches.iter().filter_map(|b| b.commit_ts) {
+        let at = ts.seconds as f64 + f64::from(ts.nanos) / 1e9;
+        metrics
+            .commit_to_publish_seconds
+            .observe((now - at).max(0.0));
+    }
 }
 
 /// Connection state shared with the health endpoints.
@@ -233,6 +249,7 @@ impl NatsSink {
                     let elapsed = started.elapsed().as_secs_f64();
                     self.metrics.publish_seconds.observe(elapsed);
                     self.metrics.published.inc_by(pending_items as u64);
+                    observe_commit_latency(&self.metrics, &pending);
                     if let Some(end) = pending.iter().rev().find_map(|b| b.commit_end) {
                         let _ = confirmed.send(end);
                     }

@@ -1,0 +1,336 @@
+//! `walcast check`: everything walcast needs from PostgreSQL and NATS, one line per
+//! check, with the fix when it fails. Takes the same settings as `walcast run`.
+
+use std::fmt;
+
+use crate::config::{Delivery, RunConfig};
+use crate::sink::jetstream::{inspect_stream, StreamSettings};
+use crate::source::catalog::{missing_publication, Catalog};
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// Works, but something an operator should know (and maybe change).
+    Warn,
+    Fail,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub outcome: Outcome,
+    pub name: String,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tag = match self.outcome {
+            Outcome::Ok => "ok  ",
+            Outcome::Warn => "warn",
+            Outcome::Fail => "FAIL",
+        };
+        write!(f, "{tag} {}: {}", self.name, self.detail)?;
+        if let Some(fix) = &self.fix {
+            write!(f, " -- fix: {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Report(Vec<Check>);
+
+impl Report {
+    fn push(&mut self, outcome: Outcome, name: &str, detail: impl Into<String>, fix: Option<&str>) {
+        self.0.push(Check {
+            outcome,
+            name: name.to_string(),
+            detail: detail.into(),
+            fix: fix.map(str::to_string),
+        });
+    }
+    fn ok(&mut self, name: &str, detail: impl Into<String>) {
+        self.push(Outcome::Ok, name, detail, None);
+    }
+    fn check(&mut self, pass: bool, name: &str, detail: impl Into<String>, fix: &str) {
+        let outcome = if pass { Outcome::Ok } else { Outcome::Fail };
+        self.push(outcome, name, detail, (!pass).then_some(fix));
+    }
+}
+
+/// Run every check; the report is complete even when early ones fail.
+pub async fn run(cfg: &RunConfig) -> Vec<Check> {
+    let mut r = Report::default();
+    let mut tracked_tables = Vec::new();
+    match Catalog::connect(&cfg.postgres_url, cfg.connect_timeout).await {
+        Err(e) => r.push(
+            Outcome::Fail,
+            "postgres connection",
+            e.to_string(),
+            Some("check --postgres-url, the network path and pg_hba.conf"),
+        ),
+        Ok(catalog) => {
+            r.ok("postgres connection", "connected");
+            postgres_checks(&catalog, cfg, &mut r, &mut tracked_tables).await;
+        }
+    }
+    nats_checks(cfg, &mut r, &tracked_tables).await;
+    r.0
+}
+
+async fn postgres_checks(
+    catalog: &Catalog,
+    cfg: &RunConfig,
+    r: &mut Report,
+    tracked_tables: &mut Vec<String>,
+) {
+    let server = match catalog.server_facts().await {
+        Ok(s) => s,
+        Err(e) => {
+            r.push(Outcome::Fail, "server settings", e.to_string(), None);
+            return;
+        }
+    };
+    r.check(
+        server.server_version_num >= 140_000,
+        "server version",
+        server.server_version.clone(),
+        "walcast needs PostgreSQL 14 or later (pgoutput messages and protocol features)",
+    );
+    r.check(
+        server.wal_level == "logical",
+        "wal_level",
+        server.wal_level.clone(),
+        "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL",
+    );
+    let slot = catalog.slot(&cfg.slot).await.ok().flatten();
+    let slot_free = server.replication_slots < server.max_replication_slots || slot.is_some();
+    r.check(
+        slot_free,
+        "max_replication_slots",
+        format!(
+            "{} of {} in use",
+            server.replication_slots, server.max_replication_slots
+        ),
+        "raise max_replication_slots (restart needed) or drop unused slots",
+    );
+    r.check(
+        server.wal_senders < server.max_wal_senders,
+        "max_wal_senders",
+        format!(
+            "{} of {} in use",
+            server.wal_senders, server.max_wal_senders
+        ),
+        "raise max_wal_senders (restart needed)",
+    );
+    r.check(
+        server.replication || server.superuser,
+        "role",
+        format!(
+            "{} (replication: {}, superuser: {})",
+            server.user, server.replication, server.superuser
+        ),
+        &format!("ALTER ROLE {} REPLICATION (see sql/setup.sql)", server.user),
+    );
+    if server.superuser {
+        r.push(
+            Outcome::Warn,
+            "least privilege",
+            format!("{} is a superuser", server.user),
+            Some("run walcast as the role sql/setup.sql creates (REPLICATION + SELECT)"),
+        );
+    }
+    match catalog.publication_exists(&cfg.publication).await {
+        Ok(true) => {}
+        Ok(false) => {
+            r.push(
+                Outcome::Fail,
+                "publication",
+                format!("\"{}\" does not exist", cfg.publication),
+                Some(&missing_publication(&cfg.publication)),
+            );
+            return;
+        }
+        Err(e) => {
+            r.push(Outcome::Fail, "publication", e.to_string(), None);
+            return;
+        }
+    }
+    let tables = match catalog.publication_tables(&cfg.publication).await {
+        Ok(t) => t,
+        Err(e) => {
+            r.push(Outcome::Fail, "publication", e.to_string(), None);
+            return;
+        }
+    };
+    if tables.is_empty() {
+        r.push(
+            Outcome::Warn,
+            "publication",
+            format!("\"{}\" has no tables", cfg.publication),
+            Some("ALTER PUBLICATION ... ADD TABLE ..."),
+        );
+    } else {
+        r.ok(
+            "publication",
+            format!(
+                "\"{}\": {}",
+                cfg.publication,
+                tables
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+    }
+    let column_tables: Vec<&String> = cfg.column_sequences.iter().map(|(t, _)| t).collect();
+    for t in &tables {
+        let name = format!("table {}", t.name);
+        let identity = if t.full_identity {
+            "replica identity FULL"
+        } else if t.has_identity_index {
+            "replica identity index"
+        } else {
+            "replica identity default"
+        };
+        r.check(
+            t.is_keyed(),
+            &name,
+            format!(
+                "{}, {identity}",
+                if t.has_primary_key { "primary key" } else { "no primary key" }
+            ),
+            &format!(
+                "ALTER TABLE {} ADD PRIMARY KEY (...), or REPLICA IDENTITY USING INDEX <unique index>",
+                t.name
+            ),
+        );
+        if t.toastable && !t.full_identity {
+            r.push(
+                Outcome::Warn,
+                &name,
+                "has TOASTable columns without REPLICA IDENTITY FULL: an unchanged large value not seen before is read from the table",
+                Some(&format!("ALTER TABLE {} REPLICA IDENTITY FULL", t.name)),
+            );
+        }
+        if !t.can_select {
+            r.push(
+                Outcome::Warn,
+                &name,
+                "no SELECT privilege (needed to read an unchanged TOAST value)",
+                Some(&format!("GRANT SELECT ON {} TO {}", t.name, server.user)),
+            );
+        }
+        if !column_tables.contains(&&t.name) {
+            tracked_tables.push(t.name.clone());
+        }
+    }
+    match slot {
+        None => r.ok(
+            "slot",
+            format!(
+                "\"{}\" does not exist yet: walcast creates it at start",
+                cfg.slot
+            ),
+        ),
+        Some(s) => {
+            r.check(
+                s.plugin.as_deref() == Some("pgoutput"),
+                "slot",
+                format!(
+                    "\"{}\" plugin {}, {}",
+                    cfg.slot,
+                    s.plugin.as_deref().unwrap_or("?"),
+                    if s.active { "active" } else { "inactive" }
+                ),
+                "drop the slot or choose another --slot",
+            );
+            if let Ok(Some(h)) = catalog.slot_health(&cfg.slot).await {
+                let lost = matches!(h.wal_status.as_deref(), Some("lost" | "unreserved"));
+                r.check(
+                    !lost,
+                    "slot WAL",
+                    format!(
+                        "wal_status {}, {} MiB retained",
+                        h.wal_status.as_deref().unwrap_or("?"),
+                        h.retained_bytes.unwrap_or(0) / (1024 * 1024)
+                    ),
+                    "the slot lost or may lose WAL it needs: drop it (sql/teardown.sql) and start again; raise max_slot_wal_keep_size",
+                );
+            }
+        }
+    }
+}
+
+async fn nats_checks(cfg: &RunConfig, r: &mut Report, tracked_tables: &[String]) {
+    let client = match async_nats::ConnectOptions::new()
+        .connection_timeout(cfg.connect_timeout)
+        .connect(&cfg.nats_url)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            r.push(
+                Outcome::Fail,
+                "nats connection",
+                format!("{}: {e}", cfg.nats_url),
+                Some("check --nats-url and that nats-server runs"),
+            );
+            return;
+        }
+    };
+    let info = client.server_info();
+    r.ok(
+        "nats connection",
+        format!("{} (server {})", cfg.nats_url, info.version),
+    );
+    let jetstream = info.jetstream && cfg.delivery != Delivery::Core;
+    if !jetstream {
+        let needs = !tracked_tables.is_empty() && !cfg.volatile_sequences;
+        r.push(
+            if needs { Outcome::Fail } else { Outcome::Warn },
+            "jetstream",
+            if info.jetstream {
+                "available, not used (--delivery core)".to_string()
+            } else {
+                "not available".to_string()
+            },
+            needs.then_some(
+                "tracked sequences need JetStream: start nats-server with -js, or use --column-sequence / --volatile-sequences",
+            ),
+        );
+        return;
+    }
+    r.ok("jetstream", "available");
+    let settings = StreamSettings {
+        name: cfg.stream.clone(),
+        prefix: cfg.subject_prefix.clone(),
+        history: cfg.stream_history,
+        duplicate_window: cfg.duplicate_window,
+    };
+    let js = async_nats::jetstream::new(client);
+    match inspect_stream(&js, &settings).await {
+        Ok(None) => r.ok(
+            "stream",
+            format!(
+                "\"{}\" does not exist yet: walcast creates it at start",
+                cfg.stream
+            ),
+        ),
+        Ok(Some(problems)) => r.check(
+            problems.is_empty(),
+            "stream",
+            if problems.is_empty() {
+                format!("\"{}\" fits", cfg.stream)
+            } else {
+                format!("\"{}\": {}", cfg.stream, problems.join("; "))
+            },
+            "fix or delete the stream, or choose another --stream",
+        ),
+        Err(e) => r.push(Outcome::Fail, "stream", e.to_string(), None),
+    }
+}

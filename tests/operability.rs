@@ -1,0 +1,179 @@
+//! Operability: `walcast check` against good and misconfigured servers, the metric
+//! families walcast exports, secrets kept out of logs.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use walcast::fixtures::{free_port, PgOptions};
+
+async fn check(s: &Servers, url: &str, publication: &str) -> (i32, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
+            .args(["check", "--postgres-url", url, "--nats-url", &s.nats.url()])
+            .args(["--publication", publication, "--connect-timeout", "3"])
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{stdout}");
+    (out.status.code().unwrap_or(-1), stdout)
+}
+
+fn line<'a>(report: &'a str, start: &str) -> &'a str {
+    report
+        .lines()
+        .find(|l| l.starts_with(start))
+        .unwrap_or_else(|| panic!("no line starting {start:?} in:\n{report}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_passes_on_a_good_setup_and_names_each_problem_with_its_fix() {
+    let s = servers();
+    let db = s.pg.client().await;
+    exec(
+        &db,
+        "CREATE TABLE good (id int PRIMARY KEY, body text);
+         ALTER TABLE good REPLICA IDENTITY FULL;
+         CREATE TABLE nokey (a int);
+         CREATE PUBLICATION walcast FOR TABLE good;
+         CREATE PUBLICATION bad FOR TABLE good, nokey;
+         CREATE ROLE norepl LOGIN;",
+    )
+    .await;
+    let (code, report) = check(&s, &s.pg.url(), "walcast").await;
+    assert_eq!(code, 0, "{report}");
+    for l in [
+        "ok   postgres connection",
+        "ok   wal_level: logical",
+        "ok   publication: \"walcast\": public.good",
+        "ok   table public.good: primary key, replica identity FULL",
+        "ok   slot:",
+        "ok   jetstream: available",
+        "ok   stream:",
+    ] {
+        line(&report, l);
+    }
+    assert!(line(&report, "warn least privilege").contains("superuser"));
+
+    let (code, report) = check(&s, &s.pg.url(), "missing").await;
+    assert_ne!(code, 0);
+    assert!(
+        line(&report, "FAIL publication").contains("fix: publication \"missing\" does not exist")
+    );
+
+    let (code, report) = check(&s, &s.pg.url(), "bad").await;
+    assert_ne!(code, 0);
+    assert!(line(&report, "FAIL table public.nokey").contains("ADD PRIMARY KEY"));
+
+    let (code, report) = check(&s, &s.pg.url_for("norepl", None, "postgres"), "walcast").await;
+    assert_ne!(code, 0);
+    assert!(line(&report, "FAIL role").contains("ALTER ROLE norepl REPLICATION"));
+
+    let closed = format!("postgres://postgres@127.0.0.1:{}/postgres", free_port());
+    let (code, report) = check(&s, &closed, "walcast").await;
+    assert_ne!(code, 0);
+    line(&report, "FAIL postgres connection");
+    line(&report, "ok   nats connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_fails_on_wal_level_replica() {
+    let s = servers_with(PgOptions {
+        wal_level: "replica".into(),
+        ..Default::default()
+    });
+    let db = s.pg.client().await;
+    exec(
+        &db,
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION walcast FOR TABLE t;",
+    )
+    .await;
+    let (code, report) = check(&s, &s.pg.url(), "walcast").await;
+    assert_ne!(code, 0);
+    assert!(
+        line(&report, "FAIL wal_level: replica").contains("ALTER SYSTEM SET wal_level = logical")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_no_secrets_in_logs() {
+    let s = servers();
+    let db = s.pg.client().await;
+    exec(
+        &db,
+        "CREATE ROLE walcast LOGIN REPLICATION PASSWORD 's3cret-pw';
+         CREATE TABLE t (id int PRIMARY KEY, v text);
+         GRANT SELECT ON t TO walcast;
+         CREATE PUBLICATION walcast FOR TABLE t;",
+    )
+    .await;
+    let mut args = RunArgs::new(&s, "walcast", "walcast");
+    args.pg_url = s.pg.url_for("walcast", Some("s3cret-pw"), "postgres");
+    let mut w = Walcast::spawn(args);
+    w.wait_ready().await;
+    exec(
+        &db,
+        "INSERT INTO t VALUES (1, 'a'); UPDATE t SET v = 'b'; DELETE FROM t;",
+    )
+    .await;
+    exec(
+        &db,
+        "ALTER TABLE t ADD COLUMN n int; INSERT INTO t VALUES (2, 'c', 1);",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(11)).await; // one slot-monitor round
+    let (code, body) = w.http_get("/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    let families: std::collections::BTreeSet<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    println!("metric families: {families:?}");
+    for f in [
+        "walcast_changes_total",
+        "walcast_transactions_total",
+        "walcast_received_bytes_total",
+        "walcast_published_total",
+        "walcast_publish_retries_total",
+        "walcast_publish_duration_seconds",
+        "walcast_commit_to_publish_seconds",
+        "walcast_inflight_envelopes",
+        "walcast_replication_lag_bytes",
+        "walcast_replication_lag_seconds",
+        "walcast_slot_active",
+        "walcast_slot_wal_status",
+        "walcast_slot_safe_wal_size_bytes",
+        "walcast_slot_retained_wal_bytes",
+        "walcast_keepalives_total",
+        "walcast_reconnects_total",
+        "walcast_schema_version_changes_total",
+        "walcast_nats_connected",
+        "walcast_replication_streaming",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(families.contains(f), "missing metric family {f}");
+    }
+    assert!(
+        body.contains(r#"walcast_changes_total{op="update",table="public.t"} 1"#),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"walcast_slot_wal_status{status="reserved"} 1"#),
+        "{body}"
+    );
+    assert!(body.contains("walcast_slot_active 1"), "{body}");
+    assert_eq!(w.http_get("/healthz").await.unwrap().0, 200);
+    assert_eq!(w.http_get("/readyz").await.unwrap().0, 200);
+    w.sigterm();
+    w.wait_exit(Duration::from_secs(30)).await;
+    assert!(
+        !w.log().contains("s3cret-pw"),
+        "the password appears in the log"
+    );
+}
