@@ -56,13 +56,22 @@ impl Serialize for Op {
 pub struct RowRef<'a> {
     pub columns: &'a [Column],
     pub values: &'a [Value<'a>],
+    /// Which columns to write (all when `None`).
+    pub published: Option<&'a [bool]>,
 }
 
 impl Serialize for RowRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(self.values.len()))?;
-        for (c, v) in self.columns.iter().zip(self.values) {
-            m.serialize_entry(&c.name, v)?;
+        let shown = |i: usize| {
+            self.published
+                .is_none_or(|p| p.get(i).copied().unwrap_or(true))
+        };
+        let n = (0..self.values.len()).filter(|&i| shown(i)).count();
+        let mut m = s.serialize_map(Some(n))?;
+        for (i, (c, v)) in self.columns.iter().zip(self.values).enumerate() {
+            if shown(i) {
+                m.serialize_entry(&c.name, v)?;
+            }
         }
         m.end()
     }
@@ -287,6 +296,7 @@ mod tests {
             value: Some(RowRef {
                 columns: &columns,
                 values: &values,
+                published: None,
             }),
             schema_version: "1.0",
             sequence: 1,

@@ -1,10 +1,16 @@
-//! Command-line flags and `WALCAST_*` environment variables (a flag wins over its
-//! variable, which wins over the default).
+//! Command-line flags, `WALCAST_*` environment variables and an optional TOML file:
+//! a flag wins over its variable, which wins over the file, which wins over the
+//! default.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::codec::Op;
+use crate::envelope::TableSettings;
 
 /// walcast: PostgreSQL logical replication to per-key MessagePack envelopes on NATS.
 #[derive(Debug, Parser)]
@@ -12,6 +18,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Optional TOML configuration file (flag > environment > file > default).
+    #[arg(long, global = true, env = "WALCAST_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
     /// Log format.
     #[arg(long, global = true, env = "WALCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -97,8 +106,18 @@ pub struct RunConfig {
     pub key_cache: usize,
     /// Tables whose sequence is a column kept by sql/sequence_column.sql, as
     /// `schema.table=column` (repeatable, or comma-separated in the variable).
-    #[arg(long = "column-sequence", env = "WALCAST_COLUMN_SEQUENCE", value_delimiter = ',', value_parser = parse_column_sequence)]
+    #[arg(long = "column-sequence", env = "WALCAST_COLUMN_SEQUENCE", value_delimiter = ',', value_parser = parse_table_value)]
     pub column_sequences: Vec<(String, String)>,
+    /// Publish only these columns of a table, as `schema.table=column` (repeatable).
+    #[arg(long = "include-column", env = "WALCAST_INCLUDE_COLUMN", value_delimiter = ',', value_parser = parse_table_value)]
+    pub include_columns: Vec<(String, String)>,
+    /// Never publish these columns of a table, as `schema.table=column` (repeatable).
+    #[arg(long = "exclude-column", env = "WALCAST_EXCLUDE_COLUMN", value_delimiter = ',', value_parser = parse_table_value)]
+    pub exclude_columns: Vec<(String, String)>,
+    /// Publish only these ops of a table, as `schema.table=insert+update` (ops:
+    /// insert, update, delete, truncate); filtered changes get no sequence.
+    #[arg(long = "ops", env = "WALCAST_OPS", value_delimiter = ',', value_parser = parse_table_ops)]
+    pub ops: Vec<(String, Vec<Op>)>,
     /// Without JetStream, let walcast assign sequences from memory: they restart at 1
     /// on every start, so consumers cannot trust them across restarts.
     #[arg(long, env = "WALCAST_VOLATILE_SEQUENCES")]
@@ -138,14 +157,194 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(v))
 }
 
-fn parse_column_sequence(s: &str) -> Result<(String, String), String> {
-    let (table, column) = s
+fn parse_table_value(s: &str) -> Result<(String, String), String> {
+    let (table, value) = s
         .split_once('=')
-        .ok_or_else(|| format!("{s:?}: expected schema.table=column"))?;
-    if !table.contains('.') || column.is_empty() {
-        return Err(format!("{s:?}: expected schema.table=column"));
+        .ok_or_else(|| format!("{s:?}: expected schema.table=value"))?;
+    if !table.contains('.') || value.is_empty() {
+        return Err(format!("{s:?}: expected schema.table=value"));
     }
-    Ok((table.to_string(), column.to_string()))
+    Ok((table.to_string(), value.to_string()))
+}
+
+fn parse_table_ops(s: &str) -> Result<(String, Vec<Op>), String> {
+    let (table, ops) = parse_table_value(s)?;
+    let ops = ops
+        .split('+')
+        .map(|o| {
+            Op::parse(o)
+                .ok_or_else(|| format!("{o:?} is not an op (insert, update, delete, truncate)"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((table, ops))
+}
+
+impl RunConfig {
+    /// Per-table settings gathered from the table-scoped options.
+    pub fn table_settings(&self) -> HashMap<String, TableSettings> {
+        let mut out: HashMap<String, TableSettings> = HashMap::new();
+        for (t, c) in &self.column_sequences {
+            out.entry(t.clone()).or_default().sequence_column = Some(c.clone());
+        }
+        for (t, c) in &self.include_columns {
+            out.entry(t.clone())
+                .or_default()
+                .include_columns
+                .get_or_insert_with(Vec::new)
+                .push(c.clone());
+        }
+        for (t, c) in &self.exclude_columns {
+            out.entry(t.clone())
+                .or_default()
+                .exclude_columns
+                .push(c.clone());
+        }
+        for (t, ops) in &self.ops {
+            out.entry(t.clone())
+                .or_default()
+                .ops
+                .get_or_insert_with(Vec::new)
+                .extend(ops.iter().copied());
+        }
+        out
+    }
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration file {path}: {problem}")]
+pub struct ConfigFileError {
+    pub path: String,
+    pub problem: String,
+}
+
+/// Read the optional TOML configuration file (`--config <path>` or `WALCAST_CONFIG`)
+/// into the `WALCAST_*` variables that are not set, so that precedence is
+/// flag > environment > file > default. Top-level keys are the flag names with `_`
+/// (`postgres_url = "..."`); `[tables."schema.table"]` sections take
+/// `sequence_column`, `include_columns`, `exclude_columns` and `ops`.
+/// Call it before parsing the command line, while the process is single-threaded.
+pub fn load_config_file(args: &[std::ffi::OsString]) -> Result<(), ConfigFileError> {
+    let mut path = std::env::var("WALCAST_CONFIG").ok();
+    let mut it = args.iter().map(|a| a.to_string_lossy().into_owned());
+    while let Some(a) = it.next() {
+        if a == "--config" {
+            path = it.next();
+        } else if let Some(p) = a.strip_prefix("--config=") {
+            path = Some(p.to_string());
+        }
+    }
+    let Some(path) = path else { return Ok(()) };
+    let err = |problem: String| ConfigFileError {
+        path: path.clone(),
+        problem,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| err(e.to_string()))?;
+    let command = <Cli as clap::CommandFactory>::command();
+    let run = command.find_subcommand("run").expect("run subcommand");
+    let known: Vec<(String, String)> = run
+        .get_arguments()
+        .chain(command.get_arguments())
+        .filter_map(|a| {
+            Some((
+                a.get_long()?.replace('-', "_"),
+                a.get_env()?.to_string_lossy().into_owned(),
+            ))
+        })
+        .collect();
+    let scalar = |key: &str, v: &toml::Value| -> Result<String, ConfigFileError> {
+        match v {
+            toml::Value::String(s) => Ok(s.clone()),
+            toml::Value::Integer(i) => Ok(i.to_string()),
+            toml::Value::Float(f) => Ok(f.to_string()),
+            toml::Value::Boolean(b) => Ok(b.to_string()),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|i| match i {
+                    toml::Value::String(s) => Ok(s.clone()),
+                    other => Ok(other.to_string()),
+                })
+                .collect::<Result<Vec<_>, ConfigFileError>>()
+                .map(|v| v.join(",")),
+            _ => Err(err(format!("{key}: expected a value, found a table"))),
+        }
+    };
+    let mut values: Vec<(String, String)> = Vec::new();
+    let mut per_table: HashMap<&str, Vec<String>> = HashMap::new();
+    for (key, value) in &table {
+        if key == "tables" {
+            let toml::Value::Table(tables) = value else {
+                return Err(err(
+                    "tables: expected [tables.\"schema.table\"] sections".into()
+                ));
+            };
+            for (name, settings) in tables {
+                let toml::Value::Table(settings) = settings else {
+                    return Err(err(format!("tables.{name}: expected a table")));
+                };
+                for (k, v) in settings {
+                    let list = |v: &toml::Value| -> Vec<String> {
+                        match v {
+                            toml::Value::Array(a) => a
+                                .iter()
+                                .map(|x| {
+                                    x.as_str()
+                                        .map(str::to_string)
+                                        .unwrap_or_else(|| x.to_string())
+                                })
+                                .collect(),
+                            other => vec![other
+                                .as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| other.to_string())],
+                        }
+                    };
+                    let (var, items): (&str, Vec<String>) = match k.as_str() {
+                        "sequence_column" => ("WALCAST_COLUMN_SEQUENCE", list(v)),
+                        "include_columns" => ("WALCAST_INCLUDE_COLUMN", list(v)),
+                        "exclude_columns" => ("WALCAST_EXCLUDE_COLUMN", list(v)),
+                        "ops" => ("WALCAST_OPS", vec![list(v).join("+")]),
+                        other => {
+                            return Err(err(format!(
+                                "tables.{name}: unknown setting {other:?} (sequence_column, include_columns, exclude_columns, ops)"
+                            )))
+                        }
+                    };
+                    per_table
+                        .entry(var)
+                        .or_default()
+                        .extend(items.into_iter().map(|i| format!("{name}={i}")));
+                }
+            }
+            continue;
+        }
+        if key == "config" {
+            continue;
+        }
+        let Some((_, env)) = known.iter().find(|(k, _)| k == key) else {
+            return Err(err(format!(
+                "unknown key {key:?}; known keys: {}",
+                known
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        values.push((env.clone(), scalar(key, value)?));
+    }
+    for (var, items) in per_table {
+        values.push((var.to_string(), items.join(",")));
+    }
+    for (var, value) in values {
+        if std::env::var_os(&var).is_none() {
+            std::env::set_var(var, value);
+        }
+    }
+    Ok(())
 }
 
 fn parse_slot_name(s: &str) -> Result<String, String> {

@@ -65,6 +65,11 @@ async fn tail(cfg: TailConfig) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Err(e) = walcast::config::load_config_file(&args) {
+        eprintln!("walcast: error: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

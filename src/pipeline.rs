@@ -175,7 +175,7 @@ pub async fn run(
             )))
         }
     };
-    let column_modes: HashMap<String, String> = cfg.column_sequences.iter().cloned().collect();
+    let table_settings = cfg.table_settings();
     let default_mode = match delivery {
         Delivery::Jetstream => SequenceMode::Tracked,
         _ if cfg.volatile_sequences => SequenceMode::Volatile,
@@ -183,7 +183,11 @@ pub async fn run(
             let tracked: Vec<&String> = preflight
                 .tables
                 .iter()
-                .filter(|t| !column_modes.contains_key(*t))
+                .filter(|t| {
+                    table_settings
+                        .get(*t)
+                        .is_none_or(|s| s.sequence_column.is_none())
+                })
                 .collect();
             if !tracked.is_empty() {
                 return Err(PipelineError::Config(format!(
@@ -241,7 +245,7 @@ pub async fn run(
         builder: EnvelopeBuilder::new(
             &cfg.subject_prefix,
             default_mode,
-            column_modes,
+            table_settings,
             cfg.key_cache,
             cfg.toast_cache_bytes,
         ),

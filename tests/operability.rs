@@ -177,3 +177,100 @@ async fn metrics_health_and_no_secrets_in_logs() {
         "the password appears in the log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_with_table_settings_and_precedence() {
+    let s = servers();
+    let db = s.pg.client().await;
+    exec(
+        &db,
+        "CREATE TABLE acc (id int PRIMARY KEY, balance int, secret text);
+         CREATE PUBLICATION walcast FOR TABLE acc;",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("walcast.toml");
+    let metrics_port = free_port();
+    std::fs::write(
+        &path,
+        format!(
+            "postgres_url = \"{}\"\nnats_url = \"{}\"\nslot = \"fromfile\"\nmetrics_addr = \"127.0.0.1:{metrics_port}\"\nstatus_interval = 0.5\n\n[tables.\"public.acc\"]\nexclude_columns = [\"secret\"]\nops = [\"insert\", \"update\"]\n",
+            s.pg.url(),
+            s.nats.url()
+        ),
+    )
+    .unwrap();
+    let mut collector = Collector::new(&s.nats.url(), "walcast.public.acc.*").await;
+    let log = dir.path().join("log");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("WALCAST_SLOT", "fromenv")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("err")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let slots: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'fromenv' AND active",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if slots == 1 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{}",
+            std::fs::read_to_string(dir.path().join("err")).unwrap()
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the environment's slot name was not used"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    exec(
+        &db,
+        "INSERT INTO acc VALUES (1, 10, 'hidden');
+         UPDATE acc SET balance = 20;
+         DELETE FROM acc;
+         INSERT INTO acc VALUES (1, 30, 'hidden');",
+    )
+    .await;
+    let got = collector.until(3, Duration::from_secs(30)).await;
+    let seen: Vec<(walcast::codec::Op, u64, Option<i64>)> = got
+        .iter()
+        .map(|(_, e, _)| {
+            (
+                e.op,
+                e.sequence,
+                e.column("balance").and_then(|v| v.as_i64()),
+            )
+        })
+        .collect();
+    use walcast::codec::Op;
+    assert_eq!(
+        seen,
+        [
+            (Op::Insert, 1, Some(10)),
+            (Op::Update, 2, Some(20)),
+            (Op::Insert, 3, Some(30))
+        ]
+    );
+    assert!(got.iter().all(|(_, e, _)| e.column("secret").is_none()));
+    collector.assert_quiet(Duration::from_millis(500)).await;
+    child.start_kill().unwrap();
+
+    // A bad file: a clear error naming the file and the key.
+    std::fs::write(&path, "postgress_url = \"x\"\n").unwrap();
+    let (code, err) = run_to_exit(&["run", "--config", path.to_str().unwrap()]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown key \"postgress_url\""), "{err}");
+    assert!(err.contains("walcast.toml"), "{err}");
+}

@@ -83,6 +83,19 @@ pub struct ToastNeeded {
     pub columns: Vec<String>,
 }
 
+/// Per-table settings: sequence column, published columns, published ops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableSettings {
+    /// Column mode: the sequence is this column.
+    pub sequence_column: Option<String>,
+    /// Publish only these columns (all when `None`).
+    pub include_columns: Option<Vec<String>>,
+    /// Never publish these columns.
+    pub exclude_columns: Vec<String>,
+    /// Publish only these ops (all when `None`); filtered changes get no sequence.
+    pub ops: Option<Vec<Op>>,
+}
+
 /// State the builder needs before it can build a change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Need {
@@ -114,6 +127,10 @@ pub struct Relation {
     toastable: Vec<usize>,
     /// Column mode: the index of the sequence column.
     sequence_column: Option<usize>,
+    /// Which columns the envelope's value carries.
+    published: Vec<bool>,
+    /// Ops published (all when `None`).
+    ops: Option<Vec<Op>>,
 }
 
 impl Relation {
@@ -162,8 +179,8 @@ pub struct EnvelopeBuilder {
     relations: HashMap<u32, Relation>,
     histories: HashMap<String, SchemaHistory>,
     default_mode: SequenceMode,
-    /// Column mode per table (`schema.table` → column).
-    column_modes: HashMap<String, String>,
+    /// Settings per table (`schema.table`).
+    tables: HashMap<String, TableSettings>,
     keys: KeyStateCache,
     /// Key states loaded from the stream, with the stream sequence of that message.
     loaded_stream_seq: HashMap<String, u64>,
@@ -174,12 +191,12 @@ pub struct EnvelopeBuilder {
 
 impl EnvelopeBuilder {
     /// `prefix`: the subject prefix; `default_mode`: tracked or volatile;
-    /// `column_modes`: tables in column mode; `key_cache`: key states kept in memory;
+    /// `tables`: per-table settings; `key_cache`: key states kept in memory;
     /// `toast_cache_bytes`: memory for unchanged-TOAST values.
     pub fn new(
         prefix: &str,
         default_mode: SequenceMode,
-        column_modes: HashMap<String, String>,
+        tables: HashMap<String, TableSettings>,
         key_cache: usize,
         toast_cache_bytes: usize,
     ) -> Self {
@@ -189,7 +206,7 @@ impl EnvelopeBuilder {
             relations: HashMap::new(),
             histories: HashMap::new(),
             default_mode,
-            column_modes,
+            tables,
             keys: KeyStateCache::new(key_cache, authoritative),
             loaded_stream_seq: HashMap::new(),
             toast: ToastCache::new(toast_cache_bytes),
@@ -251,8 +268,9 @@ impl EnvelopeBuilder {
         if key.is_empty() {
             return Err(EnvelopeError::NoKey { table: qualified });
         }
+        let settings = self.tables.get(&qualified).cloned().unwrap_or_default();
         let sequence_column =
-            match self.column_modes.get(&qualified) {
+            match &settings.sequence_column {
                 Some(name) => Some(columns.iter().position(|c| &c.name == name).ok_or_else(
                     || EnvelopeError::NoSequenceColumn {
                         table: qualified.clone(),
@@ -261,6 +279,16 @@ impl EnvelopeBuilder {
                 )?),
                 None => None,
             };
+        let published = columns
+            .iter()
+            .map(|c| {
+                settings
+                    .include_columns
+                    .as_ref()
+                    .is_none_or(|inc| inc.contains(&c.name))
+                    && !settings.exclude_columns.contains(&c.name)
+            })
+            .collect();
         let shape = TableShape { columns, key };
         let previous = self.relations.get(&id).map(|r| r.version);
         let at = self.tx.map(|t| t.commit_lsn).unwrap_or_default();
@@ -290,6 +318,8 @@ impl EnvelopeBuilder {
             full_identity: replica_identity == b'f',
             toastable,
             sequence_column,
+            published,
+            ops: settings.ops,
             shape,
         };
         self.relations.insert(id, rel);
@@ -419,6 +449,10 @@ impl EnvelopeBuilder {
             }
         }
         let tracked = self.mode_of(rel) == SequenceMode::Tracked;
+        let allowed = |op: Op| rel.ops.as_ref().is_none_or(|ops| ops.contains(&op));
+        if !allowed(op) && !(op == Op::Update && allowed(Op::Delete)) {
+            return Ok(None);
+        }
 
         let key_of = |tuple: &[TupleValue<'_>], op_name: &'static str| {
             let mut k = rel.key_prefix.clone();
@@ -623,6 +657,11 @@ impl EnvelopeBuilder {
         out: &mut Vec<Outgoing>,
     ) -> Result<(), EnvelopeError> {
         let mut tx = self.tx.ok_or(EnvelopeError::NoTransaction)?;
+        if let Some(ops) = &self.relations[&relation_id].ops {
+            if !ops.contains(&op) {
+                return Ok(());
+            }
+        }
         let position = Position {
             commit_lsn: tx.commit_lsn,
             ordinal: tx.ordinal,
@@ -657,6 +696,7 @@ impl EnvelopeBuilder {
             value: values.map(|values| RowRef {
                 columns: &rel.shape.columns,
                 values,
+                published: Some(&rel.published),
             }),
             schema_version: &rel.version_text,
             sequence,
