@@ -450,7 +450,7 @@ impl EnvelopeBuilder {
         }
         let tracked = self.mode_of(rel) == SequenceMode::Tracked;
         let allowed = |op: Op| rel.ops.as_ref().is_none_or(|ops| ops.contains(&op));
-        if !allowed(op) && !(op == Op::Update && allowed(Op::Delete)) {
+        if !(allowed(op) || op == Op::Update && allowed(Op::Delete)) {
             return Ok(None);
         }
 
