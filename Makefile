@@ -11,6 +11,8 @@ NATS  := $(VENV)/bin/nats-server
 deps: $(NATS)
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
 	  { echo "PostgreSQL server binaries missing: run 'apt-get update && apt-get install -y postgresql'"; exit 1; }
+	@command -v promtool >/dev/null 2>&1 || \
+	  echo "note: prometheus/promtool missing (the deploy tests need them): apt-get install -y prometheus"
 
 $(NATS):
 	python3 -m venv $(VENV)
