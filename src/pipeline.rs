@@ -108,6 +108,10 @@ struct Reader {
     /// transactions up to it are replays of what the sink already has.
     last_handed_commit: Lsn,
     skipping: bool,
+    /// No replication stream was opened yet by this process.
+    first_open: bool,
+    /// When the last standby status update was sent.
+    last_status: std::time::Instant,
     commit_ts: crate::decode::value::Timestamp,
     /// Transactions handed to the sink and not yet confirmed: (end LSN, commit time).
     unconfirmed: std::collections::VecDeque<(Lsn, crate::decode::value::Timestamp)>,
@@ -259,6 +263,8 @@ pub async fn run(
         ready: None,
         last_handed_commit: Lsn(0),
         skipping: false,
+        first_open: true,
+        last_status: std::time::Instant::now(),
         commit_ts: crate::decode::value::Timestamp {
             seconds: 0,
             nanos: 0,
@@ -309,6 +315,21 @@ pub async fn run(
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.wait() => break Ok(()),
+                }
+                // Before streaming again, let the sink confirm what it holds: the
+                // stream then reflects everything this process handed off.
+                let drained = tokio::time::Instant::now() + Duration::from_secs(60);
+                while reader.cp.confirmed() < reader.cp.handed_off() {
+                    tokio::select! {
+                        changed = confirmed_rx.changed() => {
+                            if changed.is_err() { break; }
+                            let lsn = *confirmed_rx.borrow_and_update();
+                            reader.cp.on_confirmed(lsn);
+                            reader.builder.acknowledged(lsn);
+                        }
+                        _ = tokio::time::sleep_until(drained) => break,
+                        _ = shutdown.wait() => break,
+                    }
                 }
                 if reader.catalog.is_closed() {
                     match Catalog::connect(&reader.cfg.postgres_url, reader.cfg.connect_timeout)
@@ -376,6 +397,24 @@ impl Reader {
         let stream = conn
             .start_replication(slot, Lsn(0), &self.cfg.publication)
             .await?;
+        // We hold the slot now: nobody else publishes. If somebody did since this
+        // process last wrote (a standby that took over meanwhile), what we hold in
+        // memory may be stale: start again from the stream.
+        if let Some(store) = &self.store {
+            if self.first_open
+                || store
+                    .written_by_others()
+                    .await
+                    .map_err(PipelineError::Store)?
+            {
+                let filter = store.subject_filter().await.map_err(PipelineError::Store)?;
+                self.builder.reset_key_state(Some(filter));
+                self.chunk.clear();
+                self.ready = None;
+                self.last_handed_commit = Lsn(0);
+            }
+        }
+        self.first_open = false;
         // Keep what this process already knows (it only grows).
         let mut cp = Checkpoint::starting_at(start.max(self.cp.confirmed()));
         cp.on_received(self.cp.received());
@@ -433,6 +472,10 @@ impl Reader {
                     let lsn = *confirmed_rx.borrow_and_update();
                     self.cp.on_confirmed(lsn);
                     self.builder.acknowledged(lsn);
+                    // Tell the server soon: it can release WAL, and lag shows truly.
+                    if self.last_status.elapsed() >= Duration::from_millis(10) {
+                        self.send_status(&mut stream, false).await?;
+                    }
                 }
                 permit = tx.reserve(), if !reading => {
                     let permit = permit.map_err(|_| PipelineError::SinkGone)?;
@@ -524,6 +567,7 @@ impl Reader {
         };
         self.metrics.lag_seconds.set(lag);
         stream.send_status(self.cp.received(), flush, reply).await?;
+        self.last_status = std::time::Instant::now();
         Ok(())
     }
 

@@ -23,7 +23,7 @@ use crate::decode::pgoutput::{OldTuple, TupleValue};
 use crate::decode::value::{parse_text, Timestamp, Value, ValueError};
 use crate::lsn::Lsn;
 use schema::{Column, SchemaHistory, SchemaVersion, TableShape};
-use sequence::{KeyState, KeyStateCache, Lookup, Position, SequenceMode};
+use sequence::{KeyState, KeyStateCache, Lookup, Position, SequenceMode, SubjectFilter};
 use toast::ToastCache;
 
 /// Why a change could not become an envelope.
@@ -187,6 +187,10 @@ pub struct EnvelopeBuilder {
     toast: ToastCache,
     tx: Option<Transaction>,
     replays_skipped: u64,
+    /// Subjects that may have a message in the stream (tracked mode): a key outside it
+    /// is new and needs no load.
+    subject_filter: Option<SubjectFilter>,
+    key_cache: usize,
 }
 
 impl EnvelopeBuilder {
@@ -212,7 +216,20 @@ impl EnvelopeBuilder {
             toast: ToastCache::new(toast_cache_bytes),
             tx: None,
             replays_skipped: 0,
+            subject_filter: None,
+            key_cache,
         }
+    }
+
+    /// Forget every key state (another process may have published since they were
+    /// learnt) and start from the subjects the stream holds now.
+    pub fn reset_key_state(&mut self, filter: Option<SubjectFilter>) {
+        let authoritative = self.default_mode == SequenceMode::Volatile;
+        if !authoritative {
+            self.keys = KeyStateCache::new(self.key_cache, false);
+            self.loaded_stream_seq.clear();
+        }
+        self.subject_filter = filter;
     }
 
     pub fn relation(&self, id: u32) -> Option<&Relation> {
@@ -414,6 +431,13 @@ impl EnvelopeBuilder {
     /// `Some(need)` when `key`'s state must be loaded first.
     fn key_state_need(&mut self, rel_tracked: bool, key: &str, subject: &str) -> Option<Need> {
         if rel_tracked && self.keys.lookup(key) == Lookup::Missing {
+            if let Some(filter) = &self.subject_filter {
+                if !filter.may_contain(subject) {
+                    // Never published: a new key, its subject has no message.
+                    self.provide_key_state(key.to_string(), None);
+                    return None;
+                }
+            }
             return Some(Need::KeyState {
                 key: key.to_string(),
                 subject: subject.to_string(),
@@ -685,6 +709,9 @@ impl EnvelopeBuilder {
                     }
                 }
                 expected_last_subject_seq = self.loaded_stream_seq.remove(&key);
+                if let Some(filter) = self.subject_filter.as_mut() {
+                    filter.insert(&subject);
+                }
                 let sequence = state.map_or(1, |s| s.sequence + 1);
                 self.keys.assigned(&key, KeyState { sequence, position });
                 sequence

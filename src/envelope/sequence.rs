@@ -203,3 +203,67 @@ mod tests {
         assert_eq!(c.len(), 2);
     }
 }
+
+/// A Bloom filter of the subjects that have (or may have) a message in the stream.
+/// A key whose subject is not in it has never been published: it starts at sequence
+/// 1 without a round-trip to the stream. False positives only cost a load.
+#[derive(Debug, Clone)]
+pub struct SubjectFilter {
+    bits: Vec<u64>,
+    hashes: u32,
+}
+
+impl SubjectFilter {
+    /// Sized for `expected` subjects at about 1 % false positives.
+    pub fn with_capacity(expected: usize) -> Self {
+        let bits = (expected.max(1024) as f64 * 9.6).ceil() as usize;
+        SubjectFilter {
+            bits: vec![0; bits.div_ceil(64)],
+            hashes: 7,
+        }
+    }
+
+    fn positions(&self, subject: &str) -> impl Iterator<Item = usize> + '_ {
+        use std::hash::{BuildHasher, Hasher};
+        let hash = |seed: u64| {
+            let mut h = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                .build_hasher();
+            h.write_u64(seed);
+            h.write(subject.as_bytes());
+            h.finish()
+        };
+        let (h1, h2) = (hash(0x9E37_79B9), hash(0x85EB_CA6B) | 1);
+        let m = (self.bits.len() * 64) as u64;
+        (0..u64::from(self.hashes)).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % m) as usize)
+    }
+
+    pub fn insert(&mut self, subject: &str) {
+        let positions: Vec<usize> = self.positions(subject).collect();
+        for p in positions {
+            self.bits[p / 64] |= 1 << (p % 64);
+        }
+    }
+
+    pub fn may_contain(&self, subject: &str) -> bool {
+        self.positions(subject)
+            .all(|p| self.bits[p / 64] & (1 << (p % 64)) != 0)
+    }
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+
+    #[test]
+    fn no_false_negatives_and_few_false_positives() {
+        let mut f = SubjectFilter::with_capacity(10_000);
+        for i in 0..10_000 {
+            f.insert(&format!("walcast.public.t.{i}"));
+        }
+        assert!((0..10_000).all(|i| f.may_contain(&format!("walcast.public.t.{i}"))));
+        let fp = (10_000..20_000)
+            .filter(|i| f.may_contain(&format!("walcast.public.t.{i}")))
+            .count();
+        assert!(fp < 300, "{fp} false positives of 10000");
+    }
+}

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use super::{SinkBatch, SinkError};
 use crate::codec;
 use crate::envelope::schema::SchemaHistory;
-use crate::envelope::sequence::{KeyState, Position};
+use crate::envelope::sequence::{KeyState, Position, SubjectFilter};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 
@@ -143,7 +143,10 @@ pub async fn ensure_stream(js: &Context, settings: &StreamSettings) -> Result<St
 pub struct StateStore {
     js: Context,
     stream: Stream,
+    prefix: String,
     meta_prefix: String,
+    /// Highest stream sequence this process wrote (from PubAcks).
+    last_written: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl StateStore {
@@ -151,8 +154,55 @@ impl StateStore {
         StateStore {
             js,
             stream,
+            prefix: settings.prefix.clone(),
             meta_prefix: settings.meta_prefix(),
+            last_written: Arc::default(),
         }
+    }
+
+    /// Record a stream sequence this process wrote.
+    pub fn wrote(&self, seq: u64) {
+        self.last_written
+            .fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The stream's last sequence, and whether anybody but this process wrote to it
+    /// since this process last did (then in-memory key states may be stale).
+    pub async fn written_by_others(&self) -> Result<bool, SinkError> {
+        let mut stream = self.stream.clone();
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| js_err("reading the stream state", e))?;
+        let ours = self.last_written.load(std::sync::atomic::Ordering::SeqCst);
+        Ok(info.state.last_sequence != ours)
+    }
+
+    /// A filter of every envelope subject the stream holds now.
+    pub async fn subject_filter(&self) -> Result<SubjectFilter, SinkError> {
+        use futures::TryStreamExt;
+        let mut stream = self.stream.clone();
+        let count = stream
+            .info()
+            .await
+            .map_err(|e| js_err("reading the stream state", e))?
+            .state
+            .subjects_count as usize;
+        let mut filter = SubjectFilter::with_capacity((count * 2).max(1 << 20));
+        if count > 0 {
+            let mut subjects = stream
+                .info_with_subjects(format!("{}.>", self.prefix))
+                .await
+                .map_err(|e| js_err("listing the stream's subjects", e))?;
+            while let Some((subject, _)) = subjects
+                .try_next()
+                .await
+                .map_err(|e| js_err("listing the stream's subjects", e))?
+            {
+                filter.insert(&subject);
+            }
+        }
+        Ok(filter)
     }
 
     /// The last message of a key's subject: its state and stream sequence.
@@ -215,12 +265,14 @@ impl StateStore {
     ) -> Result<(), SinkError> {
         let subject = self.schema_subject(schema, table);
         let payload = serde_json::to_vec(history).expect("serializing a schema history");
-        self.js
+        let ack = self
+            .js
             .publish(subject.clone(), payload.into())
             .await
             .map_err(|e| js_err(&format!("storing {subject}"), e))?
             .await
             .map_err(|e| js_err(&format!("storing {subject}"), e))?;
+        self.wrote(ack.sequence);
         Ok(())
     }
 }
@@ -318,6 +370,7 @@ impl JetStreamSink {
                 let item = &batches[b].items[i];
                 match ack {
                     Ok(ack) => {
+                        self.store.wrote(ack.sequence);
                         self.last_seq.put(item.subject.to_string(), ack.sequence);
                         states[b][i] = State::Acked;
                     }

@@ -1,0 +1,775 @@
+//! `make bench`: walcast against the physical limit, side by side in one run.
+//!
+//! Starts its own PostgreSQL and nats-server (the test fixtures), generates each
+//! scenario's backlog once, gives every contender its own slot created at the same
+//! LSN, and drains the same backlog one contender at a time, several runs each:
+//! - `pg_recvlogical` and a minimal Rust drain on walcast's replication client that
+//!   discards the bytes (the better of the two is **the limit**);
+//! - walcast with core NATS and walcast with JetStream (PubAck-gated), each with a
+//!   subscriber that counts the envelopes; a run ends when the subscriber has them all
+//!   and the slot is confirmed at the end LSN.
+//! Then commit→receipt latency under a steady writer, and memory through a
+//! 1,000,000-row transaction and with 1,000,000 distinct keys.
+//!
+//! Environment: `BENCH_RUNS` (default 3), `BENCH_SCALE` (default 1.0: multiplies the
+//! row counts), `BENCH_LATENCY_SECS` (default 30), `BENCH_OUT` (default
+//! docs/benchmarks.json).
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use walcast::fixtures::{free_port, postgres_bin_dir, NatsServer, PgOptions, PgServer};
+use walcast::lsn::Lsn;
+use walcast::source::{ConnectParams, ReplicationConnection, ReplicationEvent};
+
+type DynError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What one contender run cost.
+#[derive(Debug, Clone, serde::Serialize)]
+struct RunResult {
+    seconds: f64,
+    cpu_seconds: f64,
+    max_rss_kib: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Row {
+    scenario: String,
+    contender: String,
+    rows: u64,
+    wal_bytes: u64,
+    runs: Vec<RunResult>,
+}
+
+impl Row {
+    fn median(&self) -> f64 {
+        let mut s: Vec<f64> = self.runs.iter().map(|r| r.seconds).collect();
+        s.sort_by(f64::total_cmp);
+        s[s.len() / 2]
+    }
+    fn rows_per_sec(&self, secs: f64) -> f64 {
+        self.rows as f64 / secs
+    }
+}
+
+fn env_f64(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Wait for a child and return its resource usage (wall time measured by the caller).
+fn wait_rusage(pid: u32) -> (i32, f64, u64) {
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value for wait4 to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child process.
+    unsafe { libc::wait4(pid as i32, &mut status, 0, &mut usage) };
+    let cpu = usage.ru_utime.tv_sec as f64
+        + usage.ru_utime.tv_usec as f64 / 1e6
+        + usage.ru_stime.tv_sec as f64
+        + usage.ru_stime.tv_usec as f64 / 1e6;
+    (status, cpu, usage.ru_maxrss as u64)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn current_lsn(db: &tokio_postgres::Client) -> Lsn {
+    db.query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0)
+        .parse()
+        .unwrap()
+}
+
+async fn confirmed(db: &tokio_postgres::Client, slot: &str) -> Lsn {
+    db.query_one(
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .unwrap()
+    .get::<_, String>(0)
+    .parse()
+    .unwrap()
+}
+
+/// The minimal Rust drain, run as a child process (`pipeline drain <url> <slot> <pub> <endpos>`):
+/// walcast's replication client reading in large batches and discarding the bytes.
+async fn drain_main(url: &str, slot: &str, publication: &str, endpos: Lsn) -> Result<(), DynError> {
+    let params = ConnectParams::from_url(url)?;
+    let conn = ReplicationConnection::connect(&params).await?;
+    let mut stream = conn.start_replication(slot, Lsn(0), publication).await?;
+    let mut received = Lsn(0);
+    let mut last_status = Instant::now();
+    loop {
+        let event = match stream.buffered_event()? {
+            Some(e) => e,
+            None => stream.next_event().await?,
+        };
+        match event {
+            ReplicationEvent::XLogData { data, .. } => {
+                // Commit: 'C', flags, commit_lsn, end_lsn, ts.
+                if data.len() >= 26 && data[0] == b'C' {
+                    let end = Lsn(u64::from_be_bytes(data[10..18].try_into().unwrap()));
+                    received = received.max(end);
+                }
+            }
+            ReplicationEvent::Keepalive {
+                wal_end,
+                reply_requested,
+            } => {
+                if reply_requested {
+                    stream
+                        .send_status(received.max(wal_end), received, false)
+                        .await?;
+                }
+            }
+            ReplicationEvent::End => break,
+        }
+        if received >= endpos {
+            stream.send_status(received, received, false).await?;
+            break;
+        }
+        if last_status.elapsed() > Duration::from_secs(1) {
+            stream.send_status(received, received, false).await?;
+            last_status = Instant::now();
+        }
+    }
+    let _ = stream.finish().await;
+    Ok(())
+}
+
+struct Bench {
+    pg: PgServer,
+    nats: NatsServer,
+    db: tokio_postgres::Client,
+    runs: usize,
+    rows: Vec<Row>,
+    walcast_bin: String,
+}
+
+impl Bench {
+    async fn exec(&self, sql: &str) {
+        self.db
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+
+    async fn make_slots(&self, names: &[String]) {
+        for n in names {
+            self.exec(&format!(
+                "SELECT pg_create_logical_replication_slot('{n}', 'pgoutput')"
+            ))
+            .await;
+        }
+    }
+
+    async fn drop_slot(&self, name: &str) {
+        let _ = self
+            .db
+            .batch_execute(&format!("SELECT pg_drop_replication_slot('{name}')"))
+            .await;
+    }
+
+    fn pg_kv_url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.pg.port
+        )
+    }
+
+    async fn run_pg_recvlogical(&self, slot: &str, publication: &str, endpos: Lsn) -> RunResult {
+        let bin = postgres_bin_dir().unwrap().join("pg_recvlogical");
+        let started = Instant::now();
+        let child = std::process::Command::new(bin)
+            .args([
+                "-d",
+                &self.pg_kv_url(),
+                "--slot",
+                slot,
+                "--start",
+                "--no-loop",
+            ])
+            .args(["-o", "proto_version=1", "-o"])
+            .arg(format!("publication_names={publication}"))
+            .arg(format!("--endpos={endpos}"))
+            .args(["-f", "/dev/null"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let (status, cpu, rss) = tokio::task::spawn_blocking(move || wait_rusage(pid))
+            .await
+            .unwrap();
+        let seconds = started.elapsed().as_secs_f64();
+        assert_eq!(status, 0, "pg_recvlogical failed");
+        RunResult {
+            seconds,
+            cpu_seconds: cpu,
+            max_rss_kib: rss,
+        }
+    }
+
+    async fn run_rust_drain(&self, slot: &str, publication: &str, endpos: Lsn) -> RunResult {
+        let me = std::env::current_exe().unwrap();
+        let started = Instant::now();
+        let child = std::process::Command::new(me)
+            .args([
+                "drain",
+                &self.pg.url(),
+                slot,
+                publication,
+                &endpos.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let (status, cpu, rss) = tokio::task::spawn_blocking(move || wait_rusage(pid))
+            .await
+            .unwrap();
+        assert_eq!(status, 0, "the Rust drain failed");
+        RunResult {
+            seconds: started.elapsed().as_secs_f64(),
+            cpu_seconds: cpu,
+            max_rss_kib: rss,
+        }
+    }
+
+    /// walcast drains `slot`; a subscriber counts `expected` envelopes.
+    async fn run_walcast(
+        &self,
+        slot: &str,
+        publication: &str,
+        endpos: Lsn,
+        expected: u64,
+        jetstream: bool,
+        tag: &str,
+        rss_samples: Option<&mut Vec<u64>>,
+    ) -> RunResult {
+        let prefix = format!("b{tag}");
+        let stream = format!("B{}", tag.to_uppercase());
+        let client = async_nats::ConnectOptions::new()
+            .subscription_capacity(1 << 21)
+            .connect(self.nats.url())
+            .await
+            .unwrap();
+        let mut sub = client.subscribe(format!("{prefix}.>")).await.unwrap();
+        client.flush().await.unwrap();
+        let count = Arc::new(AtomicU64::new(0));
+        let counter = count.clone();
+        let counting = tokio::spawn(async move {
+            while sub.next().await.is_some() {
+                if counter.fetch_add(1, Ordering::Relaxed) + 1 >= expected {
+                    break;
+                }
+            }
+        });
+        let mut args = vec![
+            "run".to_string(),
+            "--postgres-url".into(),
+            self.pg.url(),
+            "--nats-url".into(),
+            self.nats.url(),
+            "--publication".into(),
+            publication.into(),
+            "--slot".into(),
+            slot.into(),
+            "--subject-prefix".into(),
+            prefix.clone(),
+            "--stream".into(),
+            stream.clone(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{}", free_port()),
+        ];
+        if !jetstream {
+            args.extend([
+                "--delivery".into(),
+                "core".into(),
+                "--volatile-sequences".into(),
+            ]);
+        }
+        let started = Instant::now();
+        let child = std::process::Command::new(&self.walcast_bin)
+            .args(&args)
+            .env("WALCAST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut samples = rss_samples;
+        let deadline = Instant::now() + Duration::from_secs(900);
+        loop {
+            if let Some(s) = samples.as_deref_mut() {
+                s.push(rss_kib(pid));
+            }
+            if count.load(Ordering::Relaxed) >= expected
+                && confirmed(&self.db, slot).await >= endpos
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "walcast ({tag}) stuck at {} of {expected}",
+                count.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let (_, cpu, rss) = tokio::task::spawn_blocking(move || wait_rusage(pid))
+            .await
+            .unwrap();
+        counting.abort();
+        if jetstream {
+            let js = async_nats::jetstream::new(client);
+            let _ = js.delete_stream(&stream).await;
+        }
+        RunResult {
+            seconds,
+            cpu_seconds: cpu,
+            max_rss_kib: rss,
+        }
+    }
+
+    /// Generate a scenario's backlog after creating one slot per contender and run,
+    /// then drain it with every contender.
+    async fn scenario(&mut self, name: &str, publication: &str, generate: &str, rows: u64) {
+        let contenders = [
+            "pg_recvlogical",
+            "rust drain",
+            "walcast core",
+            "walcast jetstream",
+        ];
+        let mut slots = Vec::new();
+        for c in 0..contenders.len() {
+            for r in 0..self.runs {
+                slots.push(format!("{}_{c}_{r}", ident(name)));
+            }
+        }
+        self.make_slots(&slots).await;
+        let start = current_lsn(&self.db).await;
+        let t = Instant::now();
+        self.exec(generate).await;
+        let endpos = current_lsn(&self.db).await;
+        eprintln!(
+            "{name}: generated {rows} changes, {} MB of WAL in {:.1} s",
+            (endpos.0 - start.0) / 1_000_000,
+            t.elapsed().as_secs_f64()
+        );
+        for (c, contender) in contenders.iter().enumerate() {
+            let mut runs = Vec::new();
+            for r in 0..self.runs {
+                let slot = format!("{}_{c}_{r}", ident(name));
+                let tag = format!("{}_{c}_{r}", ident(name));
+                let result = match c {
+                    0 => self.run_pg_recvlogical(&slot, publication, endpos).await,
+                    1 => self.run_rust_drain(&slot, publication, endpos).await,
+                    2 => {
+                        self.run_walcast(&slot, publication, endpos, rows, false, &tag, None)
+                            .await
+                    }
+                    _ => {
+                        self.run_walcast(&slot, publication, endpos, rows, true, &tag, None)
+                            .await
+                    }
+                };
+                eprintln!("  {contender} run {r}: {:.2} s", result.seconds);
+                runs.push(result);
+                self.drop_slot(&slot).await;
+            }
+            self.rows.push(Row {
+                scenario: name.into(),
+                contender: contender.to_string(),
+                rows,
+                wal_bytes: endpos.0 - start.0,
+                runs,
+            });
+        }
+    }
+}
+
+/// A name usable as a slot, subject token and stream name.
+fn ident(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    while out.contains("__") {
+        out = out.replace("__", "_");
+    }
+    out.trim_matches('_').to_string()
+}
+
+fn print_table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    out.push_str("| scenario | contender | rows/s (median) | min–max rows/s | MB/s WAL | ratio to limit | CPU s / 100k | peak RSS MiB |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|\n");
+    let mut by_scenario: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
+    for r in rows {
+        by_scenario.entry(&r.scenario).or_default().push(r);
+    }
+    for (scenario, list) in by_scenario {
+        let limit = list
+            .iter()
+            .filter(|r| r.contender == "pg_recvlogical" || r.contender == "rust drain")
+            .map(|r| r.rows_per_sec(r.median()))
+            .fold(0.0, f64::max);
+        for r in list {
+            let med = r.median();
+            let rates: Vec<f64> = r.runs.iter().map(|x| r.rows_per_sec(x.seconds)).collect();
+            let lo = rates.iter().copied().fold(f64::MAX, f64::min);
+            let hi = rates.iter().copied().fold(0.0, f64::max);
+            let cpu: f64 = r.runs.iter().map(|x| x.cpu_seconds).sum::<f64>() / r.runs.len() as f64;
+            let rss = r.runs.iter().map(|x| x.max_rss_kib).max().unwrap_or(0);
+            out.push_str(&format!(
+                "| {scenario} | {} | {:.0} | {:.0}–{:.0} | {:.1} | {:.2} | {:.2} | {:.1} |\n",
+                r.contender,
+                r.rows_per_sec(med),
+                lo,
+                hi,
+                r.wal_bytes as f64 / med / 1e6,
+                r.rows_per_sec(med) / limit,
+                cpu / (r.rows as f64 / 100_000.0),
+                rss as f64 / 1024.0
+            ));
+        }
+    }
+    out
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+/// A steady writer at `rate` changes/s for `secs`; a subscriber measures commit→receipt.
+async fn latency(b: &Bench, rate: u64, secs: u64) -> serde_json::Value {
+    let slot = format!("lat_{rate}");
+    let prefix = format!("lat{rate}");
+    let stream = format!("LAT{rate}");
+    let client = async_nats::ConnectOptions::new()
+        .subscription_capacity(1 << 20)
+        .connect(b.nats.url())
+        .await
+        .unwrap();
+    let mut sub = client.subscribe(format!("{prefix}.>")).await.unwrap();
+    client.flush().await.unwrap();
+    let metrics_port = free_port();
+    let mut child = tokio::process::Command::new(&b.walcast_bin)
+        .args([
+            "run",
+            "--postgres-url",
+            &b.pg.url(),
+            "--nats-url",
+            &b.nats.url(),
+        ])
+        .args(["--publication", "bench_narrow", "--slot", &slot])
+        .args(["--subject-prefix", &prefix, "--stream", &stream])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .env("WALCAST_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Wait until streaming.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while confirmed_exists(&b.db, &slot).await.is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lat = tokio::spawn(async move {
+        let mut out = Vec::new();
+        while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64();
+            if let Ok(env) = walcast::codec::decode(&msg.payload) {
+                let ts = env.commit_ts.seconds as f64 + f64::from(env.commit_ts.nanos) / 1e9;
+                out.push((now - ts) * 1000.0);
+            }
+        }
+        out
+    });
+    // Writers: 4 connections, each paced to rate/4 single-row transactions per second.
+    let writers = 4u64;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let url = b.pg.url();
+        tasks.push(tokio::spawn(async move {
+            let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            db.batch_execute("SET synchronous_commit = on")
+                .await
+                .unwrap();
+            let stmt = db
+                .prepare("UPDATE bench_narrow SET v = v + 1 WHERE id = $1")
+                .await
+                .unwrap();
+            let per = rate / writers;
+            let interval = Duration::from_secs_f64(1.0 / per as f64);
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let total = per * secs;
+            let mut written = 0u64;
+            for i in 0..total {
+                tick.tick().await;
+                let id = ((w * 1_000_003 + i * 7919) % 10_000) as i32 + 1;
+                db.execute(&stmt, &[&id]).await.unwrap();
+                written += 1;
+            }
+            written
+        }));
+    }
+    let mut written = 0;
+    for t in tasks {
+        written += t.await.unwrap();
+    }
+    let mut samples = lat.await.unwrap();
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    let js = async_nats::jetstream::new(client);
+    let _ = js.delete_stream(&stream).await;
+    b.drop_slot(&slot).await;
+    samples.sort_by(f64::total_cmp);
+    serde_json::json!({
+        "rate_per_sec": rate,
+        "seconds": secs,
+        "written": written,
+        "received": samples.len(),
+        "p50_ms": percentile(&samples, 0.5),
+        "p99_ms": percentile(&samples, 0.99),
+        "p999_ms": percentile(&samples, 0.999),
+        "max_ms": samples.last().copied().unwrap_or(f64::NAN),
+    })
+}
+
+async fn confirmed_exists(db: &tokio_postgres::Client, slot: &str) -> Option<()> {
+    db.query_opt(
+        "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+        &[&slot],
+    )
+    .await
+    .ok()
+    .flatten()
+    .map(|_| ())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
+        .and_then(|k| k.parse::<u64>().ok())
+        .unwrap_or(0);
+    format!("{cores} cores ({cpu}), {} GiB RAM", mem / 1024 / 1024)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), DynError> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("drain") {
+        return drain_main(&args[2], &args[3], &args[4], args[5].parse()?).await;
+    }
+    if !args.iter().any(|a| a == "--bench") {
+        eprintln!("the benchmark runs under `cargo bench --bench pipeline` (make bench)");
+        return Ok(());
+    }
+    let runs = env_f64("BENCH_RUNS", 3.0) as usize;
+    let scale = env_f64("BENCH_SCALE", 1.0);
+    let latency_secs = env_f64("BENCH_LATENCY_SECS", 30.0) as u64;
+    let n = |x: f64| (x * scale).round() as u64;
+
+    let pg = PgServer::start(PgOptions {
+        extra_conf: vec![
+            "max_wal_size = '4GB'".into(),
+            "checkpoint_timeout = '30min'".into(),
+            "logical_decoding_work_mem = '256MB'".into(),
+        ],
+        ..Default::default()
+    })?;
+    let nats = NatsServer::start()?;
+    let (db, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let mut b = Bench {
+        pg,
+        nats,
+        db,
+        runs,
+        rows: Vec::new(),
+        walcast_bin: env!("CARGO_BIN_EXE_walcast").to_string(),
+    };
+    b.exec(
+        "CREATE TABLE bench_narrow (id int PRIMARY KEY, v bigint NOT NULL);
+         INSERT INTO bench_narrow SELECT g, 0 FROM generate_series(1, 10000) g;
+         CREATE TABLE bench_wide (id int PRIMARY KEY, amount numeric(18,4), doc jsonb, ref uuid,
+             tags text[], blob bytea, at timestamptz, body text);
+         ALTER TABLE bench_wide ALTER COLUMN body SET STORAGE EXTERNAL;
+         CREATE PUBLICATION bench_narrow FOR TABLE bench_narrow;
+         CREATE PUBLICATION bench_mixed FOR TABLE bench_narrow, bench_wide;
+         CREATE TABLE bench_big (id int PRIMARY KEY, v int);
+         CREATE PUBLICATION bench_big FOR TABLE bench_big;
+         CREATE PROCEDURE updates(n int, per_tx int) LANGUAGE plpgsql AS $$
+         BEGIN
+           FOR i IN 1..n LOOP
+             UPDATE bench_narrow SET v = v + 1 WHERE id = (i % 10000) + 1;
+             IF i % per_tx = 0 THEN COMMIT; END IF;
+           END LOOP;
+         END $$;
+         CREATE PROCEDURE mixed(n int) LANGUAGE plpgsql AS $$
+         DECLARE k int;
+         BEGIN
+           FOR i IN 1..n LOOP
+             k := (i * 7919) % 5000;
+             IF i % 2 = 0 THEN
+               UPDATE bench_narrow SET v = v + 1 WHERE id = k + 1;
+             ELSIF NOT EXISTS (SELECT 1 FROM bench_wide WHERE id = k) THEN
+               INSERT INTO bench_wide VALUES (k, k * 1.5, jsonb_build_object('k', k, 'tags', jsonb_build_array(1, 2)),
+                 md5(k::text)::uuid, ARRAY['a', k::text], decode(md5(k::text), 'hex'), now(), repeat(md5(k::text), 128));
+             ELSIF i % 3 = 0 THEN
+               DELETE FROM bench_wide WHERE id = k;
+             ELSE
+               UPDATE bench_wide SET amount = amount + 1, doc = doc || '{\"u\": 1}' WHERE id = k;
+             END IF;
+             IF i % 10 = 0 THEN COMMIT; END IF;
+           END LOOP;
+         END $$;",
+    )
+    .await;
+
+    let a_rows = n(200_000.0);
+    b.scenario(
+        "(a) 2000-row txs",
+        "bench_narrow",
+        &format!("CALL updates({a_rows}, 2000)"),
+        a_rows,
+    )
+    .await;
+    let b_rows = n(200_000.0);
+    b.scenario(
+        "(b) 1-row txs",
+        "bench_narrow",
+        &format!("CALL updates({b_rows}, 1)"),
+        b_rows,
+    )
+    .await;
+    // (c): count the changes the procedure makes from the WAL's point of view: every
+    // loop iteration changes exactly one row.
+    let c_rows = n(50_000.0);
+    b.scenario(
+        "(c) mixed narrow+wide",
+        "bench_mixed",
+        &format!("CALL mixed({c_rows})"),
+        c_rows,
+    )
+    .await;
+
+    let table = print_table(&b.rows);
+    println!("\n{table}");
+
+    let mut latencies = Vec::new();
+    for rate in [1000, 5000] {
+        let l = latency(&b, rate, latency_secs).await;
+        println!("latency at {rate}/s: {l}");
+        latencies.push(l);
+    }
+
+    // Memory: one 1,000,000-row transaction, then 1,000,000 distinct keys (tracked).
+    let big = n(1_000_000.0);
+    b.make_slots(&["mem_big".to_string()]).await;
+    b.exec(&format!(
+        "INSERT INTO bench_big SELECT g, 0 FROM generate_series(1, {big}) g"
+    ))
+    .await;
+    let endpos = current_lsn(&b.db).await;
+    let mut samples = Vec::new();
+    let big_run = b
+        .run_walcast(
+            "mem_big",
+            "bench_big",
+            endpos,
+            big,
+            true,
+            "membig",
+            Some(&mut samples),
+        )
+        .await;
+    let rss_max = samples.iter().copied().max().unwrap_or(0);
+    let rss_end = samples.last().copied().unwrap_or(0);
+    println!(
+        "1M-row transaction ({big} rows, {} distinct keys): {:.1} s, RSS peak {:.1} MiB, at the end {:.1} MiB (max_rss {:.1} MiB)",
+        big,
+        big_run.seconds,
+        rss_max as f64 / 1024.0,
+        rss_end as f64 / 1024.0,
+        big_run.max_rss_kib as f64 / 1024.0
+    );
+
+    let report = serde_json::json!({
+        "machine": machine(),
+        "command": "make bench",
+        "runs": runs,
+        "scale": scale,
+        "throughput": b.rows,
+        "latency": latencies,
+        "memory": {
+            "one_transaction_rows": big,
+            "distinct_keys": big,
+            "seconds": big_run.seconds,
+            "rss_peak_kib": rss_max,
+            "rss_end_kib": rss_end,
+            "rss_samples_kib": samples,
+        },
+    });
+    let out = std::env::var("BENCH_OUT").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/docs/benchmarks.json").to_string()
+    });
+    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+    println!("raw numbers written to {out}");
+    Ok(())
+}
