@@ -8,6 +8,7 @@
 //! - walcast with core NATS and walcast with JetStream (PubAck-gated), each with a
 //!   subscriber that counts the envelopes; a run ends when the subscriber has them all
 //!   and the slot is confirmed at the end LSN.
+//!
 //! Then commit→receipt latency under a steady writer, and memory through a
 //! 1,000,000-row transaction and with 1,000,000 distinct keys.
 //!
@@ -198,6 +199,7 @@ impl Bench {
     async fn run_pg_recvlogical(&self, slot: &str, publication: &str, endpos: Lsn) -> RunResult {
         let bin = postgres_bin_dir().unwrap().join("pg_recvlogical");
         let started = Instant::now();
+        #[allow(clippy::zombie_processes)] // reaped by wait4 below, for its rusage
         let child = std::process::Command::new(bin)
             .args([
                 "-d",
@@ -231,6 +233,7 @@ impl Bench {
     async fn run_rust_drain(&self, slot: &str, publication: &str, endpos: Lsn) -> RunResult {
         let me = std::env::current_exe().unwrap();
         let started = Instant::now();
+        #[allow(clippy::zombie_processes)] // reaped by wait4 below, for its rusage
         let child = std::process::Command::new(me)
             .args([
                 "drain",
@@ -256,6 +259,7 @@ impl Bench {
     }
 
     /// walcast drains `slot`; a subscriber counts `expected` envelopes.
+    #[allow(clippy::too_many_arguments)]
     async fn run_walcast(
         &self,
         slot: &str,
@@ -309,6 +313,7 @@ impl Bench {
             ]);
         }
         let started = Instant::now();
+        #[allow(clippy::zombie_processes)] // reaped by wait4 below, for its rusage
         let child = std::process::Command::new(&self.walcast_bin)
             .args(&args)
             .env("WALCAST_LOG", "warn")
