@@ -163,6 +163,8 @@ struct Bench {
     runs: usize,
     rows: Vec<Row>,
     walcast_bin: String,
+    /// Envelope bytes the counting subscriber saw in the last walcast run.
+    payload_bytes: Arc<AtomicU64>,
 }
 
 impl Bench {
@@ -281,8 +283,11 @@ impl Bench {
         client.flush().await.unwrap();
         let count = Arc::new(AtomicU64::new(0));
         let counter = count.clone();
+        let bytes = self.payload_bytes.clone();
+        bytes.store(0, Ordering::Relaxed);
         let counting = tokio::spawn(async move {
-            while sub.next().await.is_some() {
+            while let Some(msg) = sub.next().await {
+                bytes.fetch_add(msg.payload.len() as u64, Ordering::Relaxed);
                 if counter.fetch_add(1, Ordering::Relaxed) + 1 >= expected {
                     break;
                 }
@@ -411,6 +416,80 @@ impl Bench {
                 wal_bytes: endpos.0 - start.0,
                 runs,
             });
+        }
+        // What the same nats-server accepts from an async JetStream publisher
+        // (`nats bench`-style) with envelopes of the size walcast produced.
+        let size = (self.payload_bytes.load(Ordering::Relaxed) / rows.max(1)).max(1) as usize;
+        let mut runs = Vec::new();
+        for r in 0..self.runs {
+            let result = self
+                .jetstream_ceiling(rows, 10_000, size, &format!("{}_{r}", ident(name)))
+                .await;
+            eprintln!(
+                "  jetstream ceiling run {r}: {:.2} s ({size} B messages)",
+                result.seconds
+            );
+            runs.push(result);
+        }
+        self.rows.push(Row {
+            scenario: name.into(),
+            contender: "nats js publish ceiling".into(),
+            rows,
+            wal_bytes: endpos.0 - start.0,
+            runs,
+        });
+    }
+
+    /// Publish `n` messages of `size` bytes over `keys` subjects to a stream set up like
+    /// walcast's, acks awaited with up to 20,000 in flight.
+    async fn jetstream_ceiling(&self, n: u64, keys: u64, size: usize, tag: &str) -> RunResult {
+        use async_nats::jetstream::message::PublishMessage as Publish;
+        use futures::stream::FuturesUnordered;
+        let client = async_nats::connect(self.nats.url()).await.unwrap();
+        let js = async_nats::jetstream::ContextBuilder::new()
+            .max_ack_inflight(20_000)
+            .backpressure_on_inflight(true)
+            .build(client);
+        let name = format!("CEIL_{}", tag.to_uppercase());
+        let prefix = format!("ceil{tag}");
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{prefix}.>")],
+            max_messages_per_subject: 1,
+            allow_direct: true,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let payload = bytes::Bytes::from(vec![b'x'; size]);
+        let started = Instant::now();
+        let mut acks = FuturesUnordered::new();
+        for i in 0..n {
+            let key = i % keys;
+            let ack = js
+                .send_publish(
+                    format!("{prefix}.k.{key}"),
+                    Publish::build()
+                        .payload(payload.clone())
+                        .message_id(format!("{key}:{i}")),
+                )
+                .await
+                .unwrap();
+            acks.push(std::future::IntoFuture::into_future(ack));
+            while acks.len() >= 20_000 {
+                acks.next().await.unwrap().unwrap();
+            }
+        }
+        while let Some(a) = acks.next().await {
+            a.unwrap();
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let _ = js.delete_stream(&name).await;
+        RunResult {
+            seconds,
+            cpu_seconds: f64::NAN,
+            max_rss_kib: 0,
         }
     }
 }
@@ -647,6 +726,7 @@ async fn main() -> Result<(), DynError> {
         db,
         runs,
         rows: Vec::new(),
+        payload_bytes: Arc::default(),
         walcast_bin: env!("CARGO_BIN_EXE_walcast").to_string(),
     };
     b.exec(
@@ -687,73 +767,77 @@ async fn main() -> Result<(), DynError> {
     )
     .await;
 
+    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "a,b,c,lat,mem".into());
+    let want = |x: &str| only.split(',').any(|o| o == x);
     let a_rows = n(200_000.0);
-    b.scenario(
-        "(a) 2000-row txs",
-        "bench_narrow",
-        &format!("CALL updates({a_rows}, 2000)"),
-        a_rows,
-    )
-    .await;
+    if want("a") {
+        let sql = format!("CALL updates({a_rows}, 2000)");
+        b.scenario("(a) 2000-row txs", "bench_narrow", &sql, a_rows)
+            .await;
+    }
     let b_rows = n(200_000.0);
-    b.scenario(
-        "(b) 1-row txs",
-        "bench_narrow",
-        &format!("CALL updates({b_rows}, 1)"),
-        b_rows,
-    )
-    .await;
-    // (c): count the changes the procedure makes from the WAL's point of view: every
-    // loop iteration changes exactly one row.
+    if want("b") {
+        let sql = format!("CALL updates({b_rows}, 1)");
+        b.scenario("(b) 1-row txs", "bench_narrow", &sql, b_rows)
+            .await;
+    }
+    // (c): every loop iteration of the procedure changes exactly one row.
     let c_rows = n(50_000.0);
-    b.scenario(
-        "(c) mixed narrow+wide",
-        "bench_mixed",
-        &format!("CALL mixed({c_rows})"),
-        c_rows,
-    )
-    .await;
+    if want("c") {
+        let sql = format!("CALL mixed({c_rows})");
+        b.scenario("(c) mixed narrow+wide", "bench_mixed", &sql, c_rows)
+            .await;
+    }
 
     let table = print_table(&b.rows);
     println!("\n{table}");
 
     let mut latencies = Vec::new();
-    for rate in [1000, 5000] {
+    for rate in [1000, 5000].into_iter().filter(|_| want("lat")) {
         let l = latency(&b, rate, latency_secs).await;
         println!("latency at {rate}/s: {l}");
         latencies.push(l);
     }
 
     // Memory: one 1,000,000-row transaction, then 1,000,000 distinct keys (tracked).
-    let big = n(1_000_000.0);
-    b.make_slots(&["mem_big".to_string()]).await;
-    b.exec(&format!(
-        "INSERT INTO bench_big SELECT g, 0 FROM generate_series(1, {big}) g"
-    ))
-    .await;
-    let endpos = current_lsn(&b.db).await;
-    let mut samples = Vec::new();
-    let big_run = b
-        .run_walcast(
-            "mem_big",
-            "bench_big",
-            endpos,
-            big,
-            true,
-            "membig",
-            Some(&mut samples),
-        )
+    let mut memory = serde_json::Value::Null;
+    if want("mem") {
+        let big = n(1_000_000.0);
+        b.make_slots(&["mem_big".to_string()]).await;
+        b.exec(&format!(
+            "INSERT INTO bench_big SELECT g, 0 FROM generate_series(1, {big}) g"
+        ))
         .await;
-    let rss_max = samples.iter().copied().max().unwrap_or(0);
-    let rss_end = samples.last().copied().unwrap_or(0);
-    println!(
-        "1M-row transaction ({big} rows, {} distinct keys): {:.1} s, RSS peak {:.1} MiB, at the end {:.1} MiB (max_rss {:.1} MiB)",
-        big,
-        big_run.seconds,
-        rss_max as f64 / 1024.0,
-        rss_end as f64 / 1024.0,
-        big_run.max_rss_kib as f64 / 1024.0
-    );
+        let endpos = current_lsn(&b.db).await;
+        let mut samples = Vec::new();
+        let big_run = b
+            .run_walcast(
+                "mem_big",
+                "bench_big",
+                endpos,
+                big,
+                true,
+                "membig",
+                Some(&mut samples),
+            )
+            .await;
+        let rss_max = samples.iter().copied().max().unwrap_or(0);
+        let rss_end = samples.last().copied().unwrap_or(0);
+        println!(
+            "1M-row transaction ({big} rows, {big} distinct keys): {:.1} s, RSS peak {:.1} MiB, at the end {:.1} MiB",
+            big_run.seconds,
+            rss_max as f64 / 1024.0,
+            rss_end as f64 / 1024.0,
+        );
+        memory = serde_json::json!({
+            "one_transaction_rows": big,
+            "distinct_keys": big,
+            "seconds": big_run.seconds,
+            "rss_peak_kib": rss_max,
+            "rss_end_kib": rss_end,
+            "rss_samples_kib": samples,
+        });
+    }
 
     let report = serde_json::json!({
         "machine": machine(),
@@ -762,14 +846,7 @@ async fn main() -> Result<(), DynError> {
         "scale": scale,
         "throughput": b.rows,
         "latency": latencies,
-        "memory": {
-            "one_transaction_rows": big,
-            "distinct_keys": big,
-            "seconds": big_run.seconds,
-            "rss_peak_kib": rss_max,
-            "rss_end_kib": rss_end,
-            "rss_samples_kib": samples,
-        },
+        "memory": memory,
     });
     let out = std::env::var("BENCH_OUT").unwrap_or_else(|_| {
         concat!(env!("CARGO_MANIFEST_DIR"), "/docs/benchmarks.json").to_string()

@@ -30,7 +30,7 @@ use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::sink::jetstream::{self as js, JetStreamSink, StateStore, StreamSettings};
-use crate::sink::{self, NatsSink, NatsState, Publish, SinkBatch, SinkError};
+use crate::sink::{self, Confirmed, NatsSink, NatsState, Publish, SinkBatch, SinkError};
 use crate::source::catalog::Catalog;
 use crate::source::{
     ConnectParams, ReplicationConnection, ReplicationEvent, ReplicationStream, SourceError,
@@ -218,14 +218,10 @@ pub async fn run(
                 duplicate_window: cfg.duplicate_window,
             };
             let stream = js::ensure_stream(&context, &settings).await?;
-            let store = StateStore::new(context.clone(), stream, &settings);
-            let sink = JetStreamSink::new(
-                context,
-                store.clone(),
-                cfg.key_cache,
-                cfg.max_inflight,
-                metrics.clone(),
-            );
+            let meta = js::ensure_meta_stream(&context, &settings).await?;
+            let store = StateStore::new(context.clone(), stream, meta, &settings);
+            let sink =
+                JetStreamSink::new(context, store.clone(), cfg.max_inflight, metrics.clone());
             (AnySink::JetStream(sink), Some(store))
         }
         _ => {
@@ -242,7 +238,7 @@ pub async fn run(
     };
     tracing::info!(delivery = ?delivery, sequences = ?default_mode, "delivery chosen");
     let (tx, rx) = mpsc::channel::<SinkBatch>(CHANNEL_BATCHES);
-    let (confirmed_tx, mut confirmed_rx) = watch::channel(Lsn(0));
+    let (confirmed_tx, mut confirmed_rx) = watch::channel(Confirmed::default());
     let sink_task = tokio::spawn(sink.run(rx, confirmed_tx));
 
     let mut reader = Reader {
@@ -259,7 +255,7 @@ pub async fn run(
         catalog,
         types: TypeRegistry::new(),
         cp: Checkpoint::default(),
-        chunk: Vec::with_capacity(BATCH_ITEMS),
+        chunk: Vec::new(),
         ready: None,
         last_handed_commit: Lsn(0),
         skipping: false,
@@ -323,9 +319,8 @@ pub async fn run(
                     tokio::select! {
                         changed = confirmed_rx.changed() => {
                             if changed.is_err() { break; }
-                            let lsn = *confirmed_rx.borrow_and_update();
-                            reader.cp.on_confirmed(lsn);
-                            reader.builder.acknowledged(lsn);
+                            let c = *confirmed_rx.borrow_and_update();
+                            reader.on_confirmed(c);
                         }
                         _ = tokio::time::sleep_until(drained) => break,
                         _ = shutdown.wait() => break,
@@ -436,7 +431,7 @@ impl Reader {
         mut stream: ReplicationStream,
         shutdown: &mut Shutdown,
         tx: &mpsc::Sender<SinkBatch>,
-        confirmed_rx: &mut watch::Receiver<Lsn>,
+        confirmed_rx: &mut watch::Receiver<Confirmed>,
     ) -> Result<(), PipelineError> {
         let mut status = tokio::time::interval(self.cfg.status_interval);
         status.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -469,9 +464,8 @@ impl Reader {
                     if changed.is_err() {
                         return Err(PipelineError::SinkGone);
                     }
-                    let lsn = *confirmed_rx.borrow_and_update();
-                    self.cp.on_confirmed(lsn);
-                    self.builder.acknowledged(lsn);
+                    let c = *confirmed_rx.borrow_and_update();
+                    self.on_confirmed(c);
                     // Tell the server soon: it can release WAL, and lag shows truly.
                     if self.last_status.elapsed() >= Duration::from_millis(10) {
                         self.send_status(&mut stream, false).await?;
@@ -514,8 +508,8 @@ impl Reader {
             tokio::select! {
                 changed = confirmed_rx.changed() => {
                     if changed.is_err() { break; }
-                    let lsn = *confirmed_rx.borrow_and_update();
-                    self.cp.on_confirmed(lsn);
+                    let c = *confirmed_rx.borrow_and_update();
+                    self.on_confirmed(c);
                 }
                 _ = status.tick() => self.send_status(&mut stream, false).await?,
                 // Data read now is not handed off: it is streamed again next start.
@@ -536,6 +530,12 @@ impl Reader {
             tracing::debug!(error = %e, "ending the replication stream");
         }
         Ok(())
+    }
+
+    /// The sink confirmed more.
+    fn on_confirmed(&mut self, c: Confirmed) {
+        self.cp.on_confirmed(c.end);
+        self.builder.acknowledged(c.position);
     }
 
     async fn send_status(
@@ -683,14 +683,13 @@ impl Reader {
 
     /// Move the envelopes built so far into a batch for the sink.
     fn flush_chunk(&mut self, commit_end: Option<Lsn>) {
-        let items = std::mem::replace(&mut self.chunk, Vec::with_capacity(BATCH_ITEMS))
+        let items = std::mem::take(&mut self.chunk)
             .into_iter()
             .map(|o| Publish {
                 subject: Subject::from(o.subject),
                 payload: o.payload,
                 msg_id: o.msg_id,
                 position: o.position,
-                expected_last_subject_seq: o.expected_last_subject_seq,
             })
             .collect();
         debug_assert!(self.ready.is_none());
@@ -759,7 +758,8 @@ impl Reader {
                     .load_key(&subject)
                     .await
                     .map_err(PipelineError::Store)?;
-                self.builder.provide_key_state(key, loaded);
+                self.builder
+                    .provide_key_state(key, loaded.map(|(state, _)| state));
             }
         }
         Ok(())
@@ -863,7 +863,7 @@ impl AnySink {
     async fn run(
         self,
         rx: mpsc::Receiver<SinkBatch>,
-        confirmed: watch::Sender<Lsn>,
+        confirmed: watch::Sender<Confirmed>,
     ) -> Result<(), SinkError> {
         match self {
             AnySink::Core(s) => s.run(rx, confirmed).await,

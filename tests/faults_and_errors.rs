@@ -215,7 +215,10 @@ async fn authenticates_with_scram_md5_cleartext_and_unix_sockets() {
 
 /// The last line of stderr: the error walcast reports.
 fn error_line(stderr: &str) -> &str {
-    stderr.lines().last().unwrap_or("")
+    stderr
+        .lines()
+        .find(|l| l.starts_with("walcast: error:"))
+        .unwrap_or("")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,7 +50,10 @@ async fn column_mode_works_on_core_nats_and_tracked_mode_refuses_without_jetstre
     let status = refused.wait_exit(WAIT).await;
     assert!(!status.success());
     let log = refused.log();
-    let last = log.lines().last().unwrap_or_default();
+    let last = log
+        .lines()
+        .find(|l| l.starts_with("walcast: error:"))
+        .unwrap_or_default();
     assert!(
         last.contains("has no JetStream") && last.contains("public.other"),
         "{log}"

@@ -148,9 +148,6 @@ pub struct Outgoing {
     pub msg_id: String,
     /// Where the change sits in the WAL (`Walcast-Position`).
     pub position: Position,
-    /// The stream sequence of the subject's last message, when just loaded from the
-    /// stream (`0`: the subject has none): `Nats-Expected-Last-Subject-Sequence`.
-    pub expected_last_subject_seq: Option<u64>,
 }
 
 /// What a Relation message changed.
@@ -182,8 +179,6 @@ pub struct EnvelopeBuilder {
     /// Settings per table (`schema.table`).
     tables: HashMap<String, TableSettings>,
     keys: KeyStateCache,
-    /// Key states loaded from the stream, with the stream sequence of that message.
-    loaded_stream_seq: HashMap<String, u64>,
     toast: ToastCache,
     tx: Option<Transaction>,
     replays_skipped: u64,
@@ -212,7 +207,6 @@ impl EnvelopeBuilder {
             default_mode,
             tables,
             keys: KeyStateCache::new(key_cache, authoritative),
-            loaded_stream_seq: HashMap::new(),
             toast: ToastCache::new(toast_cache_bytes),
             tx: None,
             replays_skipped: 0,
@@ -227,7 +221,6 @@ impl EnvelopeBuilder {
         let authoritative = self.default_mode == SequenceMode::Volatile;
         if !authoritative {
             self.keys = KeyStateCache::new(self.key_cache, false);
-            self.loaded_stream_seq.clear();
         }
         self.subject_filter = filter;
     }
@@ -256,9 +249,9 @@ impl EnvelopeBuilder {
         self.histories.insert(qualified.to_string(), history);
     }
 
-    /// The sink confirmed every transaction ending at or before `end_lsn`.
-    pub fn acknowledged(&mut self, end_lsn: Lsn) {
-        self.keys.acknowledged(end_lsn);
+    /// The sink confirmed every envelope at or before `position`.
+    pub fn acknowledged(&mut self, position: Position) {
+        self.keys.acknowledged(position);
     }
 
     /// The subject the last message of a key lives on.
@@ -366,20 +359,10 @@ impl EnvelopeBuilder {
         self.tx.is_some()
     }
 
-    /// The state of a key loaded from the stream: its last envelope's sequence, the
-    /// `Walcast-Position` of that change, and the message's stream sequence; `None`
-    /// when the subject has no message.
-    pub fn provide_key_state(&mut self, key: String, loaded: Option<(KeyState, u64)>) {
-        match loaded {
-            Some((state, stream_seq)) => {
-                self.loaded_stream_seq.insert(key.clone(), stream_seq);
-                self.keys.loaded(key, Some(state));
-            }
-            None => {
-                self.loaded_stream_seq.insert(key.clone(), 0);
-                self.keys.loaded(key, None);
-            }
-        }
+    /// The state of a key loaded from the stream: its last envelope's sequence and the
+    /// `Walcast-Position` of that change; `None` when the subject has no message.
+    pub fn provide_key_state(&mut self, key: String, loaded: Option<KeyState>) {
+        self.keys.loaded(key, loaded);
     }
 
     /// Values fetched from the database for a [`ToastNeeded`] (text forms, by column).
@@ -613,6 +596,7 @@ impl EnvelopeBuilder {
         }
         let column_seq = self.column_sequence(rel, new, false, op.as_str())?;
         let mut op = op;
+        let moved_to_new_key = moved_from.is_some();
         if let Some((old_key, old_subject)) = moved_from {
             let old_values = old.map(|o| o.values()).unwrap_or_default();
             let old_seq = self.column_sequence(rel, old_values, true, "delete")?;
@@ -630,12 +614,23 @@ impl EnvelopeBuilder {
         }
         let rel = &self.relations[&relation_id];
         if !rel.full_identity && !rel.toastable.is_empty() {
-            let cached = rel
+            // Only the values that came with this change: unchanged ones are cached.
+            let fresh: Vec<(usize, Value<'static>)> = rel
                 .toastable
                 .iter()
+                .filter(|&&i| new[i] != TupleValue::UnchangedToast)
                 .map(|&i| (i, values[i].clone().into_owned()))
                 .collect();
-            self.toast.insert(k.clone(), cached);
+            if moved_to_new_key {
+                let carried: Vec<(usize, Value<'static>)> = rel
+                    .toastable
+                    .iter()
+                    .filter(|&&i| new[i] == TupleValue::UnchangedToast)
+                    .map(|&i| (i, values[i].clone().into_owned()))
+                    .collect();
+                self.toast.insert(k.clone(), carried);
+            }
+            self.toast.update(&k, fresh);
         }
         self.emit(relation_id, op, k, subject, Some(&values), column_seq, out)?;
         Ok(None)
@@ -693,7 +688,6 @@ impl EnvelopeBuilder {
         tx.ordinal += 1;
         self.tx = Some(tx);
         let rel = &self.relations[&relation_id];
-        let mut expected_last_subject_seq = None;
         let sequence = match column_seq {
             Some(seq) => seq,
             None => {
@@ -708,7 +702,6 @@ impl EnvelopeBuilder {
                         return Ok(());
                     }
                 }
-                expected_last_subject_seq = self.loaded_stream_seq.remove(&key);
                 if let Some(filter) = self.subject_filter.as_mut() {
                     filter.insert(&subject);
                 }
@@ -736,7 +729,6 @@ impl EnvelopeBuilder {
             payload: Bytes::from(payload),
             msg_id: format!("{key}:{sequence}"),
             position,
-            expected_last_subject_seq,
         });
         Ok(())
     }

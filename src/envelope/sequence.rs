@@ -73,8 +73,8 @@ pub enum Lookup {
 pub struct KeyStateCache {
     entries: LruCache<String, Option<KeyState>>,
     capacity: usize,
-    /// Changes at or before this commit LSN are acknowledged by the sink.
-    acked_before: Lsn,
+    /// Changes at or before this position are acknowledged by the sink.
+    acked: Position,
     /// Whether a miss means "new key" (volatile) or "load it" (tracked).
     authoritative: bool,
 }
@@ -86,7 +86,7 @@ impl KeyStateCache {
         KeyStateCache {
             entries: LruCache::unbounded(),
             capacity: capacity.max(1),
-            acked_before: Lsn(0),
+            acked: Position::default(),
             authoritative,
         }
     }
@@ -124,9 +124,9 @@ impl KeyStateCache {
         self.evict();
     }
 
-    /// Everything committed before `end_lsn` is acknowledged downstream.
-    pub fn acknowledged(&mut self, end_lsn: Lsn) {
-        self.acked_before = self.acked_before.max(end_lsn);
+    /// Every change at or before `position` is acknowledged downstream.
+    pub fn acknowledged(&mut self, position: Position) {
+        self.acked = self.acked.max(position);
         self.evict();
     }
 
@@ -138,7 +138,7 @@ impl KeyStateCache {
             let Some((_, oldest)) = self.entries.peek_lru() else {
                 break;
             };
-            let acked = oldest.is_none_or(|s| s.position.commit_lsn < self.acked_before);
+            let acked = oldest.is_none_or(|s| s.position <= self.acked);
             if !acked {
                 break; // pinned until the sink confirms it
             }
@@ -187,7 +187,10 @@ mod tests {
         c.assigned("c", st(1, 300));
         // Nothing acknowledged: all three pinned, over capacity.
         assert_eq!(c.len(), 3);
-        c.acknowledged(Lsn(250));
+        c.acknowledged(Position {
+            commit_lsn: Lsn(250),
+            ordinal: 0,
+        });
         // a and b are acknowledged; the least recently used goes first.
         assert_eq!(c.len(), 2);
         assert_eq!(c.lookup("a"), Lookup::Missing);

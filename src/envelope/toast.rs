@@ -19,7 +19,22 @@ fn value_size(v: &Value<'_>) -> usize {
         Value::Str(s) => s.len(),
         Value::Bin(b) => b.len(),
         Value::Array(a) => a.iter().map(value_size).sum::<usize>() + 8,
-        Value::Json(j) => j.to_string().len(),
+        Value::Json(j) => json_size(j),
+        _ => 16,
+    }
+}
+
+/// An estimate of a JSON value's memory, without serializing it.
+fn json_size(j: &serde_json::Value) -> usize {
+    match j {
+        serde_json::Value::String(s) => s.len() + 24,
+        serde_json::Value::Array(a) => a.iter().map(json_size).sum::<usize>() + 24,
+        serde_json::Value::Object(o) => {
+            o.iter()
+                .map(|(k, v)| k.len() + json_size(v) + 32)
+                .sum::<usize>()
+                + 48
+        }
         _ => 16,
     }
 }
@@ -78,6 +93,33 @@ impl ToastCache {
             .collect();
         for k in stale {
             self.remove(&k);
+        }
+    }
+
+    /// Store the values of the columns that arrived with a value (not unchanged
+    /// TOAST), keeping the cached values of the others.
+    pub fn update(&mut self, key: &str, vals: Vec<(usize, Value<'static>)>) {
+        if vals.is_empty() {
+            return;
+        }
+        match self.entries.get_mut(key) {
+            Some(existing) => {
+                let before = Self::entry_size(key, existing);
+                for (i, v) in vals {
+                    match existing.iter_mut().find(|(j, _)| *j == i) {
+                        Some(slot) => slot.1 = v,
+                        None => existing.push((i, v)),
+                    }
+                }
+                let after = Self::entry_size(key, existing);
+                self.bytes = (self.bytes + after).saturating_sub(before);
+                if self.bytes > self.budget {
+                    let vals = self.entries.remove(key).unwrap_or_default();
+                    self.bytes -= after.min(self.bytes);
+                    self.insert(key.to_string(), vals);
+                }
+            }
+            None => self.insert(key.to_string(), vals),
         }
     }
 }

@@ -4,14 +4,14 @@
 //! Every envelope is published with `Nats-Msg-Id = <key>:<sequence>` (a replay inside
 //! the duplicate window is dropped by the server), `Walcast-Position` (the WAL position
 //! of the change: how a restart recognises what was already published), and
-//! `Nats-Expected-Last-Subject-Sequence` where walcast knows it, so the broker itself
-//! refuses an out-of-order write for a key. To always know it, a key is never in
-//! flight twice: publishes go out in rounds, each round at most one message per
-//! subject, every round pipelined; the next message of a subject goes once the
-//! previous one's PubAck gave its stream sequence.
+//! `Nats-Expected-Last-Sequence`: walcast is the stream's only writer, so every
+//! message can name its predecessor's stream sequence. Publishes are fully pipelined,
+//! and the broker itself stores them in exactly walcast's order or refuses the rest:
+//! no hole and no out-of-order write for a key, even when a connection breaks between
+//! two messages. A refused tail is published again after re-reading the stream's last
+//! sequence; a message stored before (its PubAck lost) is recognised by its
+//! `Walcast-Position`.
 
-use std::collections::HashSet;
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,15 +19,15 @@ use async_nats::jetstream::context::{Context, GetStreamErrorKind, PublishErrorKi
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{Config, DirectGetErrorKind, Stream};
 use async_nats::HeaderMap;
-use futures::future::join_all;
-use lru::LruCache;
+use std::collections::VecDeque;
+
+use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::{mpsc, watch};
 
 use super::{SinkBatch, SinkError};
 use crate::codec;
 use crate::envelope::schema::SchemaHistory;
 use crate::envelope::sequence::{KeyState, Position, SubjectFilter};
-use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 
 /// Header carrying a change's WAL position.
@@ -51,10 +51,13 @@ impl StreamSettings {
     }
 
     fn subjects(&self) -> Vec<String> {
-        vec![
-            format!("{}.>", self.prefix),
-            format!("{}.>", self.meta_prefix()),
-        ]
+        vec![format!("{}.>", self.prefix)]
+    }
+
+    /// The stream of walcast's own records (schema histories), kept apart so that
+    /// the envelope stream has exactly one writer: the sink.
+    pub fn meta_name(&self) -> String {
+        format!("{}_META", self.name)
     }
 
     fn config(&self) -> Config {
@@ -63,6 +66,17 @@ impl StreamSettings {
             subjects: self.subjects(),
             max_messages_per_subject: self.history,
             duplicate_window: self.duplicate_window,
+            allow_direct: true,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        }
+    }
+
+    fn meta_config(&self) -> Config {
+        Config {
+            name: self.meta_name(),
+            subjects: vec![format!("{}.>", self.meta_prefix())],
+            max_messages_per_subject: 1,
             allow_direct: true,
             storage: async_nats::jetstream::stream::StorageType::File,
             ..Default::default()
@@ -120,6 +134,16 @@ pub async fn inspect_stream(
     }
 }
 
+/// Create the meta stream (schema histories) when missing.
+pub async fn ensure_meta_stream(
+    js: &Context,
+    settings: &StreamSettings,
+) -> Result<Stream, SinkError> {
+    js.get_or_create_stream(settings.meta_config())
+        .await
+        .map_err(|e| js_err(&format!("creating stream {}", settings.meta_name()), e))
+}
+
 /// Create the stream, or check that the existing one fits.
 pub async fn ensure_stream(js: &Context, settings: &StreamSettings) -> Result<Stream, SinkError> {
     match inspect_stream(js, settings).await? {
@@ -143,6 +167,7 @@ pub async fn ensure_stream(js: &Context, settings: &StreamSettings) -> Result<St
 pub struct StateStore {
     js: Context,
     stream: Stream,
+    meta: Stream,
     prefix: String,
     meta_prefix: String,
     /// Highest stream sequence this process wrote (from PubAcks).
@@ -150,10 +175,11 @@ pub struct StateStore {
 }
 
 impl StateStore {
-    pub fn new(js: Context, stream: Stream, settings: &StreamSettings) -> Self {
+    pub fn new(js: Context, stream: Stream, meta: Stream, settings: &StreamSettings) -> Self {
         StateStore {
             js,
             stream,
+            meta,
             prefix: settings.prefix.clone(),
             meta_prefix: settings.meta_prefix(),
             last_written: Arc::default(),
@@ -176,6 +202,17 @@ impl StateStore {
             .map_err(|e| js_err("reading the stream state", e))?;
         let ours = self.last_written.load(std::sync::atomic::Ordering::SeqCst);
         Ok(info.state.last_sequence != ours)
+    }
+
+    /// The stream's last sequence now.
+    pub async fn last_sequence(&self) -> Result<u64, SinkError> {
+        let mut stream = self.stream.clone();
+        Ok(stream
+            .info()
+            .await
+            .map_err(|e| js_err("reading the stream state", e))?
+            .state
+            .last_sequence)
     }
 
     /// A filter of every envelope subject the stream holds now.
@@ -245,11 +282,7 @@ impl StateStore {
 
     pub async fn load_schema(&self, schema: &str, table: &str) -> Result<SchemaHistory, SinkError> {
         let subject = self.schema_subject(schema, table);
-        match self
-            .stream
-            .direct_get_last_for_subject(subject.clone())
-            .await
-        {
+        match self.meta.direct_get_last_for_subject(subject.clone()).await {
             Ok(msg) => serde_json::from_slice(&msg.payload)
                 .map_err(|e| js_err(&format!("schema history on {subject}"), e)),
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(SchemaHistory::default()),
@@ -265,14 +298,12 @@ impl StateStore {
     ) -> Result<(), SinkError> {
         let subject = self.schema_subject(schema, table);
         let payload = serde_json::to_vec(history).expect("serializing a schema history");
-        let ack = self
-            .js
+        self.js
             .publish(subject.clone(), payload.into())
             .await
             .map_err(|e| js_err(&format!("storing {subject}"), e))?
             .await
             .map_err(|e| js_err(&format!("storing {subject}"), e))?;
-        self.wrote(ack.sequence);
         Ok(())
     }
 }
@@ -281,8 +312,6 @@ impl StateStore {
 pub struct JetStreamSink {
     js: Context,
     store: StateStore,
-    /// Stream sequence of each subject's last message, from PubAcks.
-    last_seq: LruCache<String, u64>,
     max_unconfirmed: usize,
     metrics: Arc<Metrics>,
 }
@@ -298,183 +327,234 @@ impl JetStreamSink {
     pub fn new(
         js: Context,
         store: StateStore,
-        key_cache: usize,
         max_unconfirmed: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
         JetStreamSink {
             js,
             store,
-            last_seq: LruCache::new(NonZeroUsize::new(key_cache.max(1)).unwrap()),
             max_unconfirmed,
             metrics,
         }
     }
 
-    /// Publish every waiting message of `batches` in rounds; `Err` with a reason when
-    /// an attempt must be retried.
-    async fn attempt(
-        &mut self,
-        batches: &[SinkBatch],
-        states: &mut [Vec<State>],
-    ) -> Result<(), String> {
-        loop {
-            let mut round: Vec<(usize, usize)> = Vec::new();
-            let mut in_round: HashSet<&str> = HashSet::new();
-            let mut blocked: HashSet<&str> = HashSet::new();
-            for (b, batch) in batches.iter().enumerate() {
-                for (i, item) in batch.items.iter().enumerate() {
-                    let subject = item.subject.as_str();
-                    if states[b][i] == State::Acked {
-                        continue;
-                    }
-                    if in_round.contains(subject) || blocked.contains(subject) {
-                        blocked.insert(subject);
-                        continue;
-                    }
-                    in_round.insert(subject);
-                    round.push((b, i));
+    /// Publish one message expecting the stream's last sequence to be `expected`.
+    async fn send(
+        &self,
+        item: &super::Publish,
+        expected: u64,
+    ) -> Result<async_nats::jetstream::context::PublishAckFuture, String> {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", item.msg_id.as_str());
+        headers.insert(POSITION_HEADER, item.position.to_header().as_str());
+        headers.insert("Nats-Expected-Last-Sequence", expected.to_string().as_str());
+        let msg = PublishMessage::build()
+            .payload(item.payload.clone())
+            .headers(headers);
+        self.js
+            .send_publish(item.subject.clone(), msg)
+            .await
+            .map_err(|e| format!("publish: {e}"))
+    }
+
+    /// Publish the not yet acknowledged messages of `window` again, chained from the
+    /// stream's current last sequence.
+    async fn republish(
+        &self,
+        window: &VecDeque<InFlight>,
+        first_id: u64,
+        acks: &mut FuturesOrdered<AckFuture>,
+    ) -> Result<u64, String> {
+        let mut expected = self
+            .store
+            .last_sequence()
+            .await
+            .map_err(|e| e.to_string())?;
+        for (k, entry) in window.iter().enumerate() {
+            for (i, item) in entry.batch.items.iter().enumerate() {
+                if entry.states[i] == State::Acked {
+                    continue;
                 }
-            }
-            if round.is_empty() {
-                return Ok(());
-            }
-            let mut futures = Vec::with_capacity(round.len());
-            for &(b, i) in &round {
-                let item = &batches[b].items[i];
-                let mut headers = HeaderMap::new();
-                headers.insert("Nats-Msg-Id", item.msg_id.as_str());
-                headers.insert(POSITION_HEADER, item.position.to_header().as_str());
-                let expected = self
-                    .last_seq
-                    .get(item.subject.as_str())
-                    .copied()
-                    .or(item.expected_last_subject_seq);
-                if let Some(seq) = expected {
-                    headers.insert(
-                        "Nats-Expected-Last-Subject-Sequence",
-                        seq.to_string().as_str(),
-                    );
-                }
-                let msg = PublishMessage::build()
-                    .payload(item.payload.clone())
-                    .headers(headers);
-                match self.js.send_publish(item.subject.clone(), msg).await {
-                    Ok(ack) => futures.push(std::future::IntoFuture::into_future(ack)),
-                    Err(e) => return Err(format!("publish: {e}")),
-                }
-            }
-            let acks = join_all(futures).await;
-            let mut failure = None;
-            for (&(b, i), ack) in round.iter().zip(acks) {
-                let item = &batches[b].items[i];
-                match ack {
-                    Ok(ack) => {
-                        self.store.wrote(ack.sequence);
-                        self.last_seq.put(item.subject.to_string(), ack.sequence);
-                        states[b][i] = State::Acked;
-                    }
-                    Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                        // Our idea of the subject's last message is stale (e.g. a
-                        // timed-out PubAck whose message was stored): look.
-                        match self.store.load_key(item.subject.as_str()).await {
-                            Ok(Some((state, seq))) => {
-                                self.last_seq.put(item.subject.to_string(), seq);
-                                if state.position == item.position {
-                                    states[b][i] = State::Acked;
-                                } else if state.position > item.position {
-                                    return Err(format!(
-                                        "subject {} holds a later change ({:?}) than the one being published ({:?}): another writer?",
-                                        item.subject, state.position, item.position
-                                    ));
-                                } else {
-                                    failure.get_or_insert(format!("{e}"));
-                                }
-                            }
-                            Ok(None) => {
-                                self.last_seq.put(item.subject.to_string(), 0);
-                                failure.get_or_insert(format!("{e}"));
-                            }
-                            Err(le) => {
-                                failure.get_or_insert(format!("{e}; {le}"));
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        failure.get_or_insert(format!("{e}"));
-                    }
-                }
-            }
-            if let Some(f) = failure {
-                return Err(f);
+                let ack = self.send(item, expected).await?;
+                expected += 1;
+                acks.push_back(ack_future(first_id + k as u64, i, ack));
             }
         }
+        Ok(expected)
     }
 
     /// Run until the channel closes and everything received was acknowledged.
+    ///
+    /// Continuous pipeline: new batches are published while earlier ones wait for
+    /// their PubAcks; a batch is confirmed once all its messages (and all before it)
+    /// are acknowledged. On a refusal or a timeout nothing new is published until the
+    /// acknowledgements in flight are in; then the unacknowledged rest goes again.
     pub async fn run(
-        mut self,
+        self,
         mut rx: mpsc::Receiver<SinkBatch>,
-        confirmed: watch::Sender<Lsn>,
+        confirmed: watch::Sender<super::Confirmed>,
     ) -> Result<(), SinkError> {
-        let mut backoff = Duration::from_millis(100);
-        let mut pending: Vec<SinkBatch> = Vec::new();
-        let mut states: Vec<Vec<State>> = Vec::new();
+        let mut window: VecDeque<InFlight> = VecDeque::new();
+        let mut first_id: u64 = 0;
+        let mut acks: FuturesOrdered<AckFuture> = FuturesOrdered::new();
+        let mut inflight_items = 0usize;
+        let mut expected: Option<u64> = None;
+        let mut failure: Option<String> = None;
         let mut closed = false;
+        let mut backoff = Duration::from_millis(100);
         loop {
-            if pending.is_empty() {
-                if closed {
-                    return Ok(());
-                }
-                match rx.recv().await {
-                    Some(b) => pending.push(b),
-                    None => return Ok(()),
-                }
+            // Confirm what is complete at the front of the window.
+            let mut done = Vec::new();
+            while window
+                .front()
+                .is_some_and(|f| f.acked == f.batch.items.len())
+            {
+                let f = window.pop_front().expect("front exists");
+                first_id += 1;
+                self.metrics
+                    .publish_seconds
+                    .observe(f.started.elapsed().as_secs_f64());
+                self.metrics.published.inc_by(f.batch.items.len() as u64);
+                done.push(f.batch);
             }
-            let mut items: usize = pending.iter().map(|b| b.items.len()).sum();
-            while items < self.max_unconfirmed {
-                match rx.try_recv() {
-                    Ok(b) => {
-                        items += b.items.len();
-                        pending.push(b);
-                    }
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        closed = true;
-                        break;
-                    }
-                }
+            if !done.is_empty() {
+                super::observe_commit_latency(&self.metrics, &done);
+                super::report_confirmed(&confirmed, &done);
+                backoff = Duration::from_millis(100);
             }
-            states.resize_with(pending.len(), Vec::new);
-            for (s, b) in states.iter_mut().zip(&pending) {
-                s.resize(b.items.len(), State::Waiting);
-            }
-            self.metrics.inflight_envelopes.set(items as i64);
-            let started = Instant::now();
-            match self.attempt(&pending, &mut states).await {
-                Ok(()) => {
-                    self.metrics
-                        .publish_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    self.metrics.published.inc_by(items as u64);
-                    super::observe_commit_latency(&self.metrics, &pending);
-                    if let Some(end) = pending.iter().rev().find_map(|b| b.commit_end) {
-                        let _ = confirmed.send(end);
-                    }
-                    pending.clear();
-                    states.clear();
-                    backoff = Duration::from_millis(100);
-                }
-                Err(reason) => {
-                    if reason.contains("another writer") {
-                        return Err(SinkError::JetStream(reason));
-                    }
+            self.metrics.inflight_envelopes.set(inflight_items as i64);
+            if let Some(reason) = failure.take() {
+                if !acks.is_empty() {
+                    failure = Some(reason); // wait for the acknowledgements in flight
+                } else {
                     self.metrics.publish_retries.inc();
-                    tracing::warn!(reason = %reason, envelopes = items, "JetStream did not acknowledge everything; publishing the rest again");
+                    tracing::warn!(reason = %reason, envelopes = inflight_items, "JetStream did not acknowledge everything; publishing the rest again");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
+                    match self.republish(&window, first_id, &mut acks).await {
+                        Ok(next) => expected = Some(next),
+                        Err(e) => {
+                            expected = None;
+                            failure = Some(e);
+                        }
+                    }
+                    continue;
+                }
+            }
+            if closed && window.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                maybe = rx.recv(), if !closed && failure.is_none() && inflight_items < self.max_unconfirmed => {
+                    let Some(batch) = maybe else {
+                        closed = true;
+                        continue;
+                    };
+                    let id = first_id + window.len() as u64;
+                    let mut next = match expected {
+                        Some(e) => e,
+                        None => match self.store.last_sequence().await {
+                            Ok(e) => e,
+                            Err(e) => {
+                                failure = Some(e.to_string());
+                                window.push_back(InFlight::new(batch));
+                                continue;
+                            }
+                        },
+                    };
+                    let mut sent = 0;
+                    for (i, item) in batch.items.iter().enumerate() {
+                        match self.send(item, next).await {
+                            Ok(ack) => {
+                                next += 1;
+                                sent += 1;
+                                acks.push_back(ack_future(id, i, ack));
+                            }
+                            Err(e) => {
+                                failure = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    let _ = sent;
+                    expected = failure.is_none().then_some(next);
+                    inflight_items += batch.items.len();
+                    window.push_back(InFlight::new(batch));
+                }
+                Some((id, i, result)) = acks.next(), if !acks.is_empty() => {
+                    let Some(entry) = id.checked_sub(first_id).and_then(|k| window.get_mut(k as usize)) else {
+                        continue;
+                    };
+                    let mark = |entry: &mut InFlight, inflight_items: &mut usize| {
+                        if entry.states[i] != State::Acked {
+                            entry.states[i] = State::Acked;
+                            entry.acked += 1;
+                            *inflight_items -= 1;
+                        }
+                    };
+                    match result {
+                        Ok(ack) => {
+                            self.store.wrote(ack.sequence);
+                            mark(entry, &mut inflight_items);
+                            if ack.duplicate {
+                                // Stored by an earlier attempt: the chain after it is off.
+                                expected = None;
+                                failure.get_or_insert_with(|| "duplicate".into());
+                            }
+                        }
+                        Err(e) => {
+                            expected = None;
+                            let item = &entry.batch.items[i];
+                            if e.kind() == PublishErrorKind::WrongLastSequence {
+                                // Stored already (its PubAck was lost)? Messages are
+                                // stored strictly in order, so the subject holding
+                                // this change or a later one means it is.
+                                if let Ok(Some((state, _))) = self.store.load_key(item.subject.as_str()).await {
+                                    if state.position >= item.position {
+                                        mark(entry, &mut inflight_items);
+                                    }
+                                }
+                            }
+                            failure.get_or_insert(format!("{e}"));
+                        }
+                    }
                 }
             }
         }
     }
+}
+
+/// A batch whose messages are published and not all acknowledged yet.
+struct InFlight {
+    batch: SinkBatch,
+    states: Vec<State>,
+    acked: usize,
+    started: Instant,
+}
+
+impl InFlight {
+    fn new(batch: SinkBatch) -> Self {
+        InFlight {
+            states: vec![State::Waiting; batch.items.len()],
+            acked: 0,
+            started: Instant::now(),
+            batch,
+        }
+    }
+}
+
+type AckResult = Result<
+    async_nats::jetstream::publish::PublishAck,
+    async_nats::jetstream::context::PublishError,
+>;
+type AckFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (u64, usize, AckResult)> + Send>>;
+
+/// The PubAck of message `i` of batch `id` (owns everything it needs).
+fn ack_future(
+    id: u64,
+    i: usize,
+    ack: async_nats::jetstream::context::PublishAckFuture,
+) -> AckFuture {
+    Box::pin(async move { (id, i, std::future::IntoFuture::into_future(ack).await) })
 }

@@ -52,8 +52,6 @@ pub struct Publish {
     pub msg_id: String,
     /// `Walcast-Position`.
     pub position: Position,
-    /// `Nats-Expected-Last-Subject-Sequence` when known from loading the key.
-    pub expected_last_subject_seq: Option<u64>,
 }
 
 /// Envelopes in commit order; `commit_end` is set on the last batch of a transaction.
@@ -77,6 +75,31 @@ pub(crate) fn observe_commit_latency(metrics: &Metrics, batches: &[SinkBatch]) {
             .commit_to_publish_seconds
             .observe((now - at).max(0.0));
     }
+}
+
+/// What the sink has confirmed: every transaction ending at or before `end`, and every
+/// envelope at or before `position` (progress inside a large transaction).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Confirmed {
+    pub end: Lsn,
+    pub position: Position,
+}
+
+/// Report confirmed batches.
+pub(crate) fn report_confirmed(confirmed: &watch::Sender<Confirmed>, batches: &[SinkBatch]) {
+    let end = batches.iter().rev().find_map(|b| b.commit_end);
+    let position = batches
+        .iter()
+        .rev()
+        .find_map(|b| b.items.last().map(|i| i.position));
+    confirmed.send_modify(|c| {
+        if let Some(e) = end {
+            c.end = c.end.max(e);
+        }
+        if let Some(p) = position {
+            c.position = c.position.max(p);
+        }
+    });
 }
 
 /// Connection state shared with the health endpoints.
@@ -184,7 +207,7 @@ impl NatsSink {
     pub async fn run(
         mut self,
         mut rx: mpsc::Receiver<SinkBatch>,
-        confirmed: watch::Sender<Lsn>,
+        confirmed: watch::Sender<Confirmed>,
     ) -> Result<(), SinkError> {
         let mut pending: Vec<SinkBatch> = Vec::new();
         let mut pending_items = 0usize;
@@ -250,9 +273,7 @@ impl NatsSink {
                     self.metrics.publish_seconds.observe(elapsed);
                     self.metrics.published.inc_by(pending_items as u64);
                     observe_commit_latency(&self.metrics, &pending);
-                    if let Some(end) = pending.iter().rev().find_map(|b| b.commit_end) {
-                        let _ = confirmed.send(end);
-                    }
+                    report_confirmed(&confirmed, &pending);
                     pending.clear();
                     pending_items = 0;
                     backoff = Duration::from_millis(100);
