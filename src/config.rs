@@ -86,7 +86,7 @@ pub struct RunConfig {
     #[arg(long, env = "WALCAST_CONFIRM_TIMEOUT", default_value = "5", value_parser = parse_seconds)]
     pub confirm_timeout: Duration,
     /// Envelopes published but not yet confirmed, at most (back-pressure beyond).
-    #[arg(long, env = "WALCAST_MAX_INFLIGHT", default_value_t = 50_000)]
+    #[arg(long, env = "WALCAST_MAX_INFLIGHT", default_value_t = 20_000)]
     pub max_inflight: usize,
     /// Delivery: `jetstream` (durable per-key state, PubAck-gated), `core` (plain NATS),
     /// or `auto` (JetStream when the server has it).

@@ -208,7 +208,10 @@ pub async fn run(
         Delivery::Jetstream => {
             let context = async_nats::jetstream::ContextBuilder::new()
                 .ack_timeout(cfg.confirm_timeout)
-                .max_ack_inflight(cfg.max_inflight.max(1))
+                // The sink bounds what is in flight itself (--max-inflight, checked
+                // before each batch); the client's own limit must never be the one
+                // that blocks, or a publish would wait for acks nobody polls.
+                .max_ack_inflight(cfg.max_inflight.saturating_add(1 << 20))
                 .backpressure_on_inflight(true)
                 .build(client);
             let settings = StreamSettings {

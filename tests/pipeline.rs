@@ -461,3 +461,40 @@ async fn unchanged_toast_values_are_published_whole() {
     let fetches = w.metric("walcast_toast_fetches_total").await.unwrap();
     assert_eq!(fetches, 1.0, "only the row never seen before is fetched");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_larger_than_the_inflight_window_flows_through() {
+    let s = servers();
+    let db = s.pg.client().await;
+    exec(
+        &db,
+        "CREATE TABLE big (id int PRIMARY KEY, v int);
+         CREATE PUBLICATION walcast FOR TABLE big;",
+    )
+    .await;
+    let mut collector = Collector::new(&s.nats.url(), "walcast.public.big.*").await;
+    let mut args = RunArgs::new(&s, "walcast", "walcast");
+    args.extra = vec!["--max-inflight".into(), "100".into()];
+    let mut w = Walcast::spawn(args);
+    w.wait_ready().await;
+    exec(
+        &db,
+        "INSERT INTO big SELECT g, g FROM generate_series(1, 5000) g",
+    )
+    .await;
+    let got = collector.until(5000, WAIT).await;
+    assert!(got.iter().all(|(_, e, _)| e.sequence == 1));
+    // Every envelope is confirmed by the broker, window after window.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let confirmed = w.metric("walcast_published_total").await.unwrap_or(0.0);
+        if confirmed >= 5000.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {confirmed} confirmed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
