@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use walcast::fixtures::{free_port, postgres_bin_dir, NatsServer, PgOptions, PgServer};
+use walcast::fixtures::{free_port, postgres_bin_dir, rss_kib, NatsServer, PgOptions, PgServer};
 use walcast::lsn::Lsn;
 use walcast::source::{ConnectParams, ReplicationConnection, ReplicationEvent};
 
@@ -78,16 +78,6 @@ fn wait_rusage(pid: u32) -> (i32, f64, u64) {
     (status, cpu, usage.ru_maxrss as u64)
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 async fn current_lsn(db: &tokio_postgres::Client) -> Lsn {
     db.query_one("SELECT pg_current_wal_lsn()::text", &[])
@@ -114,7 +104,13 @@ async fn confirmed(db: &tokio_postgres::Client, slot: &str) -> Lsn {
 /// walcast's replication client reading in large batches and discarding the bytes.
 async fn drain_main(url: &str, slot: &str, publication: &str, endpos: Lsn) -> Result<(), DynError> {
     let params = ConnectParams::from_url(url)?;
-    let conn = ReplicationConnection::connect(&params).await?;
+    let mut conn = ReplicationConnection::connect(&params).await?;
+    // A good reader lets the walsender fill the socket between reads.
+    let nap_us = std::env::var("BENCH_DRAIN_NAP_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    conn.set_read_nap(Duration::from_micros(nap_us));
     let mut stream = conn.start_replication(slot, Lsn(0), publication).await?;
     let mut received = Lsn(0);
     let mut last_status = Instant::now();
@@ -327,7 +323,8 @@ impl Bench {
             .spawn()
             .unwrap();
         let pid = child.id();
-        let mut samples = rss_samples;
+        let mut own_samples = Vec::new();
+        let mut samples = rss_samples.or(Some(&mut own_samples));
         let deadline = Instant::now() + Duration::from_secs(900);
         loop {
             if let Some(s) = samples.as_deref_mut() {
@@ -348,9 +345,11 @@ impl Bench {
         let seconds = started.elapsed().as_secs_f64();
         // SAFETY: signalling our own child.
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        let (_, cpu, rss) = tokio::task::spawn_blocking(move || wait_rusage(pid))
+        let (_, cpu, _) = tokio::task::spawn_blocking(move || wait_rusage(pid))
             .await
             .unwrap();
+        // Sampled from /proc: wait4's ru_maxrss counts the bench's own memory at fork.
+        let rss = samples.as_deref().and_then(|s| s.iter().copied().max()).unwrap_or(0);
         counting.abort();
         if jetstream {
             let js = async_nats::jetstream::new(client);

@@ -30,6 +30,18 @@ fn io(what: &str) -> impl FnOnce(std::io::Error) -> FixtureError + '_ {
     move |e| FixtureError::Io(what.to_string(), e)
 }
 
+/// Resident memory of a process in KiB (0 when it is gone), from /proc.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// A free TCP port on 127.0.0.1 (free when asked; taken by the server right after).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -225,14 +225,7 @@ async fn a_thousand_local_subscribers_share_one_server_subscription() {
 }
 
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    walcast::fixtures::rss_kib(std::process::id())
 }
 
 async fn churn<T: Transport>(t: &T) -> (u64, u64) {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use walcast::codec::{self, Envelope, Op};
+use walcast::fixtures::rss_kib;
 use walcast::lsn::Lsn;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -209,6 +210,19 @@ async fn drain_collector(c: &mut Collector, quiet: Duration) {
     }
 }
 
+/// Servers with the workload's table and publication.
+async fn kv_servers() -> (Servers, tokio_postgres::Client) {
+    let s = servers();
+    let db = s.pg.client().await;
+    exec(
+        &db,
+        "CREATE TABLE kv (id bigint PRIMARY KEY, v bigint NOT NULL, pad text);
+         CREATE PUBLICATION walcast FOR TABLE kv;",
+    )
+    .await;
+    (s, db)
+}
+
 fn kv_args(s: &Servers) -> RunArgs<'static> {
     let mut args = RunArgs::new(s, "walcast", "walcast");
     args.extra = vec![
@@ -222,14 +236,7 @@ fn kv_args(s: &Servers) -> RunArgs<'static> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_points_loses_nothing_and_reuses_no_sequence() {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
-        "CREATE TABLE kv (id bigint PRIMARY KEY, v bigint NOT NULL, pad text);
-         CREATE PUBLICATION walcast FOR TABLE kv;",
-    )
-    .await;
+    let (s, db) = kv_servers().await;
     let mut live = Collector::new(&s.nats.url(), "walcast.public.kv.*").await;
     let mut w = Walcast::spawn(kv_args(&s));
     w.wait_ready().await;
@@ -274,27 +281,10 @@ async fn kill_9_at_random_points_loses_nothing_and_reuses_no_sequence() {
     );
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_outage_with_writes_continuing_loses_nothing_and_memory_stays_bounded() {
-    let mut s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
-        "CREATE TABLE kv (id bigint PRIMARY KEY, v bigint NOT NULL, pad text);
-         CREATE PUBLICATION walcast FOR TABLE kv;",
-    )
-    .await;
+    let (mut s, db) = kv_servers().await;
     let mut w = Walcast::spawn(kv_args(&s));
     w.wait_ready().await;
     let pid = w.child.id().unwrap();
@@ -335,14 +325,7 @@ async fn nats_outage_with_writes_continuing_loses_nothing_and_memory_stays_bound
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_standby_takes_over_under_load() {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
-        "CREATE TABLE kv (id bigint PRIMARY KEY, v bigint NOT NULL, pad text);
-         CREATE PUBLICATION walcast FOR TABLE kv;",
-    )
-    .await;
+    let (s, db) = kv_servers().await;
     let mut live = Collector::new(&s.nats.url(), "walcast.public.kv.*").await;
     let mut active = Walcast::spawn(kv_args(&s));
     active.wait_ready().await;
@@ -370,14 +353,7 @@ async fn hot_standby_takes_over_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_crash_under_load_resumes_from_the_right_position() {
-    let mut s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
-        "CREATE TABLE kv (id bigint PRIMARY KEY, v bigint NOT NULL, pad text);
-         CREATE PUBLICATION walcast FOR TABLE kv;",
-    )
-    .await;
+    let (mut s, db) = kv_servers().await;
     let mut w = Walcast::spawn(kv_args(&s));
     w.wait_ready().await;
     let first = workload(s.pg.url(), 3_000, 0..200, 0xAB, Duration::ZERO).await;
