@@ -78,7 +78,6 @@ fn wait_rusage(pid: u32) -> (i32, f64, u64) {
     (status, cpu, usage.ru_maxrss as u64)
 }
 
-
 async fn current_lsn(db: &tokio_postgres::Client) -> Lsn {
     db.query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
@@ -349,7 +348,10 @@ impl Bench {
             .await
             .unwrap();
         // Sampled from /proc: wait4's ru_maxrss counts the bench's own memory at fork.
-        let rss = samples.as_deref().and_then(|s| s.iter().copied().max()).unwrap_or(0);
+        let rss = samples
+            .as_deref()
+            .and_then(|s| s.iter().copied().max())
+            .unwrap_or(0);
         counting.abort();
         if jetstream {
             let js = async_nats::jetstream::new(client);

@@ -281,7 +281,6 @@ async fn kill_9_at_random_points_loses_nothing_and_reuses_no_sequence() {
     );
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_outage_with_writes_continuing_loses_nothing_and_memory_stays_bounded() {
     let (mut s, db) = kv_servers().await;
@@ -353,7 +352,7 @@ async fn hot_standby_takes_over_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_crash_under_load_resumes_from_the_right_position() {
-    let (mut s, db) = kv_servers().await;
+    let (mut s, _db) = kv_servers().await;
     let mut w = Walcast::spawn(kv_args(&s));
     w.wait_ready().await;
     let first = workload(s.pg.url(), 3_000, 0..200, 0xAB, Duration::ZERO).await;
