@@ -14,7 +14,9 @@
 //!
 //! Environment: `BENCH_RUNS` (default 3), `BENCH_SCALE` (default 1.0: multiplies the
 //! row counts), `BENCH_LATENCY_SECS` (default 30), `BENCH_OUT` (default
-//! docs/benchmarks.json).
+//! docs/benchmarks.json), `BENCH_ONLY` (default `a,b,c,lat,mem`),
+//! `BENCH_DRAIN_NAP_US` (default 300), `BENCH_WALCAST_WRAPPER` (e.g.
+//! `valgrind --tool=callgrind --callgrind-out-file=/tmp/walcast.%p.cg` to profile).
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -314,8 +316,20 @@ impl Bench {
         }
         let started = Instant::now();
         #[allow(clippy::zombie_processes)] // reaped by wait4 below, for its rusage
-        let child = std::process::Command::new(&self.walcast_bin)
-            .args(&args)
+        // BENCH_WALCAST_WRAPPER, e.g. "valgrind --tool=callgrind": profile walcast.
+        let wrapper: Vec<String> = std::env::var("BENCH_WALCAST_WRAPPER")
+            .map(|w| w.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default();
+        let (program, mut full_args) = match wrapper.split_first() {
+            Some((p, rest)) => (p.clone(), rest.to_vec()),
+            None => (self.walcast_bin.clone(), Vec::new()),
+        };
+        if !wrapper.is_empty() {
+            full_args.push(self.walcast_bin.clone());
+        }
+        full_args.extend(args.iter().cloned());
+        let child = std::process::Command::new(program)
+            .args(&full_args)
             .env("WALCAST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
