@@ -315,7 +315,6 @@ impl Bench {
             ]);
         }
         let started = Instant::now();
-        #[allow(clippy::zombie_processes)] // reaped by wait4 below, for its rusage
         // BENCH_WALCAST_WRAPPER, e.g. "valgrind --tool=callgrind": profile walcast.
         let wrapper: Vec<String> = std::env::var("BENCH_WALCAST_WRAPPER")
             .map(|w| w.split_whitespace().map(str::to_string).collect())
@@ -328,6 +327,7 @@ impl Bench {
             full_args.push(self.walcast_bin.clone());
         }
         full_args.extend(args.iter().cloned());
+        #[allow(clippy::zombie_processes)] // reaped by wait4 below, for its rusage
         let child = std::process::Command::new(program)
             .args(&full_args)
             .env("WALCAST_LOG", "warn")
