@@ -81,12 +81,7 @@ fn wait_rusage(pid: u32) -> (i32, f64, u64) {
 }
 
 async fn current_lsn(db: &tokio_postgres::Client) -> Lsn {
-    db.query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get::<_, String>(0)
-        .parse()
-        .unwrap()
+    walcast::fixtures::current_wal_lsn(db).await
 }
 
 async fn confirmed(db: &tokio_postgres::Client, slot: &str) -> Lsn {
@@ -195,23 +190,11 @@ impl Bench {
         )
     }
 
-    async fn run_pg_recvlogical(&self, slot: &str, publication: &str, endpos: Lsn) -> RunResult {
-        let bin = postgres_bin_dir().unwrap().join("pg_recvlogical");
+    /// Run a drain to its end: wall time, CPU and `ru_maxrss` from `wait4`.
+    async fn run_to_end(what: &str, mut cmd: std::process::Command) -> RunResult {
         let started = Instant::now();
         #[allow(clippy::zombie_processes)] // reaped by wait4 below, for its rusage
-        let child = std::process::Command::new(bin)
-            .args([
-                "-d",
-                &self.pg_kv_url(),
-                "--slot",
-                slot,
-                "--start",
-                "--no-loop",
-            ])
-            .args(["-o", "proto_version=1", "-o"])
-            .arg(format!("publication_names={publication}"))
-            .arg(format!("--endpos={endpos}"))
-            .args(["-f", "/dev/null"])
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -220,41 +203,42 @@ impl Bench {
         let (status, cpu, rss) = tokio::task::spawn_blocking(move || wait_rusage(pid))
             .await
             .unwrap();
-        let seconds = started.elapsed().as_secs_f64();
-        assert_eq!(status, 0, "pg_recvlogical failed");
-        RunResult {
-            seconds,
-            cpu_seconds: cpu,
-            max_rss_kib: rss,
-        }
-    }
-
-    async fn run_rust_drain(&self, slot: &str, publication: &str, endpos: Lsn) -> RunResult {
-        let me = std::env::current_exe().unwrap();
-        let started = Instant::now();
-        #[allow(clippy::zombie_processes)] // reaped by wait4 below, for its rusage
-        let child = std::process::Command::new(me)
-            .args([
-                "drain",
-                &self.pg.url(),
-                slot,
-                publication,
-                &endpos.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        let (status, cpu, rss) = tokio::task::spawn_blocking(move || wait_rusage(pid))
-            .await
-            .unwrap();
-        assert_eq!(status, 0, "the Rust drain failed");
+        assert_eq!(status, 0, "{what} failed");
         RunResult {
             seconds: started.elapsed().as_secs_f64(),
             cpu_seconds: cpu,
             max_rss_kib: rss,
         }
+    }
+
+    async fn run_pg_recvlogical(&self, slot: &str, publication: &str, endpos: Lsn) -> RunResult {
+        let mut cmd =
+            std::process::Command::new(postgres_bin_dir().unwrap().join("pg_recvlogical"));
+        cmd.args([
+            "-d",
+            &self.pg_kv_url(),
+            "--slot",
+            slot,
+            "--start",
+            "--no-loop",
+        ])
+        .args(["-o", "proto_version=1", "-o"])
+        .arg(format!("publication_names={publication}"))
+        .arg(format!("--endpos={endpos}"))
+        .args(["-f", "/dev/null"]);
+        Self::run_to_end("pg_recvlogical", cmd).await
+    }
+
+    async fn run_rust_drain(&self, slot: &str, publication: &str, endpos: Lsn) -> RunResult {
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "drain",
+            &self.pg.url(),
+            slot,
+            publication,
+            &endpos.to_string(),
+        ]);
+        Self::run_to_end("the Rust drain", cmd).await
     }
 
     /// walcast drains `slot`; a subscriber counts `expected` envelopes.

@@ -42,6 +42,16 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The server's current WAL position.
+pub async fn current_wal_lsn(db: &tokio_postgres::Client) -> crate::lsn::Lsn {
+    db.query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .expect("pg_current_wal_lsn()")
+        .get::<_, String>(0)
+        .parse()
+        .expect("an LSN")
+}
+
 /// A free TCP port on 127.0.0.1 (free when asked; taken by the server right after).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

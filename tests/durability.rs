@@ -72,12 +72,7 @@ async fn workload(
 }
 
 async fn current_lsn(db: &tokio_postgres::Client) -> Lsn {
-    db.query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get::<_, String>(0)
-        .parse()
-        .unwrap()
+    walcast::fixtures::current_wal_lsn(db).await
 }
 
 /// Wait until the slot confirmed everything written so far.
