@@ -106,15 +106,10 @@ async fn flush_lsn_advances_only_after_nats_confirmed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connection_survives_wal_sender_timeout() {
-    let s = servers_with(PgOptions {
+    let (s, db) = servers_with_table(PgOptions {
         wal_sender_timeout: "2s".into(),
         ..Default::default()
-    });
-    let db = s.pg.client().await;
-    exec(
-        &db,
-        "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION walcast FOR TABLE t;",
-    )
+    })
     .await;
     let mut collector = Collector::new(&s.nats.url(), "walcast.>").await;
     let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
@@ -318,15 +313,10 @@ async fn bad_input_is_a_clear_one_line_error_and_a_non_zero_exit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_logical_wal_level_is_refused() {
-    let s = servers_with(PgOptions {
+    let (s, _db) = servers_with_table(PgOptions {
         wal_level: "replica".into(),
         ..Default::default()
-    });
-    let db = s.pg.client().await;
-    exec(
-        &db,
-        "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION walcast FOR TABLE t;",
-    )
+    })
     .await;
     let (code, err) = run_to_exit(&[
         "run",

@@ -83,15 +83,10 @@ async fn check_passes_on_a_good_setup_and_names_each_problem_with_its_fix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_fails_on_wal_level_replica() {
-    let s = servers_with(PgOptions {
+    let (s, _db) = servers_with_table(PgOptions {
         wal_level: "replica".into(),
         ..Default::default()
-    });
-    let db = s.pg.client().await;
-    exec(
-        &db,
-        "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION walcast FOR TABLE t;",
-    )
+    })
     .await;
     let (code, report) = check(&s, &s.pg.url(), "walcast").await;
     assert_ne!(code, 0);

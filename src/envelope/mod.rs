@@ -225,18 +225,9 @@ impl EnvelopeBuilder {
         self.subject_filter = filter;
     }
 
-    pub fn relation(&self, id: u32) -> Option<&Relation> {
-        self.relations.get(&id)
-    }
-
     /// Changes recognised as already published (replays after a restart).
     pub fn replays_skipped(&self) -> u64 {
         self.replays_skipped
-    }
-
-    /// Key states held in memory.
-    pub fn cached_keys(&self) -> usize {
-        self.keys.len()
     }
 
     /// Whether the schema history of `schema.table` is known (else the caller loads
@@ -252,16 +243,6 @@ impl EnvelopeBuilder {
     /// The sink confirmed every envelope at or before `position`.
     pub fn acknowledged(&mut self, position: Position) {
         self.keys.acknowledged(position);
-    }
-
-    /// The subject the last message of a key lives on.
-    pub fn subject_of(&self, relation_id: u32, key_values: &[&str]) -> Option<String> {
-        let rel = self.relations.get(&relation_id)?;
-        Some(format!(
-            "{}{}",
-            rel.subject_prefix,
-            key::key_token(key_values.iter().copied())
-        ))
     }
 
     /// Register or update a table from its Relation message.

@@ -129,10 +129,6 @@ impl Catalog {
         Ok(Catalog { client })
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()
     }

@@ -18,6 +18,18 @@ pub fn servers() -> Servers {
     servers_with(PgOptions::default())
 }
 
+/// Servers with a one-column table `t` and the publication `walcast` over it.
+pub async fn servers_with_table(opts: PgOptions) -> (Servers, tokio_postgres::Client) {
+    let s = servers_with(opts);
+    let db = s.pg.client().await;
+    exec(
+        &db,
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION walcast FOR TABLE t;",
+    )
+    .await;
+    (s, db)
+}
+
 pub fn servers_with(opts: PgOptions) -> Servers {
     let pg = PgServer::start(opts).unwrap_or_else(|e| panic!("{e}"));
     let nats = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
