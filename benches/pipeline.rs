@@ -25,9 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use walcast::fixtures::{free_port, postgres_bin_dir, rss_kib, NatsServer, PgOptions, PgServer};
-use walcast::lsn::Lsn;
-use walcast::source::{ConnectParams, ReplicationConnection, ReplicationEvent};
+use walcast::testing::{free_port, postgres_bin_dir, rss_kib, NatsServer, PgOptions, PgServer};
+use walcast::testing::{ConnectParams, ReplicationConnection, ReplicationEvent};
+use walcast::wire::Lsn;
 
 type DynError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -81,7 +81,7 @@ fn wait_rusage(pid: u32) -> (i32, f64, u64) {
 }
 
 async fn current_lsn(db: &tokio_postgres::Client) -> Lsn {
-    walcast::fixtures::current_wal_lsn(db).await
+    walcast::testing::current_wal_lsn(db).await
 }
 
 async fn confirmed(db: &tokio_postgres::Client, slot: &str) -> Lsn {
@@ -598,7 +598,7 @@ async fn latency(b: &Bench, rate: u64, secs: u64) -> serde_json::Value {
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_secs_f64();
-            if let Ok(env) = walcast::codec::decode(&msg.payload) {
+            if let Ok(env) = walcast::wire::codec::decode(&msg.payload) {
                 let ts = env.commit_ts.seconds as f64 + f64::from(env.commit_ts.nanos) / 1e9;
                 out.push((now - ts) * 1000.0);
             }

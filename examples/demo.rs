@@ -10,9 +10,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use walcast::codec;
-use walcast::fixtures::{free_port, NatsServer, PgOptions, PgServer};
-use walcast::lsn::Lsn;
+use walcast::testing::{free_port, NatsServer, PgOptions, PgServer};
+use walcast::wire::codec;
+use walcast::wire::Lsn;
 
 const TABLE: &str = "walcast_demo_accounts";
 const PUBLICATION: &str = "walcast_demo";

@@ -48,7 +48,7 @@ async fn main() -> Result<(), DynError> {
 
 fn show(v: Option<rmpv::Value>) -> String {
     match v {
-        Some(v) => walcast::codec::to_json(&v).to_string(),
+        Some(v) => walcast::wire::codec::to_json(&v).to_string(),
         None => "(no row)".into(),
     }
 }

@@ -6,7 +6,7 @@
 //! slot release WAL that held no change for walcast. The reported position never
 //! moves backwards.
 
-use crate::lsn::Lsn;
+use crate::wire::Lsn;
 
 #[derive(Debug, Default, Clone)]
 pub struct Checkpoint {

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::codec::Op;
 use crate::envelope::TableSettings;
+use crate::wire::Op;
 
 /// walcast: PostgreSQL logical replication to per-key MessagePack envelopes on NATS.
 #[derive(Debug, Parser)]

@@ -14,9 +14,9 @@ use walcast::client::{
     refetch_from_stream, ClientError, Envelope, InProcessTransport, NatsTransport, Refetch,
     Replica, ReplicaOptions, Status, Subscription, Transport,
 };
-use walcast::codec::Op;
-use walcast::decode::value::Timestamp;
-use walcast::fixtures::NatsServer;
+use walcast::testing::NatsServer;
+use walcast::wire::codec::Op;
+use walcast::wire::Timestamp;
 
 const SHORT: Duration = Duration::from_millis(300);
 const WAIT: Duration = Duration::from_secs(10);
@@ -225,7 +225,7 @@ async fn a_thousand_local_subscribers_share_one_server_subscription() {
 }
 
 fn rss_kib() -> u64 {
-    walcast::fixtures::rss_kib(std::process::id())
+    walcast::testing::rss_kib(std::process::id())
 }
 
 async fn churn<T: Transport>(t: &T) -> (u64, u64) {

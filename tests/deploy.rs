@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use walcast::fixtures::free_port;
+use walcast::testing::free_port;
 
 fn tool(name: &str) -> std::path::PathBuf {
     std::env::var_os("PATH")

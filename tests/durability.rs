@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use common::*;
-use walcast::codec::{self, Envelope, Op};
-use walcast::fixtures::rss_kib;
-use walcast::lsn::Lsn;
+use walcast::testing::rss_kib;
+use walcast::wire::codec::{self, Envelope, Op};
+use walcast::wire::Lsn;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -72,7 +72,7 @@ async fn workload(
 }
 
 async fn current_lsn(db: &tokio_postgres::Client) -> Lsn {
-    walcast::fixtures::current_wal_lsn(db).await
+    walcast::testing::current_wal_lsn(db).await
 }
 
 /// Wait until the slot confirmed everything written so far.

@@ -6,9 +6,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use walcast::fixtures::{free_port, PgOptions};
-use walcast::lsn::Lsn;
-use walcast::source::{ConnectParams, ReplicationConnection, SourceError};
+use walcast::testing::{free_port, PgOptions};
+use walcast::testing::{ConnectParams, ReplicationConnection, SourceError};
+use walcast::wire::Lsn;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -97,7 +97,7 @@ async fn flush_lsn_advances_only_after_nats_confirmed() {
         .get_last_raw_message_by_subject("walcast.public.t.2")
         .await
         .expect("the change made during the outage is in the stream");
-    let env = walcast::codec::decode(&msg.payload).unwrap();
+    let env = walcast::wire::codec::decode(&msg.payload).unwrap();
     assert_eq!(
         env.column("v").and_then(|v| v.as_str()),
         Some("during outage")

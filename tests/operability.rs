@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use walcast::fixtures::{free_port, PgOptions};
+use walcast::testing::{free_port, PgOptions};
 
 async fn check(s: &Servers, url: &str, publication: &str) -> (i32, String) {
     let out = tokio::time::timeout(
@@ -239,7 +239,7 @@ async fn config_file_with_table_settings_and_precedence() {
     )
     .await;
     let got = collector.until(3, Duration::from_secs(30)).await;
-    let seen: Vec<(walcast::codec::Op, u64, Option<i64>)> = got
+    let seen: Vec<(walcast::wire::codec::Op, u64, Option<i64>)> = got
         .iter()
         .map(|(_, e, _)| {
             (
@@ -249,7 +249,7 @@ async fn config_file_with_table_settings_and_precedence() {
             )
         })
         .collect();
-    use walcast::codec::Op;
+    use walcast::wire::codec::Op;
     assert_eq!(
         seen,
         [

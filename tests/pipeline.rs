@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use walcast::codec::Op;
-use walcast::envelope::key::{parse_key, parse_key_token, parse_name_token};
+use walcast::wire::codec::Op;
+use walcast::wire::key::{parse_key, parse_key_token, parse_name_token};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Replay envelopes into key → row value (deletes remove, truncates clear the table).
 fn replay(
-    received: &[(String, walcast::codec::Envelope, Vec<u8>)],
+    received: &[(String, walcast::wire::codec::Envelope, Vec<u8>)],
 ) -> BTreeMap<String, rmpv::Value> {
     let mut state = BTreeMap::new();
     for (_, env, _) in received {
@@ -194,19 +194,13 @@ async fn every_type_maps_exactly() {
             )])
         )])
     );
-    let ts = |v: V| walcast::codec::timestamp_of(&v).expect("a timestamp ext");
+    let ts = |v: V| walcast::wire::codec::timestamp_of(&v).expect("a timestamp ext");
     assert_eq!(ts(col("ts")).seconds, 1_709_210_096);
     assert_eq!(ts(col("ts")).nanos, 789_012_000);
     assert_eq!(ts(col("tstz")).seconds, 1_709_210_096 - 7200);
     assert_eq!(ts(col("tstz")).nanos, 500_000_000);
-    assert_eq!(
-        ts(col("tsinf")),
-        walcast::decode::value::Timestamp::INFINITY
-    );
-    assert_eq!(
-        ts(col("tsninf")),
-        walcast::decode::value::Timestamp::NEG_INFINITY
-    );
+    assert_eq!(ts(col("tsinf")), walcast::wire::Timestamp::INFINITY);
+    assert_eq!(ts(col("tsninf")), walcast::wire::Timestamp::NEG_INFINITY);
     assert_eq!(col("d"), V::from("2024-02-29"));
     assert_eq!(col("tm"), V::from("13:14:15.5"));
     assert_eq!(col("tmtz"), V::from("13:14:15+05:30"));

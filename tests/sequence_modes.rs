@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use walcast::codec::Op;
-use walcast::fixtures::{NatsServer, PgOptions, PgServer};
+use walcast::testing::{NatsServer, PgOptions, PgServer};
+use walcast::wire::codec::Op;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -184,7 +184,7 @@ async fn the_same_change_always_encodes_to_the_same_bytes() {
     let a = a_sub.until(100, WAIT).await.to_vec();
     let b = b_sub.until(100, WAIT).await.to_vec();
     let index =
-        |v: &[(String, walcast::codec::Envelope, Vec<u8>)]| -> BTreeMap<(String, u64), Vec<u8>> {
+        |v: &[(String, walcast::wire::codec::Envelope, Vec<u8>)]| -> BTreeMap<(String, u64), Vec<u8>> {
             v.iter()
                 .map(|(_, e, bytes)| ((e.key.clone(), e.sequence), bytes.clone()))
                 .collect()

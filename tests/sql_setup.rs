@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 
 fn psql(s: &Servers, file: &str, vars: &[(&str, &str)]) -> std::process::Output {
-    let bin = walcast::fixtures::postgres_bin_dir().unwrap().join("psql");
+    let bin = walcast::testing::postgres_bin_dir().unwrap().join("psql");
     let mut cmd = std::process::Command::new(bin);
     cmd.arg(s.pg.url())
         .args(["-v", "ON_ERROR_STOP=1", "-q", "-f", file]);

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{subscription, ClientError, Envelope, LocalSubscriber, Subscription, Transport};
-use crate::envelope::key::{parse_key, table_key_prefix};
+use crate::wire::key::{parse_key, table_key_prefix};
 
 #[derive(Default)]
 struct Registry {

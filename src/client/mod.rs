@@ -22,6 +22,7 @@
 mod in_process;
 mod nats;
 mod replica;
+mod stream;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,10 +32,11 @@ use std::task::{Context, Poll};
 use futures::Stream;
 use tokio::sync::mpsc;
 
-pub use crate::codec::Envelope;
+pub use crate::wire::Envelope;
 pub use in_process::InProcessTransport;
-pub use nats::{refetch_from_stream, NatsTransport};
+pub use nats::NatsTransport;
 pub use replica::{Refetch, Replica, ReplicaMeta, ReplicaOptions, ReplicaStats, Status};
+pub use stream::{envelopes, last_envelope, refetch_from_stream, Received, StoredEnvelope};
 
 /// Default capacity of a local subscriber's queue.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
@@ -45,7 +47,7 @@ pub enum ClientError {
     #[error("NATS: {0}")]
     Nats(String),
     #[error("invalid key {0:?}: {1}")]
-    Key(String, crate::envelope::key::KeyError),
+    Key(String, crate::wire::key::KeyError),
     #[error("refetch failed: {0}")]
     Refetch(String),
 }

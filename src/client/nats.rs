@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 
+use super::stream::envelopes;
 use super::{subscription, ClientError, Envelope, LocalSubscriber, Subscription, Transport};
-use crate::codec;
-use crate::envelope::key::{subject_for_key, subject_for_table};
+use crate::wire::key::{subject_for_key, subject_for_table};
 
 struct Shared {
     /// subject → its local subscribers and the task reading its NATS subscription.
@@ -124,12 +124,13 @@ impl NatsTransport {
 }
 
 async fn read_subject(
-    mut nats_sub: async_nats::Subscriber,
+    nats_sub: async_nats::Subscriber,
     subscribers: Arc<Mutex<Vec<LocalSubscriber>>>,
     shared: Arc<Shared>,
 ) {
-    while let Some(msg) = nats_sub.next().await {
-        match codec::decode(&msg.payload) {
+    let mut received = envelopes(nats_sub);
+    while let Some(msg) = received.next().await {
+        match msg.envelope {
             Ok(env) => {
                 let env = Arc::new(env);
                 for sub in subscribers.lock().unwrap().iter() {
@@ -170,24 +171,4 @@ impl Transport for NatsTransport {
     fn key_count(&self) -> usize {
         self.shared.subjects.lock().unwrap().len()
     }
-}
-
-/// A refetch from walcast's JetStream stream: the last envelope of `key`'s subject
-/// (the authoritative snapshot walcast keeps).
-pub async fn refetch_from_stream(
-    js: &async_nats::jetstream::Context,
-    stream: &str,
-    prefix: &str,
-    key: &str,
-) -> Result<Envelope, ClientError> {
-    let subject = subject_for_key(prefix, key).map_err(|e| ClientError::Key(key.to_string(), e))?;
-    let stream = js
-        .get_stream(stream)
-        .await
-        .map_err(|e| ClientError::Refetch(e.to_string()))?;
-    let msg = stream
-        .direct_get_last_for_subject(subject)
-        .await
-        .map_err(|e| ClientError::Refetch(e.to_string()))?;
-    codec::decode(&msg.payload).map_err(|e| ClientError::Refetch(e.to_string()))
 }

@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use super::{ClientError, Envelope, Subscription, Transport};
-use crate::codec::Op;
+use crate::wire::Op;
 
 /// Fetches the authoritative current envelope of the key.
 pub type Refetch = Arc<

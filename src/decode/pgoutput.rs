@@ -4,7 +4,7 @@
 //! Reference: PostgreSQL's "Logical Replication Message Formats". Malformed input
 //! (truncated buffers, unknown tags, bad lengths) is a [`DecodeError`], never a panic.
 
-use crate::lsn::Lsn;
+use crate::wire::Lsn;
 
 /// Why a pgoutput message could not be parsed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -138,13 +138,13 @@ pub enum PgOutput<'a> {
 }
 
 /// A bounds-checked reader over one message.
-struct Reader<'a> {
+struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
     what: &'static str,
 }
 
-impl<'a> Reader<'a> {
+impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
         match end {
@@ -233,7 +233,7 @@ pub fn parse(buf: &[u8]) -> Result<PgOutput<'_>, DecodeError> {
         b'M' => "Message",
         other => return Err(DecodeError::UnknownTag(other as char)),
     };
-    let mut r = Reader { buf, pos: 1, what };
+    let mut r = Cursor { buf, pos: 1, what };
     let msg = match tag {
         b'B' => PgOutput::Begin {
             final_lsn: r.lsn()?,

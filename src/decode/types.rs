@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 
+use crate::source::catalog::PgTypeRow;
+
 /// How a column's text form is turned into a typed value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TypeKind {
@@ -96,18 +98,6 @@ impl TypeKind {
                 | TypeKind::Interval
         )
     }
-}
-
-/// A row of `pg_type` as the resolver needs it.
-#[derive(Debug, Clone)]
-pub struct PgTypeRow {
-    pub oid: u32,
-    /// `b` base, `d` domain, `e` enum, `c` composite, `r` range, `m` multirange, `p` pseudo.
-    pub typtype: u8,
-    pub typelem: u32,
-    pub typbasetype: u32,
-    pub typdelim: u8,
-    pub typlen: i16,
 }
 
 /// Type OID → kind, for built-ins and for the types resolved from the catalog so far.

@@ -1,5 +1,5 @@
-//! Typed column values: PostgreSQL's text output turned into the values the envelope
-//! carries, and how each is written in MessagePack (see `docs/envelope.md`).
+//! Value parsers: PostgreSQL's text output turned into the typed values the envelope
+//! carries ([`crate::wire::Value`]).
 //!
 //! The replication session is started with `DateStyle=ISO`, `IntervalStyle=iso_8601`,
 //! `TimeZone=UTC`, `extra_float_digits=3` and `bytea_output=hex`, so the text forms
@@ -7,10 +7,9 @@
 
 use std::borrow::Cow;
 
-use serde::ser::{SerializeMap, SerializeSeq};
-use serde::{Serialize, Serializer};
-
 use super::types::TypeKind;
+use crate::wire::timestamp::days_from_civil;
+use crate::wire::{Timestamp, Value};
 
 /// A column value could not be read in its type's text form.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -26,177 +25,6 @@ fn bad(kind: &'static str, text: &[u8], reason: &'static str) -> ValueError {
         kind,
         text: String::from_utf8_lossy(&text[..text.len().min(200)]).into_owned(),
         reason,
-    }
-}
-
-/// Seconds and nanoseconds since the Unix epoch, as the MessagePack timestamp
-/// extension (type -1) carries them. `+infinity`/`-infinity` are `i64::MAX`/`i64::MIN`
-/// seconds with zero nanoseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Timestamp {
-    pub seconds: i64,
-    pub nanos: u32,
-}
-
-impl Timestamp {
-    pub const INFINITY: Timestamp = Timestamp {
-        seconds: i64::MAX,
-        nanos: 0,
-    };
-    pub const NEG_INFINITY: Timestamp = Timestamp {
-        seconds: i64::MIN,
-        nanos: 0,
-    };
-    /// Seconds between 1970-01-01 and PostgreSQL's epoch 2000-01-01.
-    const PG_EPOCH_OFFSET: i64 = 946_684_800;
-
-    /// From microseconds since 2000-01-01 UTC (the pgoutput Begin/Commit timestamp).
-    pub fn from_pg_micros(micros: i64) -> Timestamp {
-        match micros {
-            i64::MAX => Timestamp::INFINITY,
-            i64::MIN => Timestamp::NEG_INFINITY,
-            _ => {
-                let secs = micros.div_euclid(1_000_000);
-                let frac = micros.rem_euclid(1_000_000);
-                Timestamp {
-                    seconds: secs + Self::PG_EPOCH_OFFSET,
-                    nanos: (frac * 1000) as u32,
-                }
-            }
-        }
-    }
-
-    /// The MessagePack timestamp extension body: 32-, 64- or 96-bit form, the
-    /// smallest that holds the value (as the MessagePack spec asks).
-    pub fn ext_bytes(&self) -> Vec<u8> {
-        let (s, n) = (self.seconds, self.nanos);
-        if s >> 34 == 0 {
-            let data64 = (u64::from(n) << 34) | s as u64;
-            if data64 & 0xffff_ffff_0000_0000 == 0 {
-                (data64 as u32).to_be_bytes().to_vec()
-            } else {
-                data64.to_be_bytes().to_vec()
-            }
-        } else {
-            let mut out = Vec::with_capacity(12);
-            out.extend_from_slice(&n.to_be_bytes());
-            out.extend_from_slice(&s.to_be_bytes());
-            out
-        }
-    }
-
-    /// Read a MessagePack timestamp extension body.
-    pub fn from_ext_bytes(data: &[u8]) -> Option<Timestamp> {
-        match data.len() {
-            4 => Some(Timestamp {
-                seconds: i64::from(u32::from_be_bytes(data.try_into().ok()?)),
-                nanos: 0,
-            }),
-            8 => {
-                let v = u64::from_be_bytes(data.try_into().ok()?);
-                Some(Timestamp {
-                    seconds: (v & 0x3_ffff_ffff) as i64,
-                    nanos: (v >> 34) as u32,
-                })
-            }
-            12 => Some(Timestamp {
-                nanos: u32::from_be_bytes(data[..4].try_into().ok()?),
-                seconds: i64::from_be_bytes(data[4..].try_into().ok()?),
-            }),
-            _ => None,
-        }
-    }
-}
-
-impl Serialize for Timestamp {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_newtype_struct(
-            rmp_serde::MSGPACK_EXT_STRUCT_NAME,
-            &(-1i8, serde_bytes::ByteBuf::from(self.ext_bytes())),
-        )
-    }
-}
-
-/// One typed column value. Text borrows from the received WAL buffer when it needs
-/// no unescaping.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value<'a> {
-    Null,
-    Bool(bool),
-    Int(i64),
-    Float32(f32),
-    Float64(f64),
-    Str(Cow<'a, str>),
-    Bin(Vec<u8>),
-    Timestamp(Timestamp),
-    /// A PostgreSQL interval: kept as its three exact fields.
-    Interval {
-        months: i32,
-        days: i32,
-        microseconds: i64,
-    },
-    Json(serde_json::Value),
-    Array(Vec<Value<'a>>),
-}
-
-impl Value<'_> {
-    /// A copy that no longer borrows the WAL buffer.
-    pub fn into_owned(self) -> Value<'static> {
-        match self {
-            Value::Null => Value::Null,
-            Value::Bool(b) => Value::Bool(b),
-            Value::Int(i) => Value::Int(i),
-            Value::Float32(f) => Value::Float32(f),
-            Value::Float64(f) => Value::Float64(f),
-            Value::Str(s) => Value::Str(Cow::Owned(s.into_owned())),
-            Value::Bin(b) => Value::Bin(b),
-            Value::Timestamp(t) => Value::Timestamp(t),
-            Value::Interval {
-                months,
-                days,
-                microseconds,
-            } => Value::Interval {
-                months,
-                days,
-                microseconds,
-            },
-            Value::Json(j) => Value::Json(j),
-            Value::Array(a) => Value::Array(a.into_iter().map(Value::into_owned).collect()),
-        }
-    }
-}
-
-impl Serialize for Value<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Value::Null => s.serialize_unit(),
-            Value::Bool(b) => s.serialize_bool(*b),
-            Value::Int(i) => s.serialize_i64(*i),
-            Value::Float32(f) => s.serialize_f32(*f),
-            Value::Float64(f) => s.serialize_f64(*f),
-            Value::Str(t) => s.serialize_str(t),
-            Value::Bin(b) => s.serialize_bytes(b),
-            Value::Timestamp(t) => t.serialize(s),
-            Value::Interval {
-                months,
-                days,
-                microseconds,
-            } => {
-                let mut m = s.serialize_map(Some(3))?;
-                m.serialize_entry("months", months)?;
-                m.serialize_entry("days", days)?;
-                m.serialize_entry("microseconds", microseconds)?;
-                m.end()
-            }
-            Value::Json(j) => j.serialize(s),
-            Value::Array(items) => {
-                let mut seq = s.serialize_seq(Some(items.len()))?;
-                for item in items {
-                    seq.serialize_element(item)?;
-                }
-                seq.end()
-            }
-        }
     }
 }
 
@@ -281,17 +109,6 @@ fn parse_bytea_hex(text: &[u8]) -> Result<Vec<u8>, ValueError> {
         .map(|p| Some((nibble(p[0])? << 4) | nibble(p[1])?))
         .collect::<Option<Vec<u8>>>()
         .ok_or_else(|| bad("bytea", text, "not a hex digit"))
-}
-
-/// Days from 1970-01-01 to the proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 fn digits(s: &str) -> Option<i64> {
@@ -769,69 +586,6 @@ mod tests {
         );
         for bad in ["{1,2", "{1,2}x", "1,2", "{\"a}", "{{{{{{{{1}}}}}}}}"] {
             assert!(parse_text(&int_arr, bad.as_bytes()).is_err(), "{bad}");
-        }
-    }
-}
-
-/// Year, month, day of a day count since 1970-01-01 (inverse of `days_from_civil`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-impl Timestamp {
-    /// RFC 3339 in UTC with microseconds (`infinity` / `-infinity` for the extremes).
-    pub fn to_rfc3339(&self) -> String {
-        if *self == Timestamp::INFINITY {
-            return "infinity".into();
-        }
-        if *self == Timestamp::NEG_INFINITY {
-            return "-infinity".into();
-        }
-        let days = self.seconds.div_euclid(86_400);
-        let secs = self.seconds.rem_euclid(86_400);
-        let (y, m, d) = civil_from_days(days);
-        format!(
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-            secs / 3600,
-            secs / 60 % 60,
-            secs % 60,
-            self.nanos / 1000
-        )
-    }
-}
-
-#[cfg(test)]
-mod rfc3339_tests {
-    use super::*;
-
-    #[test]
-    fn formats_utc() {
-        let t = Timestamp {
-            seconds: 1_709_210_096,
-            nanos: 789_012_000,
-        };
-        assert_eq!(t.to_rfc3339(), "2024-02-29T12:34:56.789012Z");
-        assert_eq!(
-            Timestamp {
-                seconds: -1,
-                nanos: 0
-            }
-            .to_rfc3339(),
-            "1969-12-31T23:59:59.000000Z"
-        );
-        assert_eq!(Timestamp::INFINITY.to_rfc3339(), "infinity");
-        for days in [-800_000i64, -1, 0, 59, 10_000, 2_932_896] {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m.into(), d.into()), days);
         }
     }
 }

@@ -9,7 +9,6 @@
 //! is asked of the caller through [`Need`]: the caller loads it and retries, so this
 //! stage stays synchronous and free of I/O.
 
-pub mod key;
 pub mod schema;
 pub mod sequence;
 pub mod toast;
@@ -18,10 +17,12 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::codec::{self, EnvelopeRef, Op, RowRef};
 use crate::decode::pgoutput::{OldTuple, TupleValue};
-use crate::decode::value::{parse_text, Timestamp, Value, ValueError};
-use crate::lsn::Lsn;
+use crate::decode::value::{parse_text, ValueError};
+use crate::wire::codec::{self, EnvelopeRef, Op, RowRef};
+use crate::wire::key;
+use crate::wire::Lsn;
+use crate::wire::{Timestamp, Value};
 use schema::{Column, SchemaHistory, SchemaVersion, TableShape};
 use sequence::{KeyState, KeyStateCache, Lookup, Position, SequenceMode, SubjectFilter};
 use toast::ToastCache;
@@ -111,7 +112,6 @@ pub enum Need {
 /// A table as the envelope stage knows it.
 #[derive(Debug, Clone)]
 pub struct Relation {
-    pub id: u32,
     pub schema: String,
     pub table: String,
     pub shape: TableShape,
@@ -294,7 +294,6 @@ impl EnvelopeBuilder {
             .map(|(i, _)| i)
             .collect();
         let rel = Relation {
-            id,
             schema: schema.to_string(),
             table: table.to_string(),
             version,

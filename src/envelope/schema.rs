@@ -10,8 +10,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::decode::types::TypeKind;
-use crate::lsn::Lsn;
+pub use crate::decode::relation::Column;
+use crate::wire::Lsn;
 
 /// A `major.minor` schema version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -28,15 +28,6 @@ impl fmt::Display for SchemaVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.major, self.minor)
     }
-}
-
-/// One column of a table shape.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Column {
-    pub name: String,
-    pub type_oid: u32,
-    pub type_modifier: i32,
-    pub kind: TypeKind,
 }
 
 /// The shape of a table as the last Relation message described it.
@@ -79,7 +70,8 @@ impl TableShape {
     }
 
     /// Classify `new` against `self`.
-    pub fn compare(&self, new: &TableShape) -> ShapeChange {
+    #[cfg(test)]
+    fn compare(&self, new: &TableShape) -> ShapeChange {
         self.signature().compare(&new.signature())
     }
 }
@@ -170,6 +162,7 @@ pub fn next_version(v: SchemaVersion, change: ShapeChange) -> SchemaVersion {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::types::TypeKind;
 
     fn col(name: &str, oid: u32) -> Column {
         Column {

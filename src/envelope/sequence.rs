@@ -15,30 +15,7 @@
 
 use lru::LruCache;
 
-use crate::lsn::Lsn;
-
-/// Where a change sits in the WAL: its transaction's commit LSN and its ordinal in
-/// the transaction. Totally ordered in commit order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Position {
-    pub commit_lsn: Lsn,
-    pub ordinal: u32,
-}
-
-impl Position {
-    /// The `Walcast-Position` header value: `<commit lsn as decimal>:<ordinal>`.
-    pub fn to_header(&self) -> String {
-        format!("{}:{}", self.commit_lsn.0, self.ordinal)
-    }
-
-    pub fn from_header(s: &str) -> Option<Position> {
-        let (lsn, ord) = s.split_once(':')?;
-        Some(Position {
-            commit_lsn: Lsn(lsn.parse().ok()?),
-            ordinal: ord.parse().ok()?,
-        })
-    }
-}
+pub use crate::wire::Position;
 
 /// What is known of a key's last published change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,12 +68,9 @@ impl KeyStateCache {
         }
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     pub fn lookup(&mut self, key: &str) -> Lookup {
@@ -150,6 +124,7 @@ impl KeyStateCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::Lsn;
 
     fn st(seq: u64, lsn: u64) -> KeyState {
         KeyState {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::decode::value::Value;
+use crate::wire::Value;
 
 /// Last values of TOASTable columns per key, for tables without FULL identity.
 /// Bounded by a byte budget; when full, entries are evicted.

@@ -13,300 +13,20 @@
 //! `Walcast-Position`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use async_nats::jetstream::context::{Context, GetStreamErrorKind, PublishErrorKind};
-use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::stream::{Config, DirectGetErrorKind, Stream};
-use async_nats::HeaderMap;
 use std::collections::VecDeque;
 
+use async_nats::jetstream::context::{Context, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::HeaderMap;
 use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::{mpsc, watch};
 
-use super::{SinkBatch, SinkError};
-use crate::codec;
-use crate::envelope::schema::SchemaHistory;
-use crate::envelope::sequence::{KeyState, Position, SubjectFilter};
-use crate::metrics::Metrics;
-
-/// Header carrying a change's WAL position.
-pub const POSITION_HEADER: &str = "Walcast-Position";
-
-/// How the stream is set up.
-#[derive(Debug, Clone)]
-pub struct StreamSettings {
-    pub name: String,
-    /// Envelope subjects: `<prefix>.>`.
-    pub prefix: String,
-    /// Messages kept per subject (1: the last state of every key).
-    pub history: i64,
-    pub duplicate_window: Duration,
-}
-
-impl StreamSettings {
-    /// Subjects of walcast's own records (schema histories): `<prefix>_meta.>`.
-    pub fn meta_prefix(&self) -> String {
-        format!("{}_meta", self.prefix)
-    }
-
-    fn subjects(&self) -> Vec<String> {
-        vec![format!("{}.>", self.prefix)]
-    }
-
-    /// The stream of walcast's own records (schema histories), kept apart so that
-    /// the envelope stream has exactly one writer: the sink.
-    pub fn meta_name(&self) -> String {
-        format!("{}_META", self.name)
-    }
-
-    fn config(&self) -> Config {
-        Config {
-            name: self.name.clone(),
-            subjects: self.subjects(),
-            max_messages_per_subject: self.history,
-            duplicate_window: self.duplicate_window,
-            allow_direct: true,
-            storage: async_nats::jetstream::stream::StorageType::File,
-            ..Default::default()
-        }
-    }
-
-    fn meta_config(&self) -> Config {
-        Config {
-            name: self.meta_name(),
-            subjects: vec![format!("{}.>", self.meta_prefix())],
-            max_messages_per_subject: 1,
-            allow_direct: true,
-            storage: async_nats::jetstream::stream::StorageType::File,
-            ..Default::default()
-        }
-    }
-}
-
-fn js_err(what: &str, e: impl std::fmt::Display) -> SinkError {
-    SinkError::JetStream(format!("{what}: {e}"))
-}
-
-/// What makes an existing stream's configuration unusable for walcast.
-pub fn stream_problems(c: &Config, settings: &StreamSettings) -> Vec<String> {
-    let mut problems = Vec::new();
-    for s in settings.subjects() {
-        if !c.subjects.contains(&s) {
-            problems.push(format!("subjects {:?} lack {s:?}", c.subjects));
-        }
-    }
-    if c.max_messages_per_subject != settings.history {
-        problems.push(format!(
-            "max_msgs_per_subject is {}, walcast is configured for {}",
-            c.max_messages_per_subject, settings.history
-        ));
-    }
-    if !c.allow_direct {
-        problems.push("allow_direct is off".into());
-    }
-    if c.max_age != Duration::ZERO || c.max_messages > 0 || c.max_bytes > 0 {
-        problems.push("it has age/count/size limits that would drop key state".into());
-    }
-    problems
-}
-
-/// The stream's problems, or `None` when it does not exist yet.
-pub async fn inspect_stream(
-    js: &Context,
-    settings: &StreamSettings,
-) -> Result<Option<Vec<String>>, SinkError> {
-    match js.get_stream(&settings.name).await {
-        Ok(mut stream) => {
-            let info = stream
-                .info()
-                .await
-                .map_err(|e| js_err("reading the stream config", e))?;
-            Ok(Some(stream_problems(&info.config, settings)))
-        }
-        Err(e)
-            if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j)
-                if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(js_err("looking up the stream", e)),
-    }
-}
-
-/// Create the meta stream (schema histories) when missing.
-pub async fn ensure_meta_stream(
-    js: &Context,
-    settings: &StreamSettings,
-) -> Result<Stream, SinkError> {
-    js.get_or_create_stream(settings.meta_config())
-        .await
-        .map_err(|e| js_err(&format!("creating stream {}", settings.meta_name()), e))
-}
-
-/// Create the stream, or check that the existing one fits.
-pub async fn ensure_stream(js: &Context, settings: &StreamSettings) -> Result<Stream, SinkError> {
-    match inspect_stream(js, settings).await? {
-        Some(problems) if !problems.is_empty() => Err(SinkError::StreamConflict {
-            stream: settings.name.clone(),
-            problems: problems.join("; "),
-        }),
-        Some(_) => js
-            .get_stream(&settings.name)
-            .await
-            .map_err(|e| js_err("opening the stream", e)),
-        None => js
-            .create_stream(settings.config())
-            .await
-            .map_err(|e| js_err(&format!("creating stream {}", settings.name), e)),
-    }
-}
-
-/// Reads and writes walcast's state in the stream.
-#[derive(Clone)]
-pub struct StateStore {
-    js: Context,
-    stream: Stream,
-    meta: Stream,
-    prefix: String,
-    meta_prefix: String,
-    /// Highest stream sequence this process wrote (from PubAcks).
-    last_written: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl StateStore {
-    pub fn new(js: Context, stream: Stream, meta: Stream, settings: &StreamSettings) -> Self {
-        StateStore {
-            js,
-            stream,
-            meta,
-            prefix: settings.prefix.clone(),
-            meta_prefix: settings.meta_prefix(),
-            last_written: Arc::default(),
-        }
-    }
-
-    /// Record a stream sequence this process wrote.
-    pub fn wrote(&self, seq: u64) {
-        self.last_written
-            .fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// The stream's last sequence, and whether anybody but this process wrote to it
-    /// since this process last did (then in-memory key states may be stale).
-    pub async fn written_by_others(&self) -> Result<bool, SinkError> {
-        let mut stream = self.stream.clone();
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| js_err("reading the stream state", e))?;
-        let ours = self.last_written.load(std::sync::atomic::Ordering::SeqCst);
-        Ok(info.state.last_sequence != ours)
-    }
-
-    /// The stream's last sequence now.
-    pub async fn last_sequence(&self) -> Result<u64, SinkError> {
-        let mut stream = self.stream.clone();
-        Ok(stream
-            .info()
-            .await
-            .map_err(|e| js_err("reading the stream state", e))?
-            .state
-            .last_sequence)
-    }
-
-    /// A filter of every envelope subject the stream holds now.
-    pub async fn subject_filter(&self) -> Result<SubjectFilter, SinkError> {
-        use futures::TryStreamExt;
-        let mut stream = self.stream.clone();
-        let count = stream
-            .info()
-            .await
-            .map_err(|e| js_err("reading the stream state", e))?
-            .state
-            .subjects_count as usize;
-        let mut filter = SubjectFilter::with_capacity((count * 2).max(1 << 20));
-        if count > 0 {
-            let mut subjects = stream
-                .info_with_subjects(format!("{}.>", self.prefix))
-                .await
-                .map_err(|e| js_err("listing the stream's subjects", e))?;
-            while let Some((subject, _)) = subjects
-                .try_next()
-                .await
-                .map_err(|e| js_err("listing the stream's subjects", e))?
-            {
-                filter.insert(&subject);
-            }
-        }
-        Ok(filter)
-    }
-
-    /// The last message of a key's subject: its state and stream sequence.
-    pub async fn load_key(&self, subject: &str) -> Result<Option<(KeyState, u64)>, SinkError> {
-        match self.stream.direct_get_last_for_subject(subject).await {
-            Ok(msg) => {
-                let env = codec::decode(&msg.payload)
-                    .map_err(|e| js_err(&format!("last message of {subject}"), e))?;
-                let position = msg
-                    .headers
-                    .get(POSITION_HEADER)
-                    .and_then(|v| Position::from_header(v.as_str()))
-                    .ok_or_else(|| {
-                        js_err(
-                            &format!("last message of {subject}"),
-                            "no Walcast-Position header (was it published by walcast?)",
-                        )
-                    })?;
-                Ok(Some((
-                    KeyState {
-                        sequence: env.sequence,
-                        position,
-                    },
-                    msg.sequence,
-                )))
-            }
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(js_err(&format!("loading the state of {subject}"), e)),
-        }
-    }
-
-    fn schema_subject(&self, schema: &str, table: &str) -> String {
-        format!(
-            "{}.schema.{}.{}",
-            self.meta_prefix,
-            crate::envelope::key::name_token(schema),
-            crate::envelope::key::name_token(table)
-        )
-    }
-
-    pub async fn load_schema(&self, schema: &str, table: &str) -> Result<SchemaHistory, SinkError> {
-        let subject = self.schema_subject(schema, table);
-        match self.meta.direct_get_last_for_subject(subject.clone()).await {
-            Ok(msg) => serde_json::from_slice(&msg.payload)
-                .map_err(|e| js_err(&format!("schema history on {subject}"), e)),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(SchemaHistory::default()),
-            Err(e) => Err(js_err(&format!("loading {subject}"), e)),
-        }
-    }
-
-    pub async fn store_schema(
-        &self,
-        schema: &str,
-        table: &str,
-        history: &SchemaHistory,
-    ) -> Result<(), SinkError> {
-        let subject = self.schema_subject(schema, table);
-        let payload = serde_json::to_vec(history).expect("serializing a schema history");
-        self.js
-            .publish(subject.clone(), payload.into())
-            .await
-            .map_err(|e| js_err(&format!("storing {subject}"), e))?
-            .await
-            .map_err(|e| js_err(&format!("storing {subject}"), e))?;
-        Ok(())
-    }
-}
+use super::{confirm, Confirmed, Publish, Retry, SinkBatch, SinkError};
+use crate::ops::metrics::Metrics;
+use crate::state::StateStore;
+use crate::wire::POSITION_HEADER;
 
 /// Publishes batches through JetStream and reports confirmed transaction ends.
 pub struct JetStreamSink {
@@ -341,7 +61,7 @@ impl JetStreamSink {
     /// Publish one message expecting the stream's last sequence to be `expected`.
     async fn send(
         &self,
-        item: &super::Publish,
+        item: &Publish,
         expected: u64,
     ) -> Result<async_nats::jetstream::context::PublishAckFuture, String> {
         let mut headers = HeaderMap::new();
@@ -392,7 +112,7 @@ impl JetStreamSink {
     pub async fn run(
         self,
         mut rx: mpsc::Receiver<SinkBatch>,
-        confirmed: watch::Sender<super::Confirmed>,
+        confirmed: watch::Sender<Confirmed>,
     ) -> Result<(), SinkError> {
         let mut window: VecDeque<InFlight> = VecDeque::new();
         let mut first_id: u64 = 0;
@@ -401,7 +121,7 @@ impl JetStreamSink {
         let mut expected: Option<u64> = None;
         let mut failure: Option<String> = None;
         let mut closed = false;
-        let mut backoff = Duration::from_millis(100);
+        let mut retry = Retry::new(self.metrics.clone());
         loop {
             // Confirm what is complete at the front of the window.
             let mut done = Vec::new();
@@ -414,23 +134,24 @@ impl JetStreamSink {
                 self.metrics
                     .publish_seconds
                     .observe(f.started.elapsed().as_secs_f64());
-                self.metrics.published.inc_by(f.batch.items.len() as u64);
                 done.push(f.batch);
             }
             if !done.is_empty() {
-                super::observe_commit_latency(&self.metrics, &done);
-                super::report_confirmed(&confirmed, &done);
-                backoff = Duration::from_millis(100);
+                confirm(&self.metrics, &confirmed, &done);
+                retry.succeeded();
             }
             self.metrics.inflight_envelopes.set(inflight_items as i64);
             if let Some(reason) = failure.take() {
                 if !acks.is_empty() {
                     failure = Some(reason); // wait for the acknowledgements in flight
                 } else {
-                    self.metrics.publish_retries.inc();
-                    tracing::warn!(reason = %reason, envelopes = inflight_items, "JetStream did not acknowledge everything; publishing the rest again");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    retry
+                        .failed(
+                            "JetStream did not acknowledge everything; publishing the rest again",
+                            &reason,
+                            inflight_items,
+                        )
+                        .await;
                     match self.republish(&window, first_id, &mut acks).await {
                         Ok(next) => expected = Some(next),
                         Err(e) => {

@@ -1,28 +1,29 @@
 //! The sink stage: publishing envelopes to NATS and confirming them.
 //!
-//! Two deliveries: [`jetstream`] (the default when the server has JetStream:
-//! PubAck-gated, de-duplicated, the stream holding each key's state) and core NATS
-//! ([`NatsSink`] here). For core NATS, publishes are pipelined: every batch waiting in the channel is written out, then
-//! one confirmation round-trip (a message to walcast's own inbox, which the server
-//! delivers only after everything this connection published before it) confirms them
-//! all. Batches not confirmed (a timeout, or a reconnect in between, which may have
-//! lost buffered writes) are published again: at-least-once, and a replay carries the
-//! same bytes, so consumers drop it as stale.
+//! One [`Sink`] with two publishers: [`jetstream`] (the default when the server has
+//! JetStream: PubAck-gated, de-duplicated, the stream holding each key's state) and
+//! [`core`] (core NATS, confirmed by round-trips). Both take [`SinkBatch`]es from the
+//! reader, report what is confirmed through a watch channel, and share the retry
+//! back-off and the metrics here. [`nats`] holds the connection.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_nats::{Client, Subject};
+use async_nats::Subject;
 use bytes::Bytes;
-use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::envelope::sequence::Position;
-use crate::lsn::Lsn;
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
+use crate::state::StateError;
+use crate::wire::{Lsn, Position, Timestamp};
 
+pub mod core;
 pub mod jetstream;
+pub mod nats;
+
+pub use self::core::CoreSink;
+pub use self::jetstream::JetStreamSink;
+pub use self::nats::{connect, NatsState};
 
 /// Why the sink failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,10 +38,8 @@ pub enum SinkError {
     Subscribe(#[from] async_nats::SubscribeError),
     #[error("the NATS client was closed")]
     Closed,
-    #[error("JetStream: {0}")]
-    JetStream(String),
-    #[error("stream {stream} exists with a configuration walcast cannot use: {problems} (fix or delete the stream, or choose another --stream)")]
-    StreamConflict { stream: String, problems: String },
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// One message to publish.
@@ -60,11 +59,11 @@ pub struct SinkBatch {
     pub items: Vec<Publish>,
     pub commit_end: Option<Lsn>,
     /// Commit time of the transaction, on its last batch.
-    pub commit_ts: Option<crate::decode::value::Timestamp>,
+    pub commit_ts: Option<Timestamp>,
 }
 
 /// Observe commit → confirmation latency for the transactions of confirmed batches.
-pub(crate) fn observe_commit_latency(metrics: &Metrics, batches: &[SinkBatch]) {
+fn observe_commit_latency(metrics: &Metrics, batches: &[SinkBatch]) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -86,7 +85,7 @@ pub struct Confirmed {
 }
 
 /// Report confirmed batches.
-pub(crate) fn report_confirmed(confirmed: &watch::Sender<Confirmed>, batches: &[SinkBatch]) {
+fn report_confirmed(confirmed: &watch::Sender<Confirmed>, batches: &[SinkBatch]) {
     let end = batches.iter().rev().find_map(|b| b.commit_end);
     let position = batches
         .iter()
@@ -102,197 +101,67 @@ pub(crate) fn report_confirmed(confirmed: &watch::Sender<Confirmed>, batches: &[
     });
 }
 
-/// Connection state shared with the health endpoints.
-#[derive(Debug, Default)]
-pub struct NatsState {
-    pub connected: AtomicBool,
-    /// Bumped on every disconnect: a confirmation round-trip is only valid if the
-    /// generation did not change since the batch was published.
-    pub generation: AtomicU64,
+/// Batches were confirmed: count them, observe their commit → confirmation latency
+/// and report them to the reader.
+pub(crate) fn confirm(
+    metrics: &Metrics,
+    confirmed: &watch::Sender<Confirmed>,
+    batches: &[SinkBatch],
+) {
+    let items: usize = batches.iter().map(|b| b.items.len()).sum();
+    metrics.published.inc_by(items as u64);
+    observe_commit_latency(metrics, batches);
+    report_confirmed(confirmed, batches);
 }
 
-/// Connect to NATS; afterwards the client reconnects by itself forever.
-pub async fn connect(
-    url: &str,
-    timeout: Duration,
-    state: Arc<NatsState>,
-) -> Result<Client, SinkError> {
-    let cb_state = state.clone();
-    let client = async_nats::ConnectOptions::new()
-        .name("walcast")
-        .connection_timeout(timeout)
-        .max_reconnects(None)
-        .client_capacity(65_536)
-        .event_callback(move |event| {
-            let state = cb_state.clone();
-            async move {
-                match event {
-                    async_nats::Event::Connected => {
-                        state.connected.store(true, Ordering::SeqCst);
-                        tracing::info!("NATS connected");
-                    }
-                    async_nats::Event::Disconnected => {
-                        state.generation.fetch_add(1, Ordering::SeqCst);
-                        state.connected.store(false, Ordering::SeqCst);
-                        tracing::warn!("NATS disconnected; reconnecting");
-                    }
-                    other => tracing::info!(event = %other, "NATS event"),
-                }
-            }
-        })
-        .connect(url)
-        .await
-        .map_err(|source| SinkError::Connect {
-            url: url.to_string(),
-            source,
-        })?;
-    state.connected.store(true, Ordering::SeqCst);
-    Ok(client)
-}
-
-/// Publishes batches and reports confirmed transaction ends.
-pub struct NatsSink {
-    client: Client,
-    state: Arc<NatsState>,
-    sync_subject: Subject,
-    sync_sub: async_nats::Subscriber,
-    round: u64,
-    confirm_timeout: Duration,
-    max_unconfirmed: usize,
+/// The back-off both publishers wait between attempts: 100 ms doubling up to 5 s,
+/// back to 100 ms after a success; every retry counted and logged.
+pub(crate) struct Retry {
+    backoff: Duration,
     metrics: Arc<Metrics>,
 }
 
-impl NatsSink {
-    pub async fn new(
-        client: Client,
-        state: Arc<NatsState>,
-        confirm_timeout: Duration,
-        max_unconfirmed: usize,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, SinkError> {
-        let sync_subject = Subject::from(format!("{}.walcast-sync", client.new_inbox()));
-        let sync_sub = client.subscribe(sync_subject.clone()).await?;
-        Ok(NatsSink {
-            client,
-            state,
-            sync_subject,
-            sync_sub,
-            round: 0,
-            confirm_timeout,
-            max_unconfirmed,
-            metrics,
-        })
-    }
+impl Retry {
+    const FIRST: Duration = Duration::from_millis(100);
+    const LONGEST: Duration = Duration::from_secs(5);
 
-    /// One confirmation round-trip.
-    async fn round_trip(&mut self) -> Result<(), &'static str> {
-        self.round += 1;
-        let token = Bytes::from(self.round.to_be_bytes().to_vec());
-        self.client
-            .publish(self.sync_subject.clone(), token.clone())
-            .await
-            .map_err(|_| "publish failed")?;
-        let deadline = tokio::time::Instant::now() + self.confirm_timeout;
-        loop {
-            match tokio::time::timeout_at(deadline, self.sync_sub.next()).await {
-                Ok(Some(msg)) if msg.payload == token => return Ok(()),
-                Ok(Some(_)) => continue, // an older round's answer
-                Ok(None) => return Err("confirmation subscription closed"),
-                Err(_) => return Err("no confirmation in time"),
-            }
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
+        Retry {
+            backoff: Self::FIRST,
+            metrics,
         }
     }
 
-    /// Run until the channel closes and everything received was confirmed.
+    pub(crate) fn succeeded(&mut self) {
+        self.backoff = Self::FIRST;
+    }
+
+    /// Count and log a failed attempt, then wait before the next one.
+    pub(crate) async fn failed(&mut self, what: &'static str, reason: &str, envelopes: usize) {
+        self.metrics.publish_retries.inc();
+        tracing::warn!(reason, envelopes, "{what}");
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(Self::LONGEST);
+    }
+}
+
+/// The delivery chosen at start-up.
+#[allow(clippy::large_enum_variant)] // one value, built once
+pub enum Sink {
+    Core(CoreSink),
+    JetStream(JetStreamSink),
+}
+
+impl Sink {
+    /// Publish what arrives on `rx` until it closes and everything was confirmed.
     pub async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<SinkBatch>,
+        self,
+        rx: mpsc::Receiver<SinkBatch>,
         confirmed: watch::Sender<Confirmed>,
     ) -> Result<(), SinkError> {
-        let mut pending: Vec<SinkBatch> = Vec::new();
-        let mut pending_items = 0usize;
-        let mut closed = false;
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            if pending.is_empty() {
-                if closed {
-                    return Ok(());
-                }
-                match rx.recv().await {
-                    Some(b) => {
-                        pending_items += b.items.len();
-                        pending.push(b);
-                    }
-                    None => return Ok(()),
-                }
-            }
-            while pending_items < self.max_unconfirmed {
-                match rx.try_recv() {
-                    Ok(b) => {
-                        pending_items += b.items.len();
-                        pending.push(b);
-                    }
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        closed = true;
-                        break;
-                    }
-                }
-            }
-            self.metrics.inflight_envelopes.set(pending_items as i64);
-            let generation = self.state.generation.load(Ordering::SeqCst);
-            let started = Instant::now();
-            let mut write_failed = false;
-            for batch in &pending {
-                for item in &batch.items {
-                    if self
-                        .client
-                        .publish(item.subject.clone(), item.payload.clone())
-                        .await
-                        .is_err()
-                    {
-                        write_failed = true;
-                        break;
-                    }
-                }
-                if write_failed {
-                    break;
-                }
-            }
-            let outcome = if write_failed {
-                Err("publish failed")
-            } else if pending_items == 0 {
-                Ok(()) // only empty transactions: nothing to confirm
-            } else {
-                self.round_trip().await
-            };
-            let same_connection = self.state.generation.load(Ordering::SeqCst) == generation;
-            match outcome {
-                Ok(()) if same_connection => {
-                    let elapsed = started.elapsed().as_secs_f64();
-                    self.metrics.publish_seconds.observe(elapsed);
-                    self.metrics.published.inc_by(pending_items as u64);
-                    observe_commit_latency(&self.metrics, &pending);
-                    report_confirmed(&confirmed, &pending);
-                    pending.clear();
-                    pending_items = 0;
-                    backoff = Duration::from_millis(100);
-                }
-                outcome => {
-                    let reason = match outcome {
-                        Err(r) => r,
-                        Ok(()) => "the connection changed before confirmation",
-                    };
-                    self.metrics.publish_retries.inc();
-                    tracing::warn!(
-                        reason,
-                        envelopes = pending_items,
-                        "NATS did not confirm; publishing again"
-                    );
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
+        match self {
+            Sink::Core(s) => s.run(rx, confirmed).await,
+            Sink::JetStream(s) => s.run(rx, confirmed).await,
         }
     }
 }

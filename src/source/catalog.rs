@@ -7,7 +7,18 @@ use tokio_postgres::{Client, NoTls};
 
 use super::conn::quote_ident;
 use super::SourceError;
-use crate::decode::types::PgTypeRow;
+
+/// A row of `pg_type` as the resolver needs it.
+#[derive(Debug, Clone)]
+pub struct PgTypeRow {
+    pub oid: u32,
+    /// `b` base, `d` domain, `e` enum, `c` composite, `r` range, `m` multirange, `p` pseudo.
+    pub typtype: u8,
+    pub typelem: u32,
+    pub typbasetype: u32,
+    pub typdelim: u8,
+    pub typlen: i16,
+}
 
 /// What the checks before streaming found (only what does not stop the start).
 #[derive(Debug, Clone, Default)]
@@ -25,7 +36,6 @@ pub struct SlotInfo {
     pub plugin: Option<String>,
     pub database: Option<String>,
     pub active: bool,
-    pub active_pid: Option<i32>,
     pub confirmed_flush_lsn: Option<String>,
 }
 
@@ -42,6 +52,8 @@ pub struct ServerFacts {
     pub superuser: bool,
     pub replication: bool,
     pub user: String,
+    /// The database connected to.
+    pub database: Option<String>,
 }
 
 impl ServerFacts {
@@ -144,7 +156,8 @@ impl Catalog {
                         (SELECT count(*) FROM pg_replication_slots)::int,
                         current_setting('max_wal_senders')::int,
                         (SELECT count(*) FROM pg_stat_replication)::int,
-                        r.rolsuper, r.rolreplication, current_user::text
+                        r.rolsuper, r.rolreplication, current_user::text,
+                        current_database()::text
                  FROM pg_roles r WHERE r.rolname = current_user",
                 &[],
             )
@@ -160,6 +173,7 @@ impl Catalog {
             superuser: r.get(7),
             replication: r.get(8),
             user: r.get(9),
+            database: r.get(10),
         })
     }
 
@@ -290,7 +304,7 @@ impl Catalog {
         let row = self
             .client
             .query_opt(
-                "SELECT plugin::text, database::text, active, active_pid, confirmed_flush_lsn::text
+                "SELECT plugin::text, database::text, active, confirmed_flush_lsn::text
                  FROM pg_replication_slots WHERE slot_name = $1",
                 &[&name],
             )
@@ -299,8 +313,7 @@ impl Catalog {
             plugin: r.get(0),
             database: r.get(1),
             active: r.get(2),
-            active_pid: r.get(3),
-            confirmed_flush_lsn: r.get(4),
+            confirmed_flush_lsn: r.get(3),
         }))
     }
 

@@ -1,4 +1,4 @@
-//! Shared test harness: real servers (see `walcast::fixtures`) and the real binary.
+//! Shared test harness: real servers (see `walcast::testing`) and the real binary.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -6,8 +6,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use walcast::codec::{self, Envelope};
-use walcast::fixtures::{free_port, NatsServer, PgOptions, PgServer};
+use walcast::testing::{free_port, NatsServer, PgOptions, PgServer};
+use walcast::wire::codec::{self, Envelope};
 
 pub struct Servers {
     pub pg: PgServer,

@@ -55,3 +55,47 @@ pub fn on_signals(trigger: ShutdownTrigger) {
         trigger.trigger();
     });
 }
+
+/// The background tasks of a run (HTTP endpoints, slot monitor, gauges): each listens
+/// on [`TaskSet::shutdown`]; [`TaskSet::join`] stops and joins them all.
+pub struct TaskSet {
+    set: tokio::task::JoinSet<()>,
+    trigger: ShutdownTrigger,
+    shutdown: Shutdown,
+}
+
+impl Default for TaskSet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TaskSet {
+    pub fn new() -> Self {
+        let (trigger, shutdown) = channel();
+        TaskSet {
+            set: tokio::task::JoinSet::new(),
+            trigger,
+            shutdown,
+        }
+    }
+
+    /// The signal the tasks of this set stop on.
+    pub fn shutdown(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    pub fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.set.spawn(task);
+    }
+
+    /// Ask every task to stop and wait for them (at most `within`; then abort the rest).
+    pub async fn join(mut self, within: std::time::Duration) {
+        self.trigger.trigger();
+        let all = async { while self.set.join_next().await.is_some() {} };
+        if tokio::time::timeout(within, all).await.is_err() {
+            tracing::warn!("background tasks did not stop within {within:?}; aborting them");
+            self.set.abort_all();
+        }
+    }
+}

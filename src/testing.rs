@@ -7,6 +7,12 @@
 //! user (it refuses to run as root). A missing binary is an error naming the install
 //! step, never a silent skip.
 
+/// The replication protocol layer, for protocol tests and the benchmark's minimal
+/// drain (which reads the same stream type as walcast).
+pub use crate::source::{
+    ConnectParams, ReplicationConnection, ReplicationEvent, ReplicationStream, SourceError,
+};
+
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -43,7 +49,7 @@ pub fn rss_kib(pid: u32) -> u64 {
 }
 
 /// The server's current WAL position.
-pub async fn current_wal_lsn(db: &tokio_postgres::Client) -> crate::lsn::Lsn {
+pub async fn current_wal_lsn(db: &tokio_postgres::Client) -> crate::wire::Lsn {
     db.query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
         .expect("pg_current_wal_lsn()")

@@ -3,9 +3,11 @@
 
 use std::fmt;
 
-use crate::config::{Delivery, RunConfig};
-use crate::sink::jetstream::{inspect_stream, StreamSettings};
-use crate::source::catalog::{missing_publication, Catalog};
+use crate::config::RunConfig;
+use crate::pipeline::policy;
+use crate::source::catalog::{missing_publication, Catalog, ServerFacts, SlotInfo, TableFacts};
+use crate::source::slot::slot_problem;
+use crate::state::{inspect_stream, StreamSettings};
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +66,7 @@ impl Report {
 /// Run every check; the report is complete even when early ones fail.
 pub async fn run(cfg: &RunConfig) -> Vec<Check> {
     let mut r = Report::default();
-    let mut tracked_tables = Vec::new();
+    let mut tables = Vec::new();
     match Catalog::connect(&cfg.postgres_url, cfg.connect_timeout).await {
         Err(e) => r.push(
             Outcome::Fail,
@@ -74,26 +76,36 @@ pub async fn run(cfg: &RunConfig) -> Vec<Check> {
         ),
         Ok(catalog) => {
             r.ok("postgres connection", "connected");
-            postgres_checks(&catalog, cfg, &mut r, &mut tracked_tables).await;
+            tables = postgres_checks(&catalog, cfg, &mut r).await;
         }
     }
-    nats_checks(cfg, &mut r, &tracked_tables).await;
+    let settings = cfg.table_settings();
+    let tracked = policy::tracked_tables(&tables, &settings);
+    nats_checks(cfg, &mut r, &tracked).await;
     r.0
 }
 
-async fn postgres_checks(
-    catalog: &Catalog,
-    cfg: &RunConfig,
-    r: &mut Report,
-    tracked_tables: &mut Vec<String>,
-) {
+/// The server, the role, the publication, its tables and the slot; the names of the
+/// published tables.
+async fn postgres_checks(catalog: &Catalog, cfg: &RunConfig, r: &mut Report) -> Vec<String> {
     let server = match catalog.server_facts().await {
         Ok(s) => s,
         Err(e) => {
             r.push(Outcome::Fail, "server settings", e.to_string(), None);
-            return;
+            return Vec::new();
         }
     };
+    let slot = catalog.slot(&cfg.slot).await.ok().flatten();
+    server_checks(&server, slot.is_some(), r);
+    let tables = publication_checks(catalog, cfg, r).await;
+    for t in &tables {
+        table_checks(t, &server, r);
+    }
+    slot_checks(catalog, cfg, slot, server.database.as_deref(), r).await;
+    tables.into_iter().map(|t| t.name).collect()
+}
+
+fn server_checks(server: &ServerFacts, slot_exists: bool, r: &mut Report) {
     r.check(
         server.server_version_num >= 140_000,
         "server version",
@@ -106,10 +118,8 @@ async fn postgres_checks(
         server.wal_level.clone(),
         "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL",
     );
-    let slot = catalog.slot(&cfg.slot).await.ok().flatten();
-    let slot_free = server.replication_slots < server.max_replication_slots || slot.is_some();
     r.check(
-        slot_free,
+        server.replication_slots < server.max_replication_slots || slot_exists,
         "max_replication_slots",
         format!(
             "{} of {} in use",
@@ -143,6 +153,10 @@ async fn postgres_checks(
             Some("run walcast as the role sql/setup.sql creates (REPLICATION + SELECT)"),
         );
     }
+}
+
+/// The publication exists and lists tables; its tables (empty when it fails).
+async fn publication_checks(catalog: &Catalog, cfg: &RunConfig, r: &mut Report) -> Vec<TableFacts> {
     match catalog.publication_exists(&cfg.publication).await {
         Ok(true) => {}
         Ok(false) => {
@@ -152,18 +166,18 @@ async fn postgres_checks(
                 format!("\"{}\" does not exist", cfg.publication),
                 Some(&missing_publication(&cfg.publication)),
             );
-            return;
+            return Vec::new();
         }
         Err(e) => {
             r.push(Outcome::Fail, "publication", e.to_string(), None);
-            return;
+            return Vec::new();
         }
     }
     let tables = match catalog.publication_tables(&cfg.publication).await {
         Ok(t) => t,
         Err(e) => {
             r.push(Outcome::Fail, "publication", e.to_string(), None);
-            return;
+            return Vec::new();
         }
     };
     if tables.is_empty() {
@@ -174,99 +188,109 @@ async fn postgres_checks(
             Some("ALTER PUBLICATION ... ADD TABLE ..."),
         );
     } else {
+        let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
         r.ok(
             "publication",
-            format!(
-                "\"{}\": {}",
-                cfg.publication,
-                tables
-                    .iter()
-                    .map(|t| t.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            format!("\"{}\": {}", cfg.publication, names.join(", ")),
         );
     }
-    let column_tables: Vec<&String> = cfg.column_sequences.iter().map(|(t, _)| t).collect();
-    for t in &tables {
-        let name = format!("table {}", t.name);
-        let identity = if t.full_identity {
-            "replica identity FULL"
-        } else if t.has_identity_index {
-            "replica identity index"
-        } else {
-            "replica identity default"
-        };
-        r.check(
-            t.is_keyed(),
+    tables
+}
+
+/// A table can be keyed, its TOASTed columns reached, its rows read.
+fn table_checks(t: &TableFacts, server: &ServerFacts, r: &mut Report) {
+    let name = format!("table {}", t.name);
+    let identity = if t.full_identity {
+        "replica identity FULL"
+    } else if t.has_identity_index {
+        "replica identity index"
+    } else {
+        "replica identity default"
+    };
+    r.check(
+        t.is_keyed(),
+        &name,
+        format!(
+            "{}, {identity}",
+            if t.has_primary_key {
+                "primary key"
+            } else {
+                "no primary key"
+            }
+        ),
+        &format!(
+            "ALTER TABLE {} ADD PRIMARY KEY (...), or REPLICA IDENTITY USING INDEX <unique index>",
+            t.name
+        ),
+    );
+    if t.toastable && !t.full_identity {
+        r.push(
+            Outcome::Warn,
             &name,
-            format!(
-                "{}, {identity}",
-                if t.has_primary_key { "primary key" } else { "no primary key" }
-            ),
-            &format!(
-                "ALTER TABLE {} ADD PRIMARY KEY (...), or REPLICA IDENTITY USING INDEX <unique index>",
-                t.name
-            ),
+            "has TOASTable columns without REPLICA IDENTITY FULL: an unchanged large value not seen before is read from the table",
+            Some(&format!("ALTER TABLE {} REPLICA IDENTITY FULL", t.name)),
         );
-        if t.toastable && !t.full_identity {
-            r.push(
-                Outcome::Warn,
-                &name,
-                "has TOASTable columns without REPLICA IDENTITY FULL: an unchanged large value not seen before is read from the table",
-                Some(&format!("ALTER TABLE {} REPLICA IDENTITY FULL", t.name)),
-            );
-        }
-        if !t.can_select {
-            r.push(
-                Outcome::Warn,
-                &name,
-                "no SELECT privilege (needed to read an unchanged TOAST value)",
-                Some(&format!("GRANT SELECT ON {} TO {}", t.name, server.user)),
-            );
-        }
-        if !column_tables.contains(&&t.name) {
-            tracked_tables.push(t.name.clone());
-        }
     }
-    match slot {
-        None => r.ok(
+    if !t.can_select {
+        r.push(
+            Outcome::Warn,
+            &name,
+            "no SELECT privilege (needed to read an unchanged TOAST value)",
+            Some(&format!("GRANT SELECT ON {} TO {}", t.name, server.user)),
+        );
+    }
+}
+
+/// The slot fits (same rule as at start) and has not lost WAL.
+async fn slot_checks(
+    catalog: &Catalog,
+    cfg: &RunConfig,
+    slot: Option<SlotInfo>,
+    database: Option<&str>,
+    r: &mut Report,
+) {
+    let Some(s) = slot else {
+        r.ok(
             "slot",
             format!(
                 "\"{}\" does not exist yet: walcast creates it at start",
                 cfg.slot
             ),
+        );
+        return;
+    };
+    let problem = slot_problem(&s, database);
+    r.check(
+        problem.is_none(),
+        "slot",
+        format!(
+            "\"{}\" plugin {}, {}{}",
+            cfg.slot,
+            s.plugin.as_deref().unwrap_or("?"),
+            if s.active { "active" } else { "inactive" },
+            problem
+                .as_deref()
+                .map(|p| format!(": {p}"))
+                .unwrap_or_default()
         ),
-        Some(s) => {
-            r.check(
-                s.plugin.as_deref() == Some("pgoutput"),
-                "slot",
-                format!(
-                    "\"{}\" plugin {}, {}",
-                    cfg.slot,
-                    s.plugin.as_deref().unwrap_or("?"),
-                    if s.active { "active" } else { "inactive" }
-                ),
-                "drop the slot or choose another --slot",
-            );
-            if let Ok(Some(h)) = catalog.slot_health(&cfg.slot).await {
-                let lost = matches!(h.wal_status.as_deref(), Some("lost" | "unreserved"));
-                r.check(
-                    !lost,
-                    "slot WAL",
-                    format!(
-                        "wal_status {}, {} MiB retained",
-                        h.wal_status.as_deref().unwrap_or("?"),
-                        h.retained_bytes.unwrap_or(0) / (1024 * 1024)
-                    ),
-                    "the slot lost or may lose WAL it needs: drop it (sql/teardown.sql) and start again; raise max_slot_wal_keep_size",
-                );
-            }
-        }
+        "drop the slot or choose another --slot",
+    );
+    if let Ok(Some(h)) = catalog.slot_health(&cfg.slot).await {
+        let lost = matches!(h.wal_status.as_deref(), Some("lost" | "unreserved"));
+        r.check(
+            !lost,
+            "slot WAL",
+            format!(
+                "wal_status {}, {} MiB retained",
+                h.wal_status.as_deref().unwrap_or("?"),
+                h.retained_bytes.unwrap_or(0) / (1024 * 1024)
+            ),
+            "the slot lost or may lose WAL it needs: drop it (sql/teardown.sql) and start again; raise max_slot_wal_keep_size",
+        );
     }
 }
 
-async fn nats_checks(cfg: &RunConfig, r: &mut Report, tracked_tables: &[String]) {
+async fn nats_checks(cfg: &RunConfig, r: &mut Report, tracked: &[&String]) {
     let client = match async_nats::ConnectOptions::new()
         .connection_timeout(cfg.connect_timeout)
         .connect(&cfg.nats_url)
@@ -288,32 +312,30 @@ async fn nats_checks(cfg: &RunConfig, r: &mut Report, tracked_tables: &[String])
         "nats connection",
         format!("{} (server {})", cfg.nats_url, info.version),
     );
-    let jetstream = info.jetstream && cfg.delivery != Delivery::Core;
-    if !jetstream {
-        let needs = !tracked_tables.is_empty() && !cfg.volatile_sequences;
+    let delivery = policy::choose_delivery(cfg.delivery, info.jetstream);
+    if delivery != Ok(crate::config::Delivery::Jetstream) {
+        let mode = delivery.and_then(|d| {
+            policy::default_sequence_mode(d, info.jetstream, cfg.volatile_sequences, tracked)
+        });
         r.push(
-            if needs { Outcome::Fail } else { Outcome::Warn },
+            if mode.is_err() {
+                Outcome::Fail
+            } else {
+                Outcome::Warn
+            },
             "jetstream",
             if info.jetstream {
                 "available, not used (--delivery core)".to_string()
             } else {
                 "not available".to_string()
             },
-            needs.then_some(
-                "tracked sequences need JetStream: start nats-server with -js, or use --column-sequence / --volatile-sequences",
-            ),
+            mode.err().as_deref(),
         );
         return;
     }
     r.ok("jetstream", "available");
-    let settings = StreamSettings {
-        name: cfg.stream.clone(),
-        prefix: cfg.subject_prefix.clone(),
-        history: cfg.stream_history,
-        duplicate_window: cfg.duplicate_window,
-    };
     let js = async_nats::jetstream::new(client);
-    match inspect_stream(&js, &settings).await {
+    match inspect_stream(&js, &StreamSettings::from_config(cfg)).await {
         Ok(None) => r.ok(
             "stream",
             format!(

@@ -1,4 +1,4 @@
-//! Prometheus metrics and the health endpoints (`/metrics`, `/healthz`, `/readyz`).
+//! Prometheus metrics: every metric walcast exports, and the readiness state.
 //!
 //! Labels are bounded: `table` (the publication's tables) and `op`, never a key.
 
@@ -9,8 +9,6 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 /// Every metric walcast exports.
 pub struct Metrics {
@@ -229,54 +227,5 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("encoding metrics to memory");
         String::from_utf8(buf).expect("metrics are UTF-8")
-    }
-}
-
-/// Serve `/metrics`, `/healthz` and `/readyz` on `listener` (plain HTTP/1.1 GET).
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut req = Vec::with_capacity(1024);
-            let mut buf = [0u8; 1024];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
-                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
-                    .await
-                {
-                    Ok(Ok(n)) if n > 0 => req.extend_from_slice(&buf[..n]),
-                    _ => return,
-                }
-            }
-            let line = String::from_utf8_lossy(&req);
-            let path = line.split_whitespace().nth(1).unwrap_or("/");
-            let path = path.split('?').next().unwrap_or(path);
-            let (status, ctype, body) = match path {
-                "/metrics" => (
-                    "200 OK",
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    metrics.render(),
-                ),
-                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-                "/readyz" => match metrics.is_ready() {
-                    (true, _) => ("200 OK", "text/plain", "ready\n".to_string()),
-                    (false, reason) => (
-                        "503 Service Unavailable",
-                        "text/plain",
-                        format!("not ready: {reason}\n"),
-                    ),
-                },
-                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.write_all(body.as_bytes()).await;
-            let _ = sock.shutdown().await;
-        });
     }
 }

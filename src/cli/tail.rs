@@ -1,0 +1,44 @@
+//! `walcast tail`: the envelopes of a subject pattern, one line (or JSON object) each.
+
+use anyhow::Context;
+use futures::StreamExt;
+
+use crate::client::envelopes;
+use crate::config::TailConfig;
+use crate::wire::{codec, Lsn};
+
+pub(super) async fn tail(cfg: TailConfig) -> anyhow::Result<()> {
+    let client = async_nats::connect(&cfg.nats_url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", cfg.nats_url))?;
+    let sub = client
+        .subscribe(cfg.pattern.clone())
+        .await
+        .with_context(|| format!("cannot subscribe to {}", cfg.pattern))?;
+    client.flush().await.context("NATS flush")?;
+    eprintln!("tailing {} on {}", cfg.pattern, cfg.nats_url);
+    let mut received = envelopes(sub);
+    let mut seen = 0u64;
+    while let Some(msg) = received.next().await {
+        match msg.envelope {
+            Ok(env) if cfg.json => println!("{}", env.to_json()),
+            Ok(env) => println!(
+                "{} {} key={} seq={} schema={} lsn={} at={} value={}",
+                msg.subject,
+                env.op.as_str(),
+                env.key,
+                env.sequence,
+                env.schema_version,
+                Lsn(env.lsn),
+                env.commit_ts.to_rfc3339(),
+                codec::to_json(&env.value)
+            ),
+            Err(e) => eprintln!("{}: not an envelope: {e}", msg.subject),
+        }
+        seen += 1;
+        if cfg.count.is_some_and(|c| seen >= c) {
+            break;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! Reading walcast's envelopes: the messages of a subscription, each decoded once,
+//! and walcast's JetStream stream, whose last message per key is the authoritative
+//! snapshot a consumer refetches (and the state walcast itself reloads).
+
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::Subject;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+
+use super::{ClientError, Envelope};
+use crate::wire::key::subject_for_key;
+use crate::wire::{codec, DecodeEnvelopeError, Position, POSITION_HEADER};
+
+/// A key's last envelope as the stream holds it.
+#[derive(Debug, Clone)]
+pub struct StoredEnvelope {
+    pub envelope: Envelope,
+    /// The `Walcast-Position` header (`None`: not published by walcast).
+    pub position: Option<Position>,
+    /// The message's sequence in the stream.
+    pub stream_sequence: u64,
+}
+
+impl StoredEnvelope {
+    /// Decode a message read from the stream.
+    pub fn read(msg: StreamMessage) -> Result<Self, DecodeEnvelopeError> {
+        Ok(StoredEnvelope {
+            envelope: codec::decode(&msg.payload)?,
+            position: msg
+                .headers
+                .get(POSITION_HEADER)
+                .and_then(|v| Position::from_header(v.as_str())),
+            stream_sequence: msg.sequence,
+        })
+    }
+}
+
+/// The last envelope of `key` in walcast's stream `stream` (subjects under
+/// `prefix`); `None` when the key has none.
+pub async fn last_envelope(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    prefix: &str,
+    key: &str,
+) -> Result<Option<StoredEnvelope>, ClientError> {
+    let subject = subject_for_key(prefix, key).map_err(|e| ClientError::Key(key.to_string(), e))?;
+    let stream = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| ClientError::Refetch(e.to_string()))?;
+    match stream.direct_get_last_for_subject(subject).await {
+        Ok(msg) => StoredEnvelope::read(msg)
+            .map(Some)
+            .map_err(|e| ClientError::Refetch(e.to_string())),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ClientError::Refetch(e.to_string())),
+    }
+}
+
+/// A refetch from walcast's JetStream stream: the last envelope of `key`'s subject
+/// (the authoritative snapshot walcast keeps).
+pub async fn refetch_from_stream(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    prefix: &str,
+    key: &str,
+) -> Result<Envelope, ClientError> {
+    last_envelope(js, stream, prefix, key)
+        .await?
+        .map(|stored| stored.envelope)
+        .ok_or_else(|| ClientError::Refetch(format!("the stream holds no envelope of {key:?}")))
+}
+
+/// One message received on a walcast subject.
+#[derive(Debug)]
+pub struct Received {
+    pub subject: Subject,
+    /// The decoded envelope, or why the message is not one.
+    pub envelope: Result<Envelope, DecodeEnvelopeError>,
+    /// The bytes as published.
+    pub payload: Bytes,
+}
+
+/// The messages of a NATS subscription on walcast subjects, each decoded once.
+pub fn envelopes(sub: async_nats::Subscriber) -> impl Stream<Item = Received> + Send + Unpin {
+    sub.map(|msg| Received {
+        envelope: codec::decode(&msg.payload),
+        subject: msg.subject,
+        payload: msg.payload,
+    })
+}

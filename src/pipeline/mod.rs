@@ -1,0 +1,282 @@
+//! Wires the stages together: source → decode → envelope → sink, with the checkpoint
+//! feeding the flush position back to PostgreSQL, and supervises reconnects.
+//!
+//! [`run`] only builds the stages, starts them, waits and shuts them down:
+//! - [`reader`]: the task that reads, decodes and builds envelopes;
+//! - [`policy`]: the delivery and sequence-mode rules (shared with `walcast check`);
+//! - the sink runs in a task of its own behind a bounded channel.
+
+pub mod policy;
+mod reader;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{Delivery, RunConfig};
+use crate::decode::pgoutput::DecodeError;
+use crate::envelope::sequence::SequenceMode;
+use crate::envelope::{EnvelopeBuilder, EnvelopeError};
+use crate::ops::metrics::Metrics;
+use crate::ops::shutdown::{Shutdown, TaskSet};
+use crate::sink::{
+    self, Confirmed, CoreSink, JetStreamSink, NatsState, Sink, SinkBatch, SinkError,
+};
+use crate::source::catalog::{Catalog, Preflight};
+use crate::source::{ConnectParams, SourceError};
+use crate::state::{self, StateError, StateStore, StreamSettings};
+use crate::wire::Lsn;
+use reader::ChangeReader;
+
+/// Why the pipeline stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("pgoutput message at {lsn}: {source}")]
+    Decode {
+        lsn: Lsn,
+        #[source]
+        source: DecodeError,
+    },
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the sink stopped unexpectedly")]
+    SinkGone,
+    #[error("loading state from the stream: {0}")]
+    Store(#[from] StateError),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl PipelineError {
+    fn is_transient(&self) -> bool {
+        match self {
+            PipelineError::Source(e) => e.is_transient(),
+            PipelineError::Store(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Batches queued between the reader and the sink.
+const CHANNEL_BATCHES: usize = 16;
+/// How long the sink may take to confirm what it holds at shutdown or before a
+/// reconnect.
+const DRAIN_WAIT: Duration = Duration::from_secs(30);
+
+/// Run `walcast run` until shutdown. Errors before streaming starts (bad config,
+/// unreachable database, missing publication, ...) are returned at once; once
+/// streaming, transient PostgreSQL failures are retried.
+pub async fn run(
+    cfg: RunConfig,
+    metrics: Arc<Metrics>,
+    mut shutdown: Shutdown,
+) -> Result<(), PipelineError> {
+    let params = ConnectParams::from_url(&cfg.postgres_url)?;
+    let catalog = Catalog::connect(&cfg.postgres_url, cfg.connect_timeout).await?;
+    let preflight = preflight(&catalog, &cfg).await?;
+    let mut tasks = TaskSet::new();
+    start_background(&cfg, &metrics, &mut tasks).await?;
+    let nats_state = Arc::new(NatsState::default());
+    let client = sink::connect(&cfg.nats_url, cfg.connect_timeout, nats_state.clone()).await?;
+    tasks.spawn(poll_nats_gauge(
+        nats_state.clone(),
+        metrics.clone(),
+        tasks.shutdown(),
+    ));
+    let (sink, store, mode) =
+        build_delivery(&cfg, &preflight, client, nats_state, &metrics).await?;
+    let (tx, rx) = mpsc::channel::<SinkBatch>(CHANNEL_BATCHES);
+    let (confirmed_tx, mut confirmed_rx) = watch::channel(Confirmed::default());
+    let sink_task = tokio::spawn(sink.run(rx, confirmed_tx));
+    let builder = EnvelopeBuilder::new(
+        &cfg.subject_prefix,
+        mode,
+        cfg.table_settings(),
+        cfg.key_cache,
+        cfg.toast_cache_bytes,
+    );
+    let mut reader = ChangeReader::new(cfg, metrics.clone(), catalog, store, builder);
+    let result = supervise(&mut reader, &params, &mut shutdown, &tx, &mut confirmed_rx).await;
+    metrics.set_ready(false, "shutting down");
+    drop(tx);
+    match tokio::time::timeout(DRAIN_WAIT, sink_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "sink stopped with an error"),
+        Ok(Err(e)) => tracing::error!(error = %e, "sink task failed"),
+        Err(_) => tracing::warn!("sink did not drain within {DRAIN_WAIT:?}"),
+    }
+    tasks.join(Duration::from_secs(2)).await;
+    result
+}
+
+/// Check the publication and its tables before anything else starts.
+async fn preflight(catalog: &Catalog, cfg: &RunConfig) -> Result<Preflight, PipelineError> {
+    let preflight = catalog.preflight(&cfg.publication).await?;
+    tracing::info!(
+        server_version = %preflight.server_version,
+        publication = %cfg.publication,
+        tables = ?preflight.tables,
+        "publication checked"
+    );
+    for table in &preflight.toast_without_full_identity {
+        tracing::warn!(
+            table = %table,
+            "table has TOASTable columns and no REPLICA IDENTITY FULL: an unchanged large value not seen before is fetched from the table (ALTER TABLE {table} REPLICA IDENTITY FULL avoids it)"
+        );
+    }
+    Ok(preflight)
+}
+
+/// The HTTP endpoints and the slot monitor, joined at shutdown.
+async fn start_background(
+    cfg: &RunConfig,
+    metrics: &Arc<Metrics>,
+    tasks: &mut TaskSet,
+) -> Result<(), PipelineError> {
+    let listener = tokio::net::TcpListener::bind(cfg.metrics_addr)
+        .await
+        .map_err(|source| PipelineError::Metrics {
+            addr: cfg.metrics_addr,
+            source,
+        })?;
+    tasks.spawn(crate::ops::http::serve(
+        listener,
+        metrics.clone(),
+        tasks.shutdown(),
+    ));
+    tasks.spawn(crate::source::monitor::monitor_slot(
+        cfg.postgres_url.clone(),
+        cfg.slot.clone(),
+        cfg.connect_timeout,
+        metrics.clone(),
+        tasks.shutdown(),
+    ));
+    Ok(())
+}
+
+/// Every 500 ms until shutdown: whether NATS is connected, as a metric.
+async fn poll_nats_gauge(state: Arc<NatsState>, metrics: Arc<Metrics>, mut shutdown: Shutdown) {
+    loop {
+        metrics
+            .nats_connected
+            .set(i64::from(state.connected.load(Ordering::SeqCst)));
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.wait() => return,
+        }
+    }
+}
+
+/// The sink, the state store (JetStream only) and the default sequence mode.
+async fn build_delivery(
+    cfg: &RunConfig,
+    preflight: &Preflight,
+    client: async_nats::Client,
+    nats_state: Arc<NatsState>,
+    metrics: &Arc<Metrics>,
+) -> Result<(Sink, Option<StateStore>, SequenceMode), PipelineError> {
+    let has_jetstream = client.server_info().jetstream;
+    let delivery = policy::choose_delivery(cfg.delivery, has_jetstream)
+        .map_err(|e| PipelineError::Config(format!("NATS at {}: {e}", cfg.nats_url)))?;
+    let settings = cfg.table_settings();
+    let tracked = policy::tracked_tables(&preflight.tables, &settings);
+    let mode =
+        policy::default_sequence_mode(delivery, has_jetstream, cfg.volatile_sequences, &tracked)
+            .map_err(|e| PipelineError::Config(format!("{e} (NATS at {})", cfg.nats_url)))?;
+    tracing::info!(delivery = ?delivery, sequences = ?mode, "delivery chosen");
+    if delivery != Delivery::Jetstream {
+        let sink = CoreSink::new(
+            client,
+            nats_state,
+            cfg.confirm_timeout,
+            cfg.max_inflight,
+            metrics.clone(),
+        )
+        .await?;
+        return Ok((Sink::Core(sink), None, mode));
+    }
+    let context = async_nats::jetstream::ContextBuilder::new()
+        .ack_timeout(cfg.confirm_timeout)
+        // The sink bounds what is in flight itself (--max-inflight, checked before
+        // each batch); the client's own limit must never be the one that blocks, or
+        // a publish would wait for acks nobody polls.
+        .max_ack_inflight(cfg.max_inflight.saturating_add(1 << 20))
+        .backpressure_on_inflight(true)
+        .build(client);
+    let settings = StreamSettings::from_config(cfg);
+    let stream = state::ensure_stream(&context, &settings).await?;
+    let meta = state::ensure_meta_stream(&context, &settings).await?;
+    let store = StateStore::new(context.clone(), stream, meta, &settings);
+    let sink = JetStreamSink::new(context, store.clone(), cfg.max_inflight, metrics.clone());
+    Ok((Sink::JetStream(sink), Some(store), mode))
+}
+
+/// Stream, and reconnect after transient failures, until shutdown or a fatal error.
+async fn supervise(
+    reader: &mut ChangeReader,
+    params: &ConnectParams,
+    shutdown: &mut Shutdown,
+    tx: &mpsc::Sender<SinkBatch>,
+    confirmed_rx: &mut watch::Receiver<Confirmed>,
+) -> Result<(), PipelineError> {
+    let mut attempt = 0u32;
+    let mut streamed_once = false;
+    loop {
+        if shutdown.is_requested() {
+            return Ok(());
+        }
+        let outcome = async {
+            let stream = reader.open(params).await?;
+            streamed_once = true;
+            attempt = 0;
+            reader.stream(stream, shutdown, tx, confirmed_rx).await
+        }
+        .await;
+        reader.metrics().streaming.set(0);
+        let e = match outcome {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let retry = e.is_transient()
+            || (streamed_once && matches!(e, PipelineError::Source(SourceError::Server(_))));
+        // A first connection that fails outright is a configuration problem, reported
+        // at once; an active slot (hot standby) or a failure after streaming started
+        // is waited out.
+        let slot_busy =
+            matches!(&e, PipelineError::Source(SourceError::Server(pg)) if pg.code == "55006");
+        if !retry || (!streamed_once && !slot_busy) {
+            return Err(e);
+        }
+        attempt += 1;
+        let delay = Duration::from_millis(200 * u64::from(attempt.min(25)));
+        reader.metrics().set_ready(false, &format!("{e}"));
+        if slot_busy {
+            tracing::info!(error = %e, "replication slot is in use by another process; waiting to take over");
+        } else {
+            reader.metrics().reconnects.inc();
+            tracing::warn!(error = %e, retry_in = ?delay, "replication connection lost; reconnecting");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait() => return Ok(()),
+        }
+        // Before streaming again, let the sink confirm what it holds: the stream then
+        // reflects everything this process handed off.
+        reader
+            .wait_confirmed(confirmed_rx, shutdown, DRAIN_WAIT)
+            .await;
+        reader.reconnect_catalog().await;
+    }
+}

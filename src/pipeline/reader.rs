@@ -1,0 +1,588 @@
+//! The reader: one task that reads the replication stream, decodes each pgoutput
+//! message, builds envelopes (all in the read buffer, in large batches) and hands
+//! them to the sink behind a bounded channel. When the channel is full it stops
+//! reading WAL but keeps sending status updates on its own timer, so a slow NATS never
+//! makes PostgreSQL drop the connection (`wal_sender_timeout`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::Subject;
+use bytes::Bytes;
+use prometheus::IntCounter;
+use tokio::sync::{mpsc, watch};
+use tokio::time::MissedTickBehavior;
+
+use super::PipelineError;
+use crate::checkpoint::Checkpoint;
+use crate::config::RunConfig;
+use crate::decode::pgoutput::{self, OldTuple, PgOutput, RelationColumn, TupleValue};
+use crate::decode::relation;
+use crate::decode::types::TypeRegistry;
+use crate::envelope::{EnvelopeBuilder, Need};
+use crate::ops::metrics::Metrics;
+use crate::ops::shutdown::Shutdown;
+use crate::sink::{Confirmed, Publish, SinkBatch};
+use crate::source::catalog::Catalog;
+use crate::source::{
+    slot, ConnectParams, ReplicationConnection, ReplicationEvent, ReplicationStream,
+};
+use crate::state::StateStore;
+use crate::wire::{Lsn, Op, Timestamp};
+
+/// Envelopes per batch handed to the sink.
+const BATCH_ITEMS: usize = 1024;
+
+/// Per-table change counters, resolved once (no label lookups on the hot path).
+struct TableCounters {
+    insert: IntCounter,
+    update: IntCounter,
+    delete: IntCounter,
+}
+
+impl TableCounters {
+    fn new(metrics: &Metrics, table: &str) -> Self {
+        let c = &metrics.changes;
+        TableCounters {
+            insert: c.with_label_values(&[table, "insert"]),
+            update: c.with_label_values(&[table, "update"]),
+            delete: c.with_label_values(&[table, "delete"]),
+        }
+    }
+}
+
+/// The reader side: decode, envelope, checkpoint.
+pub(super) struct ChangeReader {
+    cfg: RunConfig,
+    metrics: Arc<Metrics>,
+    catalog: Catalog,
+    /// The JetStream state store (key states, schema histories), when delivering
+    /// through JetStream.
+    store: Option<StateStore>,
+    types: TypeRegistry,
+    builder: EnvelopeBuilder,
+    cp: Checkpoint,
+    /// Envelopes of the open transaction not yet handed to the sink.
+    chunk: Vec<crate::envelope::Outgoing>,
+    /// A batch the channel had no room for.
+    ready: Option<SinkBatch>,
+    /// Commit LSN of the last transaction handed to the sink: after a reconnect,
+    /// transactions up to it are replays of what the sink already has.
+    last_handed_commit: Lsn,
+    skipping: bool,
+    /// No replication stream was opened yet by this process.
+    first_open: bool,
+    /// When the last standby status update was sent.
+    last_status: Instant,
+    commit_ts: Timestamp,
+    /// Transactions handed to the sink and not yet confirmed: (end LSN, commit time).
+    unconfirmed: VecDeque<(Lsn, Timestamp)>,
+    counters: HashMap<u32, TableCounters>,
+}
+
+impl ChangeReader {
+    pub(super) fn new(
+        cfg: RunConfig,
+        metrics: Arc<Metrics>,
+        catalog: Catalog,
+        store: Option<StateStore>,
+        builder: EnvelopeBuilder,
+    ) -> Self {
+        ChangeReader {
+            builder,
+            store,
+            cfg,
+            metrics,
+            catalog,
+            types: TypeRegistry::new(),
+            cp: Checkpoint::default(),
+            chunk: Vec::new(),
+            ready: None,
+            last_handed_commit: Lsn(0),
+            skipping: false,
+            first_open: true,
+            last_status: Instant::now(),
+            commit_ts: Timestamp {
+                seconds: 0,
+                nanos: 0,
+            },
+            unconfirmed: VecDeque::new(),
+            counters: HashMap::new(),
+        }
+    }
+
+    /// Connect, make sure the slot exists, and start streaming from it.
+    pub(super) async fn open(
+        &mut self,
+        params: &ConnectParams,
+    ) -> Result<ReplicationStream, PipelineError> {
+        let mut conn = ReplicationConnection::connect(params).await?;
+        let start = slot::ensure_slot(&mut conn, &self.catalog, &self.cfg.slot).await?;
+        let stream = conn
+            .start_replication(&self.cfg.slot, Lsn(0), &self.cfg.publication)
+            .await?;
+        // We hold the slot now: nobody else publishes. If somebody did since this
+        // process last wrote (a standby that took over meanwhile), what we hold in
+        // memory may be stale: start again from the stream.
+        if let Some(store) = &self.store {
+            if self.first_open || store.written_by_others().await? {
+                let filter = store.subject_filter().await?;
+                self.builder.reset_key_state(Some(filter));
+                self.chunk.clear();
+                self.ready = None;
+                self.last_handed_commit = Lsn(0);
+            }
+        }
+        self.first_open = false;
+        self.resume_checkpoint(start);
+        // An open transaction's envelopes built so far stay: the stream starts again
+        // at or before its Begin, recognises them as already built, and goes on.
+        self.skipping = false;
+        tracing::info!(slot = %self.cfg.slot, from = %start, "streaming");
+        self.metrics.streaming.set(1);
+        self.metrics.set_ready(true, "");
+        Ok(stream)
+    }
+
+    /// Start from the slot's position, keeping what this process already knows (it
+    /// only grows).
+    fn resume_checkpoint(&mut self, start: Lsn) {
+        let mut cp = Checkpoint::starting_at(start.max(self.cp.confirmed()));
+        cp.on_received(self.cp.received());
+        cp.on_confirmed(self.cp.confirmed());
+        cp.on_handed_off(self.cp.handed_off().max(start));
+        self.cp = cp;
+    }
+
+    /// Stream until shutdown (then drain, report and end cleanly) or an error.
+    pub(super) async fn stream(
+        &mut self,
+        mut stream: ReplicationStream,
+        shutdown: &mut Shutdown,
+        tx: &mpsc::Sender<SinkBatch>,
+        confirmed_rx: &mut watch::Receiver<Confirmed>,
+    ) -> Result<(), PipelineError> {
+        let mut status = tokio::time::interval(self.cfg.status_interval);
+        status.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut stopping = false;
+        loop {
+            // Hand a waiting batch to the sink if there is room.
+            if let Some(batch) = self.ready.take() {
+                match tx.try_send(batch) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(b)) => self.ready = Some(b),
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        return Err(PipelineError::SinkGone)
+                    }
+                }
+            }
+            if stopping && self.ready.is_none() && !self.builder.in_transaction() {
+                break;
+            }
+            let reading = self.ready.is_none();
+            tokio::select! {
+                biased;
+                _ = shutdown.wait(), if !stopping => {
+                    stopping = true;
+                    tracing::info!("stopping at the next transaction boundary");
+                }
+                _ = status.tick() => {
+                    self.send_status(&mut stream, false).await?;
+                }
+                changed = confirmed_rx.changed() => {
+                    if changed.is_err() {
+                        return Err(PipelineError::SinkGone);
+                    }
+                    let c = *confirmed_rx.borrow_and_update();
+                    self.on_confirmed(c);
+                    // Tell the server soon: it can release WAL, and lag shows truly.
+                    if self.last_status.elapsed() >= Duration::from_millis(10) {
+                        self.send_status(&mut stream, false).await?;
+                    }
+                }
+                permit = tx.reserve(), if !reading => {
+                    let permit = permit.map_err(|_| PipelineError::SinkGone)?;
+                    if let Some(b) = self.ready.take() {
+                        permit.send(b);
+                    }
+                }
+                event = stream.next_event(), if reading => {
+                    let event = event?;
+                    if self.handle(event, &mut stream).await? {
+                        return Ok(());
+                    }
+                    // Work through what is already buffered before polling again.
+                    let mut budget = 4096;
+                    while self.ready.is_none()
+                        && budget > 0
+                        && (!stopping || self.builder.in_transaction())
+                    {
+                        budget -= 1;
+                        match stream.buffered_event()? {
+                            Some(event) => {
+                                if self.handle(event, &mut stream).await? {
+                                    return Ok(());
+                                }
+                            }
+                            None => break,
+                        }
+                    }
+                }
+            }
+        }
+        self.finish(stream, confirmed_rx).await
+    }
+
+    /// Drained to a transaction boundary: wait for the sink to confirm what it has,
+    /// still answering the server, then report the final position and end the stream.
+    async fn finish(
+        &mut self,
+        mut stream: ReplicationStream,
+        confirmed_rx: &mut watch::Receiver<Confirmed>,
+    ) -> Result<(), PipelineError> {
+        let mut status = tokio::time::interval(self.cfg.status_interval);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self.cp.confirmed() < self.cp.handed_off() {
+            tokio::select! {
+                changed = confirmed_rx.changed() => {
+                    if changed.is_err() { break; }
+                    let c = *confirmed_rx.borrow_and_update();
+                    self.on_confirmed(c);
+                }
+                _ = status.tick() => self.send_status(&mut stream, false).await?,
+                // Data read now is not handed off: it is streamed again next start.
+                event = stream.next_event() => {
+                    if let ReplicationEvent::Keepalive { reply_requested: true, .. } = event? {
+                        self.send_status(&mut stream, false).await?;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!("the sink did not confirm everything within 30 s; unconfirmed changes will be streamed again");
+                    break;
+                }
+            }
+        }
+        self.send_status(&mut stream, false).await?;
+        tracing::info!(flushed = %self.cp.flush_position(), "final status sent");
+        if let Err(e) = stream.finish().await {
+            tracing::debug!(error = %e, "ending the replication stream");
+        }
+        Ok(())
+    }
+
+    pub(super) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Wait (at most `within`) until the sink confirmed everything handed to it.
+    pub(super) async fn wait_confirmed(
+        &mut self,
+        confirmed_rx: &mut watch::Receiver<Confirmed>,
+        shutdown: &mut Shutdown,
+        within: Duration,
+    ) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.cp.confirmed() < self.cp.handed_off() {
+            tokio::select! {
+                changed = confirmed_rx.changed() => {
+                    if changed.is_err() { break; }
+                    let c = *confirmed_rx.borrow_and_update();
+                    self.on_confirmed(c);
+                }
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = shutdown.wait() => break,
+            }
+        }
+    }
+
+    /// A new catalog connection when the old one was closed (the server restarted).
+    pub(super) async fn reconnect_catalog(&mut self) {
+        if !self.catalog.is_closed() {
+            return;
+        }
+        match Catalog::connect(&self.cfg.postgres_url, self.cfg.connect_timeout).await {
+            Ok(c) => self.catalog = c,
+            Err(e) => tracing::warn!(error = %e, "catalog connection not back yet"),
+        }
+    }
+
+    /// The sink confirmed more.
+    fn on_confirmed(&mut self, c: Confirmed) {
+        self.cp.on_confirmed(c.end);
+        self.builder.acknowledged(c.position);
+    }
+
+    async fn send_status(
+        &mut self,
+        stream: &mut ReplicationStream,
+        reply: bool,
+    ) -> Result<(), PipelineError> {
+        let flush = self.cp.flush_position();
+        self.metrics.confirmed_lsn.set(flush.0 as i64);
+        self.metrics.received_lsn.set(self.cp.received().0 as i64);
+        self.metrics
+            .lag_bytes
+            .set(self.cp.received().0.saturating_sub(flush.0) as i64);
+        while let Some(&(end, _)) = self.unconfirmed.front() {
+            if end > self.cp.confirmed() {
+                break;
+            }
+            self.unconfirmed.pop_front();
+        }
+        let lag = match self.unconfirmed.front() {
+            Some((_, ts)) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64();
+                (now - (ts.seconds as f64 + f64::from(ts.nanos) / 1e9)).max(0.0)
+            }
+            None => 0.0,
+        };
+        self.metrics.lag_seconds.set(lag);
+        stream.send_status(self.cp.received(), flush, reply).await?;
+        self.last_status = Instant::now();
+        Ok(())
+    }
+
+    /// Handle one event; `true` when the server ended the stream.
+    async fn handle(
+        &mut self,
+        event: ReplicationEvent,
+        stream: &mut ReplicationStream,
+    ) -> Result<bool, PipelineError> {
+        match event {
+            ReplicationEvent::XLogData {
+                wal_start,
+                wal_end,
+                data,
+            } => {
+                self.metrics.bytes_received.inc_by(data.len() as u64);
+                self.cp.on_received(wal_end);
+                self.on_message(wal_start, data).await?;
+            }
+            ReplicationEvent::Keepalive {
+                wal_end,
+                reply_requested,
+            } => {
+                self.metrics.keepalives.inc();
+                self.cp.on_keepalive(wal_end);
+                if reply_requested {
+                    self.send_status(stream, false).await?;
+                }
+            }
+            ReplicationEvent::End => return Ok(true),
+        }
+        Ok(false)
+    }
+
+    async fn on_message(&mut self, at: Lsn, data: Bytes) -> Result<(), PipelineError> {
+        let msg =
+            pgoutput::parse(&data).map_err(|source| PipelineError::Decode { lsn: at, source })?;
+        match msg {
+            PgOutput::Begin {
+                final_lsn,
+                commit_ts,
+                ..
+            } => {
+                self.skipping = final_lsn <= self.last_handed_commit;
+                self.builder.begin(final_lsn, commit_ts);
+                self.cp.on_begin();
+                self.commit_ts = Timestamp::from_pg_micros(commit_ts);
+            }
+            PgOutput::Commit {
+                commit_lsn,
+                end_lsn,
+                ..
+            } => {
+                self.builder.commit();
+                if self.skipping {
+                    self.skipping = false;
+                    self.cp.on_skipped_commit();
+                    return Ok(());
+                }
+                self.flush_chunk(Some(end_lsn));
+                self.last_handed_commit = commit_lsn;
+                self.cp.on_handed_off(end_lsn);
+                self.metrics.transactions.inc();
+                self.metrics
+                    .last_commit_timestamp
+                    .set(self.commit_ts.seconds);
+                self.unconfirmed.push_back((end_lsn, self.commit_ts));
+            }
+            PgOutput::Relation {
+                relation_id,
+                namespace,
+                name,
+                replica_identity,
+                columns,
+            } => {
+                self.on_relation(relation_id, namespace, name, replica_identity, &columns)
+                    .await?;
+            }
+            PgOutput::Insert { relation_id, new } if !self.skipping => {
+                self.change(relation_id, Op::Insert, None, Some(&new))
+                    .await?;
+            }
+            PgOutput::Update {
+                relation_id,
+                old,
+                new,
+            } if !self.skipping => {
+                self.change(relation_id, Op::Update, old.as_ref(), Some(&new))
+                    .await?;
+            }
+            PgOutput::Delete { relation_id, old } if !self.skipping => {
+                self.change(relation_id, Op::Delete, Some(&old), None)
+                    .await?;
+            }
+            PgOutput::Truncate { relation_ids, .. } if !self.skipping => {
+                while let Some(need) = self.builder.truncate(&relation_ids, &mut self.chunk)? {
+                    self.provide(need).await?;
+                }
+            }
+            PgOutput::Message {
+                prefix, content, ..
+            } => {
+                tracing::debug!(prefix, bytes = content.len(), "logical decoding message");
+            }
+            PgOutput::Origin { name, .. } => tracing::debug!(origin = name, "origin"),
+            _ => {}
+        }
+        if self.chunk.len() >= BATCH_ITEMS {
+            self.flush_chunk(None);
+        }
+        Ok(())
+    }
+
+    /// Move the envelopes built so far into a batch for the sink.
+    fn flush_chunk(&mut self, commit_end: Option<Lsn>) {
+        let items = std::mem::take(&mut self.chunk)
+            .into_iter()
+            .map(|o| Publish {
+                subject: Subject::from(o.subject),
+                payload: o.payload,
+                msg_id: o.msg_id,
+                position: o.position,
+            })
+            .collect();
+        debug_assert!(self.ready.is_none());
+        let commit_ts = commit_end.map(|_| self.commit_ts);
+        self.ready = Some(SinkBatch {
+            items,
+            commit_end,
+            commit_ts,
+        });
+    }
+
+    async fn change(
+        &mut self,
+        relation_id: u32,
+        op: Op,
+        old: Option<&OldTuple<'_>>,
+        new: Option<&[TupleValue<'_>]>,
+    ) -> Result<(), PipelineError> {
+        let before = self.chunk.len();
+        let skipped_before = self.builder.replays_skipped();
+        while let Some(need) = self
+            .builder
+            .change(relation_id, op, old, new, &mut self.chunk)?
+        {
+            self.provide(need).await?;
+        }
+        self.metrics
+            .replays_skipped
+            .inc_by(self.builder.replays_skipped() - skipped_before);
+        if let Some(c) = self.counters.get(&relation_id) {
+            let n = (self.chunk.len() - before) as u64;
+            match op {
+                Op::Insert => c.insert.inc_by(n),
+                Op::Update => c.update.inc_by(n),
+                _ => c.delete.inc_by(n),
+            }
+        }
+        Ok(())
+    }
+
+    /// Load what the envelope stage asked for.
+    async fn provide(&mut self, need: Need) -> Result<(), PipelineError> {
+        match need {
+            Need::Toast(needed) => {
+                tracing::warn!(table = %format!("{}.{}", needed.schema, needed.table), columns = ?needed.columns,
+                    "unchanged TOAST value not known: fetching it from the table");
+                self.metrics.toast_fetches.inc();
+                let texts = self
+                    .catalog
+                    .fetch_row_columns(
+                        &needed.schema,
+                        &needed.table,
+                        &needed.key_columns,
+                        &needed.columns,
+                    )
+                    .await?;
+                self.builder.provide_toast(&needed, &texts)?;
+            }
+            Need::KeyState { key, subject } => {
+                let store = self
+                    .store
+                    .as_ref()
+                    .expect("tracked sequences without a store are volatile");
+                self.metrics.key_state_loads.inc();
+                let loaded = store.load_key(&subject).await?;
+                self.builder
+                    .provide_key_state(key, loaded.map(|(state, _)| state));
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_relation(
+        &mut self,
+        relation_id: u32,
+        namespace: &str,
+        name: &str,
+        replica_identity: u8,
+        columns: &[RelationColumn<'_>],
+    ) -> Result<(), PipelineError> {
+        let resolved = relation::resolve(
+            &self.catalog,
+            &mut self.types,
+            relation_id,
+            replica_identity,
+            columns,
+        )
+        .await?;
+        let qualified = format!("{namespace}.{name}");
+        if let Some(store) = &self.store {
+            if !self.builder.has_schema_history(&qualified) {
+                let history = store.load_schema(namespace, name).await?;
+                tracing::debug!(table = %qualified, versions = history.entries.len(), "schema history loaded");
+                self.builder.provide_schema_history(&qualified, history);
+            }
+        }
+        let update = self.builder.on_relation(
+            relation_id,
+            namespace,
+            name,
+            replica_identity,
+            resolved.columns,
+            resolved.key,
+        )?;
+        if let (Some(store), Some(history)) = (&self.store, &update.history_to_store) {
+            store.store_schema(namespace, name, history).await?;
+        }
+        if let Some(prev) = update.previous.filter(|p| *p != update.current) {
+            self.metrics
+                .schema_changes
+                .with_label_values(&[&update.table])
+                .inc();
+            tracing::info!(table = %update.table, from = %prev, to = %update.current, "schema version changed");
+        }
+        self.counters.insert(
+            relation_id,
+            TableCounters::new(&self.metrics, &update.table),
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,163 @@
+//! Core NATS delivery: publishes are pipelined; every batch waiting in the channel is
+//! written out, then one confirmation round-trip (a message to walcast's own inbox,
+//! which the server delivers only after everything this connection published before
+//! it) confirms them all. Batches not confirmed (a timeout, or a reconnect in between,
+//! which may have lost buffered writes) are published again: at-least-once, and a
+//! replay carries the same bytes, so consumers drop it as stale.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::{Client, Subject};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+
+use super::nats::NatsState;
+use super::{confirm, Confirmed, Retry, SinkBatch, SinkError};
+use crate::ops::metrics::Metrics;
+
+/// Publishes batches and reports confirmed transaction ends.
+pub struct CoreSink {
+    client: Client,
+    state: Arc<NatsState>,
+    sync_subject: Subject,
+    sync_sub: async_nats::Subscriber,
+    round: u64,
+    confirm_timeout: Duration,
+    max_unconfirmed: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl CoreSink {
+    pub async fn new(
+        client: Client,
+        state: Arc<NatsState>,
+        confirm_timeout: Duration,
+        max_unconfirmed: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, SinkError> {
+        let sync_subject = Subject::from(format!("{}.walcast-sync", client.new_inbox()));
+        let sync_sub = client.subscribe(sync_subject.clone()).await?;
+        Ok(CoreSink {
+            client,
+            state,
+            sync_subject,
+            sync_sub,
+            round: 0,
+            confirm_timeout,
+            max_unconfirmed,
+            metrics,
+        })
+    }
+
+    /// One confirmation round-trip.
+    async fn round_trip(&mut self) -> Result<(), &'static str> {
+        self.round += 1;
+        let token = Bytes::from(self.round.to_be_bytes().to_vec());
+        self.client
+            .publish(self.sync_subject.clone(), token.clone())
+            .await
+            .map_err(|_| "publish failed")?;
+        let deadline = tokio::time::Instant::now() + self.confirm_timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.sync_sub.next()).await {
+                Ok(Some(msg)) if msg.payload == token => return Ok(()),
+                Ok(Some(_)) => continue, // an older round's answer
+                Ok(None) => return Err("confirmation subscription closed"),
+                Err(_) => return Err("no confirmation in time"),
+            }
+        }
+    }
+
+    /// Run until the channel closes and everything received was confirmed.
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<SinkBatch>,
+        confirmed: watch::Sender<Confirmed>,
+    ) -> Result<(), SinkError> {
+        let mut pending: Vec<SinkBatch> = Vec::new();
+        let mut pending_items = 0usize;
+        let mut closed = false;
+        let mut retry = Retry::new(self.metrics.clone());
+        loop {
+            if pending.is_empty() {
+                if closed {
+                    return Ok(());
+                }
+                match rx.recv().await {
+                    Some(b) => {
+                        pending_items += b.items.len();
+                        pending.push(b);
+                    }
+                    None => return Ok(()),
+                }
+            }
+            while pending_items < self.max_unconfirmed {
+                match rx.try_recv() {
+                    Ok(b) => {
+                        pending_items += b.items.len();
+                        pending.push(b);
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            self.metrics.inflight_envelopes.set(pending_items as i64);
+            let generation = self.state.generation.load(Ordering::SeqCst);
+            let started = Instant::now();
+            let mut write_failed = false;
+            for batch in &pending {
+                for item in &batch.items {
+                    if self
+                        .client
+                        .publish(item.subject.clone(), item.payload.clone())
+                        .await
+                        .is_err()
+                    {
+                        write_failed = true;
+                        break;
+                    }
+                }
+                if write_failed {
+                    break;
+                }
+            }
+            let outcome = if write_failed {
+                Err("publish failed")
+            } else if pending_items == 0 {
+                Ok(()) // only empty transactions: nothing to confirm
+            } else {
+                self.round_trip().await
+            };
+            let same_connection = self.state.generation.load(Ordering::SeqCst) == generation;
+            match outcome {
+                Ok(()) if same_connection => {
+                    let elapsed = started.elapsed().as_secs_f64();
+                    self.metrics.publish_seconds.observe(elapsed);
+                    confirm(&self.metrics, &confirmed, &pending);
+                    pending.clear();
+                    pending_items = 0;
+                    retry.succeeded();
+                }
+                outcome => {
+                    let reason = match outcome {
+                        Err(r) => r,
+                        Ok(()) => "the connection changed before confirmation",
+                    };
+                    retry
+                        .failed(
+                            "NATS did not confirm; publishing again",
+                            reason,
+                            pending_items,
+                        )
+                        .await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Why talking to PostgreSQL failed, and the server's own error fields.
+
+/// Why talking to PostgreSQL failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot connect to PostgreSQL at {target}: {source}")]
+    Connect {
+        target: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("PostgreSQL authentication failed: {0}")]
+    Auth(String),
+    #[error("PostgreSQL: {0}")]
+    Server(PgError),
+    #[error("PostgreSQL protocol error: {0}")]
+    Protocol(String),
+    #[error("PostgreSQL closed the connection")]
+    Closed,
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Preflight(String),
+    #[error("replication slot \"{slot}\" exists but {problem}")]
+    Slot { slot: String, problem: String },
+    #[error("PostgreSQL query failed: {0}")]
+    Query(#[from] tokio_postgres::Error),
+}
+
+impl SourceError {
+    /// A server error; authentication failures (SQLSTATE class 28) are reported as such.
+    pub fn from_pg(e: PgError) -> Self {
+        if e.code.starts_with("28") {
+            SourceError::Auth(e.message)
+        } else {
+            SourceError::Server(e)
+        }
+    }
+
+    /// Whether retrying later may succeed (the server restarting, a network blip),
+    /// as opposed to a configuration problem that needs an operator.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SourceError::Connect { .. } | SourceError::Io { .. } | SourceError::Closed => true,
+            // 57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now,
+            // 55006 object in use (the slot is active in another process).
+            SourceError::Server(e) => {
+                matches!(
+                    e.code.as_str(),
+                    "57P01" | "57P02" | "57P03" | "55006" | "53300"
+                )
+            }
+            SourceError::Query(e) => e.is_closed() || e.code().is_none(),
+            _ => false,
+        }
+    }
+}
+
+/// A server error or notice, with the fields an operator needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgError {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.severity, self.code, self.message)?;
+        if let Some(d) = &self.detail {
+            write!(f, " ({d})")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, " hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn parse_error_fields(body: &[u8]) -> PgError {
+    let mut e = PgError {
+        severity: String::new(),
+        code: String::new(),
+        message: String::new(),
+        detail: None,
+        hint: None,
+    };
+    let mut rest = body;
+    while let Some((&kind, tail)) = rest.split_first() {
+        if kind == 0 {
+            break;
+        }
+        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+        let value = String::from_utf8_lossy(&tail[..end]).into_owned();
+        match kind {
+            b'S' => e.severity = value,
+            b'C' => e.code = value,
+            b'M' => e.message = value,
+            b'D' => e.detail = Some(value),
+            b'H' => e.hint = Some(value),
+            _ => {}
+        }
+        rest = tail.get(end + 1..).unwrap_or_default();
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_fields_are_read() {
+        let body = b"SFATAL\0C28P01\0Mpassword authentication failed for user \"x\"\0\0";
+        let e = parse_error_fields(body);
+        assert_eq!(e.severity, "FATAL");
+        assert_eq!(e.code, "28P01");
+        assert!(e.message.contains("password authentication failed"));
+    }
+}

@@ -1,0 +1,47 @@
+//! The slot's health, read from `pg_replication_slots` every 10 s, as metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::catalog::Catalog;
+use crate::ops::metrics::Metrics;
+use crate::ops::shutdown::Shutdown;
+
+/// Every 10 s until shutdown: the slot's state as metrics.
+pub async fn monitor_slot(
+    url: String,
+    slot: String,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+    mut shutdown: Shutdown,
+) {
+    let mut catalog: Option<Catalog> = None;
+    loop {
+        if catalog.as_ref().is_none_or(|c| c.is_closed()) {
+            catalog = Catalog::connect(&url, timeout).await.ok();
+        }
+        if let Some(c) = &catalog {
+            match c.slot_health(&slot).await {
+                Ok(Some(h)) => {
+                    metrics.slot_active.set(i64::from(h.active));
+                    for status in ["reserved", "extended", "unreserved", "lost"] {
+                        metrics
+                            .slot_wal_status
+                            .with_label_values(&[status])
+                            .set(i64::from(h.wal_status.as_deref() == Some(status)));
+                    }
+                    metrics
+                        .slot_safe_wal_size
+                        .set(h.safe_wal_size.unwrap_or(-1));
+                    metrics.slot_retained_wal.set(h.retained_bytes.unwrap_or(0));
+                }
+                Ok(None) => metrics.slot_active.set(0),
+                Err(e) => tracing::debug!(error = %e, "reading the slot's state"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = shutdown.wait() => return,
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! walcast's durable state, kept in JetStream: each key's last envelope (its sequence
+//! and `Walcast-Position`), the subjects the stream holds, and the tables' schema
+//! histories. The pipeline loads from it what the envelope stage asks for; the
+//! JetStream sink records what it wrote.
+
+pub mod stream;
+
+use std::sync::Arc;
+
+use async_nats::jetstream::context::Context;
+use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
+
+use crate::client::StoredEnvelope;
+use crate::envelope::schema::SchemaHistory;
+use crate::envelope::sequence::{KeyState, SubjectFilter};
+use crate::wire::key;
+use stream::js_err;
+pub use stream::{ensure_meta_stream, ensure_stream, inspect_stream, StreamSettings};
+
+/// Why reading or writing the state failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("JetStream: {0}")]
+    JetStream(String),
+    #[error("stream {stream} exists with a configuration walcast cannot use: {problems} (fix or delete the stream, or choose another --stream)")]
+    StreamConflict { stream: String, problems: String },
+}
+
+/// Reads and writes walcast's state in the stream.
+#[derive(Clone)]
+pub struct StateStore {
+    js: Context,
+    stream: Stream,
+    meta: Stream,
+    prefix: String,
+    meta_prefix: String,
+    /// Highest stream sequence this process wrote (from PubAcks).
+    last_written: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl StateStore {
+    pub fn new(js: Context, stream: Stream, meta: Stream, settings: &StreamSettings) -> Self {
+        StateStore {
+            js,
+            stream,
+            meta,
+            prefix: settings.prefix.clone(),
+            meta_prefix: settings.meta_prefix(),
+            last_written: Arc::default(),
+        }
+    }
+
+    /// Record a stream sequence this process wrote.
+    pub fn wrote(&self, seq: u64) {
+        self.last_written
+            .fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The stream's last sequence, and whether anybody but this process wrote to it
+    /// since this process last did (then in-memory key states may be stale).
+    pub async fn written_by_others(&self) -> Result<bool, StateError> {
+        let mut stream = self.stream.clone();
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| js_err("reading the stream state", e))?;
+        let ours = self.last_written.load(std::sync::atomic::Ordering::SeqCst);
+        Ok(info.state.last_sequence != ours)
+    }
+
+    /// The stream's last sequence now.
+    pub async fn last_sequence(&self) -> Result<u64, StateError> {
+        let mut stream = self.stream.clone();
+        Ok(stream
+            .info()
+            .await
+            .map_err(|e| js_err("reading the stream state", e))?
+            .state
+            .last_sequence)
+    }
+
+    /// A filter of every envelope subject the stream holds now.
+    pub async fn subject_filter(&self) -> Result<SubjectFilter, StateError> {
+        use futures::TryStreamExt;
+        let mut stream = self.stream.clone();
+        let count = stream
+            .info()
+            .await
+            .map_err(|e| js_err("reading the stream state", e))?
+            .state
+            .subjects_count as usize;
+        let mut filter = SubjectFilter::with_capacity((count * 2).max(1 << 20));
+        if count > 0 {
+            let mut subjects = stream
+                .info_with_subjects(format!("{}.>", self.prefix))
+                .await
+                .map_err(|e| js_err("listing the stream's subjects", e))?;
+            while let Some((subject, _)) = subjects
+                .try_next()
+                .await
+                .map_err(|e| js_err("listing the stream's subjects", e))?
+            {
+                filter.insert(&subject);
+            }
+        }
+        Ok(filter)
+    }
+
+    /// The last message of a key's subject: its state and stream sequence.
+    pub async fn load_key(&self, subject: &str) -> Result<Option<(KeyState, u64)>, StateError> {
+        match self.stream.direct_get_last_for_subject(subject).await {
+            Ok(msg) => {
+                let stored = StoredEnvelope::read(msg)
+                    .map_err(|e| js_err(&format!("last message of {subject}"), e))?;
+                let position = stored.position.ok_or_else(|| {
+                    js_err(
+                        &format!("last message of {subject}"),
+                        "no Walcast-Position header (was it published by walcast?)",
+                    )
+                })?;
+                let state = KeyState {
+                    sequence: stored.envelope.sequence,
+                    position,
+                };
+                Ok(Some((state, stored.stream_sequence)))
+            }
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(js_err(&format!("loading the state of {subject}"), e)),
+        }
+    }
+
+    fn schema_subject(&self, schema: &str, table: &str) -> String {
+        format!(
+            "{}.schema.{}.{}",
+            self.meta_prefix,
+            key::name_token(schema),
+            key::name_token(table)
+        )
+    }
+
+    pub async fn load_schema(
+        &self,
+        schema: &str,
+        table: &str,
+    ) -> Result<SchemaHistory, StateError> {
+        let subject = self.schema_subject(schema, table);
+        match self.meta.direct_get_last_for_subject(subject.clone()).await {
+            Ok(msg) => serde_json::from_slice(&msg.payload)
+                .map_err(|e| js_err(&format!("schema history on {subject}"), e)),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(SchemaHistory::default()),
+            Err(e) => Err(js_err(&format!("loading {subject}"), e)),
+        }
+    }
+
+    pub async fn store_schema(
+        &self,
+        schema: &str,
+        table: &str,
+        history: &SchemaHistory,
+    ) -> Result<(), StateError> {
+        let subject = self.schema_subject(schema, table);
+        let payload = serde_json::to_vec(history).expect("serializing a schema history");
+        self.js
+            .publish(subject.clone(), payload.into())
+            .await
+            .map_err(|e| js_err(&format!("storing {subject}"), e))?
+            .await
+            .map_err(|e| js_err(&format!("storing {subject}"), e))?;
+        Ok(())
+    }
+}

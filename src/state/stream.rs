@@ -1,0 +1,149 @@
+//! The JetStream streams walcast keeps: the envelope stream over `<prefix>.>` (one
+//! message per subject: each key's last envelope) and the meta stream of walcast's
+//! own records (schema histories). Created when missing, validated when present.
+
+use std::time::Duration;
+
+use async_nats::jetstream::context::{Context, GetStreamErrorKind};
+use async_nats::jetstream::stream::{Config, Stream};
+
+use super::StateError;
+
+/// How the stream is set up.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    pub name: String,
+    /// Envelope subjects: `<prefix>.>`.
+    pub prefix: String,
+    /// Messages kept per subject (1: the last state of every key).
+    pub history: i64,
+    pub duplicate_window: Duration,
+}
+
+impl StreamSettings {
+    /// The streams `walcast run` uses with this configuration.
+    pub fn from_config(cfg: &crate::config::RunConfig) -> Self {
+        StreamSettings {
+            name: cfg.stream.clone(),
+            prefix: cfg.subject_prefix.clone(),
+            history: cfg.stream_history,
+            duplicate_window: cfg.duplicate_window,
+        }
+    }
+
+    /// Subjects of walcast's own records (schema histories): `<prefix>_meta.>`.
+    pub fn meta_prefix(&self) -> String {
+        format!("{}_meta", self.prefix)
+    }
+
+    fn subjects(&self) -> Vec<String> {
+        vec![format!("{}.>", self.prefix)]
+    }
+
+    /// The stream of walcast's own records (schema histories), kept apart so that
+    /// the envelope stream has exactly one writer: the sink.
+    pub fn meta_name(&self) -> String {
+        format!("{}_META", self.name)
+    }
+
+    fn config(&self) -> Config {
+        Config {
+            name: self.name.clone(),
+            subjects: self.subjects(),
+            max_messages_per_subject: self.history,
+            duplicate_window: self.duplicate_window,
+            allow_direct: true,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        }
+    }
+
+    fn meta_config(&self) -> Config {
+        Config {
+            name: self.meta_name(),
+            subjects: vec![format!("{}.>", self.meta_prefix())],
+            max_messages_per_subject: 1,
+            allow_direct: true,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        }
+    }
+}
+
+pub(crate) fn js_err(what: &str, e: impl std::fmt::Display) -> StateError {
+    StateError::JetStream(format!("{what}: {e}"))
+}
+
+/// What makes an existing stream's configuration unusable for walcast.
+pub fn stream_problems(c: &Config, settings: &StreamSettings) -> Vec<String> {
+    let mut problems = Vec::new();
+    for s in settings.subjects() {
+        if !c.subjects.contains(&s) {
+            problems.push(format!("subjects {:?} lack {s:?}", c.subjects));
+        }
+    }
+    if c.max_messages_per_subject != settings.history {
+        problems.push(format!(
+            "max_msgs_per_subject is {}, walcast is configured for {}",
+            c.max_messages_per_subject, settings.history
+        ));
+    }
+    if !c.allow_direct {
+        problems.push("allow_direct is off".into());
+    }
+    if c.max_age != Duration::ZERO || c.max_messages > 0 || c.max_bytes > 0 {
+        problems.push("it has age/count/size limits that would drop key state".into());
+    }
+    problems
+}
+
+/// The stream's problems, or `None` when it does not exist yet.
+pub async fn inspect_stream(
+    js: &Context,
+    settings: &StreamSettings,
+) -> Result<Option<Vec<String>>, StateError> {
+    match js.get_stream(&settings.name).await {
+        Ok(mut stream) => {
+            let info = stream
+                .info()
+                .await
+                .map_err(|e| js_err("reading the stream config", e))?;
+            Ok(Some(stream_problems(&info.config, settings)))
+        }
+        Err(e)
+            if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j)
+                if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(js_err("looking up the stream", e)),
+    }
+}
+
+/// Create the meta stream (schema histories) when missing.
+pub async fn ensure_meta_stream(
+    js: &Context,
+    settings: &StreamSettings,
+) -> Result<Stream, StateError> {
+    js.get_or_create_stream(settings.meta_config())
+        .await
+        .map_err(|e| js_err(&format!("creating stream {}", settings.meta_name()), e))
+}
+
+/// Create the stream, or check that the existing one fits.
+pub async fn ensure_stream(js: &Context, settings: &StreamSettings) -> Result<Stream, StateError> {
+    match inspect_stream(js, settings).await? {
+        Some(problems) if !problems.is_empty() => Err(StateError::StreamConflict {
+            stream: settings.name.clone(),
+            problems: problems.join("; "),
+        }),
+        Some(_) => js
+            .get_stream(&settings.name)
+            .await
+            .map_err(|e| js_err("opening the stream", e)),
+        None => js
+            .create_stream(settings.config())
+            .await
+            .map_err(|e| js_err(&format!("creating stream {}", settings.name), e)),
+    }
+}
