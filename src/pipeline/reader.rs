@@ -8,8 +8,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::Subject;
-use bytes::Bytes;
 use prometheus::IntCounter;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
@@ -17,19 +15,19 @@ use tokio::time::MissedTickBehavior;
 use super::PipelineError;
 use crate::checkpoint::Checkpoint;
 use crate::config::RunConfig;
-use crate::decode::pgoutput::{self, OldTuple, PgOutput, RelationColumn, TupleValue};
-use crate::decode::relation;
 use crate::decode::types::TypeRegistry;
-use crate::envelope::{EnvelopeBuilder, Need};
+use crate::envelope::EnvelopeBuilder;
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::Shutdown;
-use crate::sink::{Confirmed, Publish, SinkBatch};
+use crate::sink::{Confirmed, SinkBatch};
 use crate::source::catalog::Catalog;
 use crate::source::{
     slot, ConnectParams, ReplicationConnection, ReplicationEvent, ReplicationStream,
 };
 use crate::state::StateStore;
-use crate::wire::{Lsn, Op, Timestamp};
+use crate::wire::{Lsn, Timestamp};
+
+mod apply;
 
 /// Envelopes per batch handed to the sink.
 const BATCH_ITEMS: usize = 1024;
@@ -343,246 +341,6 @@ impl ChangeReader {
         self.metrics.lag_seconds.set(lag);
         stream.send_status(self.cp.received(), flush, reply).await?;
         self.last_status = Instant::now();
-        Ok(())
-    }
-
-    /// Handle one event; `true` when the server ended the stream.
-    async fn handle(
-        &mut self,
-        event: ReplicationEvent,
-        stream: &mut ReplicationStream,
-    ) -> Result<bool, PipelineError> {
-        match event {
-            ReplicationEvent::XLogData {
-                wal_start,
-                wal_end,
-                data,
-            } => {
-                self.metrics.bytes_received.inc_by(data.len() as u64);
-                self.cp.on_received(wal_end);
-                self.on_message(wal_start, data).await?;
-            }
-            ReplicationEvent::Keepalive {
-                wal_end,
-                reply_requested,
-            } => {
-                self.metrics.keepalives.inc();
-                self.cp.on_keepalive(wal_end);
-                if reply_requested {
-                    self.send_status(stream, false).await?;
-                }
-            }
-            ReplicationEvent::End => return Ok(true),
-        }
-        Ok(false)
-    }
-
-    async fn on_message(&mut self, at: Lsn, data: Bytes) -> Result<(), PipelineError> {
-        let msg =
-            pgoutput::parse(&data).map_err(|source| PipelineError::Decode { lsn: at, source })?;
-        match msg {
-            PgOutput::Begin {
-                final_lsn,
-                commit_ts,
-                ..
-            } => {
-                self.skipping = final_lsn <= self.last_handed_commit;
-                self.builder.begin(final_lsn, commit_ts);
-                self.cp.on_begin();
-                self.commit_ts = Timestamp::from_pg_micros(commit_ts);
-            }
-            PgOutput::Commit {
-                commit_lsn,
-                end_lsn,
-                ..
-            } => {
-                self.builder.commit();
-                if self.skipping {
-                    self.skipping = false;
-                    self.cp.on_skipped_commit();
-                    return Ok(());
-                }
-                self.flush_chunk(Some(end_lsn));
-                self.last_handed_commit = commit_lsn;
-                self.cp.on_handed_off(end_lsn);
-                self.metrics.transactions.inc();
-                self.metrics
-                    .last_commit_timestamp
-                    .set(self.commit_ts.seconds);
-                self.unconfirmed.push_back((end_lsn, self.commit_ts));
-            }
-            PgOutput::Relation {
-                relation_id,
-                namespace,
-                name,
-                replica_identity,
-                columns,
-            } => {
-                self.on_relation(relation_id, namespace, name, replica_identity, &columns)
-                    .await?;
-            }
-            PgOutput::Insert { relation_id, new } if !self.skipping => {
-                self.change(relation_id, Op::Insert, None, Some(&new))
-                    .await?;
-            }
-            PgOutput::Update {
-                relation_id,
-                old,
-                new,
-            } if !self.skipping => {
-                self.change(relation_id, Op::Update, old.as_ref(), Some(&new))
-                    .await?;
-            }
-            PgOutput::Delete { relation_id, old } if !self.skipping => {
-                self.change(relation_id, Op::Delete, Some(&old), None)
-                    .await?;
-            }
-            PgOutput::Truncate { relation_ids, .. } if !self.skipping => {
-                while let Some(need) = self.builder.truncate(&relation_ids, &mut self.chunk)? {
-                    self.provide(need).await?;
-                }
-            }
-            PgOutput::Message {
-                prefix, content, ..
-            } => {
-                tracing::debug!(prefix, bytes = content.len(), "logical decoding message");
-            }
-            PgOutput::Origin { name, .. } => tracing::debug!(origin = name, "origin"),
-            _ => {}
-        }
-        if self.chunk.len() >= BATCH_ITEMS {
-            self.flush_chunk(None);
-        }
-        Ok(())
-    }
-
-    /// Move the envelopes built so far into a batch for the sink.
-    fn flush_chunk(&mut self, commit_end: Option<Lsn>) {
-        let items = std::mem::take(&mut self.chunk)
-            .into_iter()
-            .map(|o| Publish {
-                subject: Subject::from(o.subject),
-                payload: o.payload,
-                msg_id: o.msg_id,
-                position: o.position,
-            })
-            .collect();
-        debug_assert!(self.ready.is_none());
-        let commit_ts = commit_end.map(|_| self.commit_ts);
-        self.ready = Some(SinkBatch {
-            items,
-            commit_end,
-            commit_ts,
-        });
-    }
-
-    async fn change(
-        &mut self,
-        relation_id: u32,
-        op: Op,
-        old: Option<&OldTuple<'_>>,
-        new: Option<&[TupleValue<'_>]>,
-    ) -> Result<(), PipelineError> {
-        let before = self.chunk.len();
-        let skipped_before = self.builder.replays_skipped();
-        while let Some(need) = self
-            .builder
-            .change(relation_id, op, old, new, &mut self.chunk)?
-        {
-            self.provide(need).await?;
-        }
-        self.metrics
-            .replays_skipped
-            .inc_by(self.builder.replays_skipped() - skipped_before);
-        if let Some(c) = self.counters.get(&relation_id) {
-            let n = (self.chunk.len() - before) as u64;
-            match op {
-                Op::Insert => c.insert.inc_by(n),
-                Op::Update => c.update.inc_by(n),
-                _ => c.delete.inc_by(n),
-            }
-        }
-        Ok(())
-    }
-
-    /// Load what the envelope stage asked for.
-    async fn provide(&mut self, need: Need) -> Result<(), PipelineError> {
-        match need {
-            Need::Toast(needed) => {
-                tracing::warn!(table = %format!("{}.{}", needed.schema, needed.table), columns = ?needed.columns,
-                    "unchanged TOAST value not known: fetching it from the table");
-                self.metrics.toast_fetches.inc();
-                let texts = self
-                    .catalog
-                    .fetch_row_columns(
-                        &needed.schema,
-                        &needed.table,
-                        &needed.key_columns,
-                        &needed.columns,
-                    )
-                    .await?;
-                self.builder.provide_toast(&needed, &texts)?;
-            }
-            Need::KeyState { key, subject } => {
-                let store = self
-                    .store
-                    .as_ref()
-                    .expect("tracked sequences without a store are volatile");
-                self.metrics.key_state_loads.inc();
-                let loaded = store.load_key(&subject).await?;
-                self.builder
-                    .provide_key_state(key, loaded.map(|(state, _)| state));
-            }
-        }
-        Ok(())
-    }
-
-    async fn on_relation(
-        &mut self,
-        relation_id: u32,
-        namespace: &str,
-        name: &str,
-        replica_identity: u8,
-        columns: &[RelationColumn<'_>],
-    ) -> Result<(), PipelineError> {
-        let resolved = relation::resolve(
-            &self.catalog,
-            &mut self.types,
-            relation_id,
-            replica_identity,
-            columns,
-        )
-        .await?;
-        let qualified = format!("{namespace}.{name}");
-        if let Some(store) = &self.store {
-            if !self.builder.has_schema_history(&qualified) {
-                let history = store.load_schema(namespace, name).await?;
-                tracing::debug!(table = %qualified, versions = history.entries.len(), "schema history loaded");
-                self.builder.provide_schema_history(&qualified, history);
-            }
-        }
-        let update = self.builder.on_relation(
-            relation_id,
-            namespace,
-            name,
-            replica_identity,
-            resolved.columns,
-            resolved.key,
-        )?;
-        if let (Some(store), Some(history)) = (&self.store, &update.history_to_store) {
-            store.store_schema(namespace, name, history).await?;
-        }
-        if let Some(prev) = update.previous.filter(|p| *p != update.current) {
-            self.metrics
-                .schema_changes
-                .with_label_values(&[&update.table])
-                .inc();
-            tracing::info!(table = %update.table, from = %prev, to = %update.current, "schema version changed");
-        }
-        self.counters.insert(
-            relation_id,
-            TableCounters::new(&self.metrics, &update.table),
-        );
         Ok(())
     }
 }

@@ -71,6 +71,41 @@ impl CoreSink {
         }
     }
 
+    /// Move what waits in the channel to `pending`, up to the in-flight bound; `true`
+    /// when the channel is closed.
+    fn take_waiting(
+        &self,
+        rx: &mut mpsc::Receiver<SinkBatch>,
+        pending: &mut Vec<SinkBatch>,
+        pending_items: &mut usize,
+    ) -> bool {
+        while *pending_items < self.max_unconfirmed {
+            match rx.try_recv() {
+                Ok(b) => {
+                    *pending_items += b.items.len();
+                    pending.push(b);
+                }
+                Err(mpsc::error::TryRecvError::Empty) => return false,
+                Err(mpsc::error::TryRecvError::Disconnected) => return true,
+            }
+        }
+        false
+    }
+
+    /// Write every envelope of `pending` to the connection; `false` when a write failed.
+    async fn write_all(&self, pending: &[SinkBatch]) -> bool {
+        for item in pending.iter().flat_map(|b| &b.items) {
+            let written = self
+                .client
+                .publish(item.subject.clone(), item.payload.clone())
+                .await;
+            if written.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Run until the channel closes and everything received was confirmed.
     pub async fn run(
         mut self,
@@ -94,40 +129,11 @@ impl CoreSink {
                     None => return Ok(()),
                 }
             }
-            while pending_items < self.max_unconfirmed {
-                match rx.try_recv() {
-                    Ok(b) => {
-                        pending_items += b.items.len();
-                        pending.push(b);
-                    }
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        closed = true;
-                        break;
-                    }
-                }
-            }
+            closed |= self.take_waiting(&mut rx, &mut pending, &mut pending_items);
             self.metrics.inflight_envelopes.set(pending_items as i64);
             let generation = self.state.generation.load(Ordering::SeqCst);
             let started = Instant::now();
-            let mut write_failed = false;
-            for batch in &pending {
-                for item in &batch.items {
-                    if self
-                        .client
-                        .publish(item.subject.clone(), item.payload.clone())
-                        .await
-                        .is_err()
-                    {
-                        write_failed = true;
-                        break;
-                    }
-                }
-                if write_failed {
-                    break;
-                }
-            }
-            let outcome = if write_failed {
+            let outcome = if !self.write_all(&pending).await {
                 Err("publish failed")
             } else if pending_items == 0 {
                 Ok(()) // only empty transactions: nothing to confirm

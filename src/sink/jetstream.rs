@@ -77,32 +77,6 @@ impl JetStreamSink {
             .map_err(|e| format!("publish: {e}"))
     }
 
-    /// Publish the not yet acknowledged messages of `window` again, chained from the
-    /// stream's current last sequence.
-    async fn republish(
-        &self,
-        window: &VecDeque<InFlight>,
-        first_id: u64,
-        acks: &mut FuturesOrdered<AckFuture>,
-    ) -> Result<u64, String> {
-        let mut expected = self
-            .store
-            .last_sequence()
-            .await
-            .map_err(|e| e.to_string())?;
-        for (k, entry) in window.iter().enumerate() {
-            for (i, item) in entry.batch.items.iter().enumerate() {
-                if entry.states[i] == State::Acked {
-                    continue;
-                }
-                let ack = self.send(item, expected).await?;
-                expected += 1;
-                acks.push_back(ack_future(first_id + k as u64, i, ack));
-            }
-        }
-        Ok(expected)
-    }
-
     /// Run until the channel closes and everything received was acknowledged.
     ///
     /// Continuous pipeline: new batches are published while earlier ones wait for
@@ -114,133 +88,187 @@ impl JetStreamSink {
         mut rx: mpsc::Receiver<SinkBatch>,
         confirmed: watch::Sender<Confirmed>,
     ) -> Result<(), SinkError> {
-        let mut window: VecDeque<InFlight> = VecDeque::new();
-        let mut first_id: u64 = 0;
-        let mut acks: FuturesOrdered<AckFuture> = FuturesOrdered::new();
-        let mut inflight_items = 0usize;
-        let mut expected: Option<u64> = None;
-        let mut failure: Option<String> = None;
-        let mut closed = false;
+        let mut w = Window::default();
         let mut retry = Retry::new(self.metrics.clone());
         loop {
-            // Confirm what is complete at the front of the window.
-            let mut done = Vec::new();
-            while window
-                .front()
-                .is_some_and(|f| f.acked == f.batch.items.len())
-            {
-                let f = window.pop_front().expect("front exists");
-                first_id += 1;
-                self.metrics
-                    .publish_seconds
-                    .observe(f.started.elapsed().as_secs_f64());
-                done.push(f.batch);
-            }
+            let done = w.take_confirmed(&self.metrics);
             if !done.is_empty() {
                 confirm(&self.metrics, &confirmed, &done);
                 retry.succeeded();
             }
-            self.metrics.inflight_envelopes.set(inflight_items as i64);
-            if let Some(reason) = failure.take() {
-                if !acks.is_empty() {
-                    failure = Some(reason); // wait for the acknowledgements in flight
+            self.metrics.inflight_envelopes.set(w.inflight_items as i64);
+            if let Some(reason) = w.failure.take() {
+                if !w.acks.is_empty() {
+                    w.failure = Some(reason); // wait for the acknowledgements in flight
                 } else {
                     retry
                         .failed(
                             "JetStream did not acknowledge everything; publishing the rest again",
                             &reason,
-                            inflight_items,
+                            w.inflight_items,
                         )
                         .await;
-                    match self.republish(&window, first_id, &mut acks).await {
-                        Ok(next) => expected = Some(next),
-                        Err(e) => {
-                            expected = None;
-                            failure = Some(e);
-                        }
-                    }
+                    self.republish(&mut w).await;
                     continue;
                 }
             }
-            if closed && window.is_empty() {
+            if w.closed && w.batches.is_empty() {
                 return Ok(());
             }
+            let accepting =
+                !w.closed && w.failure.is_none() && w.inflight_items < self.max_unconfirmed;
             tokio::select! {
-                maybe = rx.recv(), if !closed && failure.is_none() && inflight_items < self.max_unconfirmed => {
-                    let Some(batch) = maybe else {
-                        closed = true;
-                        continue;
-                    };
-                    let id = first_id + window.len() as u64;
-                    let mut next = match expected {
-                        Some(e) => e,
-                        None => match self.store.last_sequence().await {
-                            Ok(e) => e,
-                            Err(e) => {
-                                failure = Some(e.to_string());
-                                window.push_back(InFlight::new(batch));
-                                continue;
-                            }
-                        },
-                    };
-                    let mut sent = 0;
-                    for (i, item) in batch.items.iter().enumerate() {
-                        match self.send(item, next).await {
-                            Ok(ack) => {
-                                next += 1;
-                                sent += 1;
-                                acks.push_back(ack_future(id, i, ack));
-                            }
-                            Err(e) => {
-                                failure = Some(e);
-                                break;
-                            }
-                        }
-                    }
-                    let _ = sent;
-                    expected = failure.is_none().then_some(next);
-                    inflight_items += batch.items.len();
-                    window.push_back(InFlight::new(batch));
-                }
-                Some((id, i, result)) = acks.next(), if !acks.is_empty() => {
-                    let Some(entry) = id.checked_sub(first_id).and_then(|k| window.get_mut(k as usize)) else {
-                        continue;
-                    };
-                    let mark = |entry: &mut InFlight, inflight_items: &mut usize| {
-                        if entry.states[i] != State::Acked {
-                            entry.states[i] = State::Acked;
-                            entry.acked += 1;
-                            *inflight_items -= 1;
-                        }
-                    };
-                    match result {
-                        Ok(ack) => {
-                            self.store.wrote(ack.sequence);
-                            mark(entry, &mut inflight_items);
-                            if ack.duplicate {
-                                // Stored by an earlier attempt: the chain after it is off.
-                                expected = None;
-                                failure.get_or_insert_with(|| "duplicate".into());
-                            }
-                        }
-                        Err(e) => {
-                            expected = None;
-                            let item = &entry.batch.items[i];
-                            if e.kind() == PublishErrorKind::WrongLastSequence {
-                                // Stored already (its PubAck was lost)? Messages are
-                                // stored strictly in order, so the subject holding
-                                // this change or a later one means it is.
-                                if let Ok(Some((state, _))) = self.store.load_key(item.subject.as_str()).await {
-                                    if state.position >= item.position {
-                                        mark(entry, &mut inflight_items);
-                                    }
-                                }
-                            }
-                            failure.get_or_insert(format!("{e}"));
-                        }
-                    }
+                maybe = rx.recv(), if accepting => match maybe {
+                    Some(batch) => self.publish_batch(&mut w, batch).await,
+                    None => w.closed = true,
+                },
+                Some((id, i, result)) = w.acks.next(), if !w.acks.is_empty() => {
+                    self.on_ack(&mut w, id, i, result).await;
                 }
             }
+        }
+    }
+
+    /// Publish a new batch, chained after the last message published.
+    async fn publish_batch(&self, w: &mut Window, batch: SinkBatch) {
+        let id = w.first_id + w.batches.len() as u64;
+        let mut next = match w.expected {
+            Some(e) => e,
+            None => match self.store.last_sequence().await {
+                Ok(e) => e,
+                Err(e) => {
+                    w.failure = Some(e.to_string());
+                    w.inflight_items += batch.items.len();
+                    w.batches.push_back(InFlight::new(batch));
+                    return;
+                }
+            },
+        };
+        for (i, item) in batch.items.iter().enumerate() {
+            match self.send(item, next).await {
+                Ok(ack) => {
+                    next += 1;
+                    w.acks.push_back(ack_future(id, i, ack));
+                }
+                Err(e) => {
+                    w.failure = Some(e);
+                    break;
+                }
+            }
+        }
+        w.expected = w.failure.is_none().then_some(next);
+        w.inflight_items += batch.items.len();
+        w.batches.push_back(InFlight::new(batch));
+    }
+
+    /// Publish the not yet acknowledged messages of the window again, chained from
+    /// the stream's current last sequence.
+    async fn republish(&self, w: &mut Window) {
+        let mut expected = match self.store.last_sequence().await {
+            Ok(e) => e,
+            Err(e) => {
+                w.expected = None;
+                w.failure = Some(e.to_string());
+                return;
+            }
+        };
+        for (k, entry) in w.batches.iter().enumerate() {
+            for (i, item) in entry.batch.items.iter().enumerate() {
+                if entry.states[i] == State::Acked {
+                    continue;
+                }
+                match self.send(item, expected).await {
+                    Ok(ack) => w.acks.push_back(ack_future(w.first_id + k as u64, i, ack)),
+                    Err(e) => {
+                        w.expected = None;
+                        w.failure = Some(e);
+                        return;
+                    }
+                }
+                expected += 1;
+            }
+        }
+        w.expected = Some(expected);
+    }
+
+    /// The PubAck (or refusal) of message `i` of batch `id`.
+    async fn on_ack(&self, w: &mut Window, id: u64, i: usize, result: AckResult) {
+        let Some(k) = id
+            .checked_sub(w.first_id)
+            .filter(|k| (*k as usize) < w.batches.len())
+        else {
+            return;
+        };
+        let k = k as usize;
+        match result {
+            Ok(ack) => {
+                self.store.wrote(ack.sequence);
+                w.mark_acked(k, i);
+                if ack.duplicate {
+                    // Stored by an earlier attempt: the chain after it is off.
+                    w.expected = None;
+                    w.failure.get_or_insert_with(|| "duplicate".into());
+                }
+            }
+            Err(e) => {
+                w.expected = None;
+                if e.kind() == PublishErrorKind::WrongLastSequence {
+                    // Stored already (its PubAck was lost)? Messages are stored
+                    // strictly in order, so the subject holding this change or a
+                    // later one means it is.
+                    let item = &w.batches[k].batch.items[i];
+                    if let Ok(Some((state, _))) = self.store.load_key(item.subject.as_str()).await {
+                        if state.position >= item.position {
+                            w.mark_acked(k, i);
+                        }
+                    }
+                }
+                w.failure.get_or_insert(format!("{e}"));
+            }
+        }
+    }
+}
+
+/// The batches published and not yet confirmed, with their PubAcks in flight.
+#[derive(Default)]
+struct Window {
+    batches: VecDeque<InFlight>,
+    /// Id of the batch at the front.
+    first_id: u64,
+    acks: FuturesOrdered<AckFuture>,
+    inflight_items: usize,
+    /// The stream sequence the next message is chained after (`None`: read it).
+    expected: Option<u64>,
+    /// Why the last attempt failed: the rest is published again.
+    failure: Option<String>,
+    closed: bool,
+}
+
+impl Window {
+    /// The batches at the front whose messages are all acknowledged.
+    fn take_confirmed(&mut self, metrics: &Metrics) -> Vec<SinkBatch> {
+        let mut done = Vec::new();
+        while self
+            .batches
+            .front()
+            .is_some_and(|f| f.acked == f.batch.items.len())
+        {
+            let f = self.batches.pop_front().expect("front exists");
+            self.first_id += 1;
+            metrics
+                .publish_seconds
+                .observe(f.started.elapsed().as_secs_f64());
+            done.push(f.batch);
+        }
+        done
+    }
+
+    fn mark_acked(&mut self, k: usize, i: usize) {
+        let entry = &mut self.batches[k];
+        if entry.states[i] != State::Acked {
+            entry.states[i] = State::Acked;
+            entry.acked += 1;
+            self.inflight_items -= 1;
         }
     }
 }

@@ -112,6 +112,23 @@ impl ReplicationConnection {
         Ok(conn)
     }
 
+    /// A connection over any byte streams, already past startup (unit tests).
+    #[cfg(test)]
+    pub(super) fn from_io(
+        reader: impl AsyncRead + Unpin + Send + 'static,
+        writer: impl AsyncWrite + Unpin + Send + 'static,
+    ) -> Self {
+        ReplicationConnection {
+            reader: Box::new(reader),
+            writer: Box::new(writer),
+            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            wbuf: BytesMut::with_capacity(1024),
+            server_params: HashMap::new(),
+            last_read_small: false,
+            read_nap: Duration::ZERO,
+        }
+    }
+
     async fn startup(&mut self, p: &ConnectParams) -> Result<(), SourceError> {
         let startup: [(&str, &str); 10] = [
             ("user", &p.user),
@@ -133,78 +150,7 @@ impl ReplicationConnection {
         loop {
             let (tag, body) = self.read_frame().await?;
             match tag {
-                b'R' => {
-                    let mut b = body.clone();
-                    if b.len() < 4 {
-                        return Err(proto("short authentication message"));
-                    }
-                    let code = b.get_i32();
-                    let password = || {
-                        p.password.clone().ok_or_else(|| {
-                            SourceError::Auth(format!(
-                                "the server asks a password for user {:?} and the URL gives none",
-                                p.user
-                            ))
-                        })
-                    };
-                    match code {
-                        0 => {}
-                        3 => {
-                            frontend::password_message(&password()?, &mut self.wbuf)
-                                .map_err(io_err("encoding the password"))?;
-                            self.flush().await?;
-                        }
-                        5 => {
-                            if b.len() < 4 {
-                                return Err(proto("short MD5 salt"));
-                            }
-                            let salt = [b[0], b[1], b[2], b[3]];
-                            let hash = postgres_protocol::authentication::md5_hash(
-                                p.user.as_bytes(),
-                                &password()?,
-                                salt,
-                            );
-                            frontend::password_message(hash.as_bytes(), &mut self.wbuf)
-                                .map_err(io_err("encoding the password"))?;
-                            self.flush().await?;
-                        }
-                        10 => {
-                            let mechs: Vec<&[u8]> =
-                                b.split(|&c| c == 0).filter(|m| !m.is_empty()).collect();
-                            if !mechs.contains(&&b"SCRAM-SHA-256"[..]) {
-                                return Err(SourceError::Auth(format!(
-                                    "server offers SASL mechanisms {:?}, walcast speaks SCRAM-SHA-256",
-                                    mechs
-                                        .iter()
-                                        .map(|m| String::from_utf8_lossy(m))
-                                        .collect::<Vec<_>>()
-                                )));
-                            }
-                            let s = ScramSha256::new(&password()?, ChannelBinding::unsupported());
-                            frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut self.wbuf)
-                                .map_err(io_err("encoding SASL"))?;
-                            scram = Some(s);
-                            self.flush().await?;
-                        }
-                        11 => {
-                            let s = scram.as_mut().ok_or_else(|| proto("SASL continue before start"))?;
-                            s.update(&b).map_err(|e| SourceError::Auth(format!("SCRAM: {e}")))?;
-                            frontend::sasl_response(s.message(), &mut self.wbuf)
-                                .map_err(io_err("encoding SASL"))?;
-                            self.flush().await?;
-                        }
-                        12 => {
-                            let s = scram.as_mut().ok_or_else(|| proto("SASL final before start"))?;
-                            s.finish(&b)
-                                .map_err(|e| SourceError::Auth(format!("SCRAM server proof: {e}")))?;
-                        }
-                        other => {
-                            return Err(SourceError::Auth(format!(
-                                "unsupported authentication method (code {other}); use trust, password, md5 or scram-sha-256"
-                            )))
-                        }
-                    }
-                }
+                b'R' => self.authenticate(p, body, &mut scram).await?,
                 b'E' => return Err(SourceError::from_pg(parse_error_fields(&body))),
                 b'S' => {
                     let mut parts = body.split(|&c| c == 0);
@@ -225,6 +171,86 @@ impl ReplicationConnection {
                 }
             }
         }
+    }
+
+    /// One authentication request of the server, answered.
+    async fn authenticate(
+        &mut self,
+        p: &ConnectParams,
+        body: Bytes,
+        scram: &mut Option<ScramSha256>,
+    ) -> Result<(), SourceError> {
+        let mut b = body.clone();
+        if b.len() < 4 {
+            return Err(proto("short authentication message"));
+        }
+        let code = b.get_i32();
+        let password = || {
+            p.password.clone().ok_or_else(|| {
+                SourceError::Auth(format!(
+                    "the server asks a password for user {:?} and the URL gives none",
+                    p.user
+                ))
+            })
+        };
+        match code {
+            0 => {}
+            3 => {
+                frontend::password_message(&password()?, &mut self.wbuf)
+                    .map_err(io_err("encoding the password"))?;
+                self.flush().await?;
+            }
+            5 => {
+                if b.len() < 4 {
+                    return Err(proto("short MD5 salt"));
+                }
+                let salt = [b[0], b[1], b[2], b[3]];
+                let hash = postgres_protocol::authentication::md5_hash(
+                    p.user.as_bytes(),
+                    &password()?,
+                    salt,
+                );
+                frontend::password_message(hash.as_bytes(), &mut self.wbuf)
+                    .map_err(io_err("encoding the password"))?;
+                self.flush().await?;
+            }
+            10 => {
+                let mechs: Vec<&[u8]> =
+                    b.split(|&c| c == 0).filter(|m| !m.is_empty()).collect();
+                if !mechs.contains(&&b"SCRAM-SHA-256"[..]) {
+                    return Err(SourceError::Auth(format!(
+                        "server offers SASL mechanisms {:?}, walcast speaks SCRAM-SHA-256",
+                        mechs
+                            .iter()
+                            .map(|m| String::from_utf8_lossy(m))
+                            .collect::<Vec<_>>()
+                    )));
+                }
+                let s = ScramSha256::new(&password()?, ChannelBinding::unsupported());
+                frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut self.wbuf)
+                    .map_err(io_err("encoding SASL"))?;
+                *scram = Some(s);
+                self.flush().await?;
+            }
+            11 => {
+                let s = scram.as_mut().ok_or_else(|| proto("SASL continue before start"))?;
+                s.update(&b).map_err(|e| SourceError::Auth(format!("SCRAM: {e}")))?;
+                frontend::sasl_response(s.message(), &mut self.wbuf)
+                    .map_err(io_err("encoding SASL"))?;
+                self.flush().await?;
+            }
+            12 => {
+                let s = scram.as_mut().ok_or_else(|| proto("SASL final before start"))?;
+                s.finish(&b)
+                    .map_err(|e| SourceError::Auth(format!("SCRAM server proof: {e}")))?;
+            }
+            other => {
+                return Err(SourceError::Auth(format!(
+                    "unsupported authentication method (code {other}); use trust, password, md5 or scram-sha-256"
+                )))
+            }
+        }
+        Ok(())
     }
 
     pub(super) async fn flush(&mut self) -> Result<(), SourceError> {

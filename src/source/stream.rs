@@ -163,3 +163,106 @@ impl ReplicationStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A backend frame: tag, length, body.
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![tag];
+        f.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    /// The bytes a walsender sends after `START_REPLICATION`: an XLogData carrying a
+    /// pgoutput Begin, a keepalive asking for a reply, a notice, then CopyDone.
+    fn captured() -> (Vec<u8>, Vec<u8>) {
+        let begin: Vec<u8> = [
+            &b"B"[..],
+            &0x0000_0000_0150_0000u64.to_be_bytes(),
+            &0x0002_9A5C_1E2B_0000i64.to_be_bytes(),
+            &742u32.to_be_bytes(),
+        ]
+        .concat();
+        let mut xlog = vec![b'w'];
+        xlog.extend_from_slice(&0x0150_0000u64.to_be_bytes()); // wal start
+        xlog.extend_from_slice(&0x0150_0100u64.to_be_bytes()); // wal end
+        xlog.extend_from_slice(&0i64.to_be_bytes()); // send time
+        xlog.extend_from_slice(&begin);
+        let mut keepalive = vec![b'k'];
+        keepalive.extend_from_slice(&0x0150_0200u64.to_be_bytes());
+        keepalive.extend_from_slice(&0i64.to_be_bytes());
+        keepalive.push(1);
+        let bytes = [
+            frame(b'd', &xlog),
+            frame(b'N', b"SNOTICE\0C00000\0Mhello\0\0"),
+            frame(b'd', &keepalive),
+            frame(b'c', b""),
+        ]
+        .concat();
+        (bytes, begin)
+    }
+
+    #[tokio::test]
+    async fn events_come_out_of_captured_bytes_and_status_goes_back() {
+        let (bytes, begin) = captured();
+        let (writer, mut server_side) = tokio::io::duplex(1024);
+        let conn = ReplicationConnection::from_io(std::io::Cursor::new(bytes), writer);
+        let mut stream = ReplicationStream::new(conn);
+        match stream.next().await.unwrap() {
+            ReplicationEvent::XLogData {
+                wal_start,
+                wal_end,
+                data,
+            } => {
+                assert_eq!((wal_start, wal_end), (Lsn(0x0150_0000), Lsn(0x0150_0100)));
+                assert_eq!(&data[..], &begin[..], "the pgoutput message, uncopied");
+            }
+            other => panic!("expected XLogData, got {other:?}"),
+        }
+        // The notice is skipped; the keepalive is already buffered.
+        match stream.buffered_event().unwrap() {
+            Some(ReplicationEvent::Keepalive {
+                wal_end,
+                reply_requested,
+            }) => {
+                assert_eq!(wal_end, Lsn(0x0150_0200));
+                assert!(reply_requested);
+            }
+            other => panic!("expected a keepalive, got {other:?}"),
+        }
+        assert!(matches!(
+            stream.next().await.unwrap(),
+            ReplicationEvent::End
+        ));
+        assert!(matches!(stream.next().await, Err(SourceError::Closed)));
+
+        stream
+            .send_status(Lsn(0x0150_0200), Lsn(0x0150_0100), false)
+            .await
+            .unwrap();
+        let mut sent = [0u8; 39];
+        server_side.read_exact(&mut sent).await.unwrap();
+        assert_eq!(&sent[..5], &[b'd', 0, 0, 0, 38]);
+        assert_eq!(sent[5], b'r');
+        assert_eq!(
+            &sent[6..14],
+            &0x0150_0200u64.to_be_bytes(),
+            "write position"
+        );
+        assert_eq!(
+            &sent[14..22],
+            &0x0150_0100u64.to_be_bytes(),
+            "flush position"
+        );
+        assert_eq!(
+            &sent[22..30],
+            &0x0150_0100u64.to_be_bytes(),
+            "apply position"
+        );
+        assert_eq!(sent[38], 0, "no reply requested");
+    }
+}

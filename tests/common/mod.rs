@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use walcast::testing::{free_port, NatsServer, PgOptions, PgServer};
-use walcast::wire::codec::{self, Envelope};
+use walcast::wire::Envelope;
 
 pub struct Servers {
     pub pg: PgServer,
@@ -172,7 +172,7 @@ pub async fn run_to_exit(args: &[&str]) -> (i32, String) {
 
 /// A NATS subscription collecting decoded envelopes.
 pub struct Collector {
-    sub: async_nats::Subscriber,
+    sub: std::pin::Pin<Box<dyn futures::Stream<Item = walcast::client::Received> + Send>>,
     pub received: Vec<(String, Envelope, Vec<u8>)>,
 }
 
@@ -184,7 +184,7 @@ impl Collector {
         let sub = client.subscribe(subject.to_string()).await.unwrap();
         client.flush().await.unwrap();
         Collector {
-            sub,
+            sub: Box::pin(walcast::client::envelopes(sub)),
             received: vec![],
         }
     }
@@ -195,7 +195,8 @@ impl Collector {
         while self.received.len() < n {
             match tokio::time::timeout_at(deadline, self.sub.next()).await {
                 Ok(Some(msg)) => {
-                    let env = codec::decode(&msg.payload)
+                    let env = msg
+                        .envelope
                         .unwrap_or_else(|e| panic!("{}: not an envelope: {e}", msg.subject));
                     self.received
                         .push((msg.subject.to_string(), env, msg.payload.to_vec()));
@@ -217,11 +218,7 @@ impl Collector {
     /// Nothing more arrives within `quiet`.
     pub async fn assert_quiet(&mut self, quiet: Duration) {
         if let Ok(Some(msg)) = tokio::time::timeout(quiet, self.sub.next()).await {
-            panic!(
-                "unexpected envelope on {}: {:?}",
-                msg.subject,
-                codec::decode(&msg.payload)
-            );
+            panic!("unexpected envelope on {}: {:?}", msg.subject, msg.envelope);
         }
     }
 }

@@ -1,0 +1,322 @@
+//! One row change into its envelope(s): the key, unchanged-TOAST values, typed values,
+//! the sequence. An update that changes the primary key is a `delete` of the old key
+//! and an `insert` of the new one.
+
+use super::{EnvelopeBuilder, EnvelopeError, Need, Outgoing, Relation, ToastNeeded};
+use crate::decode::pgoutput::{OldTuple, TupleValue};
+use crate::decode::value::parse_text;
+use crate::envelope::sequence::SequenceMode;
+use crate::wire::{key, Op, Value};
+
+/// A row's key and subject.
+type Keyed = (String, String);
+
+impl Relation {
+    /// The key and subject of the row `tuple`; an error when a key column is null.
+    fn key_of(&self, tuple: &[TupleValue<'_>], op: &'static str) -> Result<Keyed, EnvelopeError> {
+        let mut k = self.key_prefix.clone();
+        let mut token_parts: Vec<&str> = Vec::with_capacity(self.shape.key.len());
+        for (n, &i) in self.shape.key.iter().enumerate() {
+            let text = match tuple[i] {
+                TupleValue::Text(t) => std::str::from_utf8(t).ok(),
+                _ => None,
+            };
+            let Some(text) = text else {
+                return Err(EnvelopeError::NullKey {
+                    table: self.qualified_name(),
+                    column: self.shape.columns[i].name.clone(),
+                    op,
+                });
+            };
+            key::push_key_value(&mut k, n == 0, text);
+            token_parts.push(text);
+        }
+        let subject = format!("{}{}", self.subject_prefix, key::key_token(token_parts));
+        Ok((k, subject))
+    }
+
+    fn check_column_count(
+        &self,
+        tuples: [Option<&[TupleValue<'_>]>; 2],
+    ) -> Result<(), EnvelopeError> {
+        let expected = self.shape.columns.len();
+        match tuples.into_iter().flatten().find(|t| t.len() != expected) {
+            Some(t) => Err(EnvelopeError::ColumnCount {
+                table: self.qualified_name(),
+                expected,
+                got: t.len(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn publishes(&self, op: Op) -> bool {
+        self.ops.as_ref().is_none_or(|ops| ops.contains(&op))
+    }
+
+    /// What to ask the database for: the row's key columns and the missing columns.
+    fn toast_needed(
+        &self,
+        relation_id: u32,
+        toast_key: String,
+        new: &[TupleValue<'_>],
+        missing: &[usize],
+    ) -> ToastNeeded {
+        let text = |i: usize| match new[i] {
+            TupleValue::Text(t) => String::from_utf8_lossy(t).into_owned(),
+            _ => String::new(),
+        };
+        ToastNeeded {
+            relation_id,
+            schema: self.schema.clone(),
+            table: self.table.clone(),
+            key: toast_key,
+            key_columns: self
+                .shape
+                .key
+                .iter()
+                .map(|&i| (self.shape.columns[i].name.clone(), text(i)))
+                .collect(),
+            columns: missing
+                .iter()
+                .map(|&i| self.shape.columns[i].name.clone())
+                .collect(),
+        }
+    }
+}
+
+/// The full old row, when the table has `REPLICA IDENTITY FULL`.
+fn full_old<'t, 'a>(old: Option<&'t OldTuple<'a>>) -> Option<&'t [TupleValue<'a>]> {
+    match old {
+        Some(OldTuple::Full(v)) => Some(v.as_slice()),
+        _ => None,
+    }
+}
+
+/// Column `i` of the new row, or of the full old row when unchanged TOAST.
+fn effective<'a>(
+    new: &[TupleValue<'a>],
+    full_old: Option<&[TupleValue<'a>]>,
+    i: usize,
+) -> TupleValue<'a> {
+    match (new[i], full_old) {
+        (TupleValue::UnchangedToast, Some(o)) if !matches!(o[i], TupleValue::UnchangedToast) => {
+            o[i]
+        }
+        (v, _) => v,
+    }
+}
+
+impl EnvelopeBuilder {
+    /// Build the envelope(s) of one Insert, Update or Delete. Returns what must be
+    /// loaded first, if anything; nothing is emitted then.
+    pub fn change(
+        &mut self,
+        relation_id: u32,
+        op: Op,
+        old: Option<&OldTuple<'_>>,
+        new: Option<&[TupleValue<'_>]>,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<Option<Need>, EnvelopeError> {
+        self.tx.ok_or(EnvelopeError::NoTransaction)?;
+        let rel = self
+            .relations
+            .get(&relation_id)
+            .ok_or(EnvelopeError::UnknownRelation(relation_id))?;
+        rel.check_column_count([new, old.map(|o| o.values())])?;
+        if !(rel.publishes(op) || op == Op::Update && rel.publishes(Op::Delete)) {
+            return Ok(None);
+        }
+        if matches!(op, Op::Delete | Op::Truncate) {
+            let old_values = old.map(|o| o.values()).unwrap_or_default();
+            return self.delete(relation_id, old_values, out);
+        }
+        self.upsert(relation_id, op, old, new.unwrap_or_default(), out)
+    }
+
+    fn tracked(&self, rel: &Relation) -> bool {
+        self.mode_of(rel) == SequenceMode::Tracked
+    }
+
+    fn delete(
+        &mut self,
+        relation_id: u32,
+        old_values: &[TupleValue<'_>],
+        out: &mut Vec<Outgoing>,
+    ) -> Result<Option<Need>, EnvelopeError> {
+        let rel = &self.relations[&relation_id];
+        let tracked = self.tracked(rel);
+        let (k, subject) = rel.key_of(old_values, "delete")?;
+        if let Some(need) = self.key_state_need(tracked, &k, &subject) {
+            return Ok(Some(need));
+        }
+        let rel = &self.relations[&relation_id];
+        let column_seq = self.column_sequence(rel, old_values, true, "delete")?;
+        self.toast.remove(&k);
+        self.emit(relation_id, Op::Delete, k, subject, None, column_seq, out)?;
+        Ok(None)
+    }
+
+    fn upsert(
+        &mut self,
+        relation_id: u32,
+        op: Op,
+        old: Option<&OldTuple<'_>>,
+        new: &[TupleValue<'_>],
+        out: &mut Vec<Outgoing>,
+    ) -> Result<Option<Need>, EnvelopeError> {
+        let rel = &self.relations[&relation_id];
+        let tracked = self.tracked(rel);
+        let (k, subject) = rel.key_of(new, op.as_str())?;
+        // A key change: the old key's row is gone.
+        let moved_from = match (op, old) {
+            (Op::Update, Some(old)) => {
+                let (old_key, old_subject) = rel.key_of(old.values(), "update")?;
+                (old_key != k).then_some((old_key, old_subject))
+            }
+            _ => None,
+        };
+        let full_old = full_old(old);
+        // Unchanged TOAST columns: from the full old row, else from the cache (under
+        // the old key when the key changed).
+        let toast_key = moved_from
+            .as_ref()
+            .map_or_else(|| k.clone(), |(ok, _)| ok.clone());
+        let missing = self.missing_toast(new, full_old, &toast_key);
+        if !missing.is_empty() {
+            let needed = rel.toast_needed(relation_id, toast_key, new, &missing);
+            return Ok(Some(Need::Toast(needed)));
+        }
+        for (key, subject) in moved_from
+            .iter()
+            .chain([(k.clone(), subject.clone())].iter())
+        {
+            if let Some(need) = self.key_state_need(tracked, key, subject) {
+                return Ok(Some(need));
+            }
+        }
+        let values = self.typed_values(relation_id, new, full_old, &toast_key)?;
+        let rel = &self.relations[&relation_id];
+        let column_seq = self.column_sequence(rel, new, false, op.as_str())?;
+        let mut op = op;
+        if let Some((old_key, old_subject)) = &moved_from {
+            let old_values = old.map(|o| o.values()).unwrap_or_default();
+            let old_seq = self.column_sequence(rel, old_values, true, "delete")?;
+            self.toast.remove(old_key);
+            let (key, subject) = (old_key.clone(), old_subject.clone());
+            self.emit(relation_id, Op::Delete, key, subject, None, old_seq, out)?;
+            op = Op::Insert;
+        }
+        self.cache_toast(relation_id, &k, new, &values, moved_from.is_some());
+        self.emit(relation_id, op, k, subject, Some(&values), column_seq, out)?;
+        Ok(None)
+    }
+
+    /// Indexes of unchanged-TOAST columns neither the old row nor the cache has.
+    fn missing_toast(
+        &self,
+        new: &[TupleValue<'_>],
+        full_old: Option<&[TupleValue<'_>]>,
+        toast_key: &str,
+    ) -> Vec<usize> {
+        (0..new.len())
+            .filter(|&i| {
+                effective(new, full_old, i) == TupleValue::UnchangedToast
+                    && self.toast.get(toast_key, i).is_none()
+            })
+            .collect()
+    }
+
+    /// The row's typed values (unchanged TOAST from the old row or the cache).
+    fn typed_values<'a>(
+        &self,
+        relation_id: u32,
+        new: &[TupleValue<'a>],
+        full_old: Option<&[TupleValue<'a>]>,
+        toast_key: &str,
+    ) -> Result<Vec<Value<'a>>, EnvelopeError> {
+        let rel = &self.relations[&relation_id];
+        let mut values = Vec::with_capacity(new.len());
+        for (i, col) in rel.shape.columns.iter().enumerate() {
+            let bad_value = |source| EnvelopeError::Value {
+                table: rel.qualified_name(),
+                column: col.name.clone(),
+                source,
+            };
+            values.push(match effective(new, full_old, i) {
+                TupleValue::Null => Value::Null,
+                TupleValue::Text(t) => parse_text(&col.kind, t).map_err(bad_value)?,
+                TupleValue::UnchangedToast => self
+                    .toast
+                    .get(toast_key, i)
+                    .cloned()
+                    .expect("checked by missing_toast: cached"),
+                TupleValue::Binary(_) => {
+                    return Err(EnvelopeError::Binary {
+                        table: rel.qualified_name(),
+                        column: col.name.clone(),
+                    })
+                }
+            });
+        }
+        Ok(values)
+    }
+
+    /// Remember the TOASTable values that came with this change (tables without FULL
+    /// identity): a later change may leave them unchanged. After a key change, the
+    /// carried-over values move to the new key.
+    fn cache_toast(
+        &mut self,
+        relation_id: u32,
+        k: &str,
+        new: &[TupleValue<'_>],
+        values: &[Value<'_>],
+        moved: bool,
+    ) {
+        let rel = &self.relations[&relation_id];
+        if rel.full_identity || rel.toastable.is_empty() {
+            return;
+        }
+        let pick = |unchanged: bool| -> Vec<(usize, Value<'static>)> {
+            rel.toastable
+                .iter()
+                .filter(|&&i| (new[i] == TupleValue::UnchangedToast) == unchanged)
+                .map(|&i| (i, values[i].clone().into_owned()))
+                .collect()
+        };
+        let fresh = pick(false);
+        if moved {
+            let carried = pick(true);
+            self.toast.insert(k.to_string(), carried);
+        }
+        self.toast.update(k, fresh);
+    }
+
+    /// Column mode: the sequence the row carries (a delete: the old value + 1).
+    fn column_sequence(
+        &self,
+        rel: &Relation,
+        tuple: &[TupleValue<'_>],
+        deleting: bool,
+        op: &'static str,
+    ) -> Result<Option<u64>, EnvelopeError> {
+        let Some(i) = rel.sequence_column else {
+            return Ok(None);
+        };
+        let bad = |detail: String| EnvelopeError::BadSequenceColumn {
+            table: rel.qualified_name(),
+            column: rel.shape.columns[i].name.clone(),
+            op,
+            detail,
+        };
+        let text = match tuple.get(i) {
+            Some(TupleValue::Text(t)) => {
+                std::str::from_utf8(t).map_err(|_| bad("not UTF-8".into()))?
+            }
+            Some(TupleValue::Null) => return Err(bad("null".into())),
+            _ => return Err(bad("not in the change".into())),
+        };
+        let n: u64 = text.parse().map_err(|_| bad(format!("{text:?}")))?;
+        Ok(Some(if deleting { n + 1 } else { n }))
+    }
+}
