@@ -1,119 +1,222 @@
-//! Prometheus metrics: every metric walcast exports, and the readiness state.
+//! Prometheus metrics, grouped by the stage that updates them, and the readiness
+//! state behind `/readyz`.
 //!
-//! Labels are bounded: `table` (the publication's tables) and `op`, never a key.
+//! Labels are bounded: `table` (the publication's tables), `op` and `status`, never a
+//! key.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Every metric walcast exports.
 pub struct Metrics {
     pub registry: Registry,
+    pub source: SourceMetrics,
+    pub envelope: EnvelopeMetrics,
+    pub sink: SinkMetrics,
+    /// Why the process is not ready, when it is not.
+    not_ready_reason: Mutex<String>,
+    ready: AtomicBool,
+}
+
+/// The replication connection and the slot.
+pub struct SourceMetrics {
+    pub bytes_received: IntCounter,
+    pub keepalives: IntCounter,
+    pub reconnects: IntCounter,
+    pub streaming: IntGauge,
+    pub received_lsn: IntGauge,
+    pub confirmed_lsn: IntGauge,
+    pub lag_bytes: IntGauge,
+    pub lag_seconds: Gauge,
+    pub slot_active: IntGauge,
+    pub slot_wal_status: IntGaugeVec,
+    pub slot_safe_wal_size: IntGauge,
+    pub slot_retained_wal: IntGauge,
+}
+
+/// Changes turned into envelopes, and the state loaded for them.
+pub struct EnvelopeMetrics {
     pub changes: IntCounterVec,
     pub transactions: IntCounter,
-    pub bytes_received: IntCounter,
+    pub last_commit_timestamp: IntGauge,
+    pub schema_changes: IntCounterVec,
+    pub toast_fetches: IntCounter,
+    pub replays_skipped: IntCounter,
+    pub key_state_loads: IntCounter,
+}
+
+/// Publishing to NATS.
+pub struct SinkMetrics {
     pub published: IntCounter,
     pub publish_retries: IntCounter,
     pub publish_seconds: Histogram,
     pub commit_to_publish_seconds: Histogram,
-    pub lag_bytes: IntGauge,
-    pub lag_seconds: prometheus::Gauge,
-    pub slot_active: IntGauge,
-    pub slot_wal_status: prometheus::IntGaugeVec,
-    pub slot_safe_wal_size: IntGauge,
-    pub slot_retained_wal: IntGauge,
     pub inflight_envelopes: IntGauge,
-    pub received_lsn: IntGauge,
-    pub confirmed_lsn: IntGauge,
-    pub last_commit_timestamp: IntGauge,
-    pub schema_changes: IntCounterVec,
-    pub keepalives: IntCounter,
-    pub reconnects: IntCounter,
-    pub toast_fetches: IntCounter,
-    pub replays_skipped: IntCounter,
-    pub key_state_loads: IntCounter,
-    pub streaming: IntGauge,
     pub nats_connected: IntGauge,
-    /// Why the process is not ready, when it is not.
-    pub not_ready_reason: Mutex<String>,
-    ready: AtomicBool,
+}
+
+/// Creates metrics and registers them.
+struct Registrar<'a>(&'a Registry);
+
+impl Registrar<'_> {
+    fn add<C: Collector + Clone + 'static>(&self, c: C) -> C {
+        self.0.register(Box::new(c.clone())).expect("unique metric");
+        c
+    }
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::new(name, help).expect("valid metric"))
+    }
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::new(name, help).expect("valid metric"))
+    }
+    fn float_gauge(&self, name: &str, help: &str) -> Gauge {
+        self.add(Gauge::new(name, help).expect("valid metric"))
+    }
+    fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+    fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.add(Histogram::with_opts(opts).expect("valid metric"))
+    }
+}
+
+impl SourceMetrics {
+    fn new(r: &Registrar<'_>) -> Self {
+        SourceMetrics {
+            bytes_received: r.counter(
+                "walcast_received_bytes_total",
+                "pgoutput bytes received from PostgreSQL",
+            ),
+            keepalives: r.counter(
+                "walcast_keepalives_total",
+                "Keepalive messages received from PostgreSQL",
+            ),
+            reconnects: r.counter(
+                "walcast_reconnects_total",
+                "Replication connections re-established after a failure",
+            ),
+            streaming: r.gauge(
+                "walcast_replication_streaming",
+                "1 while the replication stream is open",
+            ),
+            received_lsn: r.gauge("walcast_received_lsn", "Highest WAL position received"),
+            confirmed_lsn: r.gauge(
+                "walcast_confirmed_flush_lsn",
+                "WAL position reported to PostgreSQL as flushed",
+            ),
+            lag_bytes: r.gauge(
+                "walcast_replication_lag_bytes",
+                "Server WAL position received minus the position confirmed as flushed",
+            ),
+            lag_seconds: r.float_gauge(
+                "walcast_replication_lag_seconds",
+                "Age of the oldest transaction handed to the sink and not yet confirmed (0 when caught up)",
+            ),
+            slot_active: r.gauge(
+                "walcast_slot_active",
+                "1 while the replication slot is in use by a walsender",
+            ),
+            slot_wal_status: r.gauge_vec(
+                "walcast_slot_wal_status",
+                "1 for the replication slot's current wal_status (reserved, extended, unreserved, lost)",
+                &["status"],
+            ),
+            slot_safe_wal_size: r.gauge(
+                "walcast_slot_safe_wal_size_bytes",
+                "WAL that can still be written before the slot is in danger of losing required WAL (-1: unlimited)",
+            ),
+            slot_retained_wal: r.gauge(
+                "walcast_slot_retained_wal_bytes",
+                "WAL retained by the slot (current WAL position minus the slot's restart_lsn)",
+            ),
+        }
+    }
+}
+
+impl EnvelopeMetrics {
+    fn new(r: &Registrar<'_>) -> Self {
+        EnvelopeMetrics {
+            changes: r.counter_vec(
+                "walcast_changes_total",
+                "Row changes turned into envelopes, by table and op",
+                &["table", "op"],
+            ),
+            transactions: r.counter("walcast_transactions_total", "Transactions decoded"),
+            last_commit_timestamp: r.gauge(
+                "walcast_last_commit_timestamp_seconds",
+                "Commit time of the last transaction handed to the sink (Unix seconds)",
+            ),
+            schema_changes: r.counter_vec(
+                "walcast_schema_version_changes_total",
+                "Schema version bumps, by table",
+                &["table"],
+            ),
+            toast_fetches: r.counter(
+                "walcast_toast_fetches_total",
+                "Unchanged TOAST values fetched from the table (no FULL replica identity, not cached)",
+            ),
+            replays_skipped: r.counter(
+                "walcast_replayed_changes_skipped_total",
+                "Changes recognised after a restart as already published (no new sequence)",
+            ),
+            key_state_loads: r.counter(
+                "walcast_key_state_loads_total",
+                "Per-key sequence states loaded from the stream (cache misses)",
+            ),
+        }
+    }
+}
+
+impl SinkMetrics {
+    fn new(r: &Registrar<'_>) -> Self {
+        SinkMetrics {
+            published: r.counter(
+                "walcast_published_total",
+                "Envelopes published and confirmed by NATS",
+            ),
+            publish_retries: r.counter(
+                "walcast_publish_retries_total",
+                "Groups of envelopes published again because NATS did not confirm them",
+            ),
+            publish_seconds: r.histogram(
+                "walcast_publish_duration_seconds",
+                "Time from writing a group of envelopes to NATS until NATS confirmed them",
+                &[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0,
+                ],
+            ),
+            commit_to_publish_seconds: r.histogram(
+                "walcast_commit_to_publish_seconds",
+                "Time from a transaction's commit in PostgreSQL until NATS confirmed all its envelopes",
+                &[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0, 60.0,
+                ],
+            ),
+            inflight_envelopes: r.gauge(
+                "walcast_inflight_envelopes",
+                "Envelopes published but not yet confirmed",
+            ),
+            nats_connected: r.gauge("walcast_nats_connected", "1 while connected to NATS"),
+        }
+    }
 }
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let publish_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "walcast_publish_duration_seconds",
-                "Time from writing a group of envelopes to NATS until NATS confirmed them",
-            )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0, 2.5, 5.0,
-            ]),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(publish_seconds.clone()))
-            .expect("unique metric");
-        let commit_to_publish_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "walcast_commit_to_publish_seconds",
-                "Time from a transaction's commit in PostgreSQL until NATS confirmed all its envelopes",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0, 30.0, 60.0,
-            ]),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(commit_to_publish_seconds.clone()))
-            .expect("unique metric");
-        let lag_seconds = prometheus::Gauge::new(
-            "walcast_replication_lag_seconds",
-            "Age of the oldest transaction handed to the sink and not yet confirmed (0 when caught up)",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(lag_seconds.clone()))
-            .expect("unique metric");
-        let slot_wal_status = prometheus::IntGaugeVec::new(
-            Opts::new(
-                "walcast_slot_wal_status",
-                "1 for the replication slot's current wal_status (reserved, extended, unreserved, lost)",
-            ),
-            &["status"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(slot_wal_status.clone()))
-            .expect("unique metric");
+        let r = Registrar(&registry);
         #[cfg(target_os = "linux")]
         registry
             .register(Box::new(
@@ -121,87 +224,9 @@ impl Metrics {
             ))
             .expect("unique metric");
         Arc::new(Metrics {
-            changes: counter_vec(
-                "walcast_changes_total",
-                "Row changes turned into envelopes, by table and op",
-                &["table", "op"],
-            ),
-            transactions: counter("walcast_transactions_total", "Transactions decoded"),
-            bytes_received: counter(
-                "walcast_received_bytes_total",
-                "pgoutput bytes received from PostgreSQL",
-            ),
-            published: counter(
-                "walcast_published_total",
-                "Envelopes published and confirmed by NATS",
-            ),
-            publish_retries: counter(
-                "walcast_publish_retries_total",
-                "Groups of envelopes published again because NATS did not confirm them",
-            ),
-            publish_seconds,
-            commit_to_publish_seconds,
-            lag_bytes: gauge(
-                "walcast_replication_lag_bytes",
-                "Server WAL position received minus the position confirmed as flushed",
-            ),
-            lag_seconds,
-            slot_active: gauge(
-                "walcast_slot_active",
-                "1 while the replication slot is in use by a walsender",
-            ),
-            slot_wal_status,
-            slot_safe_wal_size: gauge(
-                "walcast_slot_safe_wal_size_bytes",
-                "WAL that can still be written before the slot is in danger of losing required WAL (-1: unlimited)",
-            ),
-            slot_retained_wal: gauge(
-                "walcast_slot_retained_wal_bytes",
-                "WAL retained by the slot (current WAL position minus the slot's restart_lsn)",
-            ),
-            inflight_envelopes: gauge(
-                "walcast_inflight_envelopes",
-                "Envelopes published but not yet confirmed",
-            ),
-            received_lsn: gauge("walcast_received_lsn", "Highest WAL position received"),
-            confirmed_lsn: gauge(
-                "walcast_confirmed_flush_lsn",
-                "WAL position reported to PostgreSQL as flushed",
-            ),
-            last_commit_timestamp: gauge(
-                "walcast_last_commit_timestamp_seconds",
-                "Commit time of the last transaction handed to the sink (Unix seconds)",
-            ),
-            schema_changes: counter_vec(
-                "walcast_schema_version_changes_total",
-                "Schema version bumps, by table",
-                &["table"],
-            ),
-            keepalives: counter(
-                "walcast_keepalives_total",
-                "Keepalive messages received from PostgreSQL",
-            ),
-            reconnects: counter(
-                "walcast_reconnects_total",
-                "Replication connections re-established after a failure",
-            ),
-            toast_fetches: counter(
-                "walcast_toast_fetches_total",
-                "Unchanged TOAST values fetched from the table (no FULL replica identity, not cached)",
-            ),
-            replays_skipped: counter(
-                "walcast_replayed_changes_skipped_total",
-                "Changes recognised after a restart as already published (no new sequence)",
-            ),
-            key_state_loads: counter(
-                "walcast_key_state_loads_total",
-                "Per-key sequence states loaded from the stream (cache misses)",
-            ),
-            streaming: gauge(
-                "walcast_replication_streaming",
-                "1 while the replication stream is open",
-            ),
-            nats_connected: gauge("walcast_nats_connected", "1 while connected to NATS"),
+            source: SourceMetrics::new(&r),
+            envelope: EnvelopeMetrics::new(&r),
+            sink: SinkMetrics::new(&r),
             not_ready_reason: Mutex::new("starting".into()),
             ready: AtomicBool::new(false),
             registry,

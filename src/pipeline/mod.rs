@@ -170,6 +170,7 @@ async fn start_background(
 async fn poll_nats_gauge(state: Arc<NatsState>, metrics: Arc<Metrics>, mut shutdown: Shutdown) {
     loop {
         metrics
+            .sink
             .nats_connected
             .set(i64::from(state.connected.load(Ordering::SeqCst)));
         tokio::select! {
@@ -244,7 +245,7 @@ async fn supervise(
             reader.stream(stream, shutdown, tx, confirmed_rx).await
         }
         .await;
-        reader.metrics().streaming.set(0);
+        reader.metrics().source.streaming.set(0);
         let e = match outcome {
             Ok(()) => return Ok(()),
             Err(e) => e,
@@ -265,7 +266,7 @@ async fn supervise(
         if slot_busy {
             tracing::info!(error = %e, "replication slot is in use by another process; waiting to take over");
         } else {
-            reader.metrics().reconnects.inc();
+            reader.metrics().source.reconnects.inc();
             tracing::warn!(error = %e, retry_in = ?delay, "replication connection lost; reconnecting");
         }
         tokio::select! {

@@ -41,7 +41,7 @@ struct TableCounters {
 
 impl TableCounters {
     fn new(metrics: &Metrics, table: &str) -> Self {
-        let c = &metrics.changes;
+        let c = &metrics.envelope.changes;
         TableCounters {
             insert: c.with_label_values(&[table, "insert"]),
             update: c.with_label_values(&[table, "update"]),
@@ -138,7 +138,7 @@ impl ChangeReader {
         // at or before its Begin, recognises them as already built, and goes on.
         self.skipping = false;
         tracing::info!(slot = %self.cfg.slot, from = %start, "streaming");
-        self.metrics.streaming.set(1);
+        self.metrics.source.streaming.set(1);
         self.metrics.set_ready(true, "");
         Ok(stream)
     }
@@ -244,9 +244,7 @@ impl ChangeReader {
         while self.cp.confirmed() < self.cp.handed_off() {
             tokio::select! {
                 changed = confirmed_rx.changed() => {
-                    if changed.is_err() { break; }
-                    let c = *confirmed_rx.borrow_and_update();
-                    self.on_confirmed(c);
+                    if !self.take_confirmed(changed, confirmed_rx) { break; }
                 }
                 _ = status.tick() => self.send_status(&mut stream, false).await?,
                 // Data read now is not handed off: it is streamed again next start.
@@ -269,6 +267,20 @@ impl ChangeReader {
         Ok(())
     }
 
+    /// Apply what the sink confirmed; `false` when the sink is gone.
+    fn take_confirmed(
+        &mut self,
+        changed: Result<(), watch::error::RecvError>,
+        confirmed_rx: &mut watch::Receiver<Confirmed>,
+    ) -> bool {
+        if changed.is_err() {
+            return false;
+        }
+        let c = *confirmed_rx.borrow_and_update();
+        self.on_confirmed(c);
+        true
+    }
+
     pub(super) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
@@ -284,9 +296,7 @@ impl ChangeReader {
         while self.cp.confirmed() < self.cp.handed_off() {
             tokio::select! {
                 changed = confirmed_rx.changed() => {
-                    if changed.is_err() { break; }
-                    let c = *confirmed_rx.borrow_and_update();
-                    self.on_confirmed(c);
+                    if !self.take_confirmed(changed, confirmed_rx) { break; }
                 }
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = shutdown.wait() => break,
@@ -317,9 +327,13 @@ impl ChangeReader {
         reply: bool,
     ) -> Result<(), PipelineError> {
         let flush = self.cp.flush_position();
-        self.metrics.confirmed_lsn.set(flush.0 as i64);
-        self.metrics.received_lsn.set(self.cp.received().0 as i64);
+        self.metrics.source.confirmed_lsn.set(flush.0 as i64);
         self.metrics
+            .source
+            .received_lsn
+            .set(self.cp.received().0 as i64);
+        self.metrics
+            .source
             .lag_bytes
             .set(self.cp.received().0.saturating_sub(flush.0) as i64);
         while let Some(&(end, _)) = self.unconfirmed.front() {
@@ -338,7 +352,7 @@ impl ChangeReader {
             }
             None => 0.0,
         };
-        self.metrics.lag_seconds.set(lag);
+        self.metrics.source.lag_seconds.set(lag);
         stream.send_status(self.cp.received(), flush, reply).await?;
         self.last_status = Instant::now();
         Ok(())

@@ -130,7 +130,10 @@ impl CoreSink {
                 }
             }
             closed |= self.take_waiting(&mut rx, &mut pending, &mut pending_items);
-            self.metrics.inflight_envelopes.set(pending_items as i64);
+            self.metrics
+                .sink
+                .inflight_envelopes
+                .set(pending_items as i64);
             let generation = self.state.generation.load(Ordering::SeqCst);
             let started = Instant::now();
             let outcome = if !self.write_all(&pending).await {
@@ -144,7 +147,7 @@ impl CoreSink {
             match outcome {
                 Ok(()) if same_connection => {
                     let elapsed = started.elapsed().as_secs_f64();
-                    self.metrics.publish_seconds.observe(elapsed);
+                    self.metrics.sink.publish_seconds.observe(elapsed);
                     confirm(&self.metrics, &confirmed, &pending);
                     pending.clear();
                     pending_items = 0;

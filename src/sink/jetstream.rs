@@ -96,7 +96,10 @@ impl JetStreamSink {
                 confirm(&self.metrics, &confirmed, &done);
                 retry.succeeded();
             }
-            self.metrics.inflight_envelopes.set(w.inflight_items as i64);
+            self.metrics
+                .sink
+                .inflight_envelopes
+                .set(w.inflight_items as i64);
             if let Some(reason) = w.failure.take() {
                 if !w.acks.is_empty() {
                     w.failure = Some(reason); // wait for the acknowledgements in flight
@@ -256,6 +259,7 @@ impl Window {
             let f = self.batches.pop_front().expect("front exists");
             self.first_id += 1;
             metrics
+                .sink
                 .publish_seconds
                 .observe(f.started.elapsed().as_secs_f64());
             done.push(f.batch);

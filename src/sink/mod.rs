@@ -71,6 +71,7 @@ fn observe_commit_latency(metrics: &Metrics, batches: &[SinkBatch]) {
     for ts in batches.iter().filter_map(|b| b.commit_ts) {
         let at = ts.seconds as f64 + f64::from(ts.nanos) / 1e9;
         metrics
+            .sink
             .commit_to_publish_seconds
             .observe((now - at).max(0.0));
     }
@@ -109,7 +110,7 @@ pub(crate) fn confirm(
     batches: &[SinkBatch],
 ) {
     let items: usize = batches.iter().map(|b| b.items.len()).sum();
-    metrics.published.inc_by(items as u64);
+    metrics.sink.published.inc_by(items as u64);
     observe_commit_latency(metrics, batches);
     report_confirmed(confirmed, batches);
 }
@@ -138,7 +139,7 @@ impl Retry {
 
     /// Count and log a failed attempt, then wait before the next one.
     pub(crate) async fn failed(&mut self, what: &'static str, reason: &str, envelopes: usize) {
-        self.metrics.publish_retries.inc();
+        self.metrics.sink.publish_retries.inc();
         tracing::warn!(reason, envelopes, "{what}");
         tokio::time::sleep(self.backoff).await;
         self.backoff = (self.backoff * 2).min(Self::LONGEST);

@@ -23,19 +23,24 @@ pub async fn monitor_slot(
         if let Some(c) = &catalog {
             match c.slot_health(&slot).await {
                 Ok(Some(h)) => {
-                    metrics.slot_active.set(i64::from(h.active));
+                    metrics.source.slot_active.set(i64::from(h.active));
                     for status in ["reserved", "extended", "unreserved", "lost"] {
                         metrics
+                            .source
                             .slot_wal_status
                             .with_label_values(&[status])
                             .set(i64::from(h.wal_status.as_deref() == Some(status)));
                     }
                     metrics
+                        .source
                         .slot_safe_wal_size
                         .set(h.safe_wal_size.unwrap_or(-1));
-                    metrics.slot_retained_wal.set(h.retained_bytes.unwrap_or(0));
+                    metrics
+                        .source
+                        .slot_retained_wal
+                        .set(h.retained_bytes.unwrap_or(0));
                 }
-                Ok(None) => metrics.slot_active.set(0),
+                Ok(None) => metrics.source.slot_active.set(0),
                 Err(e) => tracing::debug!(error = %e, "reading the slot's state"),
             }
         }

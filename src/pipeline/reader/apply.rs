@@ -27,7 +27,7 @@ impl ChangeReader {
                 wal_end,
                 data,
             } => {
-                self.metrics.bytes_received.inc_by(data.len() as u64);
+                self.metrics.source.bytes_received.inc_by(data.len() as u64);
                 self.cp.on_received(wal_end);
                 self.on_message(wal_start, data).await?;
             }
@@ -35,7 +35,7 @@ impl ChangeReader {
                 wal_end,
                 reply_requested,
             } => {
-                self.metrics.keepalives.inc();
+                self.metrics.source.keepalives.inc();
                 self.cp.on_keepalive(wal_end);
                 if reply_requested {
                     self.send_status(stream, false).await?;
@@ -74,8 +74,9 @@ impl ChangeReader {
                 self.flush_chunk(Some(end_lsn));
                 self.last_handed_commit = commit_lsn;
                 self.cp.on_handed_off(end_lsn);
-                self.metrics.transactions.inc();
+                self.metrics.envelope.transactions.inc();
                 self.metrics
+                    .envelope
                     .last_commit_timestamp
                     .set(self.commit_ts.seconds);
                 self.unconfirmed.push_back((end_lsn, self.commit_ts));
@@ -161,6 +162,7 @@ impl ChangeReader {
             self.provide(need).await?;
         }
         self.metrics
+            .envelope
             .replays_skipped
             .inc_by(self.builder.replays_skipped() - skipped_before);
         if let Some(c) = self.counters.get(&relation_id) {
@@ -180,7 +182,7 @@ impl ChangeReader {
             Need::Toast(needed) => {
                 tracing::warn!(table = %format!("{}.{}", needed.schema, needed.table), columns = ?needed.columns,
                     "unchanged TOAST value not known: fetching it from the table");
-                self.metrics.toast_fetches.inc();
+                self.metrics.envelope.toast_fetches.inc();
                 let texts = self
                     .catalog
                     .fetch_row_columns(
@@ -197,7 +199,7 @@ impl ChangeReader {
                     .store
                     .as_ref()
                     .expect("tracked sequences without a store are volatile");
-                self.metrics.key_state_loads.inc();
+                self.metrics.envelope.key_state_loads.inc();
                 let loaded = store.load_key(&subject).await?;
                 self.builder
                     .provide_key_state(key, loaded.map(|(state, _)| state));
@@ -243,6 +245,7 @@ impl ChangeReader {
         }
         if let Some(prev) = update.previous.filter(|p| *p != update.current) {
             self.metrics
+                .envelope
                 .schema_changes
                 .with_label_values(&[&update.table])
                 .inc();

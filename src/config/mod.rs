@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 
+mod file;
+pub use file::{load_config_file, ConfigFileError};
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::envelope::TableSettings;
@@ -208,143 +211,6 @@ impl RunConfig {
         }
         out
     }
-}
-
-/// A configuration file that could not be used.
-#[derive(Debug, thiserror::Error)]
-#[error("configuration file {path}: {problem}")]
-pub struct ConfigFileError {
-    pub path: String,
-    pub problem: String,
-}
-
-/// Read the optional TOML configuration file (`--config <path>` or `WALCAST_CONFIG`)
-/// into the `WALCAST_*` variables that are not set, so that precedence is
-/// flag > environment > file > default. Top-level keys are the flag names with `_`
-/// (`postgres_url = "..."`); `[tables."schema.table"]` sections take
-/// `sequence_column`, `include_columns`, `exclude_columns` and `ops`.
-/// Call it before parsing the command line, while the process is single-threaded.
-pub fn load_config_file(args: &[std::ffi::OsString]) -> Result<(), ConfigFileError> {
-    let mut path = std::env::var("WALCAST_CONFIG").ok();
-    let mut it = args.iter().map(|a| a.to_string_lossy().into_owned());
-    while let Some(a) = it.next() {
-        if a == "--config" {
-            path = it.next();
-        } else if let Some(p) = a.strip_prefix("--config=") {
-            path = Some(p.to_string());
-        }
-    }
-    let Some(path) = path else { return Ok(()) };
-    let err = |problem: String| ConfigFileError {
-        path: path.clone(),
-        problem,
-    };
-    let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| err(e.to_string()))?;
-    let command = <Cli as clap::CommandFactory>::command();
-    let run = command.find_subcommand("run").expect("run subcommand");
-    let known: Vec<(String, String)> = run
-        .get_arguments()
-        .chain(command.get_arguments())
-        .filter_map(|a| {
-            Some((
-                a.get_long()?.replace('-', "_"),
-                a.get_env()?.to_string_lossy().into_owned(),
-            ))
-        })
-        .collect();
-    let scalar = |key: &str, v: &toml::Value| -> Result<String, ConfigFileError> {
-        match v {
-            toml::Value::String(s) => Ok(s.clone()),
-            toml::Value::Integer(i) => Ok(i.to_string()),
-            toml::Value::Float(f) => Ok(f.to_string()),
-            toml::Value::Boolean(b) => Ok(b.to_string()),
-            toml::Value::Array(items) => items
-                .iter()
-                .map(|i| match i {
-                    toml::Value::String(s) => Ok(s.clone()),
-                    other => Ok(other.to_string()),
-                })
-                .collect::<Result<Vec<_>, ConfigFileError>>()
-                .map(|v| v.join(",")),
-            _ => Err(err(format!("{key}: expected a value, found a table"))),
-        }
-    };
-    let mut values: Vec<(String, String)> = Vec::new();
-    let mut per_table: HashMap<&str, Vec<String>> = HashMap::new();
-    for (key, value) in &table {
-        if key == "tables" {
-            let toml::Value::Table(tables) = value else {
-                return Err(err(
-                    "tables: expected [tables.\"schema.table\"] sections".into()
-                ));
-            };
-            for (name, settings) in tables {
-                let toml::Value::Table(settings) = settings else {
-                    return Err(err(format!("tables.{name}: expected a table")));
-                };
-                for (k, v) in settings {
-                    let list = |v: &toml::Value| -> Vec<String> {
-                        match v {
-                            toml::Value::Array(a) => a
-                                .iter()
-                                .map(|x| {
-                                    x.as_str()
-                                        .map(str::to_string)
-                                        .unwrap_or_else(|| x.to_string())
-                                })
-                                .collect(),
-                            other => vec![other
-                                .as_str()
-                                .map(str::to_string)
-                                .unwrap_or_else(|| other.to_string())],
-                        }
-                    };
-                    let (var, items): (&str, Vec<String>) = match k.as_str() {
-                        "sequence_column" => ("WALCAST_COLUMN_SEQUENCE", list(v)),
-                        "include_columns" => ("WALCAST_INCLUDE_COLUMN", list(v)),
-                        "exclude_columns" => ("WALCAST_EXCLUDE_COLUMN", list(v)),
-                        "ops" => ("WALCAST_OPS", vec![list(v).join("+")]),
-                        other => {
-                            return Err(err(format!(
-                                "tables.{name}: unknown setting {other:?} (sequence_column, include_columns, exclude_columns, ops)"
-                            )))
-                        }
-                    };
-                    per_table
-                        .entry(var)
-                        .or_default()
-                        .extend(items.into_iter().map(|i| format!("{name}={i}")));
-                }
-            }
-            continue;
-        }
-        if key == "config" {
-            continue;
-        }
-        let Some((_, env)) = known.iter().find(|(k, _)| k == key) else {
-            return Err(err(format!(
-                "unknown key {key:?}; known keys: {}",
-                known
-                    .iter()
-                    .map(|(k, _)| k.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        };
-        values.push((env.clone(), scalar(key, value)?));
-    }
-    for (var, items) in per_table {
-        values.push((var.to_string(), items.join(",")));
-    }
-    for (var, value) in values {
-        if std::env::var_os(&var).is_none() {
-            std::env::set_var(var, value);
-        }
-    }
-    Ok(())
 }
 
 fn parse_slot_name(s: &str) -> Result<String, String> {
