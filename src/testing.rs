@@ -414,10 +414,17 @@ pub struct NatsServer {
     bin: PathBuf,
     dir: tempfile::TempDir,
     jetstream: bool,
+    /// Extra configuration file text (`authorization { ... }`, `max_payload`, ...).
+    config: Option<String>,
     child: Option<Child>,
 }
 
 impl NatsServer {
+    /// Start with JetStream and this configuration file text.
+    pub fn start_with_config(config: &str) -> Result<NatsServer, FixtureError> {
+        Self::launch_new(true, Some(config.to_string()))
+    }
+
     /// Start with JetStream enabled.
     pub fn start() -> Result<NatsServer, FixtureError> {
         Self::start_with(true)
@@ -425,6 +432,10 @@ impl NatsServer {
 
     /// Start with or without JetStream.
     pub fn start_with(jetstream: bool) -> Result<NatsServer, FixtureError> {
+        Self::launch_new(jetstream, None)
+    }
+
+    fn launch_new(jetstream: bool, config: Option<String>) -> Result<NatsServer, FixtureError> {
         let bin = nats_server_bin()?;
         let dir = tempfile::Builder::new()
             .prefix("walcast-nats-")
@@ -436,6 +447,7 @@ impl NatsServer {
             bin,
             dir,
             jetstream,
+            config,
             child: None,
         };
         s.launch()?;
@@ -453,6 +465,11 @@ impl NatsServer {
             .stderr(log);
         if self.jetstream {
             cmd.arg("-js").arg("-sd").arg(self.dir.path().join("store"));
+        }
+        if let Some(config) = &self.config {
+            let path = self.dir.path().join("nats.conf");
+            std::fs::write(&path, config).map_err(io("writing the nats config"))?;
+            cmd.arg("-c").arg(path);
         }
         self.child = Some(cmd.spawn().map_err(io("starting nats-server"))?);
         if !wait_for_port(self.port, Duration::from_secs(30)) {

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use crate::client::{redact_url, NatsUrl};
 use crate::config::RunConfig;
 use crate::pipeline::policy;
 use crate::source::catalog::{missing_publication, Catalog, ServerFacts, SlotInfo, TableFacts};
@@ -100,6 +101,20 @@ async fn postgres_checks(catalog: &Catalog, cfg: &RunConfig, r: &mut Report) -> 
     let tables = publication_checks(catalog, cfg, r).await;
     for t in &tables {
         table_checks(t, &server, r);
+    }
+    if !tables.is_empty() {
+        let columns = tables
+            .iter()
+            .map(|t| (t.name.clone(), t.columns.clone()))
+            .collect();
+        for problem in policy::settings_problems(&cfg.table_settings(), &columns) {
+            r.push(
+                Outcome::Fail,
+                "table settings",
+                problem,
+                Some("correct the name in --include-column/--exclude-column/--column-sequence/--ops or the [tables] section"),
+            );
+        }
     }
     slot_checks(catalog, cfg, slot, server.database.as_deref(), r).await;
     tables.into_iter().map(|t| t.name).collect()
@@ -291,17 +306,21 @@ async fn slot_checks(
 }
 
 async fn nats_checks(cfg: &RunConfig, r: &mut Report, tracked: &[&String]) {
-    let client = match async_nats::ConnectOptions::new()
-        .connection_timeout(cfg.connect_timeout)
-        .connect(&cfg.nats_url)
-        .await
-    {
+    let shown = redact_url(&cfg.nats_url);
+    let connected = match NatsUrl::parse(&cfg.nats_url) {
+        Ok(url) => url
+            .connect_with(url.options().connection_timeout(cfg.connect_timeout))
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let client = match connected {
         Ok(c) => c,
         Err(e) => {
             r.push(
                 Outcome::Fail,
                 "nats connection",
-                format!("{}: {e}", cfg.nats_url),
+                format!("{shown}: {e}"),
                 Some("check --nats-url and that nats-server runs"),
             );
             return;
@@ -310,7 +329,7 @@ async fn nats_checks(cfg: &RunConfig, r: &mut Report, tracked: &[&String]) {
     let info = client.server_info();
     r.ok(
         "nats connection",
-        format!("{} (server {})", cfg.nats_url, info.version),
+        format!("{shown} (server {})", info.version),
     );
     let delivery = policy::choose_delivery(cfg.delivery, info.jetstream);
     if delivery != Ok(crate::config::Delivery::Jetstream) {
@@ -340,16 +359,16 @@ async fn nats_checks(cfg: &RunConfig, r: &mut Report, tracked: &[&String]) {
             "stream",
             format!(
                 "\"{}\" does not exist yet: walcast creates it at start",
-                cfg.stream
+                cfg.stream_name()
             ),
         ),
         Ok(Some(problems)) => r.check(
             problems.is_empty(),
             "stream",
             if problems.is_empty() {
-                format!("\"{}\" fits", cfg.stream)
+                format!("\"{}\" fits", cfg.stream_name())
             } else {
-                format!("\"{}\": {}", cfg.stream, problems.join("; "))
+                format!("\"{}\": {}", cfg.stream_name(), problems.join("; "))
             },
             "fix or delete the stream, or choose another --stream",
         ),

@@ -17,11 +17,12 @@ use crate::ops::metrics::Metrics;
 pub fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if let Err(e) = crate::config::load_config_file(&args) {
-        eprintln!("walcast: error: {e}");
+        report_error(&anyhow::Error::from(e), log_format_of(&args));
         return ExitCode::FAILURE;
     }
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    let format = cli.log_format;
+    init_tracing(format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -43,17 +44,76 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("walcast: error: {e:#}");
+            report_error(&e, format);
             ExitCode::FAILURE
         }
     }
 }
 
+/// The log format asked for, before the command line is parsed (for errors of the
+/// configuration file).
+fn log_format_of(args: &[std::ffi::OsString]) -> LogFormat {
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let flag = args
+        .iter()
+        .position(|a| a == "--log-format")
+        .and_then(|i| args.get(i + 1).cloned())
+        .or_else(|| {
+            args.iter()
+                .find_map(|a| a.strip_prefix("--log-format=").map(str::to_string))
+        })
+        .or_else(|| std::env::var("WALCAST_LOG_FORMAT").ok());
+    match flag.as_deref() {
+        Some("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    }
+}
+
+/// The error and its causes, each cause once (a cause a message already quotes is
+/// not repeated), as one line: text, or a JSON object in JSON mode.
+fn report_error(e: &anyhow::Error, format: LogFormat) {
+    let mut message = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+    }
+    match format {
+        LogFormat::Text => eprintln!("walcast: error: {message}"),
+        LogFormat::Json => eprintln!(
+            "{}",
+            serde_json::json!({
+                "timestamp": crate::wire::Timestamp::now().to_rfc3339(),
+                "level": "ERROR",
+                "fields": { "message": message },
+                "target": "walcast",
+            })
+        ),
+    }
+}
+
+/// Logs on stderr: `WALCAST_LOG` filters (default `info`); colour only on a terminal;
+/// the NATS client never below `debug` (its `trace` lines carry the CONNECT options,
+/// credentials included); PostgreSQL notices only from `warn`, unless asked for.
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WALCAST_LOG")
+    use std::io::IsTerminal;
+    let spec = std::env::var("WALCAST_LOG").unwrap_or_else(|_| "info".into());
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&spec)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if !spec.contains("tokio_postgres") {
+        filter = filter.add_directive("tokio_postgres=warn".parse().expect("valid directive"));
+    }
+    if spec.contains("trace") {
+        filter = filter.add_directive("async_nats=debug".parse().expect("valid directive"));
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -3,20 +3,18 @@
 use anyhow::Context;
 use futures::StreamExt;
 
-use crate::client::envelopes;
+use crate::client::{envelopes, redact_url};
 use crate::config::TailConfig;
 use crate::wire::{codec, Lsn};
 
 pub(super) async fn tail(cfg: TailConfig) -> anyhow::Result<()> {
-    let client = async_nats::connect(&cfg.nats_url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {}", cfg.nats_url))?;
+    let client = crate::client::connect(&cfg.nats_url).await?;
     let sub = client
         .subscribe(cfg.pattern.clone())
         .await
         .with_context(|| format!("cannot subscribe to {}", cfg.pattern))?;
     client.flush().await.context("NATS flush")?;
-    eprintln!("tailing {} on {}", cfg.pattern, cfg.nats_url);
+    eprintln!("tailing {} on {}", cfg.pattern, redact_url(&cfg.nats_url));
     let mut received = envelopes(sub);
     let mut seen = 0u64;
     while let Some(msg) = received.next().await {

@@ -23,6 +23,7 @@ mod in_process;
 mod nats;
 mod replica;
 mod stream;
+mod url;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +38,7 @@ pub use in_process::InProcessTransport;
 pub use nats::NatsTransport;
 pub use replica::{Refetch, Replica, ReplicaMeta, ReplicaOptions, ReplicaStats, Status};
 pub use stream::{envelopes, last_envelope, refetch_from_stream, Received, StoredEnvelope};
+pub use url::{connect, redact_url, NatsUrl};
 
 /// Default capacity of a local subscriber's queue.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
@@ -50,6 +52,8 @@ pub enum ClientError {
     Key(String, crate::wire::key::KeyError),
     #[error("refetch failed: {0}")]
     Refetch(String),
+    #[error("invalid NATS URL: {0}")]
+    Url(String),
 }
 
 /// What a transport carries: one key's change envelopes.

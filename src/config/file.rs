@@ -27,9 +27,15 @@ pub fn load_config_file(args: &[std::ffi::OsString]) -> Result<(), ConfigFileErr
         problem,
     };
     let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| err(e.to_string()))?;
+    // The parser's own message quotes the offending line, which may hold a password:
+    // only its message and position are shown.
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let at = line.map(|l| format!("line {l}: ")).unwrap_or_default();
+        err(format!("{at}{}", e.message()))
+    })?;
     let known = known_keys();
     let mut values: Vec<(String, String)> = Vec::new();
     let mut per_table: HashMap<&'static str, Vec<String>> = HashMap::new();

@@ -76,8 +76,8 @@ pub struct RunConfig {
     /// Subject prefix: envelopes go to <prefix>.<schema>.<table>.<key token>.
     #[arg(long, env = "WALCAST_SUBJECT_PREFIX", default_value = "walcast", value_parser = parse_prefix)]
     pub subject_prefix: String,
-    /// Address of the /metrics, /healthz and /readyz endpoints.
-    #[arg(long, env = "WALCAST_METRICS_ADDR", default_value = "127.0.0.1:9187")]
+    /// Address of the /metrics, /healthz and /readyz endpoints (`host:port`).
+    #[arg(long, env = "WALCAST_METRICS_ADDR", default_value = "127.0.0.1:9187", value_parser = parse_listen_addr)]
     pub metrics_addr: SocketAddr,
     /// Seconds between standby status updates sent to PostgreSQL.
     #[arg(long, env = "WALCAST_STATUS_INTERVAL", default_value = "1", value_parser = parse_seconds)]
@@ -85,6 +85,13 @@ pub struct RunConfig {
     /// Seconds to wait for a connection to PostgreSQL or NATS.
     #[arg(long, env = "WALCAST_CONNECT_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
     pub connect_timeout: Duration,
+    /// Seconds a shutdown may take in all to drain what NATS has not confirmed; what
+    /// is left stays in the slot (exit status 1).
+    #[arg(long, env = "WALCAST_SHUTDOWN_TIMEOUT", default_value = "20", value_parser = parse_seconds)]
+    pub shutdown_timeout: Duration,
+    /// Seconds between progress lines in the log while changes flow.
+    #[arg(long, env = "WALCAST_PROGRESS_INTERVAL", default_value = "10", value_parser = parse_seconds)]
+    pub progress_interval: Duration,
     /// Seconds to wait for NATS to confirm published envelopes before publishing again.
     #[arg(long, env = "WALCAST_CONFIRM_TIMEOUT", default_value = "5", value_parser = parse_seconds)]
     pub confirm_timeout: Duration,
@@ -95,9 +102,11 @@ pub struct RunConfig {
     /// or `auto` (JetStream when the server has it).
     #[arg(long, env = "WALCAST_DELIVERY", value_enum, default_value_t = Delivery::Auto)]
     pub delivery: Delivery,
-    /// JetStream stream holding every key's last envelope (created when missing).
-    #[arg(long, env = "WALCAST_STREAM", default_value = "WALCAST")]
-    pub stream: String,
+    /// JetStream stream holding every key's last envelope (created when missing);
+    /// default: the subject prefix in upper case, other characters as `_`
+    /// (`walcast` → `WALCAST`).
+    #[arg(long, env = "WALCAST_STREAM")]
+    pub stream: Option<String>,
     /// Messages the stream keeps per subject (1: each key's last state).
     #[arg(long, env = "WALCAST_STREAM_HISTORY", default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..))]
     pub stream_history: i64,
@@ -134,6 +143,7 @@ pub struct RunConfig {
 #[derive(Debug, Clone, Args)]
 pub struct TailConfig {
     /// Subject pattern, e.g. 'walcast.public.users.>' or 'walcast.>'.
+    #[arg(value_parser = parse_subject_pattern)]
     pub pattern: String,
     /// NATS server URL.
     #[arg(
@@ -148,6 +158,37 @@ pub struct TailConfig {
     /// Exit after this many envelopes.
     #[arg(long)]
     pub count: Option<u64>,
+}
+
+/// A NATS subject pattern: non-empty tokens without white space, `*` a whole token,
+/// `>` only as the whole last token.
+fn parse_subject_pattern(s: &str) -> Result<String, String> {
+    let tokens: Vec<&str> = s.split('.').collect();
+    let bad = |why: &str| Err(format!("{s:?} is not a valid subject pattern: {why}"));
+    for (i, t) in tokens.iter().enumerate() {
+        if t.is_empty() {
+            return bad("empty token");
+        }
+        if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return bad("white space or control characters");
+        }
+        if t.contains('>') && (*t != ">" || i + 1 != tokens.len()) {
+            return bad("'>' must be the whole last token");
+        }
+        if t.contains('*') && *t != "*" {
+            return bad("'*' must be a whole token");
+        }
+    }
+    Ok(s.to_string())
+}
+
+/// `host:port` or `ip:port`, resolved once.
+fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    s.to_socket_addrs()
+        .map_err(|e| format!("{s:?} is not a host:port address: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -183,6 +224,22 @@ fn parse_table_ops(s: &str) -> Result<(String, Vec<Op>), String> {
 }
 
 impl RunConfig {
+    /// The stream's name: `--stream`, else derived from the subject prefix.
+    pub fn stream_name(&self) -> String {
+        self.stream.clone().unwrap_or_else(|| {
+            self.subject_prefix
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect()
+        })
+    }
+
     /// Per-table settings gathered from the table-scoped options.
     pub fn table_settings(&self) -> HashMap<String, TableSettings> {
         let mut out: HashMap<String, TableSettings> = HashMap::new();

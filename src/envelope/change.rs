@@ -123,6 +123,11 @@ impl EnvelopeBuilder {
             .relations
             .get(&relation_id)
             .ok_or(EnvelopeError::UnknownRelation(relation_id))?;
+        if rel.shape.key.is_empty() {
+            return Err(EnvelopeError::NoKey {
+                table: rel.qualified_name(),
+            });
+        }
         rel.check_column_count([new, old.map(|o| o.values())])?;
         if !(rel.publishes(op) || op == Op::Update && rel.publishes(Op::Delete)) {
             return Ok(None);

@@ -32,7 +32,7 @@ use toast::ToastCache;
 pub enum EnvelopeError {
     #[error("change for relation {0} arrived before its Relation message")]
     UnknownRelation(u32),
-    #[error("table {table} has no primary key and no replica identity index: walcast cannot key its rows (add a primary key, or ALTER TABLE {table} REPLICA IDENTITY USING INDEX <unique index>)")]
+    #[error("table {table} has no primary key and no replica identity index: walcast cannot key its rows, its changes are not published (add a primary key, or ALTER TABLE {table} REPLICA IDENTITY USING INDEX <unique index>, or ALTER PUBLICATION ... DROP TABLE {table})")]
     NoKey { table: String },
     #[error("table {table}: tuple has {got} columns, the Relation message announced {expected}")]
     ColumnCount {
@@ -256,9 +256,6 @@ impl EnvelopeBuilder {
         key: Vec<usize>,
     ) -> Result<RelationUpdate, EnvelopeError> {
         let qualified = format!("{schema}.{table}");
-        if key.is_empty() {
-            return Err(EnvelopeError::NoKey { table: qualified });
-        }
         let settings = self.tables.get(&qualified).cloned().unwrap_or_default();
         let sequence_column =
             match &settings.sequence_column {

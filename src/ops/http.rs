@@ -42,7 +42,14 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut shutdown: S
                 ),
                 "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
                 "/readyz" => match metrics.is_ready() {
-                    (true, _) => ("200 OK", "text/plain", "ready\n".to_string()),
+                    (true, degraded) if degraded.is_empty() => {
+                        ("200 OK", "text/plain", "ready\n".to_string())
+                    }
+                    (true, degraded) => (
+                        "200 OK",
+                        "text/plain",
+                        format!("ready (degraded: {degraded})\n"),
+                    ),
                     (false, reason) => (
                         "503 Service Unavailable",
                         "text/plain",

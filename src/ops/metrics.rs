@@ -21,7 +21,13 @@ pub struct Metrics {
     pub sink: SinkMetrics,
     /// Why the process is not ready, when it is not.
     not_ready_reason: Mutex<String>,
+    /// Streaming from PostgreSQL.
     ready: AtomicBool,
+    /// Connected to NATS.
+    nats_up: AtomicBool,
+    /// Problems that do not stop the stream (tables refused on their own), shown by
+    /// `/readyz`.
+    degraded: Mutex<Vec<String>>,
 }
 
 /// The replication connection and the slot.
@@ -49,6 +55,8 @@ pub struct EnvelopeMetrics {
     pub toast_fetches: IntCounter,
     pub replays_skipped: IntCounter,
     pub key_state_loads: IntCounter,
+    pub keyless_skipped: IntCounterVec,
+    pub missing_setting_columns: IntCounterVec,
 }
 
 /// Publishing to NATS.
@@ -173,6 +181,16 @@ impl EnvelopeMetrics {
                 "walcast_key_state_loads_total",
                 "Per-key sequence states loaded from the stream (cache misses)",
             ),
+            keyless_skipped: r.counter_vec(
+                "walcast_keyless_changes_skipped_total",
+                "Changes not published because their table has no primary key or replica identity index, by table",
+                &["table"],
+            ),
+            missing_setting_columns: r.counter_vec(
+                "walcast_setting_columns_missing_total",
+                "Columns named by per-table settings that the table no longer has (dropped while running), by table",
+                &["table"],
+            ),
         }
     }
 }
@@ -229,6 +247,8 @@ impl Metrics {
             sink: SinkMetrics::new(&r),
             not_ready_reason: Mutex::new("starting".into()),
             ready: AtomicBool::new(false),
+            nats_up: AtomicBool::new(false),
+            degraded: Mutex::new(Vec::new()),
             registry,
         })
     }
@@ -238,11 +258,30 @@ impl Metrics {
         *self.not_ready_reason.lock().unwrap() = reason.to_string();
     }
 
+    /// Whether NATS is connected (readiness needs it too).
+    pub fn set_nats_connected(&self, up: bool) {
+        self.nats_up.store(up, Ordering::SeqCst);
+        self.sink.nats_connected.set(i64::from(up));
+    }
+
+    /// A problem that leaves the stream running (once per text).
+    pub fn add_degraded(&self, problem: String) {
+        let mut d = self.degraded.lock().unwrap();
+        if !d.contains(&problem) {
+            d.push(problem);
+        }
+    }
+
+    /// Ready: streaming from PostgreSQL and connected to NATS. The text says why
+    /// not, or what is degraded while ready.
     pub fn is_ready(&self) -> (bool, String) {
-        (
-            self.ready.load(Ordering::SeqCst),
-            self.not_ready_reason.lock().unwrap().clone(),
-        )
+        if !self.ready.load(Ordering::SeqCst) {
+            return (false, self.not_ready_reason.lock().unwrap().clone());
+        }
+        if !self.nats_up.load(Ordering::SeqCst) {
+            return (false, "NATS disconnected".into());
+        }
+        (true, self.degraded.lock().unwrap().join("; "))
     }
 
     /// The text exposition of every metric.

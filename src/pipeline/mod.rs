@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use crate::client::redact_url;
 use crate::config::{Delivery, RunConfig};
 use crate::decode::pgoutput::DecodeError;
 use crate::envelope::sequence::SequenceMode;
@@ -53,6 +54,8 @@ pub enum PipelineError {
     },
     #[error("the sink stopped unexpectedly")]
     SinkGone,
+    #[error("{transactions} transaction(s) not confirmed by NATS within the shutdown budget; they are safe in the slot (flushed up to {flushed}) and will be published at the next start")]
+    Unconfirmed { transactions: usize, flushed: Lsn },
     #[error("loading state from the stream: {0}")]
     Store(#[from] StateError),
     #[error("{0}")]
@@ -63,6 +66,7 @@ impl PipelineError {
     fn is_transient(&self) -> bool {
         match self {
             PipelineError::Source(e) => e.is_transient(),
+            PipelineError::Store(StateError::Foreign { .. }) => false,
             PipelineError::Store(_) => true,
             _ => false,
         }
@@ -84,7 +88,7 @@ pub async fn run(
     mut shutdown: Shutdown,
 ) -> Result<(), PipelineError> {
     let params = ConnectParams::from_url(&cfg.postgres_url)?;
-    let catalog = Catalog::connect(&cfg.postgres_url, cfg.connect_timeout).await?;
+    let catalog = Catalog::connect_waiting(&cfg.postgres_url, cfg.connect_timeout).await?;
     let preflight = preflight(&catalog, &cfg).await?;
     let mut tasks = TaskSet::new();
     start_background(&cfg, &metrics, &mut tasks).await?;
@@ -107,18 +111,46 @@ pub async fn run(
         cfg.key_cache,
         cfg.toast_cache_bytes,
     );
+    // The reader bounds its own drain by the budget; this bounds a reader stuck
+    // waiting on a server.
+    let budget = cfg.shutdown_timeout + Duration::from_secs(1);
     let mut reader = ChangeReader::new(cfg, metrics.clone(), catalog, store, builder);
-    let result = supervise(&mut reader, &params, &mut shutdown, &tx, &mut confirmed_rx).await;
+    let budget_watch = shutdown.clone();
+    let outcome = {
+        let supervised = supervise(&mut reader, &params, &mut shutdown, &tx, &mut confirmed_rx);
+        tokio::pin!(supervised);
+        tokio::select! {
+            result = &mut supervised => Some(result),
+            _ = budget_spent(budget_watch, budget) => None,
+        }
+    };
+    let result = match outcome {
+        Some(Ok(())) => reader.shutdown_outcome(),
+        Some(Err(e)) => Err(e),
+        None => {
+            tracing::warn!("the shutdown budget ran out while waiting on PostgreSQL or NATS");
+            reader.shutdown_outcome()
+        }
+    };
     metrics.set_ready(false, "shutting down");
     drop(tx);
-    match tokio::time::timeout(DRAIN_WAIT, sink_task).await {
+    // The reader waited for the sink within the shutdown budget: what the sink
+    // still holds is unconfirmed and safe in the slot.
+    let sink_abort = sink_task.abort_handle();
+    match tokio::time::timeout(Duration::from_secs(1), sink_task).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::error!(error = %e, "sink stopped with an error"),
         Ok(Err(e)) => tracing::error!(error = %e, "sink task failed"),
-        Err(_) => tracing::warn!("sink did not drain within {DRAIN_WAIT:?}"),
+        Err(_) => sink_abort.abort(),
     }
     tasks.join(Duration::from_secs(2)).await;
     result
+}
+
+/// Resolves `budget` after shutdown was requested.
+async fn budget_spent(mut shutdown: Shutdown, budget: Duration) {
+    shutdown.wait().await;
+    tokio::time::sleep(budget).await;
 }
 
 /// Check the publication and its tables before anything else starts.
@@ -130,6 +162,10 @@ async fn preflight(catalog: &Catalog, cfg: &RunConfig) -> Result<Preflight, Pipe
         tables = ?preflight.tables,
         "publication checked"
     );
+    let problems = policy::settings_problems(&cfg.table_settings(), &preflight.columns);
+    if !problems.is_empty() {
+        return Err(PipelineError::Config(problems.join("; ")));
+    }
     for table in &preflight.toast_without_full_identity {
         tracing::warn!(
             table = %table,
@@ -166,15 +202,12 @@ async fn start_background(
     Ok(())
 }
 
-/// Every 500 ms until shutdown: whether NATS is connected, as a metric.
+/// Every 250 ms until shutdown: whether NATS is connected (metric and readiness).
 async fn poll_nats_gauge(state: Arc<NatsState>, metrics: Arc<Metrics>, mut shutdown: Shutdown) {
     loop {
-        metrics
-            .sink
-            .nats_connected
-            .set(i64::from(state.connected.load(Ordering::SeqCst)));
+        metrics.set_nats_connected(state.connected.load(Ordering::SeqCst));
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             _ = shutdown.wait() => return,
         }
     }
@@ -189,13 +222,16 @@ async fn build_delivery(
     metrics: &Arc<Metrics>,
 ) -> Result<(Sink, Option<StateStore>, SequenceMode), PipelineError> {
     let has_jetstream = client.server_info().jetstream;
-    let delivery = policy::choose_delivery(cfg.delivery, has_jetstream)
-        .map_err(|e| PipelineError::Config(format!("NATS at {}: {e}", cfg.nats_url)))?;
+    let delivery = policy::choose_delivery(cfg.delivery, has_jetstream).map_err(|e| {
+        PipelineError::Config(format!("NATS at {}: {e}", redact_url(&cfg.nats_url)))
+    })?;
     let settings = cfg.table_settings();
     let tracked = policy::tracked_tables(&preflight.tables, &settings);
     let mode =
         policy::default_sequence_mode(delivery, has_jetstream, cfg.volatile_sequences, &tracked)
-            .map_err(|e| PipelineError::Config(format!("{e} (NATS at {})", cfg.nats_url)))?;
+            .map_err(|e| {
+                PipelineError::Config(format!("{e} (NATS at {})", redact_url(&cfg.nats_url)))
+            })?;
     tracing::info!(delivery = ?delivery, sequences = ?mode, "delivery chosen");
     if delivery != Delivery::Jetstream {
         let sink = CoreSink::new(

@@ -51,6 +51,43 @@ pub fn default_sequence_mode(
     }
 }
 
+/// Per-table settings that name a table outside the publication or a column the
+/// table does not have (typos that would otherwise publish a hidden column).
+pub fn settings_problems(
+    settings: &HashMap<String, TableSettings>,
+    columns: &HashMap<String, Vec<String>>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut names: Vec<&String> = settings.keys().collect();
+    names.sort();
+    for table in names {
+        let Some(have) = columns.get(table) else {
+            let mut known: Vec<&str> = columns.keys().map(String::as_str).collect();
+            known.sort();
+            problems.push(format!(
+                "settings name table {table}, which is not in the publication (its tables: {})",
+                known.join(", ")
+            ));
+            continue;
+        };
+        let s = &settings[table];
+        let named = s
+            .sequence_column
+            .iter()
+            .chain(s.include_columns.iter().flatten())
+            .chain(&s.exclude_columns);
+        for column in named {
+            if !have.contains(column) {
+                problems.push(format!(
+                    "settings of {table} name column {column:?}, which the table does not have (its columns: {})",
+                    have.join(", ")
+                ));
+            }
+        }
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +120,31 @@ mod tests {
         );
         assert_eq!(choose_delivery(Delivery::Auto, false), Ok(Delivery::Core));
         assert!(choose_delivery(Delivery::Jetstream, false).is_err());
+    }
+
+    #[test]
+    fn settings_naming_unknown_tables_or_columns_are_problems() {
+        let mut settings = HashMap::new();
+        settings.insert(
+            "public.users".to_string(),
+            TableSettings {
+                exclude_columns: vec!["emial".into()],
+                include_columns: Some(vec!["id".into()]),
+                ..Default::default()
+            },
+        );
+        settings.insert("public.userz".to_string(), TableSettings::default());
+        let mut columns = HashMap::new();
+        columns.insert(
+            "public.users".to_string(),
+            vec!["id".into(), "email".into()],
+        );
+        let problems = settings_problems(&settings, &columns);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("\"emial\""), "{problems:?}");
+        assert!(problems[1].contains("public.userz"), "{problems:?}");
+        settings.remove("public.userz");
+        settings.get_mut("public.users").unwrap().exclude_columns = vec!["email".into()];
+        assert!(settings_problems(&settings, &columns).is_empty());
     }
 }

@@ -50,6 +50,43 @@ impl TableCounters {
     }
 }
 
+/// The periodic progress line: quiet while idle.
+pub(super) struct Progress {
+    interval: Duration,
+    since: Instant,
+    /// Changes turned into envelopes since the last line.
+    pub(super) changes: u64,
+}
+
+impl Progress {
+    fn new(interval: Duration) -> Self {
+        Progress {
+            interval,
+            since: Instant::now(),
+            changes: 0,
+        }
+    }
+
+    /// A line when the interval passed and changes flowed in it.
+    fn log_if_due(&mut self, cp: &Checkpoint, last_commit: Timestamp) {
+        let elapsed = self.since.elapsed();
+        if elapsed < self.interval {
+            return;
+        }
+        if self.changes > 0 {
+            tracing::info!(
+                changes = self.changes,
+                changes_per_s = (self.changes as f64 / elapsed.as_secs_f64()).round(),
+                lag_bytes = cp.received().0.saturating_sub(cp.confirmed().0),
+                last_commit = %last_commit.to_rfc3339(),
+                "progress"
+            );
+        }
+        self.since = Instant::now();
+        self.changes = 0;
+    }
+}
+
 /// The reader side: decode, envelope, checkpoint.
 pub(super) struct ChangeReader {
     cfg: RunConfig,
@@ -77,6 +114,7 @@ pub(super) struct ChangeReader {
     /// Transactions handed to the sink and not yet confirmed: (end LSN, commit time).
     unconfirmed: VecDeque<(Lsn, Timestamp)>,
     counters: HashMap<u32, TableCounters>,
+    progress: Progress,
 }
 
 impl ChangeReader {
@@ -88,6 +126,7 @@ impl ChangeReader {
         builder: EnvelopeBuilder,
     ) -> Self {
         ChangeReader {
+            progress: Progress::new(cfg.progress_interval),
             builder,
             store,
             cfg,
@@ -164,6 +203,9 @@ impl ChangeReader {
         let mut status = tokio::time::interval(self.cfg.status_interval);
         status.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut stopping = false;
+        // Once stopping: the shutdown budget, shared by reaching a transaction
+        // boundary and by waiting for confirmations.
+        let mut stop_at = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
         loop {
             // Hand a waiting batch to the sink if there is room.
             if let Some(batch) = self.ready.take() {
@@ -183,10 +225,16 @@ impl ChangeReader {
                 biased;
                 _ = shutdown.wait(), if !stopping => {
                     stopping = true;
+                    stop_at = tokio::time::Instant::now() + self.cfg.shutdown_timeout;
                     tracing::info!("stopping at the next transaction boundary");
+                }
+                _ = tokio::time::sleep_until(stop_at), if stopping => {
+                    tracing::warn!("the shutdown budget ran out before the sink took everything");
+                    break;
                 }
                 _ = status.tick() => {
                     self.send_status(&mut stream, false).await?;
+                    self.progress.log_if_due(&self.cp, self.commit_ts);
                 }
                 changed = confirmed_rx.changed() => {
                     if changed.is_err() {
@@ -207,9 +255,7 @@ impl ChangeReader {
                 }
                 event = stream.next_event(), if reading => {
                     let event = event?;
-                    if self.handle(event, &mut stream).await? {
-                        return Ok(());
-                    }
+                    self.handle(event, &mut stream).await?;
                     // Work through what is already buffered before polling again.
                     let mut budget = 4096;
                     while self.ready.is_none()
@@ -219,9 +265,7 @@ impl ChangeReader {
                         budget -= 1;
                         match stream.buffered_event()? {
                             Some(event) => {
-                                if self.handle(event, &mut stream).await? {
-                                    return Ok(());
-                                }
+                                self.handle(event, &mut stream).await?;
                             }
                             None => break,
                         }
@@ -229,7 +273,7 @@ impl ChangeReader {
                 }
             }
         }
-        self.finish(stream, confirmed_rx).await
+        self.finish(stream, confirmed_rx, stop_at).await
     }
 
     /// Drained to a transaction boundary: wait for the sink to confirm what it has,
@@ -238,9 +282,9 @@ impl ChangeReader {
         &mut self,
         mut stream: ReplicationStream,
         confirmed_rx: &mut watch::Receiver<Confirmed>,
+        deadline: tokio::time::Instant,
     ) -> Result<(), PipelineError> {
         let mut status = tokio::time::interval(self.cfg.status_interval);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while self.cp.confirmed() < self.cp.handed_off() {
             tokio::select! {
                 changed = confirmed_rx.changed() => {
@@ -253,16 +297,25 @@ impl ChangeReader {
                         self.send_status(&mut stream, false).await?;
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!("the sink did not confirm everything within 30 s; unconfirmed changes will be streamed again");
-                    break;
-                }
+                _ = tokio::time::sleep_until(deadline) => break,
             }
         }
         self.send_status(&mut stream, false).await?;
         tracing::info!(flushed = %self.cp.flush_position(), "final status sent");
         if let Err(e) = stream.finish().await {
             tracing::debug!(error = %e, "ending the replication stream");
+        }
+        self.shutdown_outcome()
+    }
+
+    /// At the end: an error when changes were left unconfirmed (they stay in the slot).
+    pub(super) fn shutdown_outcome(&mut self) -> Result<(), PipelineError> {
+        let pending = self.ready.is_some() || self.builder.in_transaction();
+        if self.cp.confirmed() < self.cp.handed_off() || pending {
+            return Err(PipelineError::Unconfirmed {
+                transactions: self.unconfirmed.len().max(1),
+                flushed: self.cp.flush_position(),
+            });
         }
         Ok(())
     }

@@ -34,6 +34,8 @@ pub enum SinkError {
         #[source]
         source: async_nats::ConnectError,
     },
+    #[error("{0}")]
+    Url(String),
     #[error("NATS subscribe failed: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
     #[error("the NATS client was closed")]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_nats::Client;
 
 use super::SinkError;
+use crate::client::NatsUrl;
 
 /// Connection state shared with the health endpoints.
 #[derive(Debug, Default)]
@@ -18,20 +19,61 @@ pub struct NatsState {
     pub generation: AtomicU64,
 }
 
-/// Connect to NATS; afterwards the client reconnects by itself forever.
+/// Connect to NATS, waiting for it up to `timeout` (a server that is down or
+/// restarting is retried with back-off; refused credentials are not); afterwards the
+/// client reconnects by itself forever.
 pub async fn connect(
     url: &str,
     timeout: Duration,
     state: Arc<NatsState>,
 ) -> Result<Client, SinkError> {
-    let cb_state = state.clone();
-    let client = async_nats::ConnectOptions::new()
+    let url = NatsUrl::parse(url).map_err(|e| SinkError::Url(e.to_string()))?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let attempt = url
+            .connect_with(options(
+                &url,
+                left.max(Duration::from_secs(1)),
+                state.clone(),
+            ))
+            .await;
+        match attempt {
+            Ok(client) => {
+                state.connected.store(true, Ordering::SeqCst);
+                return Ok(client);
+            }
+            Err(e) if retryable(&e) && left > backoff => {
+                tracing::warn!(server = %url.redacted(), error = %e, retry_in = ?backoff, "waiting for NATS");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(source) => {
+                return Err(SinkError::Connect {
+                    url: url.redacted(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Whether a failed first connection may succeed later (the server not up yet).
+fn retryable(e: &async_nats::ConnectError) -> bool {
+    use async_nats::ConnectErrorKind as K;
+    matches!(e.kind(), K::Io | K::TimedOut | K::Dns | K::MaxReconnects)
+}
+
+/// The connect options: the URL's credentials, reconnect forever, state tracking.
+fn options(url: &NatsUrl, timeout: Duration, state: Arc<NatsState>) -> async_nats::ConnectOptions {
+    url.options()
         .name("walcast")
         .connection_timeout(timeout)
         .max_reconnects(None)
         .client_capacity(65_536)
         .event_callback(move |event| {
-            let state = cb_state.clone();
+            let state = state.clone();
             async move {
                 match event {
                     async_nats::Event::Connected => {
@@ -43,16 +85,11 @@ pub async fn connect(
                         state.connected.store(false, Ordering::SeqCst);
                         tracing::warn!("NATS disconnected; reconnecting");
                     }
+                    async_nats::Event::ClientError(e) => {
+                        tracing::debug!(error = %e, "NATS client error")
+                    }
                     other => tracing::info!(event = %other, "NATS event"),
                 }
             }
         })
-        .connect(url)
-        .await
-        .map_err(|source| SinkError::Connect {
-            url: url.to_string(),
-            source,
-        })?;
-    state.connected.store(true, Ordering::SeqCst);
-    Ok(client)
 }

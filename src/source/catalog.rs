@@ -1,6 +1,7 @@
 //! Ordinary SQL over `tokio-postgres`: the checks made before streaming, key columns,
 //! type descriptions, slot state, and the rare row fetch for a missing TOAST value.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
@@ -25,6 +26,8 @@ pub struct PgTypeRow {
 pub struct Preflight {
     pub server_version: String,
     pub tables: Vec<String>,
+    /// Each table's columns.
+    pub columns: HashMap<String, Vec<String>>,
     /// Tables with TOASTable columns whose replica identity is not FULL: an unchanged
     /// TOAST value of theirs may have to be fetched from the table.
     pub toast_without_full_identity: Vec<String>,
@@ -84,6 +87,8 @@ pub struct TableFacts {
     pub toastable: bool,
     /// The connected role may SELECT from it (needed for unchanged-TOAST fetches).
     pub can_select: bool,
+    /// Column names, in order.
+    pub columns: Vec<String>,
 }
 
 impl TableFacts {
@@ -106,7 +111,19 @@ pub struct Catalog {
     client: Client,
 }
 
-fn connect_error(e: tokio_postgres::Error) -> SourceError {
+/// `host:port` of the first server a configuration names.
+fn target_of(config: &tokio_postgres::Config) -> String {
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => format!("{h}:{port}"),
+        Some(tokio_postgres::config::Host::Unix(p)) => {
+            format!("{}/.s.PGSQL.{port}", p.display())
+        }
+        None => format!("localhost:{port}"),
+    }
+}
+
+fn connect_error(e: tokio_postgres::Error, target: String) -> SourceError {
     if let Some(db) = e.as_db_error() {
         if db.code().code().starts_with("28") {
             return SourceError::Auth(db.message().to_string());
@@ -114,7 +131,7 @@ fn connect_error(e: tokio_postgres::Error) -> SourceError {
     }
     match std::error::Error::source(&e).and_then(|s| s.downcast_ref::<std::io::Error>()) {
         Some(io) => SourceError::Connect {
-            target: "the configured host".into(),
+            target,
             source: std::io::Error::new(io.kind(), io.to_string()),
         },
         None => SourceError::Query(e),
@@ -122,6 +139,24 @@ fn connect_error(e: tokio_postgres::Error) -> SourceError {
 }
 
 impl Catalog {
+    /// Connect, waiting up to `timeout` for a server that is down or starting
+    /// (logged once per attempt); other failures (authentication, a missing
+    /// database) are returned at once.
+    pub async fn connect_waiting(url: &str, timeout: Duration) -> Result<Catalog, SourceError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match Catalog::connect(url, timeout).await {
+                Err(e) if e.is_transient() && deadline > tokio::time::Instant::now() + backoff => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "waiting for PostgreSQL");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+
     pub async fn connect(url: &str, timeout: Duration) -> Result<Catalog, SourceError> {
         let mut config: tokio_postgres::Config = url
             .parse()
@@ -132,7 +167,11 @@ impl Catalog {
         if config.get_application_name().is_none() {
             config.application_name("walcast-catalog");
         }
-        let (client, connection) = config.connect(NoTls).await.map_err(connect_error)?;
+        let target = target_of(&config);
+        let (client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| connect_error(e, target))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "catalog connection ended");
@@ -202,7 +241,9 @@ impl Catalog {
                         c.relreplident = 'f',
                         EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
                                 AND NOT a.attisdropped AND a.attlen = -1 AND a.attstorage <> 'p'),
-                        has_table_privilege(c.oid, 'SELECT')
+                        has_table_privilege(c.oid, 'SELECT'),
+                        ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = c.oid
+                              AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)
                  FROM pg_publication_tables pt
                  JOIN pg_namespace n ON n.nspname = pt.schemaname
                  JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
@@ -220,6 +261,7 @@ impl Catalog {
                 full_identity: r.get(3),
                 toastable: r.get(4),
                 can_select: r.get(5),
+                columns: r.get(6),
             })
             .collect())
     }
@@ -252,6 +294,10 @@ impl Catalog {
                 .iter()
                 .filter(|t| t.toastable && !t.full_identity)
                 .map(|t| t.name.clone())
+                .collect(),
+            columns: tables
+                .iter()
+                .map(|t| (t.name.clone(), t.columns.clone()))
                 .collect(),
             tables: tables.into_iter().map(|t| t.name).collect(),
         })

@@ -29,8 +29,44 @@ pub enum SourceError {
     Preflight(String),
     #[error("replication slot \"{slot}\" exists but {problem}")]
     Slot { slot: String, problem: String },
-    #[error("PostgreSQL query failed: {0}")]
-    Query(#[from] tokio_postgres::Error),
+    #[error("PostgreSQL ended the replication stream")]
+    StreamEnded,
+    #[error("PostgreSQL: {}", describe(.0))]
+    Query(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for SourceError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        SourceError::Query(e)
+    }
+}
+
+/// A `tokio-postgres` error with the server's own words (its `Display` alone says
+/// only "db error").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!(" ({d})"));
+            }
+            if let Some(h) = db.hint() {
+                s.push_str(&format!(" hint: {h}"));
+            }
+            s
+        }
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+/// Whether a SQLSTATE means the server is going away or not up yet.
+fn transient_code(code: &str) -> bool {
+    // 57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now, 53300 too
+    // many connections, class 08: connection exceptions.
+    matches!(code, "57P01" | "57P02" | "57P03" | "53300") || code.starts_with("08")
 }
 
 impl SourceError {
@@ -47,7 +83,10 @@ impl SourceError {
     /// as opposed to a configuration problem that needs an operator.
     pub fn is_transient(&self) -> bool {
         match self {
-            SourceError::Connect { .. } | SourceError::Io { .. } | SourceError::Closed => true,
+            SourceError::Connect { .. }
+            | SourceError::Io { .. }
+            | SourceError::Closed
+            | SourceError::StreamEnded => true,
             // 57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now,
             // 55006 object in use (the slot is active in another process).
             SourceError::Server(e) => {
@@ -56,7 +95,9 @@ impl SourceError {
                     "57P01" | "57P02" | "57P03" | "55006" | "53300"
                 )
             }
-            SourceError::Query(e) => e.is_closed() || e.code().is_none(),
+            SourceError::Query(e) => {
+                e.is_closed() || e.code().is_none_or(|c| transient_code(c.code()))
+            }
             _ => false,
         }
     }

@@ -109,7 +109,8 @@ impl ReplicationStream {
                 }
                 other => Err(proto(format!("unknown CopyData kind {other:?}"))),
             },
-            b'c' => Ok(Some(ReplicationEvent::End)),
+            // CopyDone, or the end of the command (a server shutting down cleanly).
+            b'c' | b'C' | b'Z' => Ok(Some(ReplicationEvent::End)),
             b'E' => Err(SourceError::from_pg(parse_error_fields(&body))),
             b'N' | b'S' => Ok(None),
             other => Err(proto(format!(

@@ -24,6 +24,13 @@ pub enum StateError {
     JetStream(String),
     #[error("stream {stream} exists with a configuration walcast cannot use: {problems} (fix or delete the stream, or choose another --stream)")]
     StreamConflict { stream: String, problems: String },
+    #[error("stream {stream} holds a message on {subject} that was not published by walcast ({why}): another client publishes under walcast's subject prefix. Remove the message (nats stream rmm {stream} {sequence}) or purge the subject, and give walcast a prefix and stream of its own (--subject-prefix)")]
+    Foreign {
+        stream: String,
+        subject: String,
+        sequence: u64,
+        why: String,
+    },
 }
 
 /// Reads and writes walcast's state in the stream.
@@ -110,14 +117,18 @@ impl StateStore {
     pub async fn load_key(&self, subject: &str) -> Result<Option<(KeyState, u64)>, StateError> {
         match self.stream.direct_get_last_for_subject(subject).await {
             Ok(msg) => {
+                let foreign = |sequence: u64, why: String| StateError::Foreign {
+                    stream: self.stream.cached_info().config.name.clone(),
+                    subject: subject.to_string(),
+                    sequence,
+                    why,
+                };
+                let sequence = msg.sequence;
                 let stored = StoredEnvelope::read(msg)
-                    .map_err(|e| js_err(&format!("last message of {subject}"), e))?;
-                let position = stored.position.ok_or_else(|| {
-                    js_err(
-                        &format!("last message of {subject}"),
-                        "no Walcast-Position header (was it published by walcast?)",
-                    )
-                })?;
+                    .map_err(|e| foreign(sequence, format!("not an envelope: {e}")))?;
+                let position = stored
+                    .position
+                    .ok_or_else(|| foreign(sequence, "no Walcast-Position header".into()))?;
                 let state = KeyState {
                     sequence: stored.envelope.sequence,
                     position,

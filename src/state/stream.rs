@@ -24,7 +24,7 @@ impl StreamSettings {
     /// The streams `walcast run` uses with this configuration.
     pub fn from_config(cfg: &crate::config::RunConfig) -> Self {
         StreamSettings {
-            name: cfg.stream.clone(),
+            name: cfg.stream_name(),
             prefix: cfg.subject_prefix.clone(),
             history: cfg.stream_history,
             duplicate_window: cfg.duplicate_window,

@@ -26,6 +26,17 @@ impl Timestamp {
     /// Seconds between 1970-01-01 and PostgreSQL's epoch 2000-01-01.
     const PG_EPOCH_OFFSET: i64 = 946_684_800;
 
+    /// The current time.
+    pub fn now() -> Timestamp {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp {
+            seconds: d.as_secs() as i64,
+            nanos: d.subsec_nanos(),
+        }
+    }
+
     /// From microseconds since 2000-01-01 UTC (the pgoutput Begin/Commit timestamp).
     pub fn from_pg_micros(micros: i64) -> Timestamp {
         match micros {

@@ -66,6 +66,11 @@ impl<'a> RunArgs<'a> {
 
 impl Walcast {
     pub fn spawn(args: RunArgs<'_>) -> Walcast {
+        Self::spawn_with_env(args, &[])
+    }
+
+    /// Spawn with extra environment variables (they win over the defaults here).
+    pub fn spawn_with_env(args: RunArgs<'_>, env: &[(&str, &str)]) -> Walcast {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("walcast.log");
         let metrics_port = free_port();
@@ -76,9 +81,17 @@ impl Walcast {
             .args(["--nats-url", &args.nats_url])
             .args(["--publication", args.publication])
             .args(["--slot", args.slot])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(if args.extra.iter().any(|a| a == "--metrics-addr") {
+                vec![]
+            } else {
+                vec![
+                    "--metrics-addr".to_string(),
+                    format!("127.0.0.1:{metrics_port}"),
+                ]
+            })
             .args(&args.extra)
             .env("WALCAST_LOG", "info,walcast=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -178,7 +191,7 @@ pub struct Collector {
 
 impl Collector {
     pub async fn new(nats_url: &str, subject: &str) -> Collector {
-        let client = async_nats::connect(nats_url)
+        let client = walcast::client::connect(nats_url)
             .await
             .expect("connecting to NATS");
         let sub = client.subscribe(subject.to_string()).await.unwrap();

@@ -8,19 +8,19 @@ use bytes::Bytes;
 use super::{ChangeReader, TableCounters, BATCH_ITEMS};
 use crate::decode::pgoutput::{self, OldTuple, PgOutput, RelationColumn, TupleValue};
 use crate::decode::relation;
-use crate::envelope::Need;
+use crate::envelope::{EnvelopeError, Need};
 use crate::pipeline::PipelineError;
 use crate::sink::{Publish, SinkBatch};
-use crate::source::{ReplicationEvent, ReplicationStream};
+use crate::source::{ReplicationEvent, ReplicationStream, SourceError};
 use crate::wire::{Lsn, Op, Timestamp};
 
 impl ChangeReader {
-    /// Handle one event; `true` when the server ended the stream.
+    /// Handle one event.
     pub(super) async fn handle(
         &mut self,
         event: ReplicationEvent,
         stream: &mut ReplicationStream,
-    ) -> Result<bool, PipelineError> {
+    ) -> Result<(), PipelineError> {
         match event {
             ReplicationEvent::XLogData {
                 wal_start,
@@ -41,9 +41,10 @@ impl ChangeReader {
                     self.send_status(stream, false).await?;
                 }
             }
-            ReplicationEvent::End => return Ok(true),
+            // Not asked for: the server went away (a clean shutdown); reconnect.
+            ReplicationEvent::End => return Err(SourceError::StreamEnded.into()),
         }
-        Ok(false)
+        Ok(())
     }
 
     async fn on_message(&mut self, at: Lsn, data: Bytes) -> Result<(), PipelineError> {
@@ -155,18 +156,27 @@ impl ChangeReader {
     ) -> Result<(), PipelineError> {
         let before = self.chunk.len();
         let skipped_before = self.builder.replays_skipped();
-        while let Some(need) = self
-            .builder
-            .change(relation_id, op, old, new, &mut self.chunk)?
-        {
-            self.provide(need).await?;
+        loop {
+            match self
+                .builder
+                .change(relation_id, op, old, new, &mut self.chunk)
+            {
+                Ok(Some(need)) => self.provide(need).await?,
+                Ok(None) => break,
+                Err(EnvelopeError::NoKey { table }) => {
+                    self.refuse_keyless(table);
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         self.metrics
             .envelope
             .replays_skipped
             .inc_by(self.builder.replays_skipped() - skipped_before);
+        let n = (self.chunk.len() - before) as u64;
+        self.progress.changes += n;
         if let Some(c) = self.counters.get(&relation_id) {
-            let n = (self.chunk.len() - before) as u64;
             match op {
                 Op::Insert => c.insert.inc_by(n),
                 Op::Update => c.update.inc_by(n),
@@ -174,6 +184,25 @@ impl ChangeReader {
             }
         }
         Ok(())
+    }
+
+    /// A change of a table without a usable key: not published (the other tables go
+    /// on), counted, logged once per table, shown by `/readyz`.
+    fn refuse_keyless(&mut self, table: String) {
+        let counter = self
+            .metrics
+            .envelope
+            .keyless_skipped
+            .with_label_values(&[&table]);
+        if counter.get() == 0 {
+            let e = EnvelopeError::NoKey {
+                table: table.clone(),
+            };
+            tracing::error!(table = %table, "{e}");
+            self.metrics
+                .add_degraded(format!("{table} has no key: its changes are not published"));
+        }
+        counter.inc();
     }
 
     /// Load what the envelope stage asked for.
