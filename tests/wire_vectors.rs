@@ -13,7 +13,11 @@ fn rust_subjects_equal_the_shared_vectors() {
     for v in &vectors {
         let key = v["key"].as_str().unwrap();
         let subject = v["subject"].as_str().unwrap();
-        assert_eq!(subject_for_key("walcast", key).unwrap(), subject, "key {key:?}");
+        assert_eq!(
+            subject_for_key("walcast", key).unwrap(),
+            subject,
+            "key {key:?}"
+        );
         let tokens: Vec<&str> = subject.splitn(4, '.').collect();
         assert_eq!(tokens.len(), 4, "{subject}");
         assert!(

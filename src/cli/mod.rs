@@ -4,6 +4,7 @@
 
 pub mod check;
 mod tail;
+mod teardown;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -39,6 +40,7 @@ pub fn main() -> ExitCode {
             Command::Run(cfg) => run(cfg).await,
             Command::Tail(cfg) => tail::tail(cfg).await,
             Command::Check(cfg) => check_command(&cfg).await,
+            Command::Teardown(cfg) => teardown::teardown(&cfg).await,
         }
     });
     match result {

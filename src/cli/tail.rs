@@ -1,5 +1,7 @@
 //! `walcast tail`: the envelopes of a subject pattern, one line (or JSON object) each.
 
+use std::collections::HashMap;
+
 use anyhow::Context;
 use futures::StreamExt;
 
@@ -17,7 +19,18 @@ pub(super) async fn tail(cfg: TailConfig) -> anyhow::Result<()> {
     eprintln!("tailing {} on {}", cfg.pattern, redact_url(&cfg.nats_url));
     let mut received = envelopes(sub);
     let mut seen = 0u64;
+    // Replays (after an outage or a restart walcast publishes unconfirmed changes
+    // again, same bytes and sequence) are dropped, as a consumer does.
+    let mut last_sequence: HashMap<String, u64> = HashMap::new();
     while let Some(msg) = received.next().await {
+        if let Ok(env) = &msg.envelope {
+            let last = last_sequence.entry(env.key.clone()).or_default();
+            if env.sequence <= *last {
+                tracing::debug!(key = %env.key, sequence = env.sequence, "replay dropped");
+                continue;
+            }
+            *last = env.sequence;
+        }
         match msg.envelope {
             Ok(env) if cfg.json => println!("{}", env.to_json()),
             Ok(env) => println!(

@@ -52,6 +52,26 @@ pub enum Command {
     /// Check PostgreSQL and NATS for everything `run` needs; one line per check, with
     /// the fix when it fails; non-zero exit status on any failure.
     Check(RunConfig),
+    /// Remove what walcast made: its replication slot (it retains WAL while it
+    /// exists), its JetStream streams and, with --drop-publication, the publication.
+    /// Lists what it would remove with --dry-run.
+    Teardown(TeardownConfig),
+}
+
+/// Settings of `walcast teardown`: those of `run`, plus what to remove.
+#[derive(Debug, Clone, Args)]
+pub struct TeardownConfig {
+    #[command(flatten)]
+    pub run: RunConfig,
+    /// Drop the publication too (it may be shared with other consumers).
+    #[arg(long)]
+    pub drop_publication: bool,
+    /// Only list what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keep the JetStream streams (their envelopes stay refetchable).
+    #[arg(long)]
+    pub keep_streams: bool,
 }
 
 /// Settings of `walcast run`.

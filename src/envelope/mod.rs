@@ -158,6 +158,8 @@ pub struct RelationUpdate {
     pub current: SchemaVersion,
     /// The table's schema history when it gained a version: to be persisted.
     pub history_to_store: Option<SchemaHistory>,
+    /// Columns the table's include/exclude settings name that it no longer has.
+    pub missing_setting_columns: Vec<String>,
 }
 
 /// The open transaction's commit identity.
@@ -277,6 +279,14 @@ impl EnvelopeBuilder {
                     && !settings.exclude_columns.contains(&c.name)
             })
             .collect();
+        let missing_setting_columns = settings
+            .include_columns
+            .iter()
+            .flatten()
+            .chain(&settings.exclude_columns)
+            .filter(|name| !columns.iter().any(|c| &c.name == *name))
+            .cloned()
+            .collect();
         let shape = TableShape { columns, key };
         let previous = self.relations.get(&id).map(|r| r.version);
         let at = self.tx.map(|t| t.commit_lsn).unwrap_or_default();
@@ -315,6 +325,7 @@ impl EnvelopeBuilder {
             previous,
             current: version,
             history_to_store,
+            missing_setting_columns,
         })
     }
 

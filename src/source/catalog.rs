@@ -346,6 +346,22 @@ impl Catalog {
             .collect())
     }
 
+    /// Drop an inactive replication slot.
+    pub async fn drop_slot(&self, name: &str) -> Result<(), SourceError> {
+        self.client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&name])
+            .await?;
+        Ok(())
+    }
+
+    /// Drop a publication.
+    pub async fn drop_publication(&self, name: &str) -> Result<(), SourceError> {
+        self.client
+            .batch_execute(&format!("DROP PUBLICATION {}", quote_ident(name)))
+            .await?;
+        Ok(())
+    }
+
     pub async fn slot(&self, name: &str) -> Result<Option<SlotInfo>, SourceError> {
         let row = self
             .client

@@ -280,6 +280,18 @@ impl ChangeReader {
                 .inc();
             tracing::info!(table = %update.table, from = %prev, to = %update.current, "schema version changed");
         }
+        if !update.missing_setting_columns.is_empty() {
+            self.metrics
+                .envelope
+                .missing_setting_columns
+                .with_label_values(&[&update.table])
+                .inc_by(update.missing_setting_columns.len() as u64);
+            tracing::warn!(
+                table = %update.table,
+                columns = ?update.missing_setting_columns,
+                "the table no longer has columns its settings name (dropped?); the settings of the other columns still apply"
+            );
+        }
         self.counters.insert(
             relation_id,
             TableCounters::new(&self.metrics, &update.table),
