@@ -292,11 +292,14 @@ async fn a_slow_subscriber_does_not_delay_a_fast_one() {
         }
     }
     let (seqs, fast_dropped) = reader.await.unwrap();
+    let took = started.elapsed();
     println!(
-        "fast subscriber got {} envelopes in {:?} beside a stalled one",
+        "fast subscriber got {} envelopes in {took:?} beside a stalled one",
         seqs.len(),
-        started.elapsed()
     );
+    // A delivery that waited for the stalled subscriber would never finish (its queue
+    // never drains): the fast one would time out after WAIT with fewer envelopes.
+    assert!(took < WAIT, "the fast subscriber waited {took:?}");
     assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
     assert_eq!(fast_dropped, 0);
     assert_eq!(

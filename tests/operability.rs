@@ -154,10 +154,44 @@ async fn metrics_health_and_no_secrets_in_logs() {
     ] {
         assert!(families.contains(f), "missing metric family {f}");
     }
-    assert!(
-        body.contains(r#"walcast_changes_total{op="update",table="public.t"} 1"#),
-        "{body}"
+    // Values after the known traffic: one transaction of insert + update + delete,
+    // one of an added column + insert.
+    let value = |sample: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {sample}:\n{body}"))
+    };
+    assert_eq!(
+        value(r#"walcast_changes_total{op="insert",table="public.t"}"#),
+        2.0
     );
+    assert_eq!(
+        value(r#"walcast_changes_total{op="update",table="public.t"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"walcast_changes_total{op="delete",table="public.t"}"#),
+        1.0
+    );
+    assert_eq!(value("walcast_transactions_total"), 2.0);
+    assert_eq!(value("walcast_published_total"), 4.0);
+    assert_eq!(value("walcast_commit_to_publish_seconds_count"), 2.0);
+    assert!(value("walcast_publish_duration_seconds_count") >= 1.0);
+    assert_eq!(
+        value(r#"walcast_schema_version_changes_total{table="public.t"}"#),
+        1.0
+    );
+    assert_eq!(value("walcast_publish_retries_total"), 0.0);
+    assert_eq!(value("walcast_reconnects_total"), 0.0);
+    assert_eq!(value("walcast_inflight_envelopes"), 0.0);
+    assert_eq!(value("walcast_nats_connected"), 1.0);
+    assert_eq!(value("walcast_replication_streaming"), 1.0);
+    assert!(value("walcast_received_bytes_total") > 0.0);
+    assert!(value("walcast_confirmed_flush_lsn") > 0.0);
+    assert!(value("walcast_confirmed_flush_lsn") <= value("walcast_received_lsn"));
+    assert!(value("walcast_last_commit_timestamp_seconds") > 1.7e9);
+    assert!(value("walcast_slot_retained_wal_bytes") >= 0.0);
+    assert!(value("process_resident_memory_bytes") > 1e6);
     assert!(
         body.contains(r#"walcast_slot_wal_status{status="reserved"} 1"#),
         "{body}"
@@ -260,6 +294,44 @@ async fn config_file_with_table_settings_and_precedence() {
     );
     assert!(got.iter().all(|(_, e, _)| e.column("secret").is_none()));
     collector.assert_quiet(Duration::from_millis(500)).await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+
+    // A flag wins over its variable.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
+        .args(["run", "--slot", "fromflag", "--config"])
+        .arg(&path)
+        .env("WALCAST_SLOT", "fromenv")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("err")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let active: Option<String> = db
+            .query_opt(
+                "SELECT slot_name::text FROM pg_replication_slots WHERE active",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0));
+        if let Some(name) = active {
+            assert_eq!(name, "fromflag", "the variable won over the flag");
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{}",
+            std::fs::read_to_string(dir.path().join("err")).unwrap()
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no slot became active"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     child.start_kill().unwrap();
 
     // A bad file: a clear error naming the file and the key.

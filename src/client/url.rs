@@ -159,6 +159,8 @@ fn redact_one(part: &str) -> String {
         if let Some((user_info, host)) = authority.rsplit_once('@') {
             let shown = match user_info.split_once(':') {
                 Some((user, _)) => format!("{user}:***"),
+                // A PostgreSQL URL's lone user info is the user; a NATS URL's, a token.
+                None if scheme.starts_with("postgres") => user_info.to_string(),
                 None => "***".to_string(),
             };
             let path = redact_query(path);

@@ -2,7 +2,9 @@
 //! the sequence. An update that changes the primary key is a `delete` of the old key
 //! and an `insert` of the new one.
 
-use super::{EnvelopeBuilder, EnvelopeError, Need, Outgoing, Relation, ToastNeeded};
+use super::{
+    EnvelopeBuilder, EnvelopeError, Need, Outgoing, Relation, RowVersion, ToastNeeded, ToastSource,
+};
 use crate::decode::pgoutput::{OldTuple, TupleValue};
 use crate::decode::value::parse_text;
 use crate::envelope::sequence::SequenceMode;
@@ -61,6 +63,7 @@ impl Relation {
         toast_key: String,
         new: &[TupleValue<'_>],
         missing: &[usize],
+        source: ToastSource,
     ) -> ToastNeeded {
         let text = |i: usize| match new[i] {
             TupleValue::Text(t) => String::from_utf8_lossy(t).into_owned(),
@@ -81,6 +84,15 @@ impl Relation {
                 .iter()
                 .map(|&i| self.shape.columns[i].name.clone())
                 .collect(),
+            source,
+        }
+    }
+
+    /// The text of the sequence column in the new row (column mode).
+    fn sequence_text(&self, new: &[TupleValue<'_>]) -> Option<String> {
+        match new.get(self.sequence_column?)? {
+            TupleValue::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+            _ => None,
         }
     }
 }
@@ -189,7 +201,8 @@ impl EnvelopeBuilder {
             .map_or_else(|| k.clone(), |(ok, _)| ok.clone());
         let missing = self.missing_toast(new, full_old, &toast_key);
         if !missing.is_empty() {
-            let needed = rel.toast_needed(relation_id, toast_key, new, &missing);
+            let source = self.toast_source(rel, new, &toast_key, &subject, moved_from.as_ref());
+            let needed = rel.toast_needed(relation_id, toast_key, new, &missing, source);
             return Ok(Some(Need::Toast(needed)));
         }
         for (key, subject) in moved_from
@@ -213,8 +226,39 @@ impl EnvelopeBuilder {
             op = Op::Insert;
         }
         self.cache_toast(relation_id, &k, new, &values, moved_from.is_some());
+        self.pending_toast = None;
         self.emit(relation_id, op, k, subject, Some(&values), column_seq, out)?;
         Ok(None)
+    }
+
+    /// Where the missing unchanged-TOAST values of this change are exact: the key's
+    /// last envelope in tracked mode (the old key's, after a key change), else the
+    /// table's row while it is still this change's version.
+    fn toast_source(
+        &self,
+        rel: &Relation,
+        new: &[TupleValue<'_>],
+        toast_key: &str,
+        subject: &str,
+        moved_from: Option<&Keyed>,
+    ) -> ToastSource {
+        if self.tracked(rel) {
+            let subject = moved_from.map_or(subject, |(_, s)| s.as_str());
+            debug_assert!(moved_from.is_none_or(|(k, _)| k == toast_key));
+            return ToastSource::Stream {
+                subject: subject.to_string(),
+            };
+        }
+        let version = match (rel.sequence_column, rel.sequence_text(new)) {
+            (Some(i), Some(expected)) => RowVersion::SequenceColumn {
+                column: rel.shape.columns[i].name.clone(),
+                expected,
+            },
+            _ => RowVersion::Xmin {
+                xid: self.tx.map(|t| t.xid).unwrap_or_default(),
+            },
+        };
+        ToastSource::Table { version }
     }
 
     /// Indexes of unchanged-TOAST columns neither the old row nor the cache has.
@@ -227,7 +271,7 @@ impl EnvelopeBuilder {
         (0..new.len())
             .filter(|&i| {
                 effective(new, full_old, i) == TupleValue::UnchangedToast
-                    && self.toast.get(toast_key, i).is_none()
+                    && self.toast_value(toast_key, i).is_none()
             })
             .collect()
     }
@@ -252,10 +296,9 @@ impl EnvelopeBuilder {
                 TupleValue::Null => Value::Null,
                 TupleValue::Text(t) => parse_text(&col.kind, t).map_err(bad_value)?,
                 TupleValue::UnchangedToast => self
-                    .toast
-                    .get(toast_key, i)
+                    .toast_value(toast_key, i)
                     .cloned()
-                    .expect("checked by missing_toast: cached"),
+                    .expect("checked by missing_toast: provided or cached"),
                 TupleValue::Binary(_) => {
                     return Err(EnvelopeError::Binary {
                         table: rel.qualified_name(),
@@ -286,6 +329,7 @@ impl EnvelopeBuilder {
             rel.toastable
                 .iter()
                 .filter(|&&i| (new[i] == TupleValue::UnchangedToast) == unchanged)
+                .filter(|&&i| values[i] != Value::Unavailable)
                 .map(|&i| (i, values[i].clone().into_owned()))
                 .collect()
         };

@@ -70,8 +70,9 @@ pub enum EnvelopeError {
     Encode(#[from] rmp_serde::encode::Error),
 }
 
-/// Columns whose unchanged-TOAST value is needed but not known: the caller fetches
-/// them and passes them to [`EnvelopeBuilder::provide_toast`], then retries.
+/// Columns whose unchanged-TOAST value is needed but not known: the caller reads
+/// them from `source` and passes them to [`EnvelopeBuilder::provide_toast`] or
+/// [`EnvelopeBuilder::provide_toast_from_envelope`], then retries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToastNeeded {
     pub relation_id: u32,
@@ -82,6 +83,40 @@ pub struct ToastNeeded {
     pub key_columns: Vec<(String, String)>,
     /// Names of the columns whose values are needed.
     pub columns: Vec<String>,
+    pub source: ToastSource,
+}
+
+/// Where an unchanged TOAST value can be read exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToastSource {
+    /// Tracked mode: the key's last envelope in the stream holds the row as it was
+    /// just before this change (an earlier change is a replay and never reaches here).
+    Stream { subject: String },
+    /// The table's current row, valid only while it is still the version this change
+    /// wrote; otherwise the value is published as unavailable.
+    Table { version: RowVersion },
+}
+
+/// How to tell that the table's current row is the version a change wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowVersion {
+    /// Column mode: the sequence column holds this change's value.
+    SequenceColumn { column: String, expected: String },
+    /// Otherwise: the row's `xmin` is the change's transaction.
+    Xmin { xid: u32 },
+}
+
+impl RowVersion {
+    /// The SQL expression to read beside the columns, and the text it must equal.
+    pub fn check(&self) -> (String, String) {
+        match self {
+            RowVersion::SequenceColumn { column, expected } => (
+                format!("\"{}\"::text", column.replace('"', "\"\"")),
+                expected.clone(),
+            ),
+            RowVersion::Xmin { xid } => ("xmin::text".into(), xid.to_string()),
+        }
+    }
 }
 
 /// Per-table settings: sequence column, published columns, published ops.
@@ -166,6 +201,7 @@ pub struct RelationUpdate {
 #[derive(Debug, Clone, Copy)]
 struct Transaction {
     commit_lsn: Lsn,
+    xid: u32,
     commit_ts: Timestamp,
     /// Envelopes emitted (or recognised as replays) so far in this transaction.
     ordinal: u32,
@@ -182,6 +218,8 @@ pub struct EnvelopeBuilder {
     tables: HashMap<String, TableSettings>,
     keys: KeyStateCache,
     toast: ToastCache,
+    /// Unchanged-TOAST values just provided for the next change of a key.
+    pending_toast: Option<(String, Vec<(usize, Value<'static>)>)>,
     tx: Option<Transaction>,
     replays_skipped: u64,
     /// Subjects that may have a message in the stream (tracked mode): a key outside it
@@ -210,6 +248,7 @@ impl EnvelopeBuilder {
             tables,
             keys: KeyStateCache::new(key_cache, authoritative),
             toast: ToastCache::new(toast_cache_bytes),
+            pending_toast: None,
             tx: None,
             replays_skipped: 0,
             subject_filter: None,
@@ -330,9 +369,10 @@ impl EnvelopeBuilder {
     }
 
     /// A Begin message: envelopes until the Commit carry this commit LSN and time.
-    pub fn begin(&mut self, commit_lsn: Lsn, commit_ts_pg_micros: i64) {
+    pub fn begin(&mut self, commit_lsn: Lsn, commit_ts_pg_micros: i64, xid: u32) {
         self.tx = Some(Transaction {
             commit_lsn,
+            xid,
             commit_ts: Timestamp::from_pg_micros(commit_ts_pg_micros),
             ordinal: 0,
         });
@@ -353,12 +393,16 @@ impl EnvelopeBuilder {
         self.keys.loaded(key, loaded);
     }
 
-    /// Values fetched from the database for a [`ToastNeeded`] (text forms, by column).
+    /// Values read from the table for a [`ToastNeeded`] (text forms, by column), and
+    /// whether the row read is still the version the change wrote: when it is not,
+    /// the columns are published as unavailable. Returns how many published columns
+    /// are unavailable.
     pub fn provide_toast(
         &mut self,
         needed: &ToastNeeded,
         texts: &[Option<String>],
-    ) -> Result<(), EnvelopeError> {
+        same_version: bool,
+    ) -> Result<usize, EnvelopeError> {
         let rel = self
             .relations
             .get(&needed.relation_id)
@@ -370,6 +414,7 @@ impl EnvelopeBuilder {
             };
             let col = &rel.shape.columns[idx];
             let v = match text {
+                _ if !same_version => Value::Unavailable,
                 None => Value::Null,
                 Some(t) => parse_text(&col.kind, t.as_bytes())
                     .map_err(|source| EnvelopeError::Value {
@@ -381,6 +426,49 @@ impl EnvelopeBuilder {
             };
             vals.push((idx, v));
         }
+        Ok(self.set_pending_toast(needed, vals))
+    }
+
+    /// The row value of the key's last envelope in the stream (`None`: the stream
+    /// has none) for a [`ToastNeeded`] from [`ToastSource::Stream`]: each needed column
+    /// as it was published. Returns how many published columns are unavailable.
+    pub fn provide_toast_from_envelope(
+        &mut self,
+        needed: &ToastNeeded,
+        row: Option<&rmpv::Value>,
+    ) -> Result<usize, EnvelopeError> {
+        let rel = self
+            .relations
+            .get(&needed.relation_id)
+            .ok_or(EnvelopeError::UnknownRelation(needed.relation_id))?;
+        let published = row.and_then(rmpv::Value::as_map);
+        let mut vals = Vec::new();
+        for name in &needed.columns {
+            let Some(idx) = rel.shape.columns.iter().position(|c| &c.name == name) else {
+                continue;
+            };
+            let found = published.and_then(|m| {
+                m.iter()
+                    .find(|(k, _)| k.as_str() == Some(name))
+                    .map(|(_, v)| v.clone())
+            });
+            vals.push((idx, found.map_or(Value::Unavailable, Value::Raw)));
+        }
+        Ok(self.set_pending_toast(needed, vals))
+    }
+
+    /// Values for the next change of `needed.key`, whatever the cache's budget; the
+    /// cache keeps them too when they fit.
+    fn set_pending_toast(
+        &mut self,
+        needed: &ToastNeeded,
+        mut vals: Vec<(usize, Value<'static>)>,
+    ) -> usize {
+        let rel = &self.relations[&needed.relation_id];
+        let unavailable = vals
+            .iter()
+            .filter(|(i, v)| *v == Value::Unavailable && rel.published[*i])
+            .count();
         if let Some(existing) = self.toast.entries.get(&needed.key) {
             for (i, v) in existing {
                 if !vals.iter().any(|(j, _)| j == i) {
@@ -388,8 +476,23 @@ impl EnvelopeBuilder {
                 }
             }
         }
-        self.toast.insert(needed.key.clone(), vals);
-        Ok(())
+        let cached: Vec<(usize, Value<'static>)> = vals
+            .iter()
+            .filter(|(_, v)| *v != Value::Unavailable)
+            .cloned()
+            .collect();
+        self.toast.insert(needed.key.clone(), cached);
+        self.pending_toast = Some((needed.key.clone(), vals));
+        unavailable
+    }
+
+    /// An unchanged TOAST value of `key`'s column `i`: just provided, else cached.
+    fn toast_value(&self, key: &str, i: usize) -> Option<&Value<'static>> {
+        match &self.pending_toast {
+            Some((k, vals)) if k == key => vals.iter().find(|(j, _)| *j == i).map(|(_, v)| v),
+            _ => None,
+        }
+        .or_else(|| self.toast.get(key, i))
     }
 
     fn mode_of(&self, rel: &Relation) -> SequenceMode {

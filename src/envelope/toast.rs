@@ -20,6 +20,24 @@ fn value_size(v: &Value<'_>) -> usize {
         Value::Bin(b) => b.len(),
         Value::Array(a) => a.iter().map(value_size).sum::<usize>() + 8,
         Value::Json(j) => json_size(j),
+        Value::Raw(v) => raw_size(v),
+        _ => 16,
+    }
+}
+
+/// An estimate of a MessagePack value's memory.
+fn raw_size(v: &rmpv::Value) -> usize {
+    match v {
+        rmpv::Value::String(s) => s.as_bytes().len() + 24,
+        rmpv::Value::Binary(b) => b.len() + 24,
+        rmpv::Value::Array(a) => a.iter().map(raw_size).sum::<usize>() + 24,
+        rmpv::Value::Map(m) => {
+            m.iter()
+                .map(|(k, v)| raw_size(k) + raw_size(v))
+                .sum::<usize>()
+                + 48
+        }
+        rmpv::Value::Ext(_, d) => d.len() + 24,
         _ => 16,
     }
 }

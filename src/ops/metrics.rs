@@ -56,6 +56,8 @@ pub struct EnvelopeMetrics {
     pub replays_skipped: IntCounter,
     pub key_state_loads: IntCounter,
     pub keyless_skipped: IntCounterVec,
+    pub toast_stream_loads: IntCounter,
+    pub toast_unavailable: IntCounterVec,
     pub missing_setting_columns: IntCounterVec,
 }
 
@@ -180,6 +182,15 @@ impl EnvelopeMetrics {
             key_state_loads: r.counter(
                 "walcast_key_state_loads_total",
                 "Per-key sequence states loaded from the stream (cache misses)",
+            ),
+            toast_stream_loads: r.counter(
+                "walcast_toast_stream_loads_total",
+                "Unchanged TOAST values read from the key's last envelope in the stream (tracked mode, not cached)",
+            ),
+            toast_unavailable: r.counter_vec(
+                "walcast_toast_unavailable_total",
+                "Unchanged TOAST values published as unavailable (no exact source), by table",
+                &["table"],
             ),
             keyless_skipped: r.counter_vec(
                 "walcast_keyless_changes_skipped_total",

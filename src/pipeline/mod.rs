@@ -270,6 +270,7 @@ async fn supervise(
 ) -> Result<(), PipelineError> {
     let mut attempt = 0u32;
     let mut streamed_once = false;
+    let mut waiting_announced = false;
     loop {
         if shutdown.is_requested() {
             return Ok(());
@@ -299,8 +300,11 @@ async fn supervise(
         attempt += 1;
         let delay = Duration::from_millis(200 * u64::from(attempt.min(25)));
         reader.metrics().set_ready(false, &format!("{e}"));
-        if slot_busy {
+        if slot_busy && !waiting_announced {
+            waiting_announced = true;
             tracing::info!(error = %e, "replication slot is in use by another process; waiting to take over");
+        } else if slot_busy {
+            tracing::debug!(error = %e, "replication slot still in use");
         } else {
             reader.metrics().source.reconnects.inc();
             tracing::warn!(error = %e, retry_in = ?delay, "replication connection lost; reconnecting");

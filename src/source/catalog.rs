@@ -405,10 +405,12 @@ impl Catalog {
         table: &str,
         key: &[(String, String)],
         columns: &[String],
-    ) -> Result<Vec<Option<String>>, SourceError> {
+        version: &str,
+    ) -> Result<(Vec<Option<String>>, Option<String>), SourceError> {
         let select = columns
             .iter()
             .map(|c| format!("{}::text", quote_ident(c)))
+            .chain([version.to_string()])
             .collect::<Vec<_>>()
             .join(", ");
         let filter = key
@@ -428,8 +430,11 @@ impl Catalog {
             .collect();
         let row = self.client.query_opt(&sql, &params).await?;
         Ok(match row {
-            Some(r) => (0..columns.len()).map(|i| r.get(i)).collect(),
-            None => vec![None; columns.len()],
+            Some(r) => (
+                (0..columns.len()).map(|i| r.get(i)).collect(),
+                r.get(columns.len()),
+            ),
+            None => (vec![None; columns.len()], None),
         })
     }
 }

@@ -113,31 +113,46 @@ impl StateStore {
         Ok(filter)
     }
 
-    /// The last message of a key's subject: its state and stream sequence.
-    pub async fn load_key(&self, subject: &str) -> Result<Option<(KeyState, u64)>, StateError> {
+    /// The last message of a subject, decoded (`None`: the subject has none).
+    pub async fn last_envelope(&self, subject: &str) -> Result<Option<StoredEnvelope>, StateError> {
         match self.stream.direct_get_last_for_subject(subject).await {
             Ok(msg) => {
-                let foreign = |sequence: u64, why: String| StateError::Foreign {
-                    stream: self.stream.cached_info().config.name.clone(),
-                    subject: subject.to_string(),
-                    sequence,
-                    why,
-                };
                 let sequence = msg.sequence;
-                let stored = StoredEnvelope::read(msg)
-                    .map_err(|e| foreign(sequence, format!("not an envelope: {e}")))?;
-                let position = stored
-                    .position
-                    .ok_or_else(|| foreign(sequence, "no Walcast-Position header".into()))?;
-                let state = KeyState {
-                    sequence: stored.envelope.sequence,
-                    position,
-                };
-                Ok(Some((state, stored.stream_sequence)))
+                StoredEnvelope::read(msg)
+                    .map(Some)
+                    .map_err(|e| self.foreign(subject, sequence, format!("not an envelope: {e}")))
             }
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(js_err(&format!("loading the state of {subject}"), e)),
+            Err(e) => Err(js_err(&format!("loading the last message of {subject}"), e)),
         }
+    }
+
+    fn foreign(&self, subject: &str, sequence: u64, why: String) -> StateError {
+        StateError::Foreign {
+            stream: self.stream.cached_info().config.name.clone(),
+            subject: subject.to_string(),
+            sequence,
+            why,
+        }
+    }
+
+    /// The last message of a key's subject: its state and stream sequence.
+    pub async fn load_key(&self, subject: &str) -> Result<Option<(KeyState, u64)>, StateError> {
+        let Some(stored) = self.last_envelope(subject).await? else {
+            return Ok(None);
+        };
+        let position = stored.position.ok_or_else(|| {
+            self.foreign(
+                subject,
+                stored.stream_sequence,
+                "no Walcast-Position header".into(),
+            )
+        })?;
+        let state = KeyState {
+            sequence: stored.envelope.sequence,
+            position,
+        };
+        Ok(Some((state, stored.stream_sequence)))
     }
 
     fn schema_subject(&self, schema: &str, table: &str) -> String {

@@ -19,4 +19,4 @@ pub use codec::{decode, encode_into, DecodeEnvelopeError, Envelope, EnvelopeRef,
 pub use lsn::{Lsn, LsnParseError};
 pub use position::{Position, POSITION_HEADER};
 pub use timestamp::Timestamp;
-pub use value::Value;
+pub use value::{Value, UNAVAILABLE_KEY};

@@ -29,7 +29,15 @@ pub enum Value<'a> {
     },
     Json(serde_json::Value),
     Array(Vec<Value<'a>>),
+    /// A value read back from a published envelope, written again unchanged.
+    Raw(rmpv::Value),
+    /// An unchanged TOAST value that could not be recovered exactly: written as the
+    /// map `{"$walcast_unavailable": "unchanged-toast"}` (see `docs/envelope.md`).
+    Unavailable,
 }
+
+/// The key of the map an unavailable value is published as.
+pub const UNAVAILABLE_KEY: &str = "$walcast_unavailable";
 
 impl Value<'_> {
     /// A copy that no longer borrows the WAL buffer.
@@ -54,6 +62,8 @@ impl Value<'_> {
             },
             Value::Json(j) => Value::Json(j),
             Value::Array(a) => Value::Array(a.into_iter().map(Value::into_owned).collect()),
+            Value::Raw(v) => Value::Raw(v),
+            Value::Unavailable => Value::Unavailable,
         }
     }
 }
@@ -81,6 +91,12 @@ impl Serialize for Value<'_> {
                 m.end()
             }
             Value::Json(j) => j.serialize(s),
+            Value::Raw(v) => v.serialize(s),
+            Value::Unavailable => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry(UNAVAILABLE_KEY, "unchanged-toast")?;
+                m.end()
+            }
             Value::Array(items) => {
                 let mut seq = s.serialize_seq(Some(items.len()))?;
                 for item in items {

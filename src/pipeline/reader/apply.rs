@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::{ChangeReader, TableCounters, BATCH_ITEMS};
 use crate::decode::pgoutput::{self, OldTuple, PgOutput, RelationColumn, TupleValue};
 use crate::decode::relation;
-use crate::envelope::{EnvelopeError, Need};
+use crate::envelope::{EnvelopeError, Need, ToastNeeded, ToastSource};
 use crate::pipeline::PipelineError;
 use crate::sink::{Publish, SinkBatch};
 use crate::source::{ReplicationEvent, ReplicationStream, SourceError};
@@ -54,10 +54,10 @@ impl ChangeReader {
             PgOutput::Begin {
                 final_lsn,
                 commit_ts,
-                ..
+                xid,
             } => {
                 self.skipping = final_lsn <= self.last_handed_commit;
-                self.builder.begin(final_lsn, commit_ts);
+                self.builder.begin(final_lsn, commit_ts, xid);
                 self.cp.on_begin();
                 self.commit_ts = Timestamp::from_pg_micros(commit_ts);
             }
@@ -205,24 +205,52 @@ impl ChangeReader {
         counter.inc();
     }
 
-    /// Load what the envelope stage asked for.
-    async fn provide(&mut self, need: Need) -> Result<(), PipelineError> {
-        match need {
-            Need::Toast(needed) => {
-                tracing::warn!(table = %format!("{}.{}", needed.schema, needed.table), columns = ?needed.columns,
-                    "unchanged TOAST value not known: fetching it from the table");
+    /// Unchanged-TOAST values: from the key's last envelope in the stream (tracked
+    /// mode: exact), else from the table while its row is still this change's
+    /// version; otherwise published as unavailable, counted and logged.
+    async fn provide_toast(&mut self, needed: ToastNeeded) -> Result<(), PipelineError> {
+        let table = format!("{}.{}", needed.schema, needed.table);
+        let unavailable = match &needed.source {
+            ToastSource::Stream { subject } => {
+                let store = self.store.as_ref().expect("tracked mode has a store");
+                self.metrics.envelope.toast_stream_loads.inc();
+                let last = store.last_envelope(subject).await?;
+                let row = last.as_ref().map(|s| &s.envelope.value);
+                self.builder.provide_toast_from_envelope(&needed, row)?
+            }
+            ToastSource::Table { version } => {
                 self.metrics.envelope.toast_fetches.inc();
-                let texts = self
+                let (check, expected) = version.check();
+                let (texts, found) = self
                     .catalog
                     .fetch_row_columns(
                         &needed.schema,
                         &needed.table,
                         &needed.key_columns,
                         &needed.columns,
+                        &check,
                     )
                     .await?;
-                self.builder.provide_toast(&needed, &texts)?;
+                let same = found.as_deref() == Some(expected.as_str());
+                self.builder.provide_toast(&needed, &texts, same)?
             }
+        };
+        if unavailable > 0 {
+            self.metrics
+                .envelope
+                .toast_unavailable
+                .with_label_values(&[&table])
+                .inc_by(unavailable as u64);
+            tracing::warn!(table = %table, key = %needed.key, columns = ?needed.columns,
+                "unchanged TOAST value no longer available (the row changed or went since this change): published as unavailable; REPLICA IDENTITY FULL avoids it");
+        }
+        Ok(())
+    }
+
+    /// Load what the envelope stage asked for.
+    async fn provide(&mut self, need: Need) -> Result<(), PipelineError> {
+        match need {
+            Need::Toast(needed) => self.provide_toast(needed).await?,
             Need::KeyState { key, subject } => {
                 let store = self
                     .store
