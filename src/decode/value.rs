@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use super::types::TypeKind;
 use crate::wire::timestamp::days_from_civil;
-use crate::wire::{Timestamp, Value};
+use crate::wire::{Json, Timestamp, Value};
 
 /// A column value could not be read in its type's text form.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -70,7 +70,7 @@ pub fn parse_text<'a>(kind: &TypeKind, text: &'a [u8]) -> Result<Value<'a>, Valu
         }
         TypeKind::Bytea => Value::Bin(parse_bytea_hex(text)?),
         TypeKind::Json => Value::Json(
-            serde_json::from_slice(text).map_err(|_| bad("json", text, "not valid JSON"))?,
+            Json::parse(utf8("json", text)?).map_err(|_| bad("json", text, "not valid JSON"))?,
         ),
         TypeKind::Timestamp => Value::Timestamp(parse_timestamp("timestamp", text)?),
         TypeKind::TimestampTz => Value::Timestamp(parse_timestamp("timestamptz", text)?),
@@ -254,12 +254,15 @@ fn parse_array<'a>(
     text: &'a [u8],
 ) -> Result<Value<'a>, ValueError> {
     let mut pos = 0;
+    let mut lower_bounds = Vec::new();
     if text.first() == Some(&b'[') {
         pos = text
             .iter()
             .position(|&b| b == b'=')
             .ok_or_else(|| bad("array", text, "bounds without '='"))?
             + 1;
+        lower_bounds = parse_lower_bounds(&text[..pos - 1])
+            .ok_or_else(|| bad("array", text, "bad dimension bounds"))?;
     }
     let mut parser = ArrayParser {
         text,
@@ -271,7 +274,30 @@ fn parse_array<'a>(
     if parser.pos != text.len() {
         return Err(bad("array", text, "trailing characters"));
     }
-    Ok(v)
+    if lower_bounds.is_empty() {
+        return Ok(v);
+    }
+    match v {
+        Value::Array(elements) => Ok(Value::BoundedArray {
+            lower_bounds,
+            elements,
+        }),
+        _ => Err(bad("array", text, "bounds on a non-array")),
+    }
+}
+
+/// `[0:1][2:3]` (PostgreSQL prints bounds only when one is not 1): the lower bounds.
+fn parse_lower_bounds(text: &[u8]) -> Option<Vec<i64>> {
+    let text = std::str::from_utf8(text).ok()?;
+    let inner = text.strip_prefix('[')?.strip_suffix(']')?;
+    inner
+        .split("][")
+        .map(|dim| {
+            let (lower, upper) = dim.split_once(':')?;
+            upper.parse::<i64>().ok()?;
+            lower.parse().ok()
+        })
+        .collect()
 }
 
 struct ArrayParser<'a, 'k> {

@@ -242,13 +242,10 @@ impl EnvelopeBuilder {
         subject: &str,
         moved_from: Option<&Keyed>,
     ) -> ToastSource {
-        if self.tracked(rel) {
-            let subject = moved_from.map_or(subject, |(_, s)| s.as_str());
-            debug_assert!(moved_from.is_none_or(|(k, _)| k == toast_key));
-            return ToastSource::Stream {
-                subject: subject.to_string(),
-            };
-        }
+        debug_assert!(moved_from.is_none_or(|(k, _)| k == toast_key));
+        let stream_subject = self
+            .tracked(rel)
+            .then(|| moved_from.map_or(subject, |(_, s)| s.as_str()).to_string());
         let version = match (rel.sequence_column, rel.sequence_text(new)) {
             (Some(i), Some(expected)) => RowVersion::SequenceColumn {
                 column: rel.shape.columns[i].name.clone(),
@@ -258,7 +255,10 @@ impl EnvelopeBuilder {
                 xid: self.tx.map(|t| t.xid).unwrap_or_default(),
             },
         };
-        ToastSource::Table { version }
+        ToastSource {
+            stream_subject,
+            version,
+        }
     }
 
     /// Indexes of unchanged-TOAST columns neither the old row nor the cache has.

@@ -88,13 +88,14 @@ pub struct ToastNeeded {
 
 /// Where an unchanged TOAST value can be read exactly.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ToastSource {
+pub struct ToastSource {
     /// Tracked mode: the key's last envelope in the stream holds the row as it was
     /// just before this change (an earlier change is a replay and never reaches here).
-    Stream { subject: String },
-    /// The table's current row, valid only while it is still the version this change
+    pub stream_subject: Option<String>,
+    /// Else (or when the stream has no envelope of the key: a row older than walcast),
+    /// the table's current row, valid only while it is still the version this change
     /// wrote; otherwise the value is published as unavailable.
-    Table { version: RowVersion },
+    pub version: RowVersion,
 }
 
 /// How to tell that the table's current row is the version a change wrote.

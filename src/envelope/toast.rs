@@ -18,8 +18,10 @@ fn value_size(v: &Value<'_>) -> usize {
     match v {
         Value::Str(s) => s.len(),
         Value::Bin(b) => b.len(),
-        Value::Array(a) => a.iter().map(value_size).sum::<usize>() + 8,
-        Value::Json(j) => json_size(j),
+        Value::Array(a) | Value::BoundedArray { elements: a, .. } => {
+            a.iter().map(value_size).sum::<usize>() + 8
+        }
+        Value::Json(j) => j.size(),
         Value::Raw(v) => raw_size(v),
         _ => 16,
     }
@@ -38,21 +40,6 @@ fn raw_size(v: &rmpv::Value) -> usize {
                 + 48
         }
         rmpv::Value::Ext(_, d) => d.len() + 24,
-        _ => 16,
-    }
-}
-
-/// An estimate of a JSON value's memory, without serializing it.
-fn json_size(j: &serde_json::Value) -> usize {
-    match j {
-        serde_json::Value::String(s) => s.len() + 24,
-        serde_json::Value::Array(a) => a.iter().map(json_size).sum::<usize>() + 24,
-        serde_json::Value::Object(o) => {
-            o.iter()
-                .map(|(k, v)| k.len() + json_size(v) + 32)
-                .sum::<usize>()
-                + 48
-        }
         _ => 16,
     }
 }

@@ -9,6 +9,7 @@
 //! This module depends on nothing else in the crate.
 
 pub mod codec;
+pub mod json;
 pub mod key;
 mod lsn;
 mod position;
@@ -16,6 +17,7 @@ pub mod timestamp;
 mod value;
 
 pub use codec::{decode, encode_into, DecodeEnvelopeError, Envelope, EnvelopeRef, Op, RowRef};
+pub use json::Json;
 pub use lsn::{Lsn, LsnParseError};
 pub use position::{Position, POSITION_HEADER};
 pub use timestamp::Timestamp;

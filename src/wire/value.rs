@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 
-use super::Timestamp;
+use super::{Json, Timestamp};
 
 /// One typed column value. Text borrows from the received WAL buffer when it needs
 /// no unescaping.
@@ -27,8 +27,15 @@ pub enum Value<'a> {
         days: i32,
         microseconds: i64,
     },
-    Json(serde_json::Value),
+    /// `json` / `jsonb`: native MessagePack with exact numbers ([`super::json`]).
+    Json(Json),
     Array(Vec<Value<'a>>),
+    /// An array whose lower bounds are not all 1 (`'[0:1]={1,2}'`): the map
+    /// `{"lower_bounds": [0], "elements": [1, 2]}` (see `docs/envelope.md`).
+    BoundedArray {
+        lower_bounds: Vec<i64>,
+        elements: Vec<Value<'a>>,
+    },
     /// A value read back from a published envelope, written again unchanged.
     Raw(rmpv::Value),
     /// An unchanged TOAST value that could not be recovered exactly: written as the
@@ -62,6 +69,13 @@ impl Value<'_> {
             },
             Value::Json(j) => Value::Json(j),
             Value::Array(a) => Value::Array(a.into_iter().map(Value::into_owned).collect()),
+            Value::BoundedArray {
+                lower_bounds,
+                elements,
+            } => Value::BoundedArray {
+                lower_bounds,
+                elements: elements.into_iter().map(Value::into_owned).collect(),
+            },
             Value::Raw(v) => Value::Raw(v),
             Value::Unavailable => Value::Unavailable,
         }
@@ -91,6 +105,15 @@ impl Serialize for Value<'_> {
                 m.end()
             }
             Value::Json(j) => j.serialize(s),
+            Value::BoundedArray {
+                lower_bounds,
+                elements,
+            } => {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("lower_bounds", lower_bounds)?;
+                m.serialize_entry("elements", elements)?;
+                m.end()
+            }
             Value::Raw(v) => v.serialize(s),
             Value::Unavailable => {
                 let mut m = s.serialize_map(Some(1))?;

@@ -32,7 +32,14 @@ fn scalars() {
     );
     assert_eq!(
         p(TypeKind::Json, r#"{"a":[1,2.5,null]}"#),
-        Value::Json(serde_json::json!({"a": [1, 2.5, null]}))
+        Value::Json(crate::wire::Json::Object(vec![(
+            "a".into(),
+            crate::wire::Json::Array(vec![
+                crate::wire::Json::Number("1".into()),
+                crate::wire::Json::Number("2.5".into()),
+                crate::wire::Json::Null
+            ])
+        )]))
     );
     assert!(parse_text(&TypeKind::Int, b"12x").is_err());
     assert!(parse_text(&TypeKind::Bytea, b"\\x0").is_err());
@@ -155,8 +162,20 @@ fn arrays_with_nulls_quotes_and_dimensions() {
     assert_eq!(p(int_arr.clone(), "{}"), Value::Array(vec![]));
     assert_eq!(
         p(int_arr.clone(), "[0:1]={7,8}"),
-        Value::Array(vec![Value::Int(7), Value::Int(8)])
+        Value::BoundedArray {
+            lower_bounds: vec![0],
+            elements: vec![Value::Int(7), Value::Int(8)]
+        }
     );
+    assert_eq!(
+        p(int_arr.clone(), "[1:1][-2:-1]={{7,8}}"),
+        Value::BoundedArray {
+            lower_bounds: vec![1, -2],
+            elements: vec![Value::Array(vec![Value::Int(7), Value::Int(8)])]
+        }
+    );
+    assert!(parse_text(&int_arr, b"[0:1={7,8}").is_err());
+    assert!(parse_text(&int_arr, b"[x:1]={7,8}").is_err());
     let text_arr = TypeKind::Array {
         element: Box::new(TypeKind::Text),
         delimiter: b',',

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::{ChangeReader, TableCounters, BATCH_ITEMS};
 use crate::decode::pgoutput::{self, OldTuple, PgOutput, RelationColumn, TupleValue};
 use crate::decode::relation;
-use crate::envelope::{EnvelopeError, Need, ToastNeeded, ToastSource};
+use crate::envelope::{EnvelopeError, Need, ToastNeeded};
 use crate::pipeline::PipelineError;
 use crate::sink::{Publish, SinkBatch};
 use crate::source::{ReplicationEvent, ReplicationStream, SourceError};
@@ -210,17 +210,19 @@ impl ChangeReader {
     /// version; otherwise published as unavailable, counted and logged.
     async fn provide_toast(&mut self, needed: ToastNeeded) -> Result<(), PipelineError> {
         let table = format!("{}.{}", needed.schema, needed.table);
-        let unavailable = match &needed.source {
-            ToastSource::Stream { subject } => {
-                let store = self.store.as_ref().expect("tracked mode has a store");
-                self.metrics.envelope.toast_stream_loads.inc();
-                let last = store.last_envelope(subject).await?;
-                let row = last.as_ref().map(|s| &s.envelope.value);
-                self.builder.provide_toast_from_envelope(&needed, row)?
+        let mut unavailable = None;
+        if let (Some(subject), Some(store)) = (&needed.source.stream_subject, &self.store) {
+            self.metrics.envelope.toast_stream_loads.inc();
+            if let Some(last) = store.last_envelope(subject).await? {
+                let row = Some(&last.envelope.value);
+                unavailable = Some(self.builder.provide_toast_from_envelope(&needed, row)?);
             }
-            ToastSource::Table { version } => {
+        }
+        let unavailable = match unavailable {
+            Some(n) => n,
+            None => {
                 self.metrics.envelope.toast_fetches.inc();
-                let (check, expected) = version.check();
+                let (check, expected) = needed.source.version.check();
                 let (texts, found) = self
                     .catalog
                     .fetch_row_columns(

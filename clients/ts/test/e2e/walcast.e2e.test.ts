@@ -33,7 +33,7 @@ CREATE TABLE types (
   f8 float8, f8nan float8, f8inf float8, f8ninf float8, num numeric, bignum numeric, numnan numeric,
   b bool, t text, ch char(3), by bytea, u uuid, j json, jb jsonb, ts timestamp, tstz timestamptz,
   tsinf timestamptz, tsninf timestamp, d date, tm time, iv interval, ia int[], ta text[], ia2 int[],
-  ta2 text[], m mood, ma mood[], nul text);
+  ta2 text[], m mood, ma mood[], nul text, jn jsonb, lb int[]);
 CREATE TABLE accounts (id bigint PRIMARY KEY, owner text NOT NULL, balance numeric NOT NULL,
   updated_at timestamptz NOT NULL DEFAULT now(), tags text[]);
 CREATE PUBLICATION walcast FOR TABLE types, accounts;
@@ -49,7 +49,9 @@ INSERT INTO types VALUES (1, -32768, 2147483647, 9223372036854775807, 1.5, 'NaN'
   '{"nested": {"deep": [true, {"k": -1}]}, "f": 1.0e2}', '2024-02-29 12:34:56.789012',
   '2024-02-29 12:34:56.5+02', 'infinity', '-infinity', '2024-02-29', '13:14:15.5',
   '1 year 2 mons 3 days 04:05:06.5', '{1,NULL,3}', '{"a b",NULL,"c,d",""}', '{{1,2},{3,NULL}}',
-  '{{a,NULL},{"",x}}', 'happy', '{sad,happy}', NULL);
+  '{{a,NULL},{"",x}}', 'happy', '{sad,happy}', NULL,
+  '{"pi": 3.141592653589793238462643383279, "huge": 1e400, "i": 100000000000000000000000000001, "e30": 1e30, "u": 18446744073709551615, "tenth": 0.1}',
+  '[0:1]={7,8}');
 INSERT INTO types VALUES (2, 0, -5, -9223372036854775808, 0.1, 3.4028235e38, 'Infinity',
   1e300, -0.5, 2.2250738585072014e-308, 5e-324, '-0.000001', 'Infinity', '-Infinity', false,
   '', 'abc', '\\x', '00000000-0000-0000-0000-000000000000', '"just a string"', '[]',
@@ -59,7 +61,7 @@ INSERT INTO types (id, i8, ts, d) VALUES (3, 9007199254740993, '1970-01-01 00:00
 `;
 
 /** How each column of \`types\` is read back from PostgreSQL and compared. */
-type Kind = "int" | "float4" | "float8" | "text" | "bpchar" | "bool" | "bytea" | "json" | "timestamp" | "interval" | "array";
+type Kind = "int" | "float4" | "float8" | "text" | "bpchar" | "bool" | "bytea" | "json" | "timestamp" | "interval" | "array" | "bounded";
 const COLUMNS: Record<string, Kind> = {
   id: "int", i2: "int", i4: "int", i8: "int",
   f4: "float4", f4nan: "float4", f4inf: "float4",
@@ -67,7 +69,7 @@ const COLUMNS: Record<string, Kind> = {
   num: "text", bignum: "text", numnan: "text", b: "bool", t: "text", ch: "bpchar", by: "bytea", u: "text",
   j: "json", jb: "json", ts: "timestamp", tstz: "timestamp", tsinf: "timestamp", tsninf: "timestamp",
   d: "text", tm: "text", iv: "interval", ia: "array", ta: "array", ia2: "array", ta2: "array",
-  m: "text", ma: "array", nul: "text",
+  m: "text", ma: "array", nul: "text", jn: "json", lb: "bounded",
 };
 
 function pgExpr(col: string, kind: Kind): string {
@@ -80,6 +82,10 @@ function pgExpr(col: string, kind: Kind): string {
     case "json":
     case "array":
       return `to_json(${col})::text`;
+    case "bounded":
+      // An array whose lower bounds are not all 1 travels as {lower_bounds, elements}.
+      return `CASE WHEN ${col} IS NULL OR array_ndims(${col}) IS NULL OR array_to_string(ARRAY(SELECT array_lower(${col}, d) FROM generate_series(1, array_ndims(${col})) d), ',') ~ '^(1,)*1$' THEN to_json(${col})::text
+        ELSE json_build_object('lower_bounds', ARRAY(SELECT array_lower(${col}, d) FROM generate_series(1, array_ndims(${col})) d), 'elements', to_json(${col}))::text END`;
     case "timestamp":
       return `CASE WHEN isfinite(${col}) THEN trunc(extract(epoch FROM ${col}) * 1000000)::text ELSE ${col}::text END`;
     case "interval":
@@ -129,6 +135,7 @@ function checkColumn(col: string, kind: Kind, got: unknown, pg: string | null): 
       return assert.equal(Buffer.from(got).toString("hex"), pg, what);
     case "json":
     case "array":
+    case "bounded":
       return assert.deepEqual(got, parseJsonExact(pg), what);
     case "timestamp": {
       assert.ok(got instanceof Timestamp, what);

@@ -1,5 +1,32 @@
-// JSON as walcast maps it: integer literals that fit i64/u64 are integers (a bigint
-// beyond ±2^53), every other number is a float 64. JSON.parse would round big ones.
+// JSON as walcast maps it (docs/envelope.md, "Exact JSON numbers"): integer literals
+// that fit i64/u64 are integers (a bigint beyond ±2^53); a number whose float 64's
+// shortest text is the same decimal is that float; any other number is its exact
+// text, a string. JSON.parse would round big ones.
+
+/** [negative, significant digits, exponent of the first digit]; zero is [false, "", 0]. */
+function normalizeDecimal(text: string): [boolean, string, number] {
+  const neg = text.startsWith("-");
+  const body = text.replace(/^[-+]/, "");
+  const [mant, exp = "0"] = body.split(/[eE]/);
+  const [int, frac = ""] = mant!.split(".");
+  const all = int! + frac;
+  const lead = all.length - all.replace(/^0+/, "").length;
+  const digits = all.slice(lead).replace(/0+$/, "");
+  if (digits === "") return [false, "", 0];
+  return [neg, digits, int!.length - lead + Number(exp)];
+}
+
+export function jsonNumberAsWalcastSends(text: string): number | bigint | string {
+  if (/^-?\d+$/.test(text)) {
+    const b = BigInt(text);
+    if (b >= -(2n ** 63n) && b < 2n ** 64n) return b >= -(2n ** 53n) && b <= 2n ** 53n ? Number(b) : b;
+  }
+  const f = Number(text);
+  if (Number.isFinite(f) && JSON.stringify(normalizeDecimal(String(f))) === JSON.stringify(normalizeDecimal(text))) {
+    return f;
+  }
+  return text;
+}
 export function parseJsonExact(text: string): unknown {
   let i = 0;
   const ws = () => {
@@ -47,11 +74,7 @@ export function parseJsonExact(text: string): unknown {
     const m = /^-?\d+(\.\d+)?([eE][+-]?\d+)?/.exec(text.slice(i));
     if (m) {
       i += m[0].length;
-      if (m[1] === undefined && m[2] === undefined) {
-        const b = BigInt(m[0]);
-        if (b >= -(2n ** 63n) && b < 2n ** 64n) return b >= -(2n ** 53n) && b <= 2n ** 53n ? Number(b) : b;
-      }
-      return Number(m[0]);
+      return jsonNumberAsWalcastSends(m[0]);
     }
     for (const [lit, v] of [
       ["true", true],
