@@ -168,6 +168,11 @@ pub struct PgOptions {
     pub wal_sender_timeout: String,
     /// Extra `postgresql.conf` lines.
     pub extra_conf: Vec<String>,
+    /// `pg_hba.conf` lines placed before the defaults (the first match wins).
+    pub hba_first: Vec<String>,
+    /// Files written into the data directory, owned by the server's user with mode
+    /// 0600 (TLS certificates and keys), as (name, content).
+    pub data_files: Vec<(String, Vec<u8>)>,
 }
 
 impl Default for PgOptions {
@@ -176,6 +181,8 @@ impl Default for PgOptions {
             wal_level: "logical".into(),
             wal_sender_timeout: "60s".into(),
             extra_conf: Vec::new(),
+            hba_first: Vec::new(),
+            data_files: Vec::new(),
         }
     }
 }
@@ -262,15 +269,29 @@ impl PgServer {
                 .map_err(io("writing the server config"))
         };
         append("postgresql.conf", &conf, false)?;
+        for (name, content) in &opts.data_files {
+            use std::os::unix::fs::PermissionsExt;
+            let path = data.join(name);
+            std::fs::write(&path, content).map_err(io("writing a server file"))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(io("setting a server file's mode"))?;
+            if let Some((uid, gid)) = user {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(io("giving a server file to postgres"))?;
+            }
+        }
+        let mut hba = opts.hba_first.join("\n");
+        hba.push('\n');
         append(
             "pg_hba.conf",
-            "local all all trust\n\
+            &(hba
+                + "local all all trust\n\
              host all scram_user 127.0.0.1/32 scram-sha-256\n\
              host all md5_user 127.0.0.1/32 md5\n\
              host all clear_user 127.0.0.1/32 password\n\
              host all pw_user 127.0.0.1/32 scram-sha-256\n\
              host all walcast 127.0.0.1/32 scram-sha-256\n\
-             host all all 127.0.0.1/32 trust\n",
+             host all all 127.0.0.1/32 trust\n"),
             true,
         )?;
         let mut server = PgServer {

@@ -68,7 +68,11 @@ impl Report {
 pub async fn run(cfg: &RunConfig) -> Vec<Check> {
     let mut r = Report::default();
     let mut tables = Vec::new();
-    match Catalog::connect(&cfg.postgres_url, cfg.connect_timeout).await {
+    let connected = match cfg.connect_params() {
+        Ok(params) => Catalog::connect(&params, cfg.connect_timeout).await,
+        Err(e) => Err(e),
+    };
+    match connected {
         Err(e) => r.push(
             Outcome::Fail,
             "postgres connection",
@@ -306,12 +310,15 @@ async fn slot_checks(
 }
 
 async fn nats_checks(cfg: &RunConfig, r: &mut Report, tracked: &[&String]) {
-    let shown = redact_url(&cfg.nats_url);
-    let connected = match NatsUrl::parse(&cfg.nats_url) {
-        Ok(url) => url
-            .connect_with(url.options().connection_timeout(cfg.connect_timeout))
-            .await
-            .map_err(|e| e.to_string()),
+    let shown = redact_url(&cfg.nats.url);
+    let connected = match NatsUrl::parse(&cfg.nats.url) {
+        Ok(url) => match url.options_with(&cfg.nats.auth()).await {
+            Ok(options) => url
+                .connect_with(options.connection_timeout(cfg.connect_timeout))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
         Err(e) => Err(e.to_string()),
     };
     let client = match connected {

@@ -10,13 +10,13 @@ use crate::config::TailConfig;
 use crate::wire::{codec, Lsn};
 
 pub(super) async fn tail(cfg: TailConfig) -> anyhow::Result<()> {
-    let client = crate::client::connect(&cfg.nats_url).await?;
+    let client = crate::client::connect_with_auth(&cfg.nats.url, &cfg.nats.auth()).await?;
     let sub = client
         .subscribe(cfg.pattern.clone())
         .await
         .with_context(|| format!("cannot subscribe to {}", cfg.pattern))?;
     client.flush().await.context("NATS flush")?;
-    eprintln!("tailing {} on {}", cfg.pattern, redact_url(&cfg.nats_url));
+    eprintln!("tailing {} on {}", cfg.pattern, redact_url(&cfg.nats.url));
     let mut received = envelopes(sub);
     let mut seen = 0u64;
     // Replays (after an outage or a restart walcast publishes unconfirmed changes

@@ -10,7 +10,7 @@ use crate::state::StreamSettings;
 
 pub(super) async fn teardown(cfg: &TeardownConfig) -> anyhow::Result<()> {
     let run = &cfg.run;
-    let catalog = Catalog::connect(&run.postgres_url, run.connect_timeout).await?;
+    let catalog = Catalog::connect(&run.connect_params()?, run.connect_timeout).await?;
     let verb = if cfg.dry_run {
         "would remove"
     } else {
@@ -47,9 +47,10 @@ pub(super) async fn teardown(cfg: &TeardownConfig) -> anyhow::Result<()> {
 
 /// The envelope stream and the meta stream.
 async fn remove_streams(cfg: &TeardownConfig, verb: &str) -> anyhow::Result<()> {
-    let url = NatsUrl::parse(&cfg.run.nats_url)?;
+    let url = NatsUrl::parse(&cfg.run.nats.url)?;
+    let options = url.options_with(&cfg.run.nats.auth()).await?;
     let client = url
-        .connect_with(url.options().connection_timeout(cfg.run.connect_timeout))
+        .connect_with(options.connection_timeout(cfg.run.connect_timeout))
         .await
         .with_context(|| format!("cannot connect to NATS at {}", url.redacted()))?;
     let js = async_nats::jetstream::new(client);

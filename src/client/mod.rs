@@ -38,7 +38,7 @@ pub use in_process::InProcessTransport;
 pub use nats::NatsTransport;
 pub use replica::{Refetch, Replica, ReplicaMeta, ReplicaOptions, ReplicaStats, Status};
 pub use stream::{envelopes, last_envelope, refetch_from_stream, Received, StoredEnvelope};
-pub use url::{connect, redact_url, NatsUrl};
+pub use url::{connect, connect_with_auth, redact_url, NatsAuth, NatsUrl};
 
 /// Default capacity of a local subscriber's queue.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;

@@ -3,6 +3,8 @@
 //! take credentials from a URL, so they are moved into the connect options here; and
 //! every URL is shown redacted (`***` for a password or token), never as given.
 
+use std::path::PathBuf;
+
 use async_nats::ConnectOptions;
 
 use super::ClientError;
@@ -92,10 +94,70 @@ impl NatsUrl {
     }
 }
 
+/// Credentials and TLS for NATS beyond what a URL carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatsAuth {
+    /// A `.creds` file (user JWT and NKey seed).
+    pub creds_file: Option<PathBuf>,
+    /// A file holding a user NKey seed (`SU…`).
+    pub nkey_seed_file: Option<PathBuf>,
+    /// CA certificate(s) (PEM) the server's certificate must chain to.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM), for servers that verify clients.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Refuse a connection without TLS (implied by `tls://` URLs).
+    pub tls_required: bool,
+}
+
+impl NatsUrl {
+    /// Connect options with the URL's credentials and `auth`'s.
+    pub async fn options_with(&self, auth: &NatsAuth) -> Result<ConnectOptions, ClientError> {
+        let file_error = |what: &str, path: &PathBuf, e: std::io::Error| {
+            ClientError::Url(format!("{what} {}: {e}", path.display()))
+        };
+        let mut options = match &auth.creds_file {
+            Some(path) => ConnectOptions::with_credentials_file(path)
+                .await
+                .map_err(|e| file_error("NATS credentials file", path, e))?,
+            None => self.options(),
+        };
+        if let Some(path) = &auth.nkey_seed_file {
+            let seed = std::fs::read_to_string(path)
+                .map_err(|e| file_error("NATS NKey seed file", path, e))?;
+            options = options.nkey(seed.trim().to_string());
+        }
+        if let Some(ca) = &auth.tls_ca {
+            options = options.add_root_certificates(ca.clone());
+        }
+        match (&auth.tls_cert, &auth.tls_key) {
+            (Some(cert), Some(key)) => {
+                options = options.add_client_certificate(cert.clone(), key.clone())
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ClientError::Url(
+                    "a NATS client certificate needs both its certificate and its key".into(),
+                ))
+            }
+        }
+        let tls_url = self.servers.iter().any(|s| s.starts_with("tls://"));
+        Ok(options.require_tls(auth.tls_required || tls_url))
+    }
+}
+
 /// Connect to NATS with the credentials the URL carries.
 pub async fn connect(url: &str) -> Result<async_nats::Client, ClientError> {
+    connect_with_auth(url, &NatsAuth::default()).await
+}
+
+/// Connect to NATS with the URL's credentials and `auth`'s.
+pub async fn connect_with_auth(
+    url: &str,
+    auth: &NatsAuth,
+) -> Result<async_nats::Client, ClientError> {
     let url = NatsUrl::parse(url)?;
-    url.connect_with(url.options())
+    url.connect_with(url.options_with(auth).await?)
         .await
         .map_err(|e| ClientError::Nats(format!("cannot connect to {}: {e}", url.redacted())))
 }

@@ -80,13 +80,12 @@ pub struct RunConfig {
     /// PostgreSQL connection URL (libpq style), e.g. postgres://walcast:pw@db:5432/app.
     #[arg(long, env = "WALCAST_POSTGRES_URL")]
     pub postgres_url: String,
-    /// NATS server URL.
-    #[arg(
-        long,
-        env = "WALCAST_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub nats_url: String,
+    /// A file holding the PostgreSQL password (a mounted secret), used when neither
+    /// the URL, PGPASSWORD nor a password file (PGPASSFILE, ~/.pgpass) gives one.
+    #[arg(long, env = "WALCAST_POSTGRES_PASSWORD_FILE")]
+    pub postgres_password_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub nats: NatsArgs,
     /// Publication to stream (it must exist: see sql/setup.sql).
     #[arg(long, env = "WALCAST_PUBLICATION", default_value = "walcast")]
     pub publication: String,
@@ -159,19 +158,59 @@ pub struct RunConfig {
     pub toast_cache_bytes: usize,
 }
 
+/// How to reach NATS: the URL(s) and what authenticates beyond them.
+#[derive(Debug, Clone, Args)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated for a cluster; `nats://user:pw@host`,
+    /// `nats://token@host`, `tls://host` (TLS required).
+    #[arg(
+        long = "nats-url",
+        env = "WALCAST_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub url: String,
+    /// A NATS credentials file (`.creds`: user JWT and NKey seed).
+    #[arg(long = "nats-creds", env = "WALCAST_NATS_CREDS")]
+    pub creds: Option<std::path::PathBuf>,
+    /// A file holding a NATS user NKey seed.
+    #[arg(long = "nats-nkey-seed", env = "WALCAST_NATS_NKEY_SEED")]
+    pub nkey_seed: Option<std::path::PathBuf>,
+    /// CA certificate(s) (PEM) the NATS server's certificate must chain to.
+    #[arg(long = "nats-tls-ca", env = "WALCAST_NATS_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for NATS servers that verify clients.
+    #[arg(long = "nats-tls-cert", env = "WALCAST_NATS_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long = "nats-tls-key", env = "WALCAST_NATS_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Refuse to talk to NATS without TLS.
+    #[arg(long = "nats-tls-required", env = "WALCAST_NATS_TLS_REQUIRED")]
+    pub tls_required: bool,
+}
+
+impl NatsArgs {
+    /// What authenticates beyond the URL.
+    pub fn auth(&self) -> crate::client::NatsAuth {
+        crate::client::NatsAuth {
+            creds_file: self.creds.clone(),
+            nkey_seed_file: self.nkey_seed.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_required: self.tls_required,
+        }
+    }
+}
+
 /// Settings of `walcast tail`.
 #[derive(Debug, Clone, Args)]
 pub struct TailConfig {
     /// Subject pattern, e.g. 'walcast.public.users.>' or 'walcast.>'.
     #[arg(value_parser = parse_subject_pattern)]
     pub pattern: String,
-    /// NATS server URL.
-    #[arg(
-        long,
-        env = "WALCAST_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub nats_url: String,
+    #[command(flatten)]
+    pub nats: NatsArgs,
     /// Print one JSON object per line instead of a human-readable line.
     #[arg(long)]
     pub json: bool,
@@ -244,6 +283,16 @@ fn parse_table_ops(s: &str) -> Result<(String, Vec<Op>), String> {
 }
 
 impl RunConfig {
+    /// The PostgreSQL connection settings (URL, TLS, password sources), read once.
+    pub fn connect_params(
+        &self,
+    ) -> Result<crate::source::ConnectParams, crate::source::SourceError> {
+        crate::source::ConnectParams::parse(
+            &self.postgres_url,
+            self.postgres_password_file.as_deref(),
+        )
+    }
+
     /// The stream's name: `--stream`, else derived from the subject prefix.
     pub fn stream_name(&self) -> String {
         self.stream.clone().unwrap_or_else(|| {

@@ -87,13 +87,19 @@ pub async fn run(
     metrics: Arc<Metrics>,
     mut shutdown: Shutdown,
 ) -> Result<(), PipelineError> {
-    let params = ConnectParams::from_url(&cfg.postgres_url)?;
-    let catalog = Catalog::connect_waiting(&cfg.postgres_url, cfg.connect_timeout).await?;
+    let params = cfg.connect_params()?;
+    let catalog = Catalog::connect_waiting(&params, cfg.connect_timeout).await?;
     let preflight = preflight(&catalog, &cfg).await?;
     let mut tasks = TaskSet::new();
-    start_background(&cfg, &metrics, &mut tasks).await?;
+    start_background(&cfg, &params, &metrics, &mut tasks).await?;
     let nats_state = Arc::new(NatsState::default());
-    let client = sink::connect(&cfg.nats_url, cfg.connect_timeout, nats_state.clone()).await?;
+    let client = sink::connect(
+        &cfg.nats.url,
+        &cfg.nats.auth(),
+        cfg.connect_timeout,
+        nats_state.clone(),
+    )
+    .await?;
     tasks.spawn(poll_nats_gauge(
         nats_state.clone(),
         metrics.clone(),
@@ -178,6 +184,7 @@ async fn preflight(catalog: &Catalog, cfg: &RunConfig) -> Result<Preflight, Pipe
 /// The HTTP endpoints and the slot monitor, joined at shutdown.
 async fn start_background(
     cfg: &RunConfig,
+    params: &ConnectParams,
     metrics: &Arc<Metrics>,
     tasks: &mut TaskSet,
 ) -> Result<(), PipelineError> {
@@ -193,7 +200,7 @@ async fn start_background(
         tasks.shutdown(),
     ));
     tasks.spawn(crate::source::monitor::monitor_slot(
-        cfg.postgres_url.clone(),
+        params.clone(),
         cfg.slot.clone(),
         cfg.connect_timeout,
         metrics.clone(),
@@ -223,14 +230,14 @@ async fn build_delivery(
 ) -> Result<(Sink, Option<StateStore>, SequenceMode), PipelineError> {
     let has_jetstream = client.server_info().jetstream;
     let delivery = policy::choose_delivery(cfg.delivery, has_jetstream).map_err(|e| {
-        PipelineError::Config(format!("NATS at {}: {e}", redact_url(&cfg.nats_url)))
+        PipelineError::Config(format!("NATS at {}: {e}", redact_url(&cfg.nats.url)))
     })?;
     let settings = cfg.table_settings();
     let tracked = policy::tracked_tables(&preflight.tables, &settings);
     let mode =
         policy::default_sequence_mode(delivery, has_jetstream, cfg.volatile_sequences, &tracked)
             .map_err(|e| {
-                PipelineError::Config(format!("{e} (NATS at {})", redact_url(&cfg.nats_url)))
+                PipelineError::Config(format!("{e} (NATS at {})", redact_url(&cfg.nats.url)))
             })?;
     tracing::info!(delivery = ?delivery, sequences = ?mode, "delivery chosen");
     if delivery != Delivery::Jetstream {
@@ -253,6 +260,7 @@ async fn build_delivery(
         .backpressure_on_inflight(true)
         .build(client);
     let settings = StreamSettings::from_config(cfg);
+    sink::probe_publish(&context.client(), &cfg.subject_prefix, &nats_state).await?;
     let stream = state::ensure_stream(&context, &settings).await?;
     let meta = state::ensure_meta_stream(&context, &settings).await?;
     let store = StateStore::new(context.clone(), stream, meta, &settings);
@@ -318,6 +326,6 @@ async fn supervise(
         reader
             .wait_confirmed(confirmed_rx, shutdown, DRAIN_WAIT)
             .await;
-        reader.reconnect_catalog().await;
+        reader.reconnect_catalog(params).await;
     }
 }

@@ -358,11 +358,11 @@ impl ChangeReader {
     }
 
     /// A new catalog connection when the old one was closed (the server restarted).
-    pub(super) async fn reconnect_catalog(&mut self) {
+    pub(super) async fn reconnect_catalog(&mut self, params: &ConnectParams) {
         if !self.catalog.is_closed() {
             return;
         }
-        match Catalog::connect(&self.cfg.postgres_url, self.cfg.connect_timeout).await {
+        match Catalog::connect(params, self.cfg.connect_timeout).await {
             Ok(c) => self.catalog = c,
             Err(e) => tracing::warn!(error = %e, "catalog connection not back yet"),
         }

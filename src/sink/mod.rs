@@ -23,7 +23,7 @@ pub mod nats;
 
 pub use self::core::CoreSink;
 pub use self::jetstream::JetStreamSink;
-pub use self::nats::{connect, NatsState};
+pub use self::nats::{connect, probe_publish, NatsState};
 
 /// Why the sink failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,8 @@ pub enum SinkError {
     },
     #[error("{0}")]
     Url(String),
+    #[error("NATS does not let walcast publish on {subject} ({detail}): give its user publish permission for the subject prefix and the JetStream API (see docs/security.md)")]
+    Permission { subject: String, detail: String },
     #[error("NATS subscribe failed: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
     #[error("the NATS client was closed")]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::Client;
 
 use super::SinkError;
-use crate::client::NatsUrl;
+use crate::client::{NatsAuth, NatsUrl};
 
 /// Connection state shared with the health endpoints.
 #[derive(Debug, Default)]
@@ -17,6 +17,40 @@ pub struct NatsState {
     /// Bumped on every disconnect: a confirmation round-trip is only valid if the
     /// generation did not change since the batch was published.
     pub generation: AtomicU64,
+    /// The last permissions violation the server reported.
+    pub permission_denied: std::sync::Mutex<Option<String>>,
+}
+
+/// At start: can walcast publish under its prefix? An empty message on
+/// `<prefix>._walcast_probe` (a subject walcast reserves: consumers skip
+/// `<prefix>._walcast*`), expecting a stream that does not exist so JetStream never
+/// stores it; a user that may not publish there gets a permissions-violation error
+/// from the server before the answer to the flush that follows.
+pub async fn probe_publish(
+    client: &Client,
+    prefix: &str,
+    state: &NatsState,
+) -> Result<(), SinkError> {
+    let subject = format!("{prefix}._walcast_probe");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Expected-Stream", "walcast-permission-probe");
+    let denied = |detail: String| SinkError::Permission {
+        subject: subject.clone(),
+        detail,
+    };
+    client
+        .publish_with_headers(subject.clone(), headers, bytes::Bytes::new())
+        .await
+        .map_err(|e| denied(e.to_string()))?;
+    client.flush().await.map_err(|e| denied(e.to_string()))?;
+    // The error event is delivered on the client's own task: give it a moment.
+    for _ in 0..10 {
+        if let Some(e) = state.permission_denied.lock().unwrap().take() {
+            return Err(denied(e));
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    Ok(())
 }
 
 /// Connect to NATS, waiting for it up to `timeout` (a server that is down or
@@ -24,17 +58,22 @@ pub struct NatsState {
 /// client reconnects by itself forever.
 pub async fn connect(
     url: &str,
+    auth: &NatsAuth,
     timeout: Duration,
     state: Arc<NatsState>,
 ) -> Result<Client, SinkError> {
     let url = NatsUrl::parse(url).map_err(|e| SinkError::Url(e.to_string()))?;
+    let base = url
+        .options_with(auth)
+        .await
+        .map_err(|e| SinkError::Url(e.to_string()))?;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut backoff = Duration::from_millis(200);
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let attempt = url
             .connect_with(options(
-                &url,
+                base.clone(),
                 left.max(Duration::from_secs(1)),
                 state.clone(),
             ))
@@ -65,10 +104,13 @@ fn retryable(e: &async_nats::ConnectError) -> bool {
     matches!(e.kind(), K::Io | K::TimedOut | K::Dns | K::MaxReconnects)
 }
 
-/// The connect options: the URL's credentials, reconnect forever, state tracking.
-fn options(url: &NatsUrl, timeout: Duration, state: Arc<NatsState>) -> async_nats::ConnectOptions {
-    url.options()
-        .name("walcast")
+/// The connect options: the credentials, reconnect forever, state tracking.
+fn options(
+    base: async_nats::ConnectOptions,
+    timeout: Duration,
+    state: Arc<NatsState>,
+) -> async_nats::ConnectOptions {
+    base.name("walcast")
         .connection_timeout(timeout)
         .max_reconnects(None)
         .client_capacity(65_536)
@@ -87,6 +129,12 @@ fn options(url: &NatsUrl, timeout: Duration, state: Arc<NatsState>) -> async_nat
                     }
                     async_nats::Event::ClientError(e) => {
                         tracing::debug!(error = %e, "NATS client error")
+                    }
+                    async_nats::Event::ServerError(async_nats::ServerError::Other(e))
+                        if e.to_lowercase().contains("permissions violation") =>
+                    {
+                        tracing::error!(error = %e, "NATS refused a message: the user lacks a permission (see docs/security.md)");
+                        *state.permission_denied.lock().unwrap() = Some(e);
                     }
                     other => tracing::info!(event = %other, "NATS event"),
                 }

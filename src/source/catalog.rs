@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 
 use super::conn::quote_ident;
+use super::params::ConnectParams;
 use super::SourceError;
 
 /// A row of `pg_type` as the resolver needs it.
@@ -111,16 +112,26 @@ pub struct Catalog {
     client: Client,
 }
 
-/// `host:port` of the first server a configuration names.
-fn target_of(config: &tokio_postgres::Config) -> String {
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => format!("{h}:{port}"),
-        Some(tokio_postgres::config::Host::Unix(p)) => {
-            format!("{}/.s.PGSQL.{port}", p.display())
+/// Open a connection and drive it on a task of its own.
+async fn start<T>(
+    config: &tokio_postgres::Config,
+    tls: T,
+    target: String,
+) -> Result<Client, SourceError>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = config
+        .connect(tls)
+        .await
+        .map_err(|e| connect_error(e, target))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "catalog connection ended");
         }
-        None => format!("localhost:{port}"),
-    }
+    });
+    Ok(client)
 }
 
 fn connect_error(e: tokio_postgres::Error, target: String) -> SourceError {
@@ -142,11 +153,14 @@ impl Catalog {
     /// Connect, waiting up to `timeout` for a server that is down or starting
     /// (logged once per attempt); other failures (authentication, a missing
     /// database) are returned at once.
-    pub async fn connect_waiting(url: &str, timeout: Duration) -> Result<Catalog, SourceError> {
+    pub async fn connect_waiting(
+        params: &ConnectParams,
+        timeout: Duration,
+    ) -> Result<Catalog, SourceError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut backoff = Duration::from_millis(200);
         loop {
-            match Catalog::connect(url, timeout).await {
+            match Catalog::connect(params, timeout).await {
                 Err(e) if e.is_transient() && deadline > tokio::time::Instant::now() + backoff => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "waiting for PostgreSQL");
                     tokio::time::sleep(backoff).await;
@@ -157,26 +171,29 @@ impl Catalog {
         }
     }
 
-    pub async fn connect(url: &str, timeout: Duration) -> Result<Catalog, SourceError> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| SourceError::Config(format!("invalid PostgreSQL URL: {e}")))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(timeout);
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("walcast-catalog");
-        }
-        let target = target_of(&config);
-        let (client, connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(|e| connect_error(e, target))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "catalog connection ended");
+    pub async fn connect(
+        params: &ConnectParams,
+        timeout: Duration,
+    ) -> Result<Catalog, SourceError> {
+        let mut config = params.to_tokio_config("walcast-catalog");
+        config.connect_timeout(timeout);
+        let target = params.target.to_string();
+        let client = match params.tls.client_config()? {
+            None => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                start(&config, NoTls, target).await?
             }
-        });
+            Some(tls) => {
+                // The certificate checks of sslmode are in the rustls configuration.
+                config.ssl_mode(if params.tls.mode.requires_tls() {
+                    tokio_postgres::config::SslMode::Require
+                } else {
+                    tokio_postgres::config::SslMode::Prefer
+                });
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
+                start(&config, tls, target).await?
+            }
+        };
         Ok(Catalog { client })
     }
 

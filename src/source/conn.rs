@@ -50,6 +50,106 @@ pub struct ReplicationConnection {
     pub server_params: HashMap<String, String>,
     last_read_small: bool,
     read_nap: Duration,
+    /// TLS: the server certificate's `tls-server-end-point` data (`Some(empty)` when
+    /// on TLS without a certificate hash; `None` without TLS).
+    channel_binding: Option<Vec<u8>>,
+}
+
+/// An open socket, before startup.
+struct Opened {
+    reader: ReadHalf,
+    writer: WriteHalf,
+    channel_binding: Option<Vec<u8>>,
+}
+
+fn connect_error(params: &ConnectParams) -> impl Fn(std::io::Error) -> SourceError + '_ {
+    move |source| SourceError::Connect {
+        target: params.target.to_string(),
+        source,
+    }
+}
+
+/// TCP (with TLS when asked and offered) or a Unix socket (never TLS, as libpq).
+async fn open(
+    params: &ConnectParams,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<Opened, SourceError> {
+    let (host, port) = match &params.target {
+        Target::Unix { dir, port } => {
+            let path = dir.join(format!(".s.PGSQL.{port}"));
+            let s = tokio::net::UnixStream::connect(path)
+                .await
+                .map_err(connect_error(params))?;
+            let (r, w) = s.into_split();
+            return Ok(Opened {
+                reader: Box::new(r),
+                writer: Box::new(w),
+                channel_binding: None,
+            });
+        }
+        Target::Tcp { host, port } => (host, *port),
+    };
+    let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(connect_error(params))?;
+    s.set_nodelay(true).map_err(connect_error(params))?;
+    if let Some(config) = tls {
+        if ssl_request(&mut s).await.map_err(connect_error(params))? {
+            return start_tls(s, host, config).await;
+        }
+        if params.tls.mode.requires_tls() {
+            return Err(SourceError::Config(format!(
+                "PostgreSQL at {} does not accept TLS connections, and sslmode requires TLS",
+                params.target
+            )));
+        }
+    }
+    let (r, w) = s.into_split();
+    Ok(Opened {
+        reader: Box::new(r),
+        writer: Box::new(w),
+        channel_binding: None,
+    })
+}
+
+/// SSLRequest: whether the server agrees to TLS.
+async fn ssl_request(s: &mut tokio::net::TcpStream) -> std::io::Result<bool> {
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    s.write_all(&request).await?;
+    let mut answer = [0u8; 1];
+    s.read_exact(&mut answer).await?;
+    Ok(answer[0] == b'S')
+}
+
+async fn start_tls(
+    s: tokio::net::TcpStream,
+    host: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<Opened, SourceError> {
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| SourceError::Config(format!("PostgreSQL TLS: host name {host:?}: {e}")))?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, s)
+        .await
+        .map_err(|source| SourceError::Tls {
+            target: host.to_string(),
+            source,
+        })?;
+    let channel_binding = Some(
+        tls.get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(super::tls::server_end_point)
+            .unwrap_or_default(),
+    );
+    let (r, w) = tokio::io::split(tls);
+    Ok(Opened {
+        reader: Box::new(r),
+        writer: Box::new(w),
+        channel_binding,
+    })
 }
 
 pub(super) fn io_err(context: &'static str) -> impl FnOnce(std::io::Error) -> SourceError {
@@ -61,52 +161,29 @@ pub(super) fn proto(msg: impl Into<String>) -> SourceError {
 }
 
 impl ReplicationConnection {
-    /// Connect, authenticate and wait until the server is ready for queries.
+    /// Connect (with TLS as `sslmode` asks), authenticate and wait until the server is
+    /// ready for queries.
     pub async fn connect(params: &ConnectParams) -> Result<Self, SourceError> {
-        let (reader, writer): (ReadHalf, WriteHalf) =
-            match tokio::time::timeout(params.connect_timeout, async {
-                match &params.target {
-                    Target::Tcp { host, port } => {
-                        let s = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-                        s.set_nodelay(true)?;
-                        let (r, w) = s.into_split();
-                        Ok::<(ReadHalf, WriteHalf), std::io::Error>((Box::new(r), Box::new(w)))
-                    }
-                    Target::Unix { dir, port } => {
-                        let path = dir.join(format!(".s.PGSQL.{port}"));
-                        let s = tokio::net::UnixStream::connect(path).await?;
-                        let (r, w) = s.into_split();
-                        Ok((Box::new(r) as ReadHalf, Box::new(w) as WriteHalf))
-                    }
-                }
-            })
+        let tls = params.tls.client_config()?;
+        let timed_out = || SourceError::Connect {
+            target: params.target.to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {:?}", params.connect_timeout),
+            ),
+        };
+        let opened = tokio::time::timeout(params.connect_timeout, open(params, tls))
             .await
-            {
-                Ok(Ok(rw)) => rw,
-                Ok(Err(e)) => {
-                    return Err(SourceError::Connect {
-                        target: params.target.to_string(),
-                        source: e,
-                    })
-                }
-                Err(_) => {
-                    return Err(SourceError::Connect {
-                        target: params.target.to_string(),
-                        source: std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            format!("no answer within {:?}", params.connect_timeout),
-                        ),
-                    })
-                }
-            };
+            .map_err(|_| timed_out())??;
         let mut conn = ReplicationConnection {
-            reader,
-            writer,
+            reader: opened.reader,
+            writer: opened.writer,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             wbuf: BytesMut::with_capacity(1024),
             server_params: HashMap::new(),
             last_read_small: false,
             read_nap: Duration::ZERO,
+            channel_binding: opened.channel_binding,
         };
         conn.startup(params).await?;
         Ok(conn)
@@ -126,6 +203,7 @@ impl ReplicationConnection {
             server_params: HashMap::new(),
             last_read_small: false,
             read_nap: Duration::ZERO,
+            channel_binding: None,
         }
     }
 
@@ -217,7 +295,9 @@ impl ReplicationConnection {
             10 => {
                 let mechs: Vec<&[u8]> =
                     b.split(|&c| c == 0).filter(|m| !m.is_empty()).collect();
-                if !mechs.contains(&&b"SCRAM-SHA-256"[..]) {
+                let plus = mechs.contains(&&b"SCRAM-SHA-256-PLUS"[..]);
+                let bound = self.channel_binding.as_ref().filter(|h| !h.is_empty() && plus);
+                if !mechs.contains(&&b"SCRAM-SHA-256"[..]) && bound.is_none() {
                     return Err(SourceError::Auth(format!(
                         "server offers SASL mechanisms {:?}, walcast speaks SCRAM-SHA-256",
                         mechs
@@ -226,8 +306,19 @@ impl ReplicationConnection {
                             .collect::<Vec<_>>()
                     )));
                 }
-                let s = ScramSha256::new(&password()?, ChannelBinding::unsupported());
-                frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut self.wbuf)
+                // Over TLS with a certificate: SCRAM-SHA-256-PLUS (channel binding)
+                // when the server offers it.
+                let (mechanism, binding) = match (bound, &self.channel_binding) {
+                    (Some(hash), _) => (
+                        "SCRAM-SHA-256-PLUS",
+                        ChannelBinding::tls_server_end_point(hash.clone()),
+                    ),
+                    (None, Some(_)) => ("SCRAM-SHA-256", ChannelBinding::unrequested()),
+                    (None, None) => ("SCRAM-SHA-256", ChannelBinding::unsupported()),
+                };
+                tracing::debug!(mechanism, "authenticating");
+                let s = ScramSha256::new(&password()?, binding);
+                frontend::sasl_initial_response(mechanism, s.message(), &mut self.wbuf)
                     .map_err(io_err("encoding SASL"))?;
                 *scram = Some(s);
                 self.flush().await?;

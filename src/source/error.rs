@@ -9,6 +9,12 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
+    #[error("TLS handshake with PostgreSQL at {target} failed: {source}")]
+    Tls {
+        target: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{context}: {source}")]
     Io {
         context: &'static str,

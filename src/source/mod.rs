@@ -16,6 +16,7 @@ pub mod monitor;
 pub mod params;
 pub mod slot;
 pub mod stream;
+pub mod tls;
 
 pub use conn::ReplicationConnection;
 pub use error::SourceError;

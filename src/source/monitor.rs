@@ -4,12 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::catalog::Catalog;
+use super::params::ConnectParams;
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::Shutdown;
 
 /// Every 10 s until shutdown: the slot's state as metrics.
 pub async fn monitor_slot(
-    url: String,
+    params: ConnectParams,
     slot: String,
     timeout: Duration,
     metrics: Arc<Metrics>,
@@ -18,7 +19,7 @@ pub async fn monitor_slot(
     let mut catalog: Option<Catalog> = None;
     loop {
         if catalog.as_ref().is_none_or(|c| c.is_closed()) {
-            catalog = Catalog::connect(&url, timeout).await.ok();
+            catalog = Catalog::connect(&params, timeout).await.ok();
         }
         if let Some(c) = &catalog {
             match c.slot_health(&slot).await {

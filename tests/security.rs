@@ -1,0 +1,465 @@
+//! Security (issue 12): TLS to PostgreSQL in every sslmode with a CA made here,
+//! SCRAM over TLS with channel binding, client certificates.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use walcast::testing::{free_port, PgOptions};
+
+const SCRAM_PW: &str = "Tls-Scram-9931";
+
+/// A CA, a server certificate for `localhost` and `db.walcast.test` (not for the IP
+/// address), and a client certificate for `certuser`, as PEM.
+struct Pki {
+    ca: String,
+    other_ca: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+}
+
+fn ca(name: &str) -> (rcgen::Certificate, KeyPair) {
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, name);
+    let key = KeyPair::generate().unwrap();
+    let cert = p.self_signed(&key).unwrap();
+    (cert, key)
+}
+
+fn pki() -> Pki {
+    let (ca_cert, ca_key) = ca("walcast test CA");
+    let (other, _) = ca("some other CA");
+    let mut sp =
+        CertificateParams::new(vec!["localhost".into(), "db.walcast.test".into()]).unwrap();
+    sp.distinguished_name.push(DnType::CommonName, "localhost");
+    let server_key = KeyPair::generate().unwrap();
+    let server = sp.signed_by(&server_key, &ca_cert, &ca_key).unwrap();
+    let mut cp = CertificateParams::new(Vec::<String>::new()).unwrap();
+    cp.distinguished_name.push(DnType::CommonName, "certuser");
+    let client_key = KeyPair::generate().unwrap();
+    let client = cp.signed_by(&client_key, &ca_cert, &ca_key).unwrap();
+    Pki {
+        ca: ca_cert.pem(),
+        other_ca: other.pem(),
+        server_cert: server.pem(),
+        server_key: server_key.serialize_pem(),
+        client_cert: client.pem(),
+        client_key: client_key.serialize_pem(),
+    }
+}
+
+/// PostgreSQL with `ssl = on`: `tls_scram` must use TLS (SCRAM), `certuser` a client
+/// certificate; a table `t` in the publication `walcast`.
+async fn tls_servers(p: &Pki) -> (Servers, tokio_postgres::Client) {
+    let opts = PgOptions {
+        extra_conf: vec![
+            "ssl = on".into(),
+            "ssl_cert_file = 'server.crt'".into(),
+            "ssl_key_file = 'server.key'".into(),
+            "ssl_ca_file = 'ca.crt'".into(),
+        ],
+        hba_first: vec![
+            "hostssl all tls_scram 127.0.0.1/32 scram-sha-256".into(),
+            "hostnossl all tls_scram 127.0.0.1/32 reject".into(),
+            "hostssl all certuser 127.0.0.1/32 cert".into(),
+            "hostnossl all certuser 127.0.0.1/32 reject".into(),
+        ],
+        data_files: vec![
+            ("server.crt".into(), p.server_cert.clone().into_bytes()),
+            ("server.key".into(), p.server_key.clone().into_bytes()),
+            ("ca.crt".into(), p.ca.clone().into_bytes()),
+        ],
+        ..PgOptions::default()
+    };
+    let (s, db) = servers_with_table(opts).await;
+    exec(
+        &db,
+        &format!(
+            "CREATE ROLE tls_scram LOGIN REPLICATION PASSWORD '{SCRAM_PW}';
+             CREATE ROLE certuser LOGIN REPLICATION;
+             GRANT SELECT ON t TO tls_scram, certuser;"
+        ),
+    )
+    .await;
+    (s, db)
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// Stream one insert through walcast connected with `url`.
+async fn streams_with(s: &Servers, db: &tokio_postgres::Client, url: String, id: i32) -> String {
+    let slot = format!("slot_{id}");
+    let mut args = RunArgs::new(s, "walcast", &slot);
+    args.pg_url = url;
+    let mut w = Walcast::spawn(args);
+    w.wait_ready().await;
+    let mut c = Collector::new(&s.nats.url(), &format!("walcast.public.t.{id}")).await;
+    exec(db, &format!("INSERT INTO t VALUES ({id})")).await;
+    c.until(1, Duration::from_secs(30)).await;
+    w.sigterm();
+    w.wait_exit(Duration::from_secs(30)).await;
+    let log = w.log();
+    exec(db, &format!("SELECT pg_drop_replication_slot('slot_{id}')")).await;
+    log
+}
+
+#[tokio::test]
+async fn postgres_tls_in_every_mode() {
+    let p = pki();
+    let (s, db) = tls_servers(&p).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write(dir.path(), "ca.pem", &p.ca);
+    let other = write(dir.path(), "other.pem", &p.other_ca);
+    let cert = write(dir.path(), "client.pem", &p.client_cert);
+    let key = write(dir.path(), "client.key", &p.client_key);
+    let port = s.pg.port;
+    let scram = |host: &str, query: &str| {
+        format!("postgres://tls_scram:{SCRAM_PW}@{host}:{port}/postgres?{query}")
+    };
+
+    // verify-full: the CA and the host name; SCRAM with channel binding.
+    let log = streams_with(
+        &s,
+        &db,
+        scram(
+            "localhost",
+            &format!("sslmode=verify-full&sslrootcert={ca}"),
+        ),
+        1,
+    )
+    .await;
+    assert!(
+        log.contains("SCRAM-SHA-256-PLUS"),
+        "no channel binding:\n{log}"
+    );
+    // require: encrypted, nothing checked.
+    streams_with(&s, &db, scram("127.0.0.1", "sslmode=require"), 2).await;
+    // verify-ca: the CA, not the name (the certificate is not for 127.0.0.1).
+    streams_with(
+        &s,
+        &db,
+        scram("127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={ca}")),
+        3,
+    )
+    .await;
+    // A client certificate (pg_hba `cert`), key/value form.
+    let kv = format!(
+        "host=localhost port={port} user=certuser dbname=postgres sslmode=verify-full sslrootcert={ca} sslcert={cert} sslkey={key}"
+    );
+    streams_with(&s, &db, kv, 4).await;
+
+    // Failures, clear and at once.
+    let metrics = format!("127.0.0.1:{}", free_port());
+    for (url, says) in [
+        (
+            scram(
+                "localhost",
+                &format!("sslmode=verify-full&sslrootcert={other}"),
+            ),
+            "certificate",
+        ),
+        (
+            scram(
+                "127.0.0.1",
+                &format!("sslmode=verify-full&sslrootcert={ca}"),
+            ),
+            "certificate",
+        ),
+        (scram("localhost", "sslmode=disable"), "rejects"),
+        (
+            scram("localhost", "sslmode=verify-full"),
+            "needs sslrootcert",
+        ),
+    ] {
+        let (code, err) = run_to_exit(&[
+            "run",
+            "--postgres-url",
+            &url,
+            "--nats-url",
+            &s.nats.url(),
+            "--metrics-addr",
+            &metrics,
+        ])
+        .await;
+        assert_ne!(code, 0, "{url}");
+        assert!(err.to_lowercase().contains(says), "{url}: {err}");
+        assert!(!err.contains(SCRAM_PW), "{err}");
+    }
+}
+
+/// Passwords from `PGPASSWORD`, a password file and `--postgres-password-file`.
+#[tokio::test]
+async fn postgres_passwords_from_the_environment_and_files() {
+    let p = pki();
+    let (s, db) = tls_servers(&p).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "postgres://tls_scram@127.0.0.1:{}/postgres?sslmode=require",
+        s.pg.port
+    );
+    let metrics = || format!("127.0.0.1:{}", free_port());
+    let check = |env: Vec<(&'static str, String)>, extra: Vec<String>| {
+        let url = url.clone();
+        let nats = s.nats.url();
+        let m = metrics();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
+                .args([
+                    "check",
+                    "--postgres-url",
+                    &url,
+                    "--nats-url",
+                    &nats,
+                    "--metrics-addr",
+                    &m,
+                ])
+                .args(extra)
+                .env_remove("PGPASSWORD")
+                .env("HOME", "/nonexistent")
+                .envs(env)
+                .output()
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let connected = |report: &str| report.contains("ok   postgres connection");
+    assert!(
+        !connected(&check(vec![], vec![]).await),
+        "no password, yet connected"
+    );
+    assert!(connected(
+        &check(vec![("PGPASSWORD", SCRAM_PW.into())], vec![]).await
+    ));
+    let passfile = write(
+        dir.path(),
+        "pgpass",
+        &format!("127.0.0.1:{}:*:tls_scram:{SCRAM_PW}\n", s.pg.port),
+    );
+    std::fs::set_permissions(
+        &passfile,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    assert!(connected(
+        &check(vec![("PGPASSFILE", passfile)], vec![]).await
+    ));
+    let secret = write(dir.path(), "secret", &format!("{SCRAM_PW}\n"));
+    assert!(connected(
+        &check(vec![], vec!["--postgres-password-file".into(), secret]).await
+    ));
+    drop(db);
+}
+
+/// A TLS nats-server that verifies clients, with a certificate for 127.0.0.1.
+fn nats_tls_files(dir: &Path) -> (String, String, String, String) {
+    let (ca_cert, ca_key) = ca("nats test CA");
+    let sp = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = sp.signed_by(&server_key, &ca_cert, &ca_key).unwrap();
+    let mut cp = CertificateParams::new(Vec::<String>::new()).unwrap();
+    cp.distinguished_name.push(DnType::CommonName, "walcast");
+    let client_key = KeyPair::generate().unwrap();
+    let client = cp.signed_by(&client_key, &ca_cert, &ca_key).unwrap();
+    (
+        write(dir, "nats-ca.pem", &ca_cert.pem()),
+        write(dir, "nats-server.pem", &server.pem()),
+        write(dir, "nats-server.key", &server_key.serialize_pem()),
+        format!(
+            "{}|{}",
+            write(dir, "nats-client.pem", &client.pem()),
+            write(dir, "nats-client.key", &client_key.serialize_pem())
+        ),
+    )
+}
+
+/// The number of envelopes walcast's stream holds, read with `auth`.
+async fn stream_messages(url: &str, auth: &walcast::client::NatsAuth) -> u64 {
+    let client = walcast::client::connect_with_auth(url, auth).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("WALCAST").await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+/// Run walcast with `nats_args` until ready, insert a row, and see it in the stream.
+async fn publishes_through(
+    s: &Servers,
+    db: &tokio_postgres::Client,
+    url: &str,
+    nats_args: &[String],
+    auth: &walcast::client::NatsAuth,
+    id: i32,
+) {
+    let slot = format!("nats_{id}");
+    let mut args = RunArgs::new(s, "walcast", &slot);
+    args.nats_url = url.to_string();
+    args.extra = nats_args.to_vec();
+    let mut w = Walcast::spawn(args);
+    w.wait_ready().await;
+    let before = stream_messages(url, auth).await;
+    exec(db, &format!("INSERT INTO t VALUES ({id})")).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while stream_messages(url, auth).await <= before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing published:\n{}",
+            w.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    w.sigterm();
+    w.wait_exit(Duration::from_secs(30)).await;
+    exec(db, &format!("SELECT pg_drop_replication_slot('nats_{id}')")).await;
+}
+
+#[tokio::test]
+async fn nats_tls_with_client_certificates_and_nkeys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key, client) = nats_tls_files(dir.path());
+    let (client_cert, client_key) = client.split_once('|').unwrap();
+    let user = nkeys::KeyPair::new_user();
+    let seed = write(dir.path(), "user.nk", &user.seed().unwrap());
+    let (mut s, db) = servers_with_table(PgOptions::default()).await;
+    s.nats = walcast::testing::NatsServer::start_with_config(&format!(
+        "tls {{ cert_file: \"{cert}\", key_file: \"{key}\", ca_file: \"{ca}\", verify: true }}\n\
+         authorization {{ users = [ {{ nkey: \"{}\" }} ] }}",
+        user.public_key()
+    ))
+    .unwrap();
+    let url = format!("tls://127.0.0.1:{}", s.nats.port);
+    let auth = walcast::client::NatsAuth {
+        nkey_seed_file: Some(seed.clone().into()),
+        tls_ca: Some(ca.clone().into()),
+        tls_cert: Some(client_cert.into()),
+        tls_key: Some(client_key.into()),
+        tls_required: true,
+        ..Default::default()
+    };
+    let args: Vec<String> = [
+        "--nats-nkey-seed",
+        &seed,
+        "--nats-tls-ca",
+        &ca,
+        "--nats-tls-cert",
+        client_cert,
+        "--nats-tls-key",
+        client_key,
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    publishes_through(&s, &db, &url, &args, &auth, 1).await;
+    // Without the client certificate the server refuses, clearly.
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let (code, err) = run_to_exit(&[
+        "run",
+        "--postgres-url",
+        &s.pg.url(),
+        "--nats-url",
+        &url,
+        "--nats-tls-ca",
+        &ca,
+        "--nats-nkey-seed",
+        &seed,
+        "--metrics-addr",
+        &metrics,
+        "--connect-timeout",
+        "3",
+    ])
+    .await;
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("NATS"), "{err}");
+}
+
+/// A NATS user that may not publish under the prefix: a clear error at start-up.
+#[tokio::test]
+async fn a_nats_user_without_publish_rights_is_refused_at_start() {
+    let (mut s, _db) = servers_with_table(PgOptions::default()).await;
+    s.nats = walcast::testing::NatsServer::start_with_config(
+        "authorization { users = [ { user: w, password: pw, permissions: { publish: { deny: [\"walcast.>\"] } } } ] }",
+    )
+    .unwrap();
+    let url = format!("nats://w:pw@127.0.0.1:{}", s.nats.port);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let (code, err) = run_to_exit(&[
+        "run",
+        "--postgres-url",
+        &s.pg.url(),
+        "--nats-url",
+        &url,
+        "--metrics-addr",
+        &metrics,
+    ])
+    .await;
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("does not let walcast publish on walcast._walcast_probe"),
+        "{err}"
+    );
+    assert!(
+        err.to_lowercase().contains("permissions violation"),
+        "{err}"
+    );
+}
+
+/// The least-privilege NATS user shipped in deploy/ is enough for walcast.
+#[tokio::test]
+async fn least_privilege_nats_user_runs_walcast() {
+    let conf = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/nats/walcast-user.conf"
+    ))
+    .unwrap()
+    .replace("change-me", "Least-Priv-77");
+    let (mut s, db) = servers_with_table(PgOptions::default()).await;
+    s.nats = walcast::testing::NatsServer::start_with_config(&conf).unwrap();
+    let url = format!("nats://walcast:Least-Priv-77@127.0.0.1:{}", s.nats.port);
+    let mut args = RunArgs::new(&s, "walcast", "walcast");
+    args.nats_url = url.clone();
+    let mut w = Walcast::spawn(args);
+    w.wait_ready().await;
+    exec(
+        &db,
+        "INSERT INTO t VALUES (1); UPDATE t SET id = 2 WHERE id = 1",
+    )
+    .await;
+    // An admin-free check: the stream holds both keys' envelopes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = w.log();
+        assert!(!log.contains("Permissions Violation"), "{log}");
+        let admin = async_nats::ConnectOptions::new()
+            .user_and_password("walcast".into(), "Least-Priv-77".into())
+            .connect(format!("127.0.0.1:{}", s.nats.port))
+            .await
+            .unwrap();
+        let js = async_nats::jetstream::new(admin);
+        let n = js
+            .get_stream("WALCAST")
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages;
+        if n >= 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {n} envelopes:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
