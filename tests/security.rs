@@ -463,3 +463,38 @@ async fn least_privilege_nats_user_runs_walcast() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A 2 MB row against a server whose max_payload is 1 MB: a clear error naming the
+/// key and size by default (nothing lost), a counted marker when asked for.
+#[tokio::test]
+async fn oversize_rows_stop_clearly_or_become_markers() {
+    let (mut s, db) = servers_with_table(PgOptions::default()).await;
+    s.nats = walcast::testing::NatsServer::start_with_config("max_payload: 1048576").unwrap();
+    exec(
+        &db,
+        "CREATE TABLE blob (id int PRIMARY KEY, b text); ALTER PUBLICATION walcast ADD TABLE blob;",
+    )
+    .await;
+    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
+    w.wait_ready().await;
+    exec(&db, "INSERT INTO blob VALUES (1, repeat('x', 2000000))").await;
+    let status = w.wait_exit(Duration::from_secs(30)).await;
+    assert!(!status.success());
+    let log = w.log();
+    assert!(log.contains("public.blob:1"), "{log}");
+    assert!(log.contains("max_payload of 1048576"), "{log}");
+
+    let mut c = Collector::new(&s.nats.url(), "walcast.public.blob.*").await;
+    let mut args = RunArgs::new(&s, "walcast", "walcast");
+    args.extra = vec!["--oversize".into(), "marker".into()];
+    let mut w = Walcast::spawn(args);
+    w.wait_ready().await;
+    exec(&db, "INSERT INTO blob VALUES (2, 'small')").await;
+    let got = c.until(2, Duration::from_secs(30)).await;
+    let (big, small) = (&got[0].1, &got[1].1);
+    assert_eq!((big.key.as_str(), big.sequence), ("public.blob:1", 1));
+    let marker = big.column("$walcast_too_large").and_then(|v| v.as_u64());
+    assert!(marker.is_some_and(|n| n > 2_000_000), "{:?}", big.value);
+    assert_eq!(small.column("b").and_then(|v| v.as_str()), Some("small"));
+    assert_eq!(w.metric("walcast_oversize_markers_total").await, Some(1.0));
+}

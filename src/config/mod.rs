@@ -36,6 +36,16 @@ pub enum Delivery {
     Core,
 }
 
+/// What to do with an envelope larger than the NATS server's `max_payload`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Oversize {
+    /// Stop with an error naming the key and the size (nothing is lost: the change
+    /// stays in the slot).
+    Fail,
+    /// Publish the envelope with the value `{"$walcast_too_large": <bytes>}`.
+    Marker,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -153,6 +163,10 @@ pub struct RunConfig {
     /// on every start, so consumers cannot trust them across restarts.
     #[arg(long, env = "WALCAST_VOLATILE_SEQUENCES")]
     pub volatile_sequences: bool,
+    /// An envelope above NATS's max_payload: `fail` (stop, naming the key) or `marker`
+    /// (publish `{"$walcast_too_large": <bytes>}` as its value).
+    #[arg(long, env = "WALCAST_OVERSIZE", value_enum, default_value_t = Oversize::Fail)]
+    pub oversize: Oversize,
     /// Bytes kept for unchanged-TOAST columns of tables without REPLICA IDENTITY FULL.
     #[arg(long, env = "WALCAST_TOAST_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub toast_cache_bytes: usize,

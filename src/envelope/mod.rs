@@ -66,6 +66,12 @@ pub enum EnvelopeError {
     },
     #[error("change outside a transaction (no Begin)")]
     NoTransaction,
+    #[error("the envelope of {key} is {bytes} bytes, above the NATS server's max_payload of {max}: raise max_payload in nats-server.conf, exclude the large column (--exclude-column), or publish a marker instead (--oversize marker)")]
+    TooLarge {
+        key: String,
+        bytes: usize,
+        max: usize,
+    },
     #[error("encoding the envelope failed: {0}")]
     Encode(#[from] rmp_serde::encode::Error),
 }
@@ -227,6 +233,30 @@ pub struct EnvelopeBuilder {
     /// is new and needs no load.
     subject_filter: Option<SubjectFilter>,
     key_cache: usize,
+    /// The NATS server's `max_payload`.
+    max_payload: usize,
+    /// `--oversize marker`: publish a marker instead of stopping.
+    oversize_marker: bool,
+    oversize_markers: u64,
+}
+
+/// Bytes counted for an envelope's headers beside its message id.
+const HEADER_ALLOWANCE: usize = 160;
+/// The key of the row value that replaces a too-large one.
+pub const TOO_LARGE_KEY: &str = "$walcast_too_large";
+
+/// The value of a too-large envelope: `{"$walcast_too_large": <encoded size>}`.
+struct MarkerRow<'a>(&'a [(&'static str, u64)]);
+
+impl serde::Serialize for MarkerRow<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
 }
 
 impl EnvelopeBuilder {
@@ -254,6 +284,9 @@ impl EnvelopeBuilder {
             replays_skipped: 0,
             subject_filter: None,
             key_cache,
+            max_payload: usize::MAX,
+            oversize_marker: false,
+            oversize_markers: 0,
         }
     }
 
@@ -580,14 +613,49 @@ impl EnvelopeBuilder {
             lsn: tx.commit_lsn.0,
             commit_ts: tx.commit_ts,
         };
-        let payload = codec::encode(&envelope)?;
+        let mut payload = codec::encode(&envelope)?;
+        let msg_id = format!("{key}:{sequence}");
+        // Headers travel in the same message: id, position, expected sequence.
+        let size = payload.len() + msg_id.len() + HEADER_ALLOWANCE;
+        if size > self.max_payload {
+            if !self.oversize_marker {
+                return Err(EnvelopeError::TooLarge {
+                    key,
+                    bytes: size,
+                    max: self.max_payload,
+                });
+            }
+            self.oversize_markers += 1;
+            let marker = [(TOO_LARGE_KEY, payload.len() as u64)];
+            payload = codec::encode(&EnvelopeRef {
+                key: envelope.key,
+                op: envelope.op,
+                value: Some(MarkerRow(&marker)),
+                schema_version: envelope.schema_version,
+                sequence: envelope.sequence,
+                lsn: envelope.lsn,
+                commit_ts: envelope.commit_ts,
+            })?;
+        }
         out.push(Outgoing {
             subject,
             payload: Bytes::from(payload),
-            msg_id: format!("{key}:{sequence}"),
+            msg_id,
             position,
         });
         Ok(())
+    }
+
+    /// The NATS server's largest message, and whether a larger envelope is replaced
+    /// by a marker (else it is an error).
+    pub fn set_size_limit(&mut self, max_payload: usize, oversize_marker: bool) {
+        self.max_payload = max_payload;
+        self.oversize_marker = oversize_marker;
+    }
+
+    /// Envelopes replaced by a too-large marker so far.
+    pub fn oversize_markers(&self) -> u64 {
+        self.oversize_markers
     }
 
     /// The keys (with their subjects) a Truncate of these tables publishes on.

@@ -56,6 +56,7 @@ pub struct EnvelopeMetrics {
     pub replays_skipped: IntCounter,
     pub key_state_loads: IntCounter,
     pub keyless_skipped: IntCounterVec,
+    pub oversize_markers: IntCounter,
     pub toast_stream_loads: IntCounter,
     pub toast_unavailable: IntCounterVec,
     pub missing_setting_columns: IntCounterVec,
@@ -191,6 +192,10 @@ impl EnvelopeMetrics {
                 "walcast_toast_unavailable_total",
                 "Unchanged TOAST values published as unavailable (no exact source), by table",
                 &["table"],
+            ),
+            oversize_markers: r.counter(
+                "walcast_oversize_markers_total",
+                "Envelopes above the NATS server's max_payload published as a too-large marker (--oversize marker)",
             ),
             keyless_skipped: r.counter_vec(
                 "walcast_keyless_changes_skipped_total",

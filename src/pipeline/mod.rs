@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::client::redact_url;
-use crate::config::{Delivery, RunConfig};
+use crate::config::{Delivery, Oversize, RunConfig};
 use crate::decode::pgoutput::DecodeError;
 use crate::envelope::sequence::SequenceMode;
 use crate::envelope::{EnvelopeBuilder, EnvelopeError};
@@ -105,18 +105,20 @@ pub async fn run(
         metrics.clone(),
         tasks.shutdown(),
     ));
+    let max_payload = client.server_info().max_payload;
     let (sink, store, mode) =
         build_delivery(&cfg, &preflight, client, nats_state, &metrics).await?;
     let (tx, rx) = mpsc::channel::<SinkBatch>(CHANNEL_BATCHES);
     let (confirmed_tx, mut confirmed_rx) = watch::channel(Confirmed::default());
     let sink_task = tokio::spawn(sink.run(rx, confirmed_tx));
-    let builder = EnvelopeBuilder::new(
+    let mut builder = EnvelopeBuilder::new(
         &cfg.subject_prefix,
         mode,
         cfg.table_settings(),
         cfg.key_cache,
         cfg.toast_cache_bytes,
     );
+    builder.set_size_limit(max_payload, cfg.oversize == Oversize::Marker);
     // The reader bounds its own drain by the budget; this bounds a reader stuck
     // waiting on a server.
     let budget = cfg.shutdown_timeout + Duration::from_secs(1);

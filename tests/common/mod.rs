@@ -228,6 +228,18 @@ impl Collector {
         &self.received
     }
 
+    /// Whatever arrives within `window`, without expecting a count.
+    pub async fn collect_for(&mut self, window: Duration) {
+        let deadline = tokio::time::Instant::now() + window;
+        while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, self.sub.next()).await {
+            let env = msg
+                .envelope
+                .unwrap_or_else(|e| panic!("{}: not an envelope: {e}", msg.subject));
+            self.received
+                .push((msg.subject.to_string(), env, msg.payload.to_vec()));
+        }
+    }
+
     /// Nothing more arrives within `quiet`.
     pub async fn assert_quiet(&mut self, quiet: Duration) {
         if let Ok(Some(msg)) = tokio::time::timeout(quiet, self.sub.next()).await {

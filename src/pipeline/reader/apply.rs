@@ -156,6 +156,7 @@ impl ChangeReader {
     ) -> Result<(), PipelineError> {
         let before = self.chunk.len();
         let skipped_before = self.builder.replays_skipped();
+        let markers_before = self.builder.oversize_markers();
         loop {
             match self
                 .builder
@@ -174,6 +175,14 @@ impl ChangeReader {
             .envelope
             .replays_skipped
             .inc_by(self.builder.replays_skipped() - skipped_before);
+        let markers = self.builder.oversize_markers() - markers_before;
+        if markers > 0 {
+            self.metrics.envelope.oversize_markers.inc_by(markers);
+            tracing::warn!(
+                relation_id,
+                "an envelope above NATS's max_payload was published as a too-large marker"
+            );
+        }
         let n = (self.chunk.len() - before) as u64;
         self.progress.changes += n;
         if let Some(c) = self.counters.get(&relation_id) {
