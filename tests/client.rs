@@ -21,6 +21,10 @@ use walcast::wire::Timestamp;
 const SHORT: Duration = Duration::from_millis(300);
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The tests of this file run one at a time: the churn test measures this process's
+/// RSS, which the others' allocations would blur.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn envelope(key: &str, seq: u64, version: &str, balance: rmpv::Value) -> Envelope {
     Envelope {
         key: key.into(),
@@ -151,11 +155,13 @@ async fn nats_transport(nats: &NatsServer, capacity: usize) -> NatsTransport {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contract_holds_for_the_in_process_transport() {
+    let _serial = SERIAL.lock().await;
     contract(&InProcessTransport::default()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contract_holds_for_the_nats_transport() {
+    let _serial = SERIAL.lock().await;
     let nats = NatsServer::start().unwrap();
     contract(&nats_transport(&nats, 1024).await).await;
 }
@@ -192,6 +198,7 @@ async fn wait_server_subscriptions(nats: &NatsServer, expected: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_local_subscribers_share_one_server_subscription() {
+    let _serial = SERIAL.lock().await;
     let nats = NatsServer::start().unwrap();
     let t = nats_transport(&nats, 16).await;
     let before = server_subscriptions(&nats).await;
@@ -250,6 +257,7 @@ async fn churn<T: Transport>(t: &T) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_unsubscribe_churn_leaks_no_keys_and_no_memory() {
+    let _serial = SERIAL.lock().await;
     let nats = NatsServer::start().unwrap();
     let t = nats_transport(&nats, 16).await;
     let base = server_subscriptions(&nats).await;
@@ -267,6 +275,7 @@ async fn subscribe_unsubscribe_churn_leaks_no_keys_and_no_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_does_not_delay_a_fast_one() {
+    let _serial = SERIAL.lock().await;
     let nats = NatsServer::start().unwrap();
     let t = nats_transport(&nats, 32).await;
     let k = "public.accounts:1";
@@ -329,6 +338,7 @@ async fn settle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_reconciles_stale_gaps_skews_and_parse_failures() {
+    let _serial = SERIAL.lock().await;
     let t = InProcessTransport::default();
     let k = "public.accounts:1";
     let snapshot = Arc::new(Mutex::new(Some(envelope(k, 5, "1.0", 500.into()))));
@@ -430,6 +440,7 @@ async fn replica_reconciles_stale_gaps_skews_and_parse_failures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_without_refetch_goes_stale_on_a_gap() {
+    let _serial = SERIAL.lock().await;
     let t = InProcessTransport::default();
     let k = "public.accounts:1";
     let r: Replica<Account> = Replica::start(&t, ReplicaOptions::new(k)).await.unwrap();
@@ -449,6 +460,7 @@ async fn replica_without_refetch_goes_stale_on_a_gap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_follows_a_postgres_row_end_to_end() {
+    let _serial = SERIAL.lock().await;
     let s = servers();
     let db = s.pg.client().await;
     exec(
@@ -507,12 +519,20 @@ async fn replica_follows_a_postgres_row_end_to_end() {
         .unwrap()
         .get(0);
     assert_eq!(r.get().unwrap().balance, balance);
-    assert_eq!(r.meta().sequence, Some(50));
+    // The row existed before walcast: its snapshot envelope and the 50 updates (the
+    // first one may fall in the snapshot's window and replace it) — the replica is at
+    // the stream's last envelope.
+    let last = refetch_from_stream(&js, "WALCAST", "walcast", k)
+        .await
+        .unwrap();
+    assert_eq!(r.meta().sequence, Some(last.sequence));
+    assert!((50..=51).contains(&last.sequence), "{}", last.sequence);
     assert_eq!(r.status(), Status::Ok);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn walcast_tail_prints_a_live_table() {
+    let _serial = SERIAL.lock().await;
     let s = servers();
     let db = s.pg.client().await;
     exec(

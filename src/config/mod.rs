@@ -36,6 +36,17 @@ pub enum Delivery {
     Core,
 }
 
+/// When existing rows are published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SnapshotMode {
+    /// On a new slot (and to finish one a crash interrupted), then stream.
+    Initial,
+    /// Never: only changes from the slot on.
+    Never,
+    /// Snapshot (a new slot, or an unfinished snapshot), then exit.
+    Only,
+}
+
 /// What to do with an envelope larger than the NATS server's `max_payload`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Oversize {
@@ -163,6 +174,13 @@ pub struct RunConfig {
     /// on every start, so consumers cannot trust them across restarts.
     #[arg(long, env = "WALCAST_VOLATILE_SEQUENCES")]
     pub volatile_sequences: bool,
+    /// Existing rows: `initial` (published as `snapshot` envelopes when the slot is new,
+    /// while streaming), `never`, or `only` (snapshot, then exit).
+    #[arg(long, env = "WALCAST_SNAPSHOT", value_enum, default_value_t = SnapshotMode::Initial)]
+    pub snapshot: SnapshotMode,
+    /// Rows read per snapshot chunk (memory is bounded by one chunk).
+    #[arg(long, env = "WALCAST_SNAPSHOT_CHUNK_ROWS", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub snapshot_chunk_rows: u32,
     /// An envelope above NATS's max_payload: `fail` (stop, naming the key) or `marker`
     /// (publish `{"$walcast_too_large": <bytes>}` as its value).
     #[arg(long, env = "WALCAST_OVERSIZE", value_enum, default_value_t = Oversize::Fail)]

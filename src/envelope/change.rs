@@ -151,6 +151,70 @@ impl EnvelopeBuilder {
         self.upsert(relation_id, op, old, new.unwrap_or_default(), out)
     }
 
+    /// One row of a snapshot chunk (all values present): an `op = "snapshot"`
+    /// envelope that starts the key's sequence (or continues it).
+    pub fn snapshot_row(
+        &mut self,
+        relation_id: u32,
+        row: &[TupleValue<'_>],
+        out: &mut Vec<Outgoing>,
+    ) -> Result<Option<Need>, EnvelopeError> {
+        self.tx.ok_or(EnvelopeError::NoTransaction)?;
+        let rel = self
+            .relations
+            .get(&relation_id)
+            .ok_or(EnvelopeError::UnknownRelation(relation_id))?;
+        if rel.shape.key.is_empty() {
+            return Err(EnvelopeError::NoKey {
+                table: rel.qualified_name(),
+            });
+        }
+        rel.check_column_count([Some(row), None])?;
+        self.upsert(relation_id, Op::Snapshot, None, row, out)
+    }
+
+    /// The key and subject of a row of `relation_id`.
+    pub fn key_of_row(
+        &self,
+        relation_id: u32,
+        row: &[TupleValue<'_>],
+    ) -> Result<(String, String), EnvelopeError> {
+        let rel = self
+            .relations
+            .get(&relation_id)
+            .ok_or(EnvelopeError::UnknownRelation(relation_id))?;
+        rel.key_of(row, "snapshot")
+    }
+
+    /// Whether the stream may hold an envelope on `subject` (tracked mode: the
+    /// subject filter; otherwise always).
+    pub fn may_have_published(&self, subject: &str) -> bool {
+        self.subject_filter
+            .as_ref()
+            .is_none_or(|f| f.may_contain(subject))
+    }
+
+    /// A row's published value (what an envelope of it would carry), to compare
+    /// with a key's last envelope.
+    pub fn row_value(
+        &self,
+        relation_id: u32,
+        row: &[TupleValue<'_>],
+    ) -> Result<rmpv::Value, EnvelopeError> {
+        let rel = self
+            .relations
+            .get(&relation_id)
+            .ok_or(EnvelopeError::UnknownRelation(relation_id))?;
+        let values = self.typed_values(relation_id, row, None, "")?;
+        let bytes = rmp_serde::to_vec(&crate::wire::RowRef {
+            columns: &rel.shape.columns,
+            values: &values,
+            published: Some(&rel.published),
+        })?;
+        rmpv::decode::read_value(&mut bytes.as_slice())
+            .map_err(|e| EnvelopeError::Decode(e.to_string()))
+    }
+
     fn tracked(&self, rel: &Relation) -> bool {
         self.mode_of(rel) == SequenceMode::Tracked
     }

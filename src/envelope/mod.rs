@@ -72,6 +72,8 @@ pub enum EnvelopeError {
         bytes: usize,
         max: usize,
     },
+    #[error("decoding a row value again failed: {0}")]
+    Decode(String),
     #[error("encoding the envelope failed: {0}")]
     Encode(#[from] rmp_serde::encode::Error),
 }
@@ -412,6 +414,26 @@ impl EnvelopeBuilder {
         });
     }
 
+    /// Envelopes of a snapshot chunk: they sit at `position.commit_lsn` in the WAL order
+    /// (just before the chunk's high watermark), numbered from `position.ordinal`, so
+    /// that positions keep growing across chunks read at the same watermark.
+    pub fn begin_snapshot(&mut self, position: Position, commit_ts: Timestamp) {
+        self.tx = Some(Transaction {
+            commit_lsn: position.commit_lsn,
+            xid: 0,
+            commit_ts,
+            ordinal: position.ordinal,
+        });
+    }
+
+    /// The position the next envelope of the open transaction gets.
+    pub fn next_position(&self) -> Option<Position> {
+        self.tx.map(|t| Position {
+            commit_lsn: t.commit_lsn,
+            ordinal: t.ordinal,
+        })
+    }
+
     /// The Commit message: the transaction is closed.
     pub fn commit(&mut self) {
         self.tx = None;
@@ -566,8 +588,9 @@ impl EnvelopeBuilder {
         out: &mut Vec<Outgoing>,
     ) -> Result<(), EnvelopeError> {
         let mut tx = self.tx.ok_or(EnvelopeError::NoTransaction)?;
+        // Op filters apply to live changes; a snapshot row is always published.
         if let Some(ops) = &self.relations[&relation_id].ops {
-            if !ops.contains(&op) {
+            if op != Op::Snapshot && !ops.contains(&op) {
                 return Ok(());
             }
         }

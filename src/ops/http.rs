@@ -45,11 +45,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut shutdown: S
                     (true, degraded) if degraded.is_empty() => {
                         ("200 OK", "text/plain", "ready\n".to_string())
                     }
-                    (true, degraded) => (
-                        "200 OK",
-                        "text/plain",
-                        format!("ready (degraded: {degraded})\n"),
-                    ),
+                    (true, degraded) => ("200 OK", "text/plain", format!("ready ({degraded})\n")),
                     (false, reason) => (
                         "503 Service Unavailable",
                         "text/plain",

@@ -28,6 +28,8 @@ pub struct Metrics {
     /// Problems that do not stop the stream (tables refused on their own), shown by
     /// `/readyz`.
     degraded: Mutex<Vec<String>>,
+    /// What the process is doing besides streaming (a snapshot), shown by `/readyz`.
+    note: Mutex<String>,
 }
 
 /// The replication connection and the slot.
@@ -56,6 +58,9 @@ pub struct EnvelopeMetrics {
     pub replays_skipped: IntCounter,
     pub key_state_loads: IntCounter,
     pub keyless_skipped: IntCounterVec,
+    pub snapshot_rows: IntCounterVec,
+    pub snapshot_tables_remaining: IntGauge,
+    pub snapshot_seconds: Gauge,
     pub oversize_markers: IntCounter,
     pub toast_stream_loads: IntCounter,
     pub toast_unavailable: IntCounterVec,
@@ -197,6 +202,19 @@ impl EnvelopeMetrics {
                 "walcast_oversize_markers_total",
                 "Envelopes above the NATS server's max_payload published as a too-large marker (--oversize marker)",
             ),
+            snapshot_rows: r.counter_vec(
+                "walcast_snapshot_rows_total",
+                "Existing rows published as snapshot envelopes, by table",
+                &["table"],
+            ),
+            snapshot_tables_remaining: r.gauge(
+                "walcast_snapshot_tables_remaining",
+                "Tables the running snapshot has still to read (0: none running)",
+            ),
+            snapshot_seconds: r.float_gauge(
+                "walcast_snapshot_duration_seconds",
+                "How long the last completed snapshot took",
+            ),
             keyless_skipped: r.counter_vec(
                 "walcast_keyless_changes_skipped_total",
                 "Changes not published because their table has no primary key or replica identity index, by table",
@@ -265,6 +283,7 @@ impl Metrics {
             ready: AtomicBool::new(false),
             nats_up: AtomicBool::new(false),
             degraded: Mutex::new(Vec::new()),
+            note: Mutex::new(String::new()),
             registry,
         })
     }
@@ -288,6 +307,11 @@ impl Metrics {
         }
     }
 
+    /// What the process is doing besides streaming (empty: nothing).
+    pub fn set_note(&self, note: String) {
+        *self.note.lock().unwrap() = note;
+    }
+
     /// Ready: streaming from PostgreSQL and connected to NATS. The text says why
     /// not, or what is degraded while ready.
     pub fn is_ready(&self) -> (bool, String) {
@@ -297,7 +321,12 @@ impl Metrics {
         if !self.nats_up.load(Ordering::SeqCst) {
             return (false, "NATS disconnected".into());
         }
-        (true, self.degraded.lock().unwrap().join("; "))
+        let mut said = self.degraded.lock().unwrap().clone();
+        let note = self.note.lock().unwrap().clone();
+        if !note.is_empty() {
+            said.push(note);
+        }
+        (true, said.join("; "))
     }
 
     /// The text exposition of every metric.

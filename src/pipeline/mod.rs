@@ -8,6 +8,7 @@
 
 pub mod policy;
 mod reader;
+mod snapshot;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -122,7 +123,14 @@ pub async fn run(
     // The reader bounds its own drain by the budget; this bounds a reader stuck
     // waiting on a server.
     let budget = cfg.shutdown_timeout + Duration::from_secs(1);
-    let mut reader = ChangeReader::new(cfg, metrics.clone(), catalog, store, builder);
+    let mut reader = ChangeReader::new(
+        cfg,
+        metrics.clone(),
+        catalog,
+        store,
+        builder,
+        preflight.tables.clone(),
+    );
     let budget_watch = shutdown.clone();
     let outcome = {
         let supervised = supervise(&mut reader, &params, &mut shutdown, &tx, &mut confirmed_rx);

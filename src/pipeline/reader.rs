@@ -28,6 +28,7 @@ use crate::state::StateStore;
 use crate::wire::{Lsn, Timestamp};
 
 mod apply;
+mod snapshot_io;
 
 /// Envelopes per batch handed to the sink.
 const BATCH_ITEMS: usize = 1024;
@@ -115,6 +116,15 @@ pub(super) struct ChangeReader {
     unconfirmed: VecDeque<(Lsn, Timestamp)>,
     counters: HashMap<u32, TableCounters>,
     progress: Progress,
+    /// The published tables (what a snapshot reads).
+    tables: Vec<String>,
+    /// The snapshot under way, if any.
+    snapshot: Option<super::snapshot::Snapshot>,
+    snapshot_planned: bool,
+    /// `--snapshot only` and the snapshot is complete: stop.
+    snapshot_only_done: bool,
+    /// Every envelope at or before this position is confirmed.
+    confirmed_position: crate::wire::Position,
 }
 
 impl ChangeReader {
@@ -124,8 +134,14 @@ impl ChangeReader {
         catalog: Catalog,
         store: Option<StateStore>,
         builder: EnvelopeBuilder,
+        tables: Vec<String>,
     ) -> Self {
         ChangeReader {
+            tables,
+            snapshot: None,
+            snapshot_planned: false,
+            snapshot_only_done: false,
+            confirmed_position: Default::default(),
             progress: Progress::new(cfg.progress_interval),
             builder,
             store,
@@ -155,7 +171,7 @@ impl ChangeReader {
         params: &ConnectParams,
     ) -> Result<ReplicationStream, PipelineError> {
         let mut conn = ReplicationConnection::connect(params).await?;
-        let start = slot::ensure_slot(&mut conn, &self.catalog, &self.cfg.slot).await?;
+        let (start, created) = slot::ensure_slot(&mut conn, &self.catalog, &self.cfg.slot).await?;
         let stream = conn
             .start_replication(&self.cfg.slot, Lsn(0), &self.cfg.publication)
             .await?;
@@ -177,6 +193,11 @@ impl ChangeReader {
         // at or before its Begin, recognises them as already built, and goes on.
         self.skipping = false;
         tracing::info!(slot = %self.cfg.slot, from = %start, "streaming");
+        // A chunk read before a reconnect is read again.
+        if let Some(s) = self.snapshot.as_mut() {
+            s.pending = None;
+        }
+        self.plan_snapshot(created).await?;
         self.metrics.source.streaming.set(1);
         self.metrics.set_ready(true, "");
         Ok(stream)
@@ -235,6 +256,15 @@ impl ChangeReader {
                 _ = status.tick() => {
                     self.send_status(&mut stream, false).await?;
                     self.progress.log_if_due(&self.cp, self.commit_ts);
+                    self.store_snapshot_progress().await?;
+                    if self.snapshot_only_done && !stopping {
+                        stopping = true;
+                        stop_at = tokio::time::Instant::now() + self.cfg.shutdown_timeout;
+                        tracing::info!("--snapshot only: the snapshot is complete; stopping");
+                    }
+                }
+                _ = std::future::ready(()), if reading && !stopping && self.wants_chunk() => {
+                    self.start_chunk(&mut stream).await?;
                 }
                 changed = confirmed_rx.changed() => {
                     if changed.is_err() {
@@ -302,6 +332,10 @@ impl ChangeReader {
         }
         self.send_status(&mut stream, false).await?;
         tracing::info!(flushed = %self.cp.flush_position(), "final status sent");
+        // What the snapshot got confirmed (and its completion) is not lost either.
+        if let Err(e) = self.store_snapshot_progress().await {
+            tracing::warn!(error = %e, "storing the snapshot's progress");
+        }
         if let Err(e) = stream.finish().await {
             tracing::debug!(error = %e, "ending the replication stream");
         }
@@ -370,6 +404,7 @@ impl ChangeReader {
 
     /// The sink confirmed more.
     fn on_confirmed(&mut self, c: Confirmed) {
+        self.confirmed_position = self.confirmed_position.max(c.position);
         self.cp.on_confirmed(c.end);
         self.builder.acknowledged(c.position);
     }

@@ -109,7 +109,7 @@ pub struct SlotHealth {
 
 /// A `tokio-postgres` connection for catalog questions.
 pub struct Catalog {
-    client: Client,
+    pub(super) client: Client,
 }
 
 /// Open a connection and drive it on a task of its own.

@@ -10,6 +10,7 @@
 //! - [`monitor`]: the slot's health as metrics.
 
 pub mod catalog;
+pub mod chunks;
 pub mod conn;
 mod error;
 pub mod monitor;

@@ -188,10 +188,14 @@ impl ConnectParams {
             Target::Tcp { host, port } => c.host(host).port(*port),
             Target::Unix { dir, port } => c.host_path(dir).port(*port),
         };
+        // The text forms of values must be those the replication session sends.
         c.user(&self.user)
             .dbname(&self.dbname)
             .application_name(application_name)
-            .connect_timeout(self.connect_timeout);
+            .connect_timeout(self.connect_timeout)
+            .options(
+                "-c DateStyle=ISO -c IntervalStyle=iso_8601 -c TimeZone=UTC -c extra_float_digits=3 -c bytea_output=hex",
+            );
         if let Some(p) = &self.password {
             c.password(p);
         }

@@ -25,12 +25,13 @@ pub fn slot_problem(info: &SlotInfo, database: Option<&str>) -> Option<String> {
     None
 }
 
-/// Create `slot` when missing or check that it fits; the position streaming starts from.
+/// Create `slot` when missing or check that it fits; the position streaming starts
+/// from, and whether the slot was created now.
 pub async fn ensure_slot(
     conn: &mut ReplicationConnection,
     catalog: &Catalog,
     slot: &str,
-) -> Result<Lsn, SourceError> {
+) -> Result<(Lsn, bool), SourceError> {
     let system = conn.identify_system().await?;
     tracing::debug!(
         system_id = %system.system_id,
@@ -38,9 +39,11 @@ pub async fn ensure_slot(
         xlog_pos = %system.xlog_pos,
         "identified the server"
     );
+    let mut created = false;
     match catalog.slot(slot).await? {
         None => {
             let at = conn.create_slot(slot).await?;
+            created = true;
             tracing::info!(slot = %slot, consistent_point = %at, "created replication slot");
         }
         Some(info) => {
@@ -52,10 +55,11 @@ pub async fn ensure_slot(
             }
         }
     }
-    Ok(catalog
+    let start = catalog
         .slot(slot)
         .await?
         .and_then(|s| s.confirmed_flush_lsn)
         .and_then(|l| l.parse().ok())
-        .unwrap_or(Lsn(0)))
+        .unwrap_or(Lsn(0));
+    Ok((start, created))
 }

@@ -169,13 +169,7 @@ impl StateStore {
         schema: &str,
         table: &str,
     ) -> Result<SchemaHistory, StateError> {
-        let subject = self.schema_subject(schema, table);
-        match self.meta.direct_get_last_for_subject(subject.clone()).await {
-            Ok(msg) => serde_json::from_slice(&msg.payload)
-                .map_err(|e| js_err(&format!("schema history on {subject}"), e)),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(SchemaHistory::default()),
-            Err(e) => Err(js_err(&format!("loading {subject}"), e)),
-        }
+        self.load_record(&self.schema_subject(schema, table)).await
     }
 
     pub async fn store_schema(
@@ -184,10 +178,53 @@ impl StateStore {
         table: &str,
         history: &SchemaHistory,
     ) -> Result<(), StateError> {
-        let subject = self.schema_subject(schema, table);
-        let payload = serde_json::to_vec(history).expect("serializing a schema history");
+        self.store_record(&self.schema_subject(schema, table), history)
+            .await
+    }
+
+    fn snapshot_subject(&self, slot: &str) -> String {
+        format!("{}.snapshot.{}", self.meta_prefix, key::name_token(slot))
+    }
+
+    /// The snapshot progress of `slot` (default: none yet).
+    pub async fn load_snapshot<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        slot: &str,
+    ) -> Result<T, StateError> {
+        self.load_record(&self.snapshot_subject(slot)).await
+    }
+
+    pub async fn store_snapshot<T: serde::Serialize>(
+        &self,
+        slot: &str,
+        progress: &T,
+    ) -> Result<(), StateError> {
+        self.store_record(&self.snapshot_subject(slot), progress)
+            .await
+    }
+
+    /// A JSON record of the meta stream (the default when there is none).
+    async fn load_record<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        subject: &str,
+    ) -> Result<T, StateError> {
+        match self.meta.direct_get_last_for_subject(subject).await {
+            Ok(msg) => serde_json::from_slice(&msg.payload)
+                .map_err(|e| js_err(&format!("record on {subject}"), e)),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(T::default()),
+            Err(e) => Err(js_err(&format!("loading {subject}"), e)),
+        }
+    }
+
+    /// Store a JSON record in the meta stream (its last message per subject counts).
+    async fn store_record<T: serde::Serialize>(
+        &self,
+        subject: &str,
+        record: &T,
+    ) -> Result<(), StateError> {
+        let payload = serde_json::to_vec(record).expect("serializing a record");
         self.js
-            .publish(subject.clone(), payload.into())
+            .publish(subject.to_string(), payload.into())
             .await
             .map_err(|e| js_err(&format!("storing {subject}"), e))?
             .await

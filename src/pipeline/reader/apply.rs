@@ -37,6 +37,7 @@ impl ChangeReader {
             } => {
                 self.metrics.source.keepalives.inc();
                 self.cp.on_keepalive(wal_end);
+                self.emit_chunk_if_passed(wal_end).await?;
                 if reply_requested {
                     self.send_status(stream, false).await?;
                 }
@@ -56,6 +57,9 @@ impl ChangeReader {
                 commit_ts,
                 xid,
             } => {
+                // A waiting snapshot chunk goes out before any transaction that
+                // commits past its high watermark.
+                self.emit_chunk_if_passed(final_lsn).await?;
                 self.skipping = final_lsn <= self.last_handed_commit;
                 self.builder.begin(final_lsn, commit_ts, xid);
                 self.cp.on_begin();
@@ -109,6 +113,7 @@ impl ChangeReader {
                     .await?;
             }
             PgOutput::Truncate { relation_ids, .. } if !self.skipping => {
+                self.chunk_truncated(&relation_ids);
                 while let Some(need) = self.builder.truncate(&relation_ids, &mut self.chunk)? {
                     self.provide(need).await?;
                 }
@@ -128,7 +133,7 @@ impl ChangeReader {
     }
 
     /// Move the envelopes built so far into a batch for the sink.
-    fn flush_chunk(&mut self, commit_end: Option<Lsn>) {
+    pub(super) fn flush_chunk(&mut self, commit_end: Option<Lsn>) {
         let items = std::mem::take(&mut self.chunk)
             .into_iter()
             .map(|o| Publish {
@@ -184,6 +189,16 @@ impl ChangeReader {
             );
         }
         let n = (self.chunk.len() - before) as u64;
+        if self.snapshot.as_ref().is_some_and(|s| s.pending.is_some()) {
+            for i in before..self.chunk.len() {
+                let msg_id = &self.chunk[i].msg_id;
+                let key = msg_id
+                    .rsplit_once(':')
+                    .map_or(msg_id.as_str(), |(k, _)| k)
+                    .to_string();
+                self.chunk_conflict(&key);
+            }
+        }
         self.progress.changes += n;
         if let Some(c) = self.counters.get(&relation_id) {
             match op {
@@ -259,7 +274,7 @@ impl ChangeReader {
     }
 
     /// Load what the envelope stage asked for.
-    async fn provide(&mut self, need: Need) -> Result<(), PipelineError> {
+    pub(super) async fn provide(&mut self, need: Need) -> Result<(), PipelineError> {
         match need {
             Need::Toast(needed) => self.provide_toast(needed).await?,
             Need::KeyState { key, subject } => {
@@ -276,7 +291,7 @@ impl ChangeReader {
         Ok(())
     }
 
-    async fn on_relation(
+    pub(super) async fn on_relation(
         &mut self,
         relation_id: u32,
         namespace: &str,

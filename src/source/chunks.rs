@@ -1,0 +1,143 @@
+//! Reading a table in key order, one bounded chunk at a time (keyset pagination): what
+//! the snapshot stage reads, with the WAL position around each chunk (its watermarks).
+
+use tokio_postgres::SimpleQueryMessage;
+
+use super::catalog::Catalog;
+use super::conn::quote_ident;
+use super::SourceError;
+use crate::wire::Lsn;
+
+/// A published table as a snapshot reads it.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    pub relation_id: u32,
+    pub schema: String,
+    pub name: String,
+    /// `d`, `n`, `f` or `i`, as `pg_class.relreplident`.
+    pub replica_identity: u8,
+    /// Columns as the replication stream sends them (not dropped, not generated):
+    /// name, type OID, type modifier, SQL type name.
+    pub columns: Vec<(String, u32, i32, String)>,
+    /// Indexes into `columns` of the key, in key order.
+    pub key: Vec<usize>,
+    /// The planner's row estimate (`-1`: never analysed).
+    pub estimated_rows: i64,
+}
+
+impl TableInfo {
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+}
+
+/// `'text'` as an SQL literal.
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+impl Catalog {
+    /// What a snapshot needs to know of `schema.table`.
+    pub async fn table_info(&self, qualified: &str) -> Result<TableInfo, SourceError> {
+        let quoted = match qualified.split_once('.') {
+            Some((schema, table)) => format!("{}.{}", quote_ident(schema), quote_ident(table)),
+            None => quote_ident(qualified),
+        };
+        let row = self
+            .client
+            .query_one(
+                "SELECT c.oid, n.nspname::text, c.relname::text, c.relreplident::text, c.reltuples::bigint
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE c.oid = $1::text::regclass",
+                &[&quoted],
+            )
+            .await?;
+        let relation_id: u32 = row.get(0);
+        let columns = self
+            .client
+            .query(
+                "SELECT attname::text, atttypid, atttypmod, format_type(atttypid, atttypmod)
+                 FROM pg_attribute
+                 WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = ''
+                 ORDER BY attnum",
+                &[&relation_id],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect::<Vec<(String, u32, i32, String)>>();
+        let key_names = self.key_columns(relation_id).await?;
+        let key = key_names
+            .iter()
+            .filter_map(|k| columns.iter().position(|c| &c.0 == k))
+            .collect();
+        let identity: String = row.get(3);
+        Ok(TableInfo {
+            relation_id,
+            schema: row.get(1),
+            name: row.get(2),
+            replica_identity: identity.bytes().next().unwrap_or(b'd'),
+            columns,
+            key,
+            estimated_rows: row.get(4),
+        })
+    }
+
+    /// The server's current WAL insert position.
+    pub async fn current_wal_lsn(&self) -> Result<Lsn, SourceError> {
+        let row = self
+            .client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await?;
+        let text: String = row.get(0);
+        text.parse()
+            .map_err(|_| SourceError::Protocol(format!("pg_current_wal_lsn gave {text:?}")))
+    }
+
+    /// Up to `limit` rows after the key `after` (in key order), each column in its
+    /// text form (the form the replication stream sends, this connection having the
+    /// same session settings).
+    pub async fn read_chunk(
+        &self,
+        table: &TableInfo,
+        after: Option<&[String]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<Option<String>>>, SourceError> {
+        let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.0)).collect();
+        let key: Vec<&String> = table.key.iter().map(|&i| &cols[i]).collect();
+        let key_list = key
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let filter = match after {
+            Some(values) => {
+                let typed: Vec<String> = table
+                    .key
+                    .iter()
+                    .zip(values)
+                    .map(|(&i, v)| format!("{}::{}", literal(v), table.columns[i].3))
+                    .collect();
+                format!("WHERE ({key_list}) > ({})", typed.join(", "))
+            }
+            None => String::new(),
+        };
+        let sql = format!(
+            "SELECT {} FROM {}.{} {filter} ORDER BY {key_list} LIMIT {limit}",
+            cols.join(", "),
+            quote_ident(&table.schema),
+            quote_ident(&table.name)
+        );
+        let mut rows = Vec::new();
+        for message in self.client.simple_query(&sql).await? {
+            if let SimpleQueryMessage::Row(row) = message {
+                rows.push(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(str::to_string))
+                        .collect(),
+                );
+            }
+        }
+        Ok(rows)
+    }
+}

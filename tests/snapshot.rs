@@ -1,0 +1,267 @@
+//! Existing rows (issue 11): the initial snapshot hands off to the live stream with no
+//! change lost, doubled or going backwards, while a writer runs; it resumes after
+//! kill -9; `--snapshot only` and `never`.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use common::*;
+use walcast::wire::{codec, Envelope, Op};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// A table of `rows` rows with a per-row version, and the publication.
+async fn table_with_rows(rows: i64) -> (Servers, tokio_postgres::Client) {
+    let s = servers();
+    let db = s.pg.client().await;
+    exec(
+        &db,
+        &format!(
+            "CREATE TABLE s (id bigint PRIMARY KEY, version bigint NOT NULL, pad text);
+             INSERT INTO s SELECT g, 0, 'row ' || g FROM generate_series(1, {rows}) g;
+             ANALYZE s;
+             CREATE PUBLICATION walcast FOR TABLE s;"
+        ),
+    )
+    .await;
+    (s, db)
+}
+
+/// About `per_s` changes a second until `stop`: version bumps of random rows, new
+/// rows above `rows`, a few deletes. Returns the changes written.
+async fn writer(
+    url: String,
+    rows: i64,
+    per_s: u64,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> u64 {
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next_new = rows + 1;
+    let mut written = 0;
+    let pause = Duration::from_micros(1_000_000 / per_s.max(1));
+    while !*stop.borrow() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let id = (x % rows as u64) as i64 + 1;
+        let sql = match x % 20 {
+            0 => {
+                next_new += 1;
+                format!("INSERT INTO s VALUES ({next_new}, 0, 'new')")
+            }
+            1 => format!("DELETE FROM s WHERE id = {id}"),
+            _ => format!("UPDATE s SET version = version + 1 WHERE id = {id}"),
+        };
+        db.batch_execute(&sql).await.unwrap();
+        written += 1;
+        tokio::time::sleep(pause).await;
+    }
+    written
+}
+
+/// Every envelope in the stream, in stream order.
+async fn stream_envelopes(nats_url: &str) -> Vec<Envelope> {
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.unwrap());
+    let mut stream = js.get_stream("WALCAST").await.unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    let mut out = Vec::new();
+    for seq in state.first_sequence..=state.last_sequence {
+        if let Ok(msg) = stream.get_raw_message(seq).await {
+            out.push(codec::decode(&msg.payload).unwrap());
+        }
+    }
+    out
+}
+
+/// What a consumer replaying the stream sees, checked against the database: every key
+/// dense from 1, versions never going backwards along a key, the last envelope equal
+/// to the row (or a delete), every row present. Returns (envelopes, snapshot
+/// envelopes, keys whose snapshot value was published twice).
+async fn check_against_db(nats_url: &str, db: &tokio_postgres::Client) -> (usize, usize, usize) {
+    let all = stream_envelopes(nats_url).await;
+    let mut per_key: BTreeMap<String, Vec<&Envelope>> = BTreeMap::new();
+    for e in &all {
+        per_key.entry(e.key.clone()).or_default().push(e);
+    }
+    let mut doubled = 0;
+    for (key, list) in &per_key {
+        let seqs: Vec<u64> = list.iter().map(|e| e.sequence).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{key}");
+        let versions: Vec<i64> = list
+            .iter()
+            .filter_map(|e| e.column("version").and_then(|v| v.as_i64()))
+            .collect();
+        assert!(
+            versions.windows(2).all(|w| w[0] <= w[1]),
+            "{key} went backwards: {versions:?}"
+        );
+        let snapshots: Vec<&&Envelope> = list.iter().filter(|e| e.op == Op::Snapshot).collect();
+        if snapshots.windows(2).any(|w| w[0].value == w[1].value) {
+            doubled += 1;
+        }
+    }
+    let rows = db.query("SELECT id, version FROM s", &[]).await.unwrap();
+    let in_db: HashMap<String, i64> = rows
+        .iter()
+        .map(|r| {
+            (
+                format!("public.s:{}", r.get::<_, i64>(0)),
+                r.get::<_, i64>(1),
+            )
+        })
+        .collect();
+    for (key, version) in &in_db {
+        let list = per_key
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} is in the database, never published"));
+        let last = list.last().unwrap();
+        assert_ne!(last.op, Op::Delete, "{key}");
+        assert_eq!(
+            last.column("version").and_then(|v| v.as_i64()),
+            Some(*version),
+            "{key}"
+        );
+    }
+    for (key, list) in &per_key {
+        if !in_db.contains_key(key) {
+            assert_eq!(list.last().unwrap().op, Op::Delete, "{key} is gone");
+        }
+    }
+    let snapshots = all.iter().filter(|e| e.op == Op::Snapshot).count();
+    (all.len(), snapshots, doubled)
+}
+
+async fn wait_for_log(w: &Walcast, text: &str) {
+    let deadline = Instant::now() + WAIT;
+    while !w.log().contains(text) {
+        assert!(Instant::now() < deadline, "no {text:?} in:\n{}", w.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_caught_up(db: &tokio_postgres::Client, w: &Walcast) {
+    let target = walcast::testing::current_wal_lsn(db).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let flushed: String = db
+            .query_one(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'walcast'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if flushed.parse::<walcast::wire::Lsn>().unwrap() >= target {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not caught up:\n{}", w.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn args(s: &Servers, extra: &[&str]) -> RunArgs<'static> {
+    let mut a = RunArgs::new(s, "walcast", "walcast");
+    a.extra = ["--stream-history", "1000000", "--status-interval", "0.2"]
+        .iter()
+        .chain(extra)
+        .map(|x| x.to_string())
+        .collect();
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_snapshot_hands_off_to_the_stream_while_writing() {
+    let rows = 20_000;
+    let (s, db) = table_with_rows(rows).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let writing = tokio::spawn(writer(s.pg.url(), rows, 1000, stopped));
+    tokio::time::sleep(Duration::from_millis(500)).await; // writes before the slot exists
+    let mut w = Walcast::spawn(args(&s, &["--snapshot-chunk-rows", "1000"]));
+    w.wait_ready().await;
+    wait_for_log(&w, "snapshot complete").await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // writes after the hand-off
+    stop.send(true).unwrap();
+    let written = writing.await.unwrap();
+    wait_caught_up(&db, &w).await;
+    let (checked, snapshots, doubled) = check_against_db(&s.nats.url(), &db).await;
+    println!("snapshot under writes: {written} changes, {checked} envelopes, {snapshots} snapshot envelopes");
+    assert!(
+        snapshots as i64 >= rows - (written as i64),
+        "{snapshots} snapshot envelopes"
+    );
+    assert_eq!(doubled, 0);
+    let (_, metrics) = w.http_get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("walcast_snapshot_rows_total{table=\"public.s\"}"),
+        "{metrics}"
+    );
+    assert!(w.log().contains("snapshot of public.s done"), "{}", w.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_snapshot_resumes_without_missing_or_doubling() {
+    let rows = 30_000;
+    let (s, db) = table_with_rows(rows).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let writing = tokio::spawn(writer(s.pg.url(), rows, 300, stopped));
+    let mut w = Walcast::spawn(args(&s, &["--snapshot-chunk-rows", "500"]));
+    w.wait_ready().await;
+    // Kill once part of the table is out.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, m) = w.http_get("/metrics").await.unwrap_or((0, String::new()));
+        let done = m
+            .lines()
+            .find_map(|l| l.strip_prefix("walcast_snapshot_rows_total{table=\"public.s\"} "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if done >= 3000.0 {
+            assert!(done < rows as f64, "the snapshot finished before the kill");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", w.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w.child.start_kill().unwrap();
+    w.wait_exit(WAIT).await;
+    let mut w = Walcast::spawn(args(&s, &["--snapshot-chunk-rows", "500"]));
+    w.wait_ready().await;
+    wait_for_log(&w, "snapshot complete").await;
+    assert!(w.log().contains("resumed=true"), "{}", w.log());
+    stop.send(true).unwrap();
+    writing.await.unwrap();
+    wait_caught_up(&db, &w).await;
+    let (checked, snapshots, doubled) = check_against_db(&s.nats.url(), &db).await;
+    println!("snapshot resumed after kill -9: {checked} envelopes, {snapshots} snapshot envelopes, {doubled} doubled");
+    assert_eq!(doubled, 0, "keys published twice with the same value");
+}
+
+#[tokio::test]
+async fn snapshot_only_exits_and_never_publishes_no_existing_row() {
+    let (s, _db) = table_with_rows(100).await;
+    let mut w = Walcast::spawn(args(&s, &["--snapshot", "only"]));
+    let status = w.wait_exit(WAIT).await;
+    assert!(status.success(), "{}", w.log());
+    let all = stream_envelopes(&s.nats.url()).await;
+    assert_eq!(all.len(), 100);
+    assert!(all.iter().all(|e| e.op == Op::Snapshot && e.sequence == 1));
+    // A second run: the snapshot is complete, nothing to do.
+    let mut w = Walcast::spawn(args(&s, &["--snapshot", "only"]));
+    assert!(w.wait_exit(WAIT).await.success());
+    assert!(w.log().contains("nothing to do"), "{}", w.log());
+
+    let (s, db) = table_with_rows(50).await;
+    let mut c = Collector::new(&s.nats.url(), "walcast.public.s.*").await;
+    let mut w = Walcast::spawn(args(&s, &["--snapshot", "never"]));
+    w.wait_ready().await;
+    exec(&db, "UPDATE s SET version = 1 WHERE id = 7").await;
+    let got = c.until(1, WAIT).await;
+    assert_eq!((got[0].1.op, got[0].1.sequence), (Op::Update, 1));
+    c.assert_quiet(Duration::from_millis(500)).await;
+}
