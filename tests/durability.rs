@@ -38,9 +38,19 @@ async fn workload(
     seed: u64,
     pause: Duration,
 ) -> usize {
-    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    // Connect, riding out a server busy with the other tests for a few seconds.
+    let mut tries = 0;
+    let (db, conn) = loop {
+        match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+            Ok(c) => break c,
+            Err(e) if tries < 20 => {
+                tries += 1;
+                println!("workload: connecting: {e}; again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("workload: cannot connect: {e}"),
+        }
+    };
     tokio::spawn(conn);
     let mut rng = Rng(seed);
     let mut exists: HashMap<u64, bool> = HashMap::new();
@@ -284,7 +294,9 @@ async fn kill_9_loop(extra: &[&str], changes: usize, kills_wanted: usize) -> f64
         // Collect what the live subscriber got so far, to keep its buffer small.
         live.collect_for(Duration::from_millis(10)).await;
     }
-    let written = writer.await.unwrap();
+    let written = writer
+        .await
+        .unwrap_or_else(|e| panic!("the writer failed: {e}"));
     assert!(written >= changes);
     w.wait_ready().await;
     wait_caught_up(&db, &w).await;
@@ -352,7 +364,9 @@ async fn nats_outage_with_writes_continuing_loses_nothing_and_memory_stays_bound
         rss_end / 1024
     );
     s.nats.start_again().unwrap();
-    let written = writer.await.unwrap();
+    let written = writer
+        .await
+        .unwrap_or_else(|e| panic!("the writer failed: {e}"));
     assert!(
         w.child.try_wait().unwrap().is_none(),
         "walcast exited during the outage:\n{}",
@@ -390,7 +404,9 @@ async fn hot_standby_takes_over_under_load() {
     active.child.start_kill().unwrap();
     active.wait_exit(WAIT).await;
     standby.wait_ready().await;
-    let written = writer.await.unwrap();
+    let written = writer
+        .await
+        .unwrap_or_else(|e| panic!("the writer failed: {e}"));
     wait_caught_up(&db, &standby).await;
     let (checked, holes) = check_stream_against_db(&s.nats.url(), &db).await;
     drain_collector(&mut live, Duration::from_millis(500)).await;

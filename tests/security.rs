@@ -498,3 +498,125 @@ async fn oversize_rows_stop_clearly_or_become_markers() {
     assert_eq!(small.column("b").and_then(|v| v.as_str()), Some("small"));
     assert_eq!(w.metric("walcast_oversize_markers_total").await, Some(1.0));
 }
+
+/// base64url without padding (JWT).
+fn b64url(data: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(ABC[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// A NATS JWT (v2) for `subject`, signed by `issuer`.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    let header = b64url(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = serde_json::json!({
+        "jti": format!("{name}-{}", std::process::id()),
+        "iat": 1_700_000_000u64,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let body = b64url(claims.to_string().as_bytes());
+    let signed = format!("{header}.{body}");
+    let signature = issuer.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", b64url(&signature))
+}
+
+/// Operator mode (a JWT-verifying server) and a user `.creds` file made here.
+#[tokio::test]
+async fn nats_creds_file_in_operator_mode() {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let system = nkeys::KeyPair::new_account();
+    let operator_jwt = jwt(
+        &operator,
+        &operator.public_key(),
+        "op",
+        serde_json::json!({"type": "operator", "version": 2}),
+    );
+    let account_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        "acc",
+        serde_json::json!({
+            "type": "account", "version": 2,
+            "limits": {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                       "wildcards": true, "conn": -1, "leaf": -1,
+                       "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1},
+            "default_permissions": {"pub": {}, "sub": {}},
+        }),
+    );
+    let system_jwt = jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        serde_json::json!({"type": "account", "version": 2}),
+    );
+    let user_jwt = jwt(
+        &account,
+        &user.public_key(),
+        "walcast",
+        serde_json::json!({"type": "user", "version": 2, "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let creds = write(
+        dir.path(),
+        "walcast.creds",
+        &format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        ),
+    );
+    let (mut s, db) = servers_with_table(PgOptions::default()).await;
+    s.nats = walcast::testing::NatsServer::start_with_config(&format!(
+        "operator: {operator_jwt}\nsystem_account: {sys}\nresolver: MEMORY\n\
+         resolver_preload: {{ {acc}: {account_jwt}, {sys}: {system_jwt} }}\n",
+        acc = account.public_key(),
+        sys = system.public_key(),
+    ))
+    .unwrap();
+    let url = format!("nats://127.0.0.1:{}", s.nats.port);
+    let auth = walcast::client::NatsAuth {
+        creds_file: Some(creds.clone().into()),
+        ..Default::default()
+    };
+    publishes_through(
+        &s,
+        &db,
+        &url,
+        &["--nats-creds".to_string(), creds],
+        &auth,
+        7,
+    )
+    .await;
+    // Without the credentials: refused, clearly.
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let (code, err) = run_to_exit(&[
+        "run",
+        "--postgres-url",
+        &s.pg.url(),
+        "--nats-url",
+        &url,
+        "--metrics-addr",
+        &metrics,
+        "--connect-timeout",
+        "3",
+    ])
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.to_lowercase().contains("authoriz"), "{err}");
+}

@@ -13,12 +13,13 @@ mod change;
 pub mod schema;
 pub mod sequence;
 pub mod toast;
+mod toast_fill;
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::decode::value::{parse_text, ValueError};
+use crate::decode::value::ValueError;
 use crate::wire::codec::{self, EnvelopeRef, Op, RowRef};
 use crate::wire::key;
 use crate::wire::Lsn;
@@ -449,108 +450,6 @@ impl EnvelopeBuilder {
         self.keys.loaded(key, loaded);
     }
 
-    /// Values read from the table for a [`ToastNeeded`] (text forms, by column), and
-    /// whether the row read is still the version the change wrote: when it is not,
-    /// the columns are published as unavailable. Returns how many published columns
-    /// are unavailable.
-    pub fn provide_toast(
-        &mut self,
-        needed: &ToastNeeded,
-        texts: &[Option<String>],
-        same_version: bool,
-    ) -> Result<usize, EnvelopeError> {
-        let rel = self
-            .relations
-            .get(&needed.relation_id)
-            .ok_or(EnvelopeError::UnknownRelation(needed.relation_id))?;
-        let mut vals = Vec::new();
-        for (name, text) in needed.columns.iter().zip(texts) {
-            let Some(idx) = rel.shape.columns.iter().position(|c| &c.name == name) else {
-                continue;
-            };
-            let col = &rel.shape.columns[idx];
-            let v = match text {
-                _ if !same_version => Value::Unavailable,
-                None => Value::Null,
-                Some(t) => parse_text(&col.kind, t.as_bytes())
-                    .map_err(|source| EnvelopeError::Value {
-                        table: rel.qualified_name(),
-                        column: col.name.clone(),
-                        source,
-                    })?
-                    .into_owned(),
-            };
-            vals.push((idx, v));
-        }
-        Ok(self.set_pending_toast(needed, vals))
-    }
-
-    /// The row value of the key's last envelope in the stream (`None`: the stream
-    /// has none) for a [`ToastNeeded`] from [`ToastSource::Stream`]: each needed column
-    /// as it was published. Returns how many published columns are unavailable.
-    pub fn provide_toast_from_envelope(
-        &mut self,
-        needed: &ToastNeeded,
-        row: Option<&rmpv::Value>,
-    ) -> Result<usize, EnvelopeError> {
-        let rel = self
-            .relations
-            .get(&needed.relation_id)
-            .ok_or(EnvelopeError::UnknownRelation(needed.relation_id))?;
-        let published = row.and_then(rmpv::Value::as_map);
-        let mut vals = Vec::new();
-        for name in &needed.columns {
-            let Some(idx) = rel.shape.columns.iter().position(|c| &c.name == name) else {
-                continue;
-            };
-            let found = published.and_then(|m| {
-                m.iter()
-                    .find(|(k, _)| k.as_str() == Some(name))
-                    .map(|(_, v)| v.clone())
-            });
-            vals.push((idx, found.map_or(Value::Unavailable, Value::Raw)));
-        }
-        Ok(self.set_pending_toast(needed, vals))
-    }
-
-    /// Values for the next change of `needed.key`, whatever the cache's budget; the
-    /// cache keeps them too when they fit.
-    fn set_pending_toast(
-        &mut self,
-        needed: &ToastNeeded,
-        mut vals: Vec<(usize, Value<'static>)>,
-    ) -> usize {
-        let rel = &self.relations[&needed.relation_id];
-        let unavailable = vals
-            .iter()
-            .filter(|(i, v)| *v == Value::Unavailable && rel.published[*i])
-            .count();
-        if let Some(existing) = self.toast.entries.get(&needed.key) {
-            for (i, v) in existing {
-                if !vals.iter().any(|(j, _)| j == i) {
-                    vals.push((*i, v.clone()));
-                }
-            }
-        }
-        let cached: Vec<(usize, Value<'static>)> = vals
-            .iter()
-            .filter(|(_, v)| *v != Value::Unavailable)
-            .cloned()
-            .collect();
-        self.toast.insert(needed.key.clone(), cached);
-        self.pending_toast = Some((needed.key.clone(), vals));
-        unavailable
-    }
-
-    /// An unchanged TOAST value of `key`'s column `i`: just provided, else cached.
-    fn toast_value(&self, key: &str, i: usize) -> Option<&Value<'static>> {
-        match &self.pending_toast {
-            Some((k, vals)) if k == key => vals.iter().find(|(j, _)| *j == i).map(|(_, v)| v),
-            _ => None,
-        }
-        .or_else(|| self.toast.get(key, i))
-    }
-
     fn mode_of(&self, rel: &Relation) -> SequenceMode {
         match rel.sequence_column {
             Some(i) => SequenceMode::Column(rel.shape.columns[i].name.clone()),
@@ -636,30 +535,16 @@ impl EnvelopeBuilder {
             lsn: tx.commit_lsn.0,
             commit_ts: tx.commit_ts,
         };
-        let mut payload = codec::encode(&envelope)?;
+        let payload = codec::encode(&envelope)?;
         let msg_id = format!("{key}:{sequence}");
-        // Headers travel in the same message: id, position, expected sequence.
-        let size = payload.len() + msg_id.len() + HEADER_ALLOWANCE;
-        if size > self.max_payload {
-            if !self.oversize_marker {
-                return Err(EnvelopeError::TooLarge {
-                    key,
-                    bytes: size,
-                    max: self.max_payload,
-                });
-            }
-            self.oversize_markers += 1;
-            let marker = [(TOO_LARGE_KEY, payload.len() as u64)];
-            payload = codec::encode(&EnvelopeRef {
-                key: envelope.key,
-                op: envelope.op,
-                value: Some(MarkerRow(&marker)),
-                schema_version: envelope.schema_version,
-                sequence: envelope.sequence,
-                lsn: envelope.lsn,
-                commit_ts: envelope.commit_ts,
-            })?;
-        }
+        let (payload, marked) = fit_size(
+            self.max_payload,
+            self.oversize_marker,
+            payload,
+            &envelope,
+            &msg_id,
+        )?;
+        self.oversize_markers += u64::from(marked);
         out.push(Outgoing {
             subject,
             payload: Bytes::from(payload),
@@ -723,4 +608,38 @@ impl EnvelopeBuilder {
         }
         Ok(None)
     }
+}
+
+/// The envelope as published: itself, or (too large for NATS) an error or a
+/// marker, as `--oversize` says.
+fn fit_size<V: serde::Serialize>(
+    max_payload: usize,
+    oversize_marker: bool,
+    payload: Vec<u8>,
+    envelope: &EnvelopeRef<'_, V>,
+    msg_id: &str,
+) -> Result<(Vec<u8>, bool), EnvelopeError> {
+    // Headers travel in the same message: id, position, expected sequence.
+    let size = payload.len() + msg_id.len() + HEADER_ALLOWANCE;
+    if size <= max_payload {
+        return Ok((payload, false));
+    }
+    if !oversize_marker {
+        return Err(EnvelopeError::TooLarge {
+            key: envelope.key.to_string(),
+            bytes: size,
+            max: max_payload,
+        });
+    }
+    let marker = [(TOO_LARGE_KEY, payload.len() as u64)];
+    let marked = codec::encode(&EnvelopeRef {
+        key: envelope.key,
+        op: envelope.op,
+        value: Some(MarkerRow(&marker)),
+        schema_version: envelope.schema_version,
+        sequence: envelope.sequence,
+        lsn: envelope.lsn,
+        commit_ts: envelope.commit_ts,
+    })?;
+    Ok((marked, true))
 }

@@ -284,26 +284,30 @@ impl ChangeReader {
                     }
                 }
                 event = stream.next_event(), if reading => {
-                    let event = event?;
-                    self.handle(event, &mut stream).await?;
-                    // Work through what is already buffered before polling again.
-                    let mut budget = 4096;
-                    while self.ready.is_none()
-                        && budget > 0
-                        && (!stopping || self.builder.in_transaction())
-                    {
-                        budget -= 1;
-                        match stream.buffered_event()? {
-                            Some(event) => {
-                                self.handle(event, &mut stream).await?;
-                            }
-                            None => break,
-                        }
-                    }
+                    self.handle(event?, &mut stream).await?;
+                    self.handle_buffered(&mut stream, stopping).await?;
                 }
             }
         }
         self.finish(stream, confirmed_rx, stop_at).await
+    }
+
+    /// Work through what is already buffered before polling the socket again (while
+    /// the sink has room, and only to the end of the transaction once stopping).
+    async fn handle_buffered(
+        &mut self,
+        stream: &mut ReplicationStream,
+        stopping: bool,
+    ) -> Result<(), PipelineError> {
+        let mut budget = 4096;
+        while self.ready.is_none() && budget > 0 && (!stopping || self.builder.in_transaction()) {
+            budget -= 1;
+            match stream.buffered_event()? {
+                Some(event) => self.handle(event, stream).await?,
+                None => break,
+            }
+        }
+        Ok(())
     }
 
     /// Drained to a transaction boundary: wait for the sink to confirm what it has,

@@ -292,37 +292,7 @@ impl ReplicationConnection {
                     .map_err(io_err("encoding the password"))?;
                 self.flush().await?;
             }
-            10 => {
-                let mechs: Vec<&[u8]> =
-                    b.split(|&c| c == 0).filter(|m| !m.is_empty()).collect();
-                let plus = mechs.contains(&&b"SCRAM-SHA-256-PLUS"[..]);
-                let bound = self.channel_binding.as_ref().filter(|h| !h.is_empty() && plus);
-                if !mechs.contains(&&b"SCRAM-SHA-256"[..]) && bound.is_none() {
-                    return Err(SourceError::Auth(format!(
-                        "server offers SASL mechanisms {:?}, walcast speaks SCRAM-SHA-256",
-                        mechs
-                            .iter()
-                            .map(|m| String::from_utf8_lossy(m))
-                            .collect::<Vec<_>>()
-                    )));
-                }
-                // Over TLS with a certificate: SCRAM-SHA-256-PLUS (channel binding)
-                // when the server offers it.
-                let (mechanism, binding) = match (bound, &self.channel_binding) {
-                    (Some(hash), _) => (
-                        "SCRAM-SHA-256-PLUS",
-                        ChannelBinding::tls_server_end_point(hash.clone()),
-                    ),
-                    (None, Some(_)) => ("SCRAM-SHA-256", ChannelBinding::unrequested()),
-                    (None, None) => ("SCRAM-SHA-256", ChannelBinding::unsupported()),
-                };
-                tracing::debug!(mechanism, "authenticating");
-                let s = ScramSha256::new(&password()?, binding);
-                frontend::sasl_initial_response(mechanism, s.message(), &mut self.wbuf)
-                    .map_err(io_err("encoding SASL"))?;
-                *scram = Some(s);
-                self.flush().await?;
-            }
+            10 => *scram = Some(self.sasl_start(&b, &password()?).await?),
             11 => {
                 let s = scram.as_mut().ok_or_else(|| proto("SASL continue before start"))?;
                 s.update(&b).map_err(|e| SourceError::Auth(format!("SCRAM: {e}")))?;
@@ -342,6 +312,47 @@ impl ReplicationConnection {
             }
         }
         Ok(())
+    }
+
+    /// SASL: choose the mechanism and send the first message. Over TLS with a
+    /// certificate, SCRAM-SHA-256-PLUS (channel binding) when the server offers it.
+    async fn sasl_start(
+        &mut self,
+        mechanisms: &[u8],
+        password: &[u8],
+    ) -> Result<ScramSha256, SourceError> {
+        let mechs: Vec<&[u8]> = mechanisms
+            .split(|&c| c == 0)
+            .filter(|m| !m.is_empty())
+            .collect();
+        let plus = mechs.contains(&&b"SCRAM-SHA-256-PLUS"[..]);
+        let bound = self
+            .channel_binding
+            .as_ref()
+            .filter(|h| !h.is_empty() && plus);
+        if !mechs.contains(&&b"SCRAM-SHA-256"[..]) && bound.is_none() {
+            return Err(SourceError::Auth(format!(
+                "server offers SASL mechanisms {:?}, walcast speaks SCRAM-SHA-256",
+                mechs
+                    .iter()
+                    .map(|m| String::from_utf8_lossy(m))
+                    .collect::<Vec<_>>()
+            )));
+        }
+        let (mechanism, binding) = match (bound, &self.channel_binding) {
+            (Some(hash), _) => (
+                "SCRAM-SHA-256-PLUS",
+                ChannelBinding::tls_server_end_point(hash.clone()),
+            ),
+            (None, Some(_)) => ("SCRAM-SHA-256", ChannelBinding::unrequested()),
+            (None, None) => ("SCRAM-SHA-256", ChannelBinding::unsupported()),
+        };
+        tracing::debug!(mechanism, "authenticating");
+        let s = ScramSha256::new(password, binding);
+        frontend::sasl_initial_response(mechanism, s.message(), &mut self.wbuf)
+            .map_err(io_err("encoding SASL"))?;
+        self.flush().await?;
+        Ok(s)
     }
 
     pub(super) async fn flush(&mut self) -> Result<(), SourceError> {
