@@ -56,7 +56,9 @@ fuzz:
 	@cargo +nightly fuzz --version >/dev/null 2>&1 || cargo +nightly install cargo-fuzz --locked
 	@for t in $(FUZZ_TARGETS); do \
 	  echo "fuzz: $$t ($(FUZZ_RUNS) runs)"; \
-	  (cd fuzz && cargo +nightly fuzz run $$t -- -runs=$(FUZZ_RUNS) -max_len=4096 2>&1 | tail -3) || exit 1; \
+	  (cd fuzz && cargo +nightly fuzz run $$t -- -runs=$(FUZZ_RUNS) -max_len=4096 > ../target/fuzz-$$t.log 2>&1) \
+	    || { tail -40 target/fuzz-$$t.log; echo "fuzz: $$t failed (log: target/fuzz-$$t.log)"; exit 1; }; \
+	  tail -1 target/fuzz-$$t.log; \
 	done
 
 test-unit:
