@@ -265,3 +265,27 @@ async fn snapshot_only_exits_and_never_publishes_no_existing_row() {
     assert_eq!((got[0].1.op, got[0].1.sequence), (Op::Update, 1));
     c.assert_quiet(Duration::from_millis(500)).await;
 }
+
+/// The heartbeat comes back through the stream: its age stays small and moves.
+#[tokio::test]
+async fn heartbeat_age_moves() {
+    let (s, _db) = table_with_rows(1).await;
+    let mut w = Walcast::spawn(args(&s, &["--heartbeat-interval", "0.5"]));
+    w.wait_ready().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let Some(age) = w
+            .metric("walcast_heartbeat_age_seconds")
+            .await
+            .filter(|a| *a > 0.0)
+        {
+            break age;
+        }
+        assert!(Instant::now() < deadline, "no heartbeat:\n{}", w.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let later = w.metric("walcast_heartbeat_age_seconds").await.unwrap();
+    assert!(first < 5.0 && later < 5.0, "{first} {later}");
+    assert_ne!(first, later, "the age does not move");
+}

@@ -129,6 +129,11 @@ pub struct RunConfig {
     /// is left stays in the slot (exit status 1).
     #[arg(long, env = "WALCAST_SHUTDOWN_TIMEOUT", default_value = "20", value_parser = parse_seconds)]
     pub shutdown_timeout: Duration,
+    /// Seconds between heartbeats (a logical decoding message walcast writes and
+    /// recognises when it comes back: `walcast_heartbeat_age_seconds`); 0: off (a
+    /// role without EXECUTE on pg_logical_emit_message).
+    #[arg(long, env = "WALCAST_HEARTBEAT_INTERVAL", default_value = "10", value_parser = parse_seconds_or_off)]
+    pub heartbeat_interval: Duration,
     /// Seconds between progress lines in the log while changes flow.
     #[arg(long, env = "WALCAST_PROGRESS_INTERVAL", default_value = "10", value_parser = parse_seconds)]
     pub progress_interval: Duration,
@@ -280,6 +285,14 @@ fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("{s:?} is not a host:port address: {e}"))?
         .next()
         .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
+/// Seconds, or 0 for off.
+fn parse_seconds_or_off(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_seconds(s)
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {

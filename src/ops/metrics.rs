@@ -46,6 +46,7 @@ pub struct SourceMetrics {
     pub slot_wal_status: IntGaugeVec,
     pub slot_safe_wal_size: IntGauge,
     pub slot_retained_wal: IntGauge,
+    pub heartbeat_age: Gauge,
 }
 
 /// Changes turned into envelopes, and the state loaded for them.
@@ -150,6 +151,10 @@ impl SourceMetrics {
             slot_safe_wal_size: r.gauge(
                 "walcast_slot_safe_wal_size_bytes",
                 "WAL that can still be written before the slot is in danger of losing required WAL (-1: unlimited)",
+            ),
+            heartbeat_age: r.float_gauge(
+                "walcast_heartbeat_age_seconds",
+                "Age of the last heartbeat seen coming back through the replication stream (end-to-end freshness)",
             ),
             slot_retained_wal: r.gauge(
                 "walcast_slot_retained_wal_bytes",

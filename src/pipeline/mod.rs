@@ -209,6 +209,14 @@ async fn start_background(
         metrics.clone(),
         tasks.shutdown(),
     ));
+    if !cfg.heartbeat_interval.is_zero() {
+        tasks.spawn(crate::source::monitor::heartbeat(
+            params.clone(),
+            cfg.heartbeat_interval,
+            cfg.connect_timeout,
+            tasks.shutdown(),
+        ));
+    }
     tasks.spawn(crate::source::monitor::monitor_slot(
         params.clone(),
         cfg.slot.clone(),

@@ -125,6 +125,8 @@ pub(super) struct ChangeReader {
     snapshot_only_done: bool,
     /// Every envelope at or before this position is confirmed.
     confirmed_position: crate::wire::Position,
+    /// When the last heartbeat seen was written (Unix seconds).
+    last_heartbeat: Option<f64>,
 }
 
 impl ChangeReader {
@@ -142,6 +144,7 @@ impl ChangeReader {
             snapshot_planned: false,
             snapshot_only_done: false,
             confirmed_position: Default::default(),
+            last_heartbeat: None,
             progress: Progress::new(cfg.progress_interval),
             builder,
             store,
@@ -256,6 +259,7 @@ impl ChangeReader {
                 _ = status.tick() => {
                     self.send_status(&mut stream, false).await?;
                     self.progress.log_if_due(&self.cp, self.commit_ts);
+                    self.update_heartbeat_age();
                     self.store_snapshot_progress().await?;
                     if self.snapshot_only_done && !stopping {
                         stopping = true;

@@ -8,6 +8,39 @@ use super::params::ConnectParams;
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::Shutdown;
 
+/// The prefix of walcast's heartbeat messages.
+pub const HEARTBEAT_PREFIX: &str = "walcast.heartbeat";
+
+/// Every `interval` until shutdown: a non-transactional logical decoding message whose
+/// content is the time it was written (Unix microseconds); the reader measures how old
+/// the last one it saw is. A role that may not write one gets a warning, once.
+pub async fn heartbeat(
+    params: ConnectParams,
+    interval: Duration,
+    timeout: Duration,
+    mut shutdown: Shutdown,
+) {
+    let mut catalog: Option<Catalog> = None;
+    loop {
+        if catalog.as_ref().is_none_or(|c| c.is_closed()) {
+            catalog = Catalog::connect(&params, timeout).await.ok();
+        }
+        if let Some(c) = &catalog {
+            if let Err(e) = c.emit_heartbeat(HEARTBEAT_PREFIX).await {
+                if !e.is_transient() {
+                    tracing::warn!(error = %e, "heartbeat off: the role cannot write one (GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) TO <role>, or --heartbeat-interval 0)");
+                    return;
+                }
+                tracing::debug!(error = %e, "heartbeat");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait() => return,
+        }
+    }
+}
+
 /// Every 10 s until shutdown: the slot's state as metrics.
 pub async fn monitor_slot(
     params: ConnectParams,

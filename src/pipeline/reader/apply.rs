@@ -121,7 +121,11 @@ impl ChangeReader {
             PgOutput::Message {
                 prefix, content, ..
             } => {
-                tracing::debug!(prefix, bytes = content.len(), "logical decoding message");
+                if prefix == crate::source::monitor::HEARTBEAT_PREFIX {
+                    self.heartbeat_seen(content);
+                } else {
+                    tracing::debug!(prefix, bytes = content.len(), "logical decoding message");
+                }
             }
             PgOutput::Origin { name, .. } => tracing::debug!(origin = name, "origin"),
             _ => {}
@@ -208,6 +212,31 @@ impl ChangeReader {
             }
         }
         Ok(())
+    }
+
+    /// A heartbeat came back through the stream: when it was written.
+    fn heartbeat_seen(&mut self, content: &[u8]) {
+        let written = std::str::from_utf8(content)
+            .ok()
+            .and_then(|t| t.parse::<u64>().ok());
+        if let Some(micros) = written {
+            self.last_heartbeat = Some(micros as f64 / 1e6);
+            self.update_heartbeat_age();
+        }
+    }
+
+    /// `walcast_heartbeat_age_seconds`: how old the last heartbeat seen is.
+    pub(super) fn update_heartbeat_age(&self) {
+        if let Some(written) = self.last_heartbeat {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
+            self.metrics
+                .source
+                .heartbeat_age
+                .set((now - written).max(0.0));
+        }
     }
 
     /// A change of a table without a usable key: not published (the other tables go
