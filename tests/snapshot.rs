@@ -289,3 +289,39 @@ async fn heartbeat_age_moves() {
     assert!(first < 5.0 && later < 5.0, "{first} {later}");
     assert_ne!(first, later, "the age does not move");
 }
+
+/// A slot walcast streamed from, dropped while it was stopped: a clear error, not a
+/// silent new slot; `--recreate-slot` creates it and snapshots again.
+#[tokio::test]
+async fn a_lost_slot_is_an_error_until_recreated() {
+    let (s, db) = table_with_rows(10).await;
+    let mut w = Walcast::spawn(args(&s, &[]));
+    w.wait_ready().await;
+    wait_for_log(&w, "snapshot complete").await;
+    w.sigterm();
+    assert!(w.wait_exit(WAIT).await.success());
+    exec(&db, "SELECT pg_drop_replication_slot('walcast')").await;
+    let mut w = Walcast::spawn(args(&s, &[]));
+    let status = w.wait_exit(WAIT).await;
+    assert!(!status.success());
+    let log = w.log();
+    assert!(
+        log.contains("replication slot \"walcast\" no longer exists"),
+        "{log}"
+    );
+    assert!(log.contains("--recreate-slot"), "{log}");
+    let mut w = Walcast::spawn(args(&s, &["--recreate-slot"]));
+    w.wait_ready().await;
+    wait_for_log(&w, "snapshot complete").await;
+    let all = stream_envelopes(&s.nats.url()).await;
+    let snapshots = all.iter().filter(|e| e.op == Op::Snapshot).count();
+    assert_eq!(
+        snapshots, 20,
+        "each row snapshotted twice: before and after the loss"
+    );
+    assert!(all
+        .iter()
+        .filter(|e| e.key == "public.s:1")
+        .map(|e| e.sequence)
+        .eq([1, 2]));
+}

@@ -129,6 +129,10 @@ pub struct RunConfig {
     /// is left stays in the slot (exit status 1).
     #[arg(long, env = "WALCAST_SHUTDOWN_TIMEOUT", default_value = "20", value_parser = parse_seconds)]
     pub shutdown_timeout: Duration,
+    /// Create the slot again when it is missing or invalidated although walcast
+    /// streamed from it before (changes may be lost: every table is snapshotted again).
+    #[arg(long, env = "WALCAST_RECREATE_SLOT")]
+    pub recreate_slot: bool,
     /// Seconds between heartbeats (a logical decoding message walcast writes and
     /// recognises when it comes back: `walcast_heartbeat_age_seconds`); 0: off (a
     /// role without EXECUTE on pg_logical_emit_message).

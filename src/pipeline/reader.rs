@@ -127,6 +127,8 @@ pub(super) struct ChangeReader {
     confirmed_position: crate::wire::Position,
     /// When the last heartbeat seen was written (Unix seconds).
     last_heartbeat: Option<f64>,
+    /// This process streamed from the slot already.
+    streamed_before: bool,
 }
 
 impl ChangeReader {
@@ -145,6 +147,7 @@ impl ChangeReader {
             snapshot_only_done: false,
             confirmed_position: Default::default(),
             last_heartbeat: None,
+            streamed_before: false,
             progress: Progress::new(cfg.progress_interval),
             builder,
             store,
@@ -174,7 +177,19 @@ impl ChangeReader {
         params: &ConnectParams,
     ) -> Result<ReplicationStream, PipelineError> {
         let mut conn = ReplicationConnection::connect(params).await?;
-        let (start, created) = slot::ensure_slot(&mut conn, &self.catalog, &self.cfg.slot).await?;
+        let known = match &self.store {
+            Some(store) => store.slot_known(&self.cfg.slot).await?,
+            None => false,
+        };
+        let may_create = self.cfg.recreate_slot || !(known || self.streamed_before);
+        let (start, created) =
+            slot::ensure_slot(&mut conn, &self.catalog, &self.cfg.slot, may_create).await?;
+        if let (true, Some(store)) = (created || !known, &self.store) {
+            store
+                .record_slot(&self.cfg.slot, &start.to_string())
+                .await?;
+        }
+        self.streamed_before = true;
         let stream = conn
             .start_replication(&self.cfg.slot, Lsn(0), &self.cfg.publication)
             .await?;

@@ -35,6 +35,8 @@ pub enum SourceError {
     Preflight(String),
     #[error("replication slot \"{slot}\" exists but {problem}")]
     Slot { slot: String, problem: String },
+    #[error("replication slot \"{slot}\" {why}: changes since walcast last confirmed may be gone. To go on, start once with --recreate-slot: walcast creates the slot again and snapshots every table again (a key deleted meanwhile keeps its last envelope)")]
+    SlotLost { slot: String, why: String },
     #[error("PostgreSQL ended the replication stream")]
     StreamEnded,
     #[error("PostgreSQL: {}", describe(.0))]

@@ -27,10 +27,14 @@ pub fn slot_problem(info: &SlotInfo, database: Option<&str>) -> Option<String> {
 
 /// Create `slot` when missing or check that it fits; the position streaming starts
 /// from, and whether the slot was created now.
+///
+/// `may_create`: false when walcast streamed from this slot before (a missing or
+/// invalidated slot then means changes may be gone: an error, not a silent new slot).
 pub async fn ensure_slot(
     conn: &mut ReplicationConnection,
     catalog: &Catalog,
     slot: &str,
+    may_create: bool,
 ) -> Result<(Lsn, bool), SourceError> {
     let system = conn.identify_system().await?;
     tracing::debug!(
@@ -40,7 +44,26 @@ pub async fn ensure_slot(
         "identified the server"
     );
     let mut created = false;
-    match catalog.slot(slot).await? {
+    let lost = |why: &str| SourceError::SlotLost {
+        slot: slot.to_string(),
+        why: why.to_string(),
+    };
+    let mut existing = catalog.slot(slot).await?;
+    let wal_lost = existing.is_some()
+        && catalog
+            .slot_health(slot)
+            .await?
+            .is_some_and(|h| h.wal_status.as_deref() == Some("lost"));
+    if wal_lost {
+        if !may_create {
+            return Err(lost("lost WAL it needs (wal_status lost)"));
+        }
+        tracing::warn!(slot = %slot, "dropping the invalidated slot to create it again (--recreate-slot)");
+        catalog.drop_slot(slot).await?;
+        existing = None;
+    }
+    match existing {
+        None if !may_create => return Err(lost("no longer exists")),
         None => {
             let at = conn.create_slot(slot).await?;
             created = true;

@@ -182,6 +182,23 @@ impl StateStore {
             .await
     }
 
+    fn slot_subject(&self, slot: &str) -> String {
+        format!("{}.slot.{}", self.meta_prefix, key::name_token(slot))
+    }
+
+    /// Whether walcast recorded streaming from `slot` before.
+    pub async fn slot_known(&self, slot: &str) -> Result<bool, StateError> {
+        let record: Option<serde_json::Value> = self.load_record(&self.slot_subject(slot)).await?;
+        Ok(record.is_some())
+    }
+
+    /// Record that walcast created and streams from `slot` (at `consistent_point`).
+    pub async fn record_slot(&self, slot: &str, consistent_point: &str) -> Result<(), StateError> {
+        let record = serde_json::json!({ "slot": slot, "created_at": consistent_point });
+        self.store_record(&self.slot_subject(slot), &Some(record))
+            .await
+    }
+
     fn snapshot_subject(&self, slot: &str) -> String {
         format!("{}.snapshot.{}", self.meta_prefix, key::name_token(slot))
     }
