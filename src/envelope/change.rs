@@ -131,10 +131,7 @@ impl EnvelopeBuilder {
         out: &mut Vec<Outgoing>,
     ) -> Result<Option<Need>, EnvelopeError> {
         self.tx.ok_or(EnvelopeError::NoTransaction)?;
-        let rel = self
-            .relations
-            .get(&relation_id)
-            .ok_or(EnvelopeError::UnknownRelation(relation_id))?;
+        let rel = self.relation(relation_id)?;
         if rel.shape.key.is_empty() {
             return Err(EnvelopeError::NoKey {
                 table: rel.qualified_name(),
@@ -160,10 +157,7 @@ impl EnvelopeBuilder {
         out: &mut Vec<Outgoing>,
     ) -> Result<Option<Need>, EnvelopeError> {
         self.tx.ok_or(EnvelopeError::NoTransaction)?;
-        let rel = self
-            .relations
-            .get(&relation_id)
-            .ok_or(EnvelopeError::UnknownRelation(relation_id))?;
+        let rel = self.relation(relation_id)?;
         if rel.shape.key.is_empty() {
             return Err(EnvelopeError::NoKey {
                 table: rel.qualified_name(),
@@ -179,10 +173,7 @@ impl EnvelopeBuilder {
         relation_id: u32,
         row: &[TupleValue<'_>],
     ) -> Result<(String, String), EnvelopeError> {
-        let rel = self
-            .relations
-            .get(&relation_id)
-            .ok_or(EnvelopeError::UnknownRelation(relation_id))?;
+        let rel = self.relation(relation_id)?;
         rel.key_of(row, "snapshot")
     }
 
@@ -201,10 +192,7 @@ impl EnvelopeBuilder {
         relation_id: u32,
         row: &[TupleValue<'_>],
     ) -> Result<rmpv::Value, EnvelopeError> {
-        let rel = self
-            .relations
-            .get(&relation_id)
-            .ok_or(EnvelopeError::UnknownRelation(relation_id))?;
+        let rel = self.relation(relation_id)?;
         let values = self.typed_values(relation_id, row, None, "")?;
         let bytes = rmp_serde::to_vec(&crate::wire::RowRef {
             columns: &rel.shape.columns,

@@ -450,6 +450,22 @@ impl EnvelopeBuilder {
         self.keys.loaded(key, loaded);
     }
 
+    /// A key's state read from the stream for another purpose (an unchanged TOAST
+    /// value, a snapshot comparison): kept when the key's state is not in memory, so
+    /// it is not read a second time.
+    pub fn offer_key_state(&mut self, key: &str, state: KeyState) {
+        if self.keys.lookup(key) == Lookup::Missing {
+            self.keys.loaded(key.to_string(), Some(state));
+        }
+    }
+
+    /// The table of `relation_id`, known from a Relation message or the catalog.
+    fn relation(&self, relation_id: u32) -> Result<&Relation, EnvelopeError> {
+        self.relations
+            .get(&relation_id)
+            .ok_or(EnvelopeError::UnknownRelation(relation_id))
+    }
+
     fn mode_of(&self, rel: &Relation) -> SequenceMode {
         match rel.sequence_column {
             Some(i) => SequenceMode::Column(rel.shape.columns[i].name.clone()),

@@ -18,10 +18,7 @@ impl EnvelopeBuilder {
         texts: &[Option<String>],
         same_version: bool,
     ) -> Result<usize, EnvelopeError> {
-        let rel = self
-            .relations
-            .get(&needed.relation_id)
-            .ok_or(EnvelopeError::UnknownRelation(needed.relation_id))?;
+        let rel = self.relation(needed.relation_id)?;
         let mut vals = Vec::new();
         for (name, text) in needed.columns.iter().zip(texts) {
             let Some(idx) = rel.shape.columns.iter().position(|c| &c.name == name) else {
@@ -52,10 +49,7 @@ impl EnvelopeBuilder {
         needed: &ToastNeeded,
         row: Option<&rmpv::Value>,
     ) -> Result<usize, EnvelopeError> {
-        let rel = self
-            .relations
-            .get(&needed.relation_id)
-            .ok_or(EnvelopeError::UnknownRelation(needed.relation_id))?;
+        let rel = self.relation(needed.relation_id)?;
         let published = row.and_then(rmpv::Value::as_map);
         let mut vals = Vec::new();
         for name in &needed.columns {

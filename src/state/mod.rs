@@ -127,6 +127,25 @@ impl StateStore {
         }
     }
 
+    /// The key state a subject's last envelope gives (its sequence and position).
+    pub fn key_state_of(
+        &self,
+        subject: &str,
+        stored: &StoredEnvelope,
+    ) -> Result<KeyState, StateError> {
+        let position = stored.position.ok_or_else(|| {
+            self.foreign(
+                subject,
+                stored.stream_sequence,
+                "no Walcast-Position header".into(),
+            )
+        })?;
+        Ok(KeyState {
+            sequence: stored.envelope.sequence,
+            position,
+        })
+    }
+
     fn foreign(&self, subject: &str, sequence: u64, why: String) -> StateError {
         StateError::Foreign {
             stream: self.stream.cached_info().config.name.clone(),
@@ -141,17 +160,7 @@ impl StateStore {
         let Some(stored) = self.last_envelope(subject).await? else {
             return Ok(None);
         };
-        let position = stored.position.ok_or_else(|| {
-            self.foreign(
-                subject,
-                stored.stream_sequence,
-                "no Walcast-Position header".into(),
-            )
-        })?;
-        let state = KeyState {
-            sequence: stored.envelope.sequence,
-            position,
-        };
+        let state = self.key_state_of(subject, &stored)?;
         Ok(Some((state, stored.stream_sequence)))
     }
 

@@ -267,6 +267,8 @@ impl ChangeReader {
         if let (Some(subject), Some(store)) = (&needed.source.stream_subject, &self.store) {
             self.metrics.envelope.toast_stream_loads.inc();
             if let Some(last) = store.last_envelope(subject).await? {
+                let state = store.key_state_of(subject, &last)?;
+                self.builder.offer_key_state(&last.envelope.key, state);
                 let row = Some(&last.envelope.value);
                 unavailable = Some(self.builder.provide_toast_from_envelope(&needed, row)?);
             }

@@ -228,6 +228,8 @@ impl ChangeReader {
         let Some(last) = store.last_envelope(&subject).await? else {
             return Ok(false);
         };
+        let state = store.key_state_of(&subject, &last)?;
+        self.builder.offer_key_state(&last.envelope.key, state);
         Ok(last.envelope.value == self.builder.row_value(relation_id, row)?)
     }
 
