@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::*;
 use serde::Deserialize;
 use walcast::client::{
-    refetch_from_stream, ClientError, Envelope, InProcessTransport, NatsTransport, Refetch,
-    Replica, ReplicaOptions, Status, Subscription, Transport,
+    refetch_from_stream, refetch_from_walcast, ClientError, Envelope, InProcessTransport,
+    NatsTransport, Refetch, Replica, ReplicaOptions, Status, Subscription, Transport,
 };
 use walcast::testing::NatsServer;
 use walcast::wire::codec::Op;
@@ -528,6 +528,149 @@ async fn replica_follows_a_postgres_row_end_to_end() {
     assert_eq!(r.meta().sequence, Some(last.sequence));
     assert!((50..=51).contains(&last.sequence), "{}", last.sequence);
     assert_eq!(r.status(), Status::Ok);
+}
+
+/// How a test refetches a key: walcast's stream (tracked mode) or walcast's refetch
+/// subject (column mode).
+#[derive(Clone, Copy, Debug)]
+enum RefetchVia {
+    Stream,
+    Walcast,
+}
+
+fn refetch_via(via: RefetchVia, client: async_nats::Client, key: &'static str) -> Refetch {
+    let js = async_nats::jetstream::new(client.clone());
+    Arc::new(move || {
+        let (js, client) = (js.clone(), client.clone());
+        Box::pin(async move {
+            match via {
+                RefetchVia::Stream => refetch_from_stream(&js, "WALCAST", "walcast", key).await,
+                RefetchVia::Walcast => {
+                    refetch_from_walcast(&client, "walcast", key, Duration::from_secs(5)).await
+                }
+            }
+        })
+    })
+}
+
+/// A replica fed by walcast's live subject with envelopes 5..=7 of the key held back
+/// (an induced gap) refetches and, with the live envelopes after it, ends equal to
+/// the row in PostgreSQL; after a delete a refetch finds no row.
+async fn replica_recovers_from_a_gap(via: RefetchVia) {
+    let s = servers();
+    let db = s.pg.client().await;
+    let sql = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/sql/sequence_column.sql"
+    ))
+    .unwrap();
+    exec(&db, &sql).await;
+    exec(
+        &db,
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);
+         INSERT INTO accounts VALUES (1, 0);
+         CREATE PUBLICATION walcast FOR TABLE accounts;",
+    )
+    .await;
+    let mut args = RunArgs::new(&s, "walcast", "walcast");
+    if let RefetchVia::Walcast = via {
+        exec(&db, "SELECT walcast_install_sequence('accounts')").await;
+        args.extra = vec![
+            "--column-sequence".into(),
+            "public.accounts=walcast_seq".into(),
+        ];
+    }
+    let mut w = Walcast::spawn(args);
+    w.wait_ready().await;
+    let k = "public.accounts:1";
+    let client = async_nats::connect(s.nats.url()).await.unwrap();
+    let refetch = refetch_via(via, client.clone(), k);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while let Err(e) = refetch().await {
+        assert!(tokio::time::Instant::now() < deadline, "{via:?}: {e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Live envelopes through a local transport that holds back 5..=7.
+    let nats = NatsTransport::new(client.clone(), "walcast", 1024);
+    let mut live = nats.subscribe(k).await.unwrap();
+    let local = Arc::new(InProcessTransport::new(1024));
+    let mut opts = ReplicaOptions::new(k);
+    opts.refetch = Some(refetch.clone());
+    let r: Replica<Account> = Replica::start(local.as_ref(), opts).await.unwrap();
+    r.when_idle().await;
+    let forward = local.clone();
+    tokio::spawn(async move {
+        while let Some(env) = live.recv().await {
+            if !(5..=7).contains(&env.sequence) {
+                forward.publish(k, &env).await.unwrap();
+            }
+        }
+    });
+    for i in 1..=20 {
+        exec(
+            &db,
+            &format!("UPDATE accounts SET balance = {i} WHERE id = 1"),
+        )
+        .await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while r.get().map(|a| a.balance) != Some(20) || !matches!(r.status(), Status::Ok) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{via:?}: replica at {:?} {:?} {:?}",
+            r.get(),
+            r.meta(),
+            r.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    r.when_idle().await;
+    let row = db
+        .query_one("SELECT balance FROM accounts WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get().unwrap().balance, row.get::<_, i64>(0));
+    let stats = r.stats();
+    assert!(
+        stats.gaps >= 1 && stats.refetches >= 2,
+        "{via:?}: {stats:?}"
+    );
+    let authoritative = refetch().await.unwrap();
+    assert_eq!(r.meta().sequence, Some(authoritative.sequence), "{via:?}");
+    if let RefetchVia::Walcast = via {
+        let seq: i64 = db
+            .query_one("SELECT walcast_seq FROM accounts WHERE id = 1", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(authoritative.sequence, seq as u64);
+        assert_eq!(authoritative.op, Op::Snapshot);
+        // A key without a row, and a malformed one.
+        let missing = refetch_from_walcast(&client, "walcast", "public.accounts:99", WAIT).await;
+        assert!(
+            matches!(missing, Err(ClientError::NotFound(_))),
+            "{missing:?}"
+        );
+        let bad = refetch_from_walcast(&client, "walcast", "public.nope:1", WAIT).await;
+        assert!(
+            matches!(&bad, Err(ClientError::Refetch(m)) if m.contains("not a published table")),
+            "{bad:?}"
+        );
+    }
+    w.sigterm();
+    assert!(w.wait_exit(WAIT).await.success(), "{}", w.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_recovers_from_a_gap_by_the_streams_last_message_in_tracked_mode() {
+    let _serial = SERIAL.lock().await;
+    replica_recovers_from_a_gap(RefetchVia::Stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_recovers_from_a_gap_by_asking_walcast_in_column_mode() {
+    let _serial = SERIAL.lock().await;
+    replica_recovers_from_a_gap(RefetchVia::Walcast).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

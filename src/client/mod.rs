@@ -37,7 +37,9 @@ pub use crate::wire::Envelope;
 pub use in_process::InProcessTransport;
 pub use nats::NatsTransport;
 pub use replica::{Refetch, Replica, ReplicaMeta, ReplicaOptions, ReplicaStats, Status};
-pub use stream::{envelopes, last_envelope, refetch_from_stream, Received, StoredEnvelope};
+pub use stream::{
+    envelopes, last_envelope, refetch_from_stream, refetch_from_walcast, Received, StoredEnvelope,
+};
 pub use url::{connect, connect_with_auth, redact_url, NatsAuth, NatsUrl};
 
 /// Default capacity of a local subscriber's queue.
@@ -52,6 +54,9 @@ pub enum ClientError {
     Key(String, crate::wire::key::KeyError),
     #[error("refetch failed: {0}")]
     Refetch(String),
+    /// The key has no row (deleted, or never inserted) and no envelope to refetch.
+    #[error("{0:?} has no row")]
+    NotFound(String),
     #[error("invalid NATS URL: {0}")]
     Url(String),
 }

@@ -11,7 +11,8 @@
 //!    were missed: counted, not applied, refetch (the refetched snapshot is applied);
 //! 5. apply: value and metadata updated, status `ok`.
 //!
-//! A `delete` envelope applies as "no value" (`None`). Without a refetch function a
+//! A `delete` envelope applies as "no value" (`None`), as does a refetch that finds no
+//! row ([`ClientError::NotFound`]). Without a refetch function a
 //! needed recovery leaves the status `stale`; a failed refetch does too.
 
 use std::future::Future;
@@ -189,6 +190,15 @@ where
         self.values.send_replace(parsed);
     }
 
+    /// The refetch found no row: the key is deleted (or not inserted yet).
+    fn no_row(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.value = None;
+        st.meta.status = Status::Ok;
+        drop(st);
+        self.values.send_replace(None);
+    }
+
     fn start_refetch(self: &Arc<Self>) {
         let mut st = self.state.lock().unwrap();
         if st.disposed || st.refetching {
@@ -212,6 +222,7 @@ where
             }
             match result {
                 Ok(env) => inner.ingest(&env, Source::Refetch),
+                Err(ClientError::NotFound(_)) => inner.no_row(),
                 Err(e) => {
                     tracing::warn!(key = %inner.key, error = %e, "replica refetch failed");
                     inner.state.lock().unwrap().meta.status = Status::Stale;

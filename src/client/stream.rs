@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
 use super::{ClientError, Envelope};
-use crate::wire::key::subject_for_key;
+use crate::wire::key::{refetch_subject, subject_for_key, REFETCH_ERROR_HEADER, REFETCH_NOT_FOUND};
 use crate::wire::{codec, DecodeEnvelopeError, Position, POSITION_HEADER};
 
 /// A key's last envelope as the stream holds it.
@@ -69,7 +69,36 @@ pub async fn refetch_from_stream(
     last_envelope(js, stream, prefix, key)
         .await?
         .map(|stored| stored.envelope)
-        .ok_or_else(|| ClientError::Refetch(format!("the stream holds no envelope of {key:?}")))
+        .ok_or_else(|| ClientError::NotFound(key.to_string()))
+}
+
+/// A refetch answered by walcast itself (tables in column mode, on core NATS or
+/// JetStream): the row's current envelope, read from the table when asked. A key
+/// without a row is [`ClientError::NotFound`].
+pub async fn refetch_from_walcast(
+    client: &async_nats::Client,
+    prefix: &str,
+    key: &str,
+    timeout: std::time::Duration,
+) -> Result<Envelope, ClientError> {
+    let request = client.request(
+        refetch_subject(prefix),
+        Bytes::copy_from_slice(key.as_bytes()),
+    );
+    let reply = tokio::time::timeout(timeout, request)
+        .await
+        .map_err(|_| ClientError::Refetch(format!("no answer from walcast within {timeout:?}")))?
+        .map_err(|e| ClientError::Refetch(format!("asking walcast: {e}")))?;
+    let refused = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(REFETCH_ERROR_HEADER))
+        .map(|v| v.as_str().to_string());
+    match refused {
+        Some(why) if why == REFETCH_NOT_FOUND => Err(ClientError::NotFound(key.to_string())),
+        Some(why) => Err(ClientError::Refetch(format!("walcast: {why}"))),
+        None => codec::decode(&reply.payload).map_err(|e| ClientError::Refetch(e.to_string())),
+    }
 }
 
 /// One message received on a walcast subject.

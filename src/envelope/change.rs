@@ -8,7 +8,8 @@ use super::{
 use crate::decode::pgoutput::{OldTuple, TupleValue};
 use crate::decode::value::parse_text;
 use crate::envelope::sequence::SequenceMode;
-use crate::wire::{key, Op, Value};
+use crate::wire::codec::{self, EnvelopeRef, RowRef};
+use crate::wire::{key, Lsn, Op, Timestamp, Value};
 
 /// A row's key and subject.
 type Keyed = (String, String);
@@ -201,6 +202,39 @@ impl EnvelopeBuilder {
         })?;
         rmpv::decode::read_value(&mut bytes.as_slice())
             .map_err(|e| EnvelopeError::Decode(e.to_string()))
+    }
+
+    /// Column mode: the envelope of a row read from the table now (a refetch
+    /// answer), encoded; nothing is cached or assigned. `None`: the table's sequence
+    /// is not a column of the row (tracked mode: the stream holds the answer).
+    pub fn refetch_envelope(
+        &self,
+        relation_id: u32,
+        row: &[TupleValue<'_>],
+        lsn: Lsn,
+        commit_ts: Timestamp,
+    ) -> Result<Option<Vec<u8>>, EnvelopeError> {
+        let rel = self.relation(relation_id)?;
+        rel.check_column_count([Some(row), None])?;
+        let Some(sequence) = self.column_sequence(rel, row, false, "snapshot")? else {
+            return Ok(None);
+        };
+        let (key, _) = rel.key_of(row, "snapshot")?;
+        let values = self.typed_values(relation_id, row, None, "")?;
+        let envelope = EnvelopeRef {
+            key: &key,
+            op: Op::Snapshot,
+            value: Some(RowRef {
+                columns: &rel.shape.columns,
+                values: &values,
+                published: Some(&rel.published),
+            }),
+            schema_version: &rel.version_text,
+            sequence,
+            lsn: lsn.0,
+            commit_ts,
+        };
+        Ok(Some(codec::encode(&envelope)?))
     }
 
     fn tracked(&self, rel: &Relation) -> bool {

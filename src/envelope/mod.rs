@@ -460,6 +460,11 @@ impl EnvelopeBuilder {
     }
 
     /// The table of `relation_id`, known from a Relation message or the catalog.
+    /// Whether a Relation message (or the catalog) described `relation_id` already.
+    pub fn knows_relation(&self, relation_id: u32) -> bool {
+        self.relations.contains_key(&relation_id)
+    }
+
     fn relation(&self, relation_id: u32) -> Result<&Relation, EnvelopeError> {
         self.relations
             .get(&relation_id)

@@ -8,6 +8,7 @@
 
 pub mod policy;
 mod reader;
+mod refetch;
 mod snapshot;
 
 use std::sync::atomic::Ordering;
@@ -107,6 +108,7 @@ pub async fn run(
         tasks.shutdown(),
     ));
     let max_payload = client.server_info().max_payload;
+    let mut refetches = refetch_responder(&cfg, &client, &mut tasks);
     let (sink, store, mode) =
         build_delivery(&cfg, &preflight, client, nats_state, &metrics).await?;
     let (tx, rx) = mpsc::channel::<SinkBatch>(CHANNEL_BATCHES);
@@ -133,7 +135,13 @@ pub async fn run(
     );
     let budget_watch = shutdown.clone();
     let outcome = {
-        let supervised = supervise(&mut reader, &params, &mut shutdown, &tx, &mut confirmed_rx);
+        let supervised = supervise(
+            &mut reader,
+            &params,
+            &mut shutdown,
+            (&tx, &mut confirmed_rx),
+            &mut refetches,
+        );
         tokio::pin!(supervised);
         tokio::select! {
             result = &mut supervised => Some(result),
@@ -161,6 +169,26 @@ pub async fn run(
     }
     tasks.join(Duration::from_secs(2)).await;
     result
+}
+
+/// Refetch answers when a table is in column mode (tracked tables are refetched
+/// from the stream).
+fn refetch_responder(
+    cfg: &RunConfig,
+    client: &async_nats::Client,
+    tasks: &mut TaskSet,
+) -> refetch::Requests {
+    let column_mode = cfg
+        .table_settings()
+        .values()
+        .any(|s| s.sequence_column.is_some());
+    if !column_mode {
+        return refetch::Requests::none();
+    }
+    let (task, requests) =
+        refetch::responder(client.clone(), &cfg.subject_prefix, tasks.shutdown());
+    tasks.spawn(task);
+    requests
 }
 
 /// Resolves `budget` after shutdown was requested.
@@ -291,8 +319,8 @@ async fn supervise(
     reader: &mut ChangeReader,
     params: &ConnectParams,
     shutdown: &mut Shutdown,
-    tx: &mpsc::Sender<SinkBatch>,
-    confirmed_rx: &mut watch::Receiver<Confirmed>,
+    (tx, confirmed_rx): (&mpsc::Sender<SinkBatch>, &mut watch::Receiver<Confirmed>),
+    refetches: &mut refetch::Requests,
 ) -> Result<(), PipelineError> {
     let mut attempt = 0u32;
     let mut streamed_once = false;
@@ -305,7 +333,10 @@ async fn supervise(
             let stream = reader.open(params).await?;
             streamed_once = true;
             attempt = 0;
-            reader.stream(stream, shutdown, tx, confirmed_rx).await
+            refetches.streaming();
+            reader
+                .stream(stream, shutdown, tx, confirmed_rx, refetches)
+                .await
         }
         .await;
         reader.metrics().source.streaming.set(0);

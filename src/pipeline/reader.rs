@@ -12,6 +12,7 @@ use prometheus::IntCounter;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
+use super::refetch::Requests;
 use super::PipelineError;
 use crate::checkpoint::Checkpoint;
 use crate::config::RunConfig;
@@ -28,6 +29,7 @@ use crate::state::StateStore;
 use crate::wire::{Lsn, Timestamp};
 
 mod apply;
+mod refetch_io;
 mod snapshot_io;
 
 /// Envelopes per batch handed to the sink.
@@ -129,6 +131,8 @@ pub(super) struct ChangeReader {
     last_heartbeat: Option<f64>,
     /// This process streamed from the slot already.
     streamed_before: bool,
+    /// Tables refetch requests read, as the catalog described them.
+    refetch_tables: HashMap<String, crate::source::chunks::TableInfo>,
 }
 
 impl ChangeReader {
@@ -148,6 +152,7 @@ impl ChangeReader {
             confirmed_position: Default::default(),
             last_heartbeat: None,
             streamed_before: false,
+            refetch_tables: HashMap::new(),
             progress: Progress::new(cfg.progress_interval),
             builder,
             store,
@@ -238,6 +243,7 @@ impl ChangeReader {
         shutdown: &mut Shutdown,
         tx: &mpsc::Sender<SinkBatch>,
         confirmed_rx: &mut watch::Receiver<Confirmed>,
+        refetches: &mut Requests,
     ) -> Result<(), PipelineError> {
         let mut status = tokio::time::interval(self.cfg.status_interval);
         status.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -295,6 +301,9 @@ impl ChangeReader {
                     if self.last_status.elapsed() >= Duration::from_millis(10) {
                         self.send_status(&mut stream, false).await?;
                     }
+                }
+                Some(request) = refetches.next(), if !stopping && !self.builder.in_transaction() => {
+                    self.answer_refetch(request).await;
                 }
                 permit = tx.reserve(), if !reading => {
                     let permit = permit.map_err(|_| PipelineError::SinkGone)?;

@@ -110,6 +110,45 @@ impl Catalog {
             .map_err(|_| SourceError::Protocol(format!("pg_current_wal_lsn gave {text:?}")))
     }
 
+    /// The row whose key is `key_values`, each column in its text form; `None` when
+    /// there is none.
+    pub async fn read_row(
+        &self,
+        table: &TableInfo,
+        key_values: &[String],
+    ) -> Result<Option<Vec<Option<String>>>, SourceError> {
+        let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.0)).collect();
+        let filter: Vec<String> = table
+            .key
+            .iter()
+            .zip(key_values)
+            .map(|(&i, v)| format!("{} = {}::{}", cols[i], literal(v), table.columns[i].3))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {}.{} WHERE {}",
+            cols.join(", "),
+            quote_ident(&table.schema),
+            quote_ident(&table.name),
+            filter.join(" AND ")
+        );
+        Ok(self.text_rows(&sql).await?.into_iter().next())
+    }
+
+    /// The rows of a simple query, each column in its text form.
+    async fn text_rows(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, SourceError> {
+        let mut rows = Vec::new();
+        for message in self.client.simple_query(sql).await? {
+            if let SimpleQueryMessage::Row(row) = message {
+                rows.push(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(str::to_string))
+                        .collect(),
+                );
+            }
+        }
+        Ok(rows)
+    }
+
     /// Up to `limit` rows after the key `after` (in key order), each column in its
     /// text form (the form the replication stream sends, this connection having the
     /// same session settings).
@@ -144,16 +183,6 @@ impl Catalog {
             quote_ident(&table.schema),
             quote_ident(&table.name)
         );
-        let mut rows = Vec::new();
-        for message in self.client.simple_query(&sql).await? {
-            if let SimpleQueryMessage::Row(row) = message {
-                rows.push(
-                    (0..row.len())
-                        .map(|i| row.get(i).map(str::to_string))
-                        .collect(),
-                );
-            }
-        }
-        Ok(rows)
+        self.text_rows(&sql).await
     }
 }

@@ -219,6 +219,19 @@ pub fn subject_for_key(prefix: &str, key: &str) -> Result<String, KeyError> {
     ))
 }
 
+/// The subject walcast answers refetch requests on (column mode: the row's current
+/// envelope, read from the table): `<prefix>_refetch`, beside the envelope subjects
+/// so that the stream over `<prefix>.>` never captures a request.
+pub fn refetch_subject(prefix: &str) -> String {
+    format!("{prefix}_refetch")
+}
+
+/// The header of a refetch reply that carries no envelope: [`REFETCH_NOT_FOUND`] or
+/// why walcast cannot answer.
+pub const REFETCH_ERROR_HEADER: &str = "Walcast-Error";
+/// The [`REFETCH_ERROR_HEADER`] of a key without a row (deleted or never inserted).
+pub const REFETCH_NOT_FOUND: &str = "not-found";
+
 /// The wildcard subject of every key of one table.
 pub fn subject_for_table(prefix: &str, schema: &str, table: &str) -> String {
     format!("{prefix}.{}.{}.*", name_token(schema), name_token(table))

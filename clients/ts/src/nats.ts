@@ -291,6 +291,43 @@ export async function lastEnvelope(nc: NatsConnection, key: string, options: Str
   }
 }
 
+export interface WalcastRefetchOptions {
+  /** walcast's subject prefix (default `walcast`): requests go to `<prefix>_refetch`. */
+  prefix?: string;
+  /** Request timeout in ms (default 5000). */
+  timeoutMs?: number;
+}
+
+/**
+ * The current envelope of `key` in a column-mode table (`--column-sequence`), asked
+ * of walcast itself: a request on `<prefix>_refetch` whose payload is the key. walcast
+ * reads the row and answers with its envelope (`op = "snapshot"`), or an empty reply
+ * with a `Walcast-Error` header: `not-found` (no row: the key is deleted) or why it
+ * cannot answer.
+ */
+export async function refetchFromWalcast(nc: NatsConnection, key: string, options: WalcastRefetchOptions = {}): Promise<Envelope> {
+  const subject = `${options.prefix ?? DEFAULT_PREFIX}_refetch`;
+  let msg: Msg;
+  try {
+    msg = await nc.request(subject, textEncoder.encode(key), { timeout: options.timeoutMs ?? 5000 });
+  } catch (e) {
+    throw new RefetchError(`asking walcast on ${subject}: ${(e as Error).message}`, false, { cause: e });
+  }
+  const refused = msg.headers?.get("Walcast-Error");
+  if (refused === "not-found") throw new RefetchError(`${key} has no row`, true);
+  if (refused) throw new RefetchError(`walcast: ${refused}`);
+  try {
+    return decode(msg.data);
+  } catch (e) {
+    throw new RefetchError(`walcast's answer for ${key} is not an envelope: ${(e as Error).message}`, false, { cause: e });
+  }
+}
+
+/** A replica's `refetch` for a column-mode key: {@link refetchFromWalcast}. */
+export function walcastRefetch(nc: NatsConnection, key: string, options: WalcastRefetchOptions = {}): () => Promise<Envelope> {
+  return () => refetchFromWalcast(nc, key, options);
+}
+
 /** A refetch function for one key, for {@link createClientReplica}'s `refetch`. */
 export function streamRefetch(nc: NatsConnection, key: string, options: StreamRefetchOptions = {}): () => Promise<Envelope> {
   return () => refetchFromStream(nc, key, options);

@@ -270,7 +270,10 @@ impl ChangeReader {
     }
 
     /// Make the envelope stage know a table the stream has not described yet.
-    async fn register_relation(&mut self, info: &TableInfo) -> Result<(), PipelineError> {
+    pub(super) async fn register_relation(
+        &mut self,
+        info: &TableInfo,
+    ) -> Result<(), PipelineError> {
         let columns: Vec<RelationColumn<'_>> = info
             .columns
             .iter()
@@ -293,7 +296,7 @@ impl ChangeReader {
 }
 
 /// Column texts as the replication stream would carry them.
-fn tuple(texts: &[Option<String>]) -> Vec<TupleValue<'_>> {
+pub(super) fn tuple(texts: &[Option<String>]) -> Vec<TupleValue<'_>> {
     texts
         .iter()
         .map(|t| match t {

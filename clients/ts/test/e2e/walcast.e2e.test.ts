@@ -3,6 +3,7 @@
 // of the rows, and a replica that loses messages must recover from the stream.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { after, before, describe, test } from "node:test";
 import { connect, type NatsConnection } from "nats";
@@ -11,6 +12,8 @@ import {
   NatsTransport,
   parseLsn,
   refetchFromStream,
+  refetchFromWalcast,
+  RefetchError,
   streamRefetch,
   Timestamp,
   type Envelope,
@@ -377,5 +380,33 @@ describe("walcast end to end (PostgreSQL → walcast → NATS → TypeScript)", 
     }
     assert.equal(child.exitCode, 0, out);
     t.diagnostic(out.trim().split("\n").join(" | "));
+  });
+  test("a column-mode key is refetched from walcast itself, and a deleted one is not found", { timeout: 60_000 }, async (t) => {
+    ready();
+    const helper = readFileSync(fileURLToPath(new URL("../../../../../sql/sequence_column.sql", import.meta.url)), "utf8");
+    await pg!.psql(helper);
+    await pg!.psql(`CREATE TABLE ledger (id int PRIMARY KEY, amount numeric NOT NULL);
+      SELECT walcast_install_sequence('ledger');
+      CREATE PUBLICATION colpub FOR TABLE ledger;
+      INSERT INTO ledger VALUES (1, 5);`);
+    const column = await Walcast.start(pg!, nats!, [
+      "--publication", "colpub", "--slot", "walcast_col", "--subject-prefix", "colcast",
+      "--column-sequence", "public.ledger=walcast_seq",
+    ]);
+    try {
+      const k = "public.ledger:1";
+      await pg!.psql("UPDATE ledger SET amount = 6.5 WHERE id = 1; UPDATE ledger SET amount = 7.25 WHERE id = 1;");
+      const env = await refetchFromWalcast(nc!, k, { prefix: "colcast" });
+      assert.equal(env.op, "snapshot");
+      assert.equal(env.key, k);
+      assert.equal(env.sequence, 3, "the row's walcast_seq after an insert and two updates");
+      assert.equal((env.value as Record<string, unknown>).amount, "7.25");
+      await pg!.psql("DELETE FROM ledger WHERE id = 1;");
+      await assert.rejects(refetchFromWalcast(nc!, k, { prefix: "colcast" }), (e: RefetchError) => e.notFound);
+      await assert.rejects(refetchFromWalcast(nc!, "public.nope:1", { prefix: "colcast" }), /not a published table/);
+      t.diagnostic(`refetched ${k} at sequence ${env.sequence}`);
+    } finally {
+      await column.stop();
+    }
   });
 });
