@@ -291,7 +291,9 @@ async fn heartbeat_age_moves() {
 }
 
 /// A slot walcast streamed from, dropped while it was stopped: a clear error, not a
-/// silent new slot; `--recreate-slot` creates it and snapshots again.
+/// silent new slot; `--recreate-slot` creates it and snapshots again: rows changed
+/// meanwhile are published, rows deleted meanwhile get a delete, unchanged rows are
+/// not published again.
 #[tokio::test]
 async fn a_lost_slot_is_an_error_until_recreated() {
     let (s, db) = table_with_rows(10).await;
@@ -301,6 +303,13 @@ async fn a_lost_slot_is_an_error_until_recreated() {
     w.sigterm();
     assert!(w.wait_exit(WAIT).await.success());
     exec(&db, "SELECT pg_drop_replication_slot('walcast')").await;
+    // Changes no slot records.
+    exec(
+        &db,
+        "DELETE FROM s WHERE id <= 3; UPDATE s SET version = 5 WHERE id = 4;
+         INSERT INTO s VALUES (11, 0, 'new')",
+    )
+    .await;
     let mut w = Walcast::spawn(args(&s, &[]));
     let status = w.wait_exit(WAIT).await;
     assert!(!status.success());
@@ -313,15 +322,88 @@ async fn a_lost_slot_is_an_error_until_recreated() {
     let mut w = Walcast::spawn(args(&s, &["--recreate-slot"]));
     w.wait_ready().await;
     wait_for_log(&w, "snapshot complete").await;
+    wait_caught_up(&db, &w).await;
+    check_against_db(&s.nats.url(), &db).await;
     let all = stream_envelopes(&s.nats.url()).await;
-    let snapshots = all.iter().filter(|e| e.op == Op::Snapshot).count();
+    let of = |key: &str| -> Vec<(Op, u64)> {
+        all.iter()
+            .filter(|e| e.key == key)
+            .map(|e| (e.op, e.sequence))
+            .collect()
+    };
+    assert_eq!(of("public.s:1"), [(Op::Snapshot, 1), (Op::Delete, 2)]);
+    assert_eq!(of("public.s:4"), [(Op::Snapshot, 1), (Op::Snapshot, 2)]);
     assert_eq!(
-        snapshots, 20,
-        "each row snapshotted twice: before and after the loss"
+        of("public.s:5"),
+        [(Op::Snapshot, 1)],
+        "unchanged: not again"
     );
-    assert!(all
-        .iter()
-        .filter(|e| e.key == "public.s:1")
-        .map(|e| e.sequence)
-        .eq([1, 2]));
+    assert_eq!(of("public.s:11"), [(Op::Snapshot, 1)]);
+    assert_eq!(
+        w.metric("walcast_snapshot_deletes_total{table=\"public.s\"}")
+            .await,
+        Some(3.0)
+    );
+}
+
+/// `walcast snapshot` re-reads a table while walcast streams and a writer runs: the
+/// changes the stream never carried (made while the table was out of the
+/// publication) are repaired — rows published, vanished keys deleted — and every key
+/// stays dense, never goes backwards and ends equal to the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resnapshot_while_writing_repairs_what_the_stream_missed() {
+    let rows = 5_000;
+    let (s, db) = table_with_rows(rows).await;
+    let mut w = Walcast::spawn(args(&s, &["--snapshot-chunk-rows", "700"]));
+    w.wait_ready().await;
+    wait_for_log(&w, "snapshot complete").await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let writing = tokio::spawn(writer(s.pg.url(), rows, 500, stopped));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    exec(&db, "ALTER PUBLICATION walcast DROP TABLE s").await;
+    exec(
+        &db,
+        "DELETE FROM s WHERE id BETWEEN 1 AND 20;
+         UPDATE s SET version = version + 100 WHERE id BETWEEN 21 AND 40;",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    exec(&db, "ALTER PUBLICATION walcast ADD TABLE s").await;
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
+        .args([
+            "snapshot",
+            "public.s",
+            "public.nope",
+            "--nats-url",
+            &s.nats.url(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "an unknown table fails the command");
+    assert!(stdout.contains("queued   public.s"), "{stdout}");
+    assert!(stdout.contains("unknown  public.nope"), "{stdout}");
+    let deadline = Instant::now() + WAIT;
+    while w.log().matches("snapshot complete").count() < 2 {
+        assert!(Instant::now() < deadline, "{}", w.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.send(true).unwrap();
+    let written = writing.await.unwrap();
+    wait_caught_up(&db, &w).await;
+    let (checked, snapshots, doubled) = check_against_db(&s.nats.url(), &db).await;
+    let deletes = w
+        .metric("walcast_snapshot_deletes_total{table=\"public.s\"}")
+        .await
+        .unwrap_or(0.0);
+    println!("re-snapshot under writes: {written} changes, {checked} envelopes, {snapshots} snapshot envelopes, {deletes} vanished keys deleted");
+    assert_eq!(doubled, 0);
+    assert!(deletes >= 20.0, "{deletes}");
+    // Only rows that differ from their last envelope are published again.
+    assert!(
+        (snapshots as i64) < rows + 1_000,
+        "{snapshots} snapshot envelopes for {rows} rows"
+    );
 }

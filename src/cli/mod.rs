@@ -3,6 +3,7 @@
 //! Errors are reported here, once, with their causes.
 
 pub mod check;
+mod snapshot;
 mod tail;
 mod teardown;
 
@@ -41,6 +42,7 @@ pub fn main() -> ExitCode {
             Command::Tail(cfg) => tail::tail(cfg).await,
             Command::Check(cfg) => check_command(&cfg).await,
             Command::Teardown(cfg) => teardown::teardown(&cfg).await,
+            Command::Snapshot(cfg) => snapshot::snapshot(cfg).await,
         }
     });
     match result {

@@ -77,6 +77,26 @@ pub enum Command {
     /// exists), its JetStream streams and, with --drop-publication, the publication.
     /// Lists what it would remove with --dry-run.
     Teardown(TeardownConfig),
+    /// Ask a running walcast (over NATS) to snapshot tables again while it streams:
+    /// rows that differ from their key's last envelope are published, keys without a
+    /// row any more get a delete; progress shows in its log, metrics and /readyz.
+    Snapshot(SnapshotConfig),
+}
+
+/// Settings of `walcast snapshot`.
+#[derive(Debug, Clone, Args)]
+pub struct SnapshotConfig {
+    /// Tables to snapshot again, as `schema.table`.
+    #[arg(required = true)]
+    pub tables: Vec<String>,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// The running instance's subject prefix.
+    #[arg(long, env = "WALCAST_SUBJECT_PREFIX", default_value = "walcast", value_parser = parse_prefix)]
+    pub subject_prefix: String,
+    /// Seconds to wait for the running instance's answer.
+    #[arg(long, default_value = "15", value_parser = parse_seconds)]
+    pub timeout: Duration,
 }
 
 /// Settings of `walcast teardown`: those of `run`, plus what to remove.

@@ -7,7 +7,7 @@ use super::{
 };
 use crate::decode::pgoutput::{OldTuple, TupleValue};
 use crate::decode::value::parse_text;
-use crate::envelope::sequence::SequenceMode;
+use crate::envelope::sequence::{Lookup, SequenceMode};
 use crate::wire::codec::{self, EnvelopeRef, RowRef};
 use crate::wire::{key, Lsn, Op, Timestamp, Value};
 
@@ -168,6 +168,37 @@ impl EnvelopeBuilder {
         self.upsert(relation_id, Op::Snapshot, None, row, out)
     }
 
+    /// A re-snapshot found no row for a key the stream still holds (tracked mode):
+    /// its `delete`, unless the key's last envelope is one already. `key_values` are
+    /// the key columns' text forms, in key order.
+    pub fn snapshot_delete(
+        &mut self,
+        relation_id: u32,
+        key_values: &[String],
+        out: &mut Vec<Outgoing>,
+    ) -> Result<Option<Need>, EnvelopeError> {
+        self.tx.ok_or(EnvelopeError::NoTransaction)?;
+        let rel = self.relation(relation_id)?;
+        if !self.tracked(rel) || rel.shape.key.len() != key_values.len() {
+            return Ok(None);
+        }
+        let mut row = vec![TupleValue::Null; rel.shape.columns.len()];
+        for (&i, v) in rel.shape.key.iter().zip(key_values) {
+            row[i] = TupleValue::Text(v.as_bytes());
+        }
+        let (k, subject) = rel.key_of(&row, "delete")?;
+        if let Some(need) = self.key_state_need(true, &k, &subject) {
+            return Ok(Some(need));
+        }
+        match self.keys.lookup(&k) {
+            Lookup::Known(Some(state)) if !state.deleted => {}
+            _ => return Ok(None),
+        }
+        self.toast.remove(&k);
+        self.emit(relation_id, Op::Delete, k, subject, None, None, out)?;
+        Ok(None)
+    }
+
     /// The key and subject of a row of `relation_id`.
     pub fn key_of_row(
         &self,
@@ -237,7 +268,7 @@ impl EnvelopeBuilder {
         Ok(Some(codec::encode(&envelope)?))
     }
 
-    fn tracked(&self, rel: &Relation) -> bool {
+    pub(super) fn tracked(&self, rel: &Relation) -> bool {
         self.mode_of(rel) == SequenceMode::Tracked
     }
 

@@ -459,12 +459,19 @@ impl EnvelopeBuilder {
         }
     }
 
-    /// The table of `relation_id`, known from a Relation message or the catalog.
     /// Whether a Relation message (or the catalog) described `relation_id` already.
     pub fn knows_relation(&self, relation_id: u32) -> bool {
         self.relations.contains_key(&relation_id)
     }
 
+    /// Whether walcast assigns the sequences of `relation_id` (tracked mode).
+    pub fn is_tracked(&self, relation_id: u32) -> bool {
+        self.relations
+            .get(&relation_id)
+            .is_some_and(|rel| self.tracked(rel))
+    }
+
+    /// The table of `relation_id`, known from a Relation message or the catalog.
     fn relation(&self, relation_id: u32) -> Result<&Relation, EnvelopeError> {
         self.relations
             .get(&relation_id)
@@ -539,7 +546,15 @@ impl EnvelopeBuilder {
                     filter.insert(&subject);
                 }
                 let sequence = state.map_or(1, |s| s.sequence + 1);
-                self.keys.assigned(&key, KeyState { sequence, position });
+                let deleted = op == Op::Delete;
+                self.keys.assigned(
+                    &key,
+                    KeyState {
+                        sequence,
+                        position,
+                        deleted,
+                    },
+                );
                 sequence
             }
         };

@@ -22,6 +22,8 @@ pub use crate::wire::Position;
 pub struct KeyState {
     pub sequence: u64,
     pub position: Position,
+    /// The key's last envelope is a `delete`.
+    pub deleted: bool,
 }
 
 /// Where a table's sequence comes from.
@@ -133,6 +135,7 @@ mod tests {
                 commit_lsn: Lsn(lsn),
                 ordinal: 0,
             },
+            deleted: false,
         }
     }
 

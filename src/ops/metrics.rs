@@ -60,6 +60,7 @@ pub struct EnvelopeMetrics {
     pub key_state_loads: IntCounter,
     pub keyless_skipped: IntCounterVec,
     pub snapshot_rows: IntCounterVec,
+    pub snapshot_deletes: IntCounterVec,
     pub snapshot_tables_remaining: IntGauge,
     pub snapshot_seconds: Gauge,
     pub oversize_markers: IntCounter,
@@ -210,6 +211,11 @@ impl EnvelopeMetrics {
             snapshot_rows: r.counter_vec(
                 "walcast_snapshot_rows_total",
                 "Existing rows published as snapshot envelopes, by table",
+                &["table"],
+            ),
+            snapshot_deletes: r.counter_vec(
+                "walcast_snapshot_deletes_total",
+                "Keys the stream held that a re-snapshot found without a row: deletes published, by table",
                 &["table"],
             ),
             snapshot_tables_remaining: r.gauge(

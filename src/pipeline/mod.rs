@@ -8,7 +8,7 @@
 
 pub mod policy;
 mod reader;
-mod refetch;
+pub mod requests;
 mod snapshot;
 
 use std::sync::atomic::Ordering;
@@ -108,7 +108,7 @@ pub async fn run(
         tasks.shutdown(),
     ));
     let max_payload = client.server_info().max_payload;
-    let mut refetches = refetch_responder(&cfg, &client, &mut tasks);
+    let mut requests = start_requests(&cfg, &client, &mut tasks);
     let (sink, store, mode) =
         build_delivery(&cfg, &preflight, client, nats_state, &metrics).await?;
     let (tx, rx) = mpsc::channel::<SinkBatch>(CHANNEL_BATCHES);
@@ -140,7 +140,7 @@ pub async fn run(
             &params,
             &mut shutdown,
             (&tx, &mut confirmed_rx),
-            &mut refetches,
+            &mut requests,
         );
         tokio::pin!(supervised);
         tokio::select! {
@@ -171,22 +171,23 @@ pub async fn run(
     result
 }
 
-/// Refetch answers when a table is in column mode (tracked tables are refetched
-/// from the stream).
-fn refetch_responder(
+/// Requests to this instance: re-snapshots, and refetches when a table is in column
+/// mode (tracked tables are refetched from the stream).
+fn start_requests(
     cfg: &RunConfig,
     client: &async_nats::Client,
     tasks: &mut TaskSet,
-) -> refetch::Requests {
+) -> requests::Requests {
     let column_mode = cfg
         .table_settings()
         .values()
         .any(|s| s.sequence_column.is_some());
-    if !column_mode {
-        return refetch::Requests::none();
-    }
-    let (task, requests) =
-        refetch::responder(client.clone(), &cfg.subject_prefix, tasks.shutdown());
+    let (task, requests) = requests::responder(
+        client.clone(),
+        &cfg.subject_prefix,
+        column_mode,
+        tasks.shutdown(),
+    );
     tasks.spawn(task);
     requests
 }
@@ -320,7 +321,7 @@ async fn supervise(
     params: &ConnectParams,
     shutdown: &mut Shutdown,
     (tx, confirmed_rx): (&mpsc::Sender<SinkBatch>, &mut watch::Receiver<Confirmed>),
-    refetches: &mut refetch::Requests,
+    requests: &mut requests::Requests,
 ) -> Result<(), PipelineError> {
     let mut attempt = 0u32;
     let mut streamed_once = false;
@@ -333,9 +334,9 @@ async fn supervise(
             let stream = reader.open(params).await?;
             streamed_once = true;
             attempt = 0;
-            refetches.streaming();
+            requests.streaming();
             reader
-                .stream(stream, shutdown, tx, confirmed_rx, refetches)
+                .stream(stream, shutdown, tx, confirmed_rx, requests)
                 .await
         }
         .await;

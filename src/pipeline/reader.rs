@@ -12,7 +12,7 @@ use prometheus::IntCounter;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
-use super::refetch::Requests;
+use super::requests::Requests;
 use super::PipelineError;
 use crate::checkpoint::Checkpoint;
 use crate::config::RunConfig;
@@ -29,7 +29,7 @@ use crate::state::StateStore;
 use crate::wire::{Lsn, Timestamp};
 
 mod apply;
-mod refetch_io;
+mod requests_io;
 mod snapshot_io;
 
 /// Envelopes per batch handed to the sink.
@@ -243,7 +243,7 @@ impl ChangeReader {
         shutdown: &mut Shutdown,
         tx: &mpsc::Sender<SinkBatch>,
         confirmed_rx: &mut watch::Receiver<Confirmed>,
-        refetches: &mut Requests,
+        requests: &mut Requests,
     ) -> Result<(), PipelineError> {
         let mut status = tokio::time::interval(self.cfg.status_interval);
         status.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -302,8 +302,8 @@ impl ChangeReader {
                         self.send_status(&mut stream, false).await?;
                     }
                 }
-                Some(request) = refetches.next(), if !stopping && !self.builder.in_transaction() => {
-                    self.answer_refetch(request).await;
+                Some(request) = requests.next(), if !stopping && !self.builder.in_transaction() => {
+                    self.answer(request).await?;
                 }
                 permit = tx.reserve(), if !reading => {
                     let permit = permit.map_err(|_| PipelineError::SinkGone)?;

@@ -46,6 +46,9 @@ pub(super) struct Chunk {
     pub rows: Vec<(String, Vec<Option<String>>)>,
     /// Keys the stream changed since the low watermark.
     pub removed: HashSet<String>,
+    /// Keys the stream holds and the table no longer has (a re-snapshot's sweep):
+    /// (key, key column texts); each gets a `delete` unless the stream changed it.
+    pub vanished: Vec<(String, Vec<String>)>,
     /// The last key's text forms, and whether the table ends with this chunk.
     pub last_key: Option<Vec<String>>,
     pub last: bool,
@@ -57,6 +60,9 @@ struct TableRun {
     rows: u64,
     started: Instant,
     logged: Instant,
+    /// Every row is read; the stream's subjects of the table are being compared
+    /// with the table (the listing, once started).
+    sweep: Option<Option<crate::state::SubjectPages>>,
 }
 
 /// The snapshot of a list of tables, driven by the reader.
@@ -127,7 +133,41 @@ impl Snapshot {
             rows: 0,
             started: Instant::now(),
             logged: Instant::now(),
+            sweep: None,
         });
+    }
+
+    /// Queue a re-snapshot of `tables` (rows equal to the stream's last envelope are
+    /// not published again; keys without a row get a `delete`). Returns the tables
+    /// queued (not already queued or being read).
+    pub fn add_tables(&mut self, tables: &[String]) -> Vec<String> {
+        let reading = self.current.as_ref().map(|r| r.info.qualified());
+        let mut added = Vec::new();
+        for t in tables {
+            if self.queue.contains(t) || reading.as_ref() == Some(t) {
+                continue;
+            }
+            self.progress
+                .tables
+                .insert(t.clone(), TableProgress::default());
+            self.progress.complete = false;
+            self.queue.push_back(t.clone());
+            self.verify.insert(t.clone());
+            added.push(t.clone());
+        }
+        added
+    }
+
+    /// The table being read has no rows left: compare the stream's keys with it next.
+    pub fn start_sweep(&mut self) {
+        if let Some(run) = self.current.as_mut() {
+            run.sweep.get_or_insert(None);
+        }
+    }
+
+    /// The sweep of the table being read, when its rows are all read.
+    pub fn sweep(&mut self) -> Option<&mut Option<crate::state::SubjectPages>> {
+        self.current.as_mut()?.sweep.as_mut()
     }
 
     /// The table being read and where to continue.
@@ -301,6 +341,7 @@ mod tests {
             high: Lsn(800),
             rows: vec![],
             removed: HashSet::new(),
+            vanished: vec![],
             last_key: Some(vec!["2".into()]),
             last,
         };

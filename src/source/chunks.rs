@@ -134,6 +134,47 @@ impl Catalog {
         Ok(self.text_rows(&sql).await?.into_iter().next())
     }
 
+    /// Which of `keys` (key column texts, in key order) have a row now.
+    pub async fn existing_keys(
+        &self,
+        table: &TableInfo,
+        keys: &[Vec<String>],
+    ) -> Result<Vec<Vec<String>>, SourceError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cols: Vec<String> = table
+            .key
+            .iter()
+            .map(|&i| quote_ident(&table.columns[i].0))
+            .collect();
+        let tuples: Vec<String> = keys
+            .iter()
+            .map(|values| {
+                let typed: Vec<String> = table
+                    .key
+                    .iter()
+                    .zip(values)
+                    .map(|(&i, v)| format!("{}::{}", literal(v), table.columns[i].3))
+                    .collect();
+                format!("({})", typed.join(", "))
+            })
+            .collect();
+        let sql = format!(
+            "SELECT {cols} FROM {}.{} WHERE ({cols}) IN ({})",
+            quote_ident(&table.schema),
+            quote_ident(&table.name),
+            tuples.join(", "),
+            cols = cols.join(", "),
+        );
+        Ok(self
+            .text_rows(&sql)
+            .await?
+            .into_iter()
+            .map(|row| row.into_iter().map(Option::unwrap_or_default).collect())
+            .collect())
+    }
+
     /// The rows of a simple query, each column in its text form.
     async fn text_rows(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, SourceError> {
         let mut rows = Vec::new();

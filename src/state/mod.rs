@@ -33,6 +33,30 @@ pub enum StateError {
     },
 }
 
+/// A listing of subjects under way (see [`StateStore::table_subjects`]).
+pub struct SubjectPages(std::pin::Pin<Box<async_nats::jetstream::stream::InfoWithSubjects>>);
+
+/// Up to `limit` more subjects of a listing (fewer: the listing is done).
+pub async fn next_subjects(
+    pages: &mut SubjectPages,
+    limit: usize,
+) -> Result<Vec<String>, StateError> {
+    use futures::TryStreamExt;
+    let mut subjects = Vec::with_capacity(limit.min(4096));
+    while subjects.len() < limit {
+        match pages
+            .0
+            .try_next()
+            .await
+            .map_err(|e| js_err("listing the stream's subjects", e))?
+        {
+            Some((subject, _)) => subjects.push(subject),
+            None => break,
+        }
+    }
+    Ok(subjects)
+}
+
 /// Reads and writes walcast's state in the stream.
 #[derive(Clone)]
 pub struct StateStore {
@@ -113,6 +137,22 @@ impl StateStore {
         Ok(filter)
     }
 
+    /// The subjects of `schema.table`'s keys the stream holds (deleted keys too:
+    /// their last message is the `delete`), read page by page with [`next_subjects`].
+    pub async fn table_subjects(
+        &self,
+        schema: &str,
+        table: &str,
+    ) -> Result<SubjectPages, StateError> {
+        let filter = key::subject_for_table(&self.prefix, schema, table);
+        let pages = self
+            .stream
+            .info_with_subjects(filter)
+            .await
+            .map_err(|e| js_err("listing the stream's subjects", e))?;
+        Ok(SubjectPages(Box::pin(pages)))
+    }
+
     /// The last message of a subject, decoded (`None`: the subject has none).
     pub async fn last_envelope(&self, subject: &str) -> Result<Option<StoredEnvelope>, StateError> {
         match self.stream.direct_get_last_for_subject(subject).await {
@@ -143,6 +183,7 @@ impl StateStore {
         Ok(KeyState {
             sequence: stored.envelope.sequence,
             position,
+            deleted: stored.envelope.op == crate::wire::Op::Delete,
         })
     }
 

@@ -8,6 +8,9 @@ use crate::pipeline::snapshot::{Chunk, Progress, Snapshot};
 use crate::pipeline::PipelineError;
 use crate::source::chunks::TableInfo;
 use crate::source::ReplicationStream;
+use std::collections::HashSet;
+
+use crate::wire::key::{make_key, parse_key, parse_key_token, TRUNCATE_TOKEN};
 use crate::wire::{Lsn, Timestamp};
 
 use super::ChangeReader;
@@ -30,16 +33,21 @@ impl ChangeReader {
             None => Progress::default(),
         };
         let unfinished = !stored.tables.is_empty() && !stored.complete;
-        if !slot_created && !unfinished {
+        // Tables added to the publication since the slot's snapshot.
+        let added: Vec<String> = self
+            .tables
+            .iter()
+            .filter(|t| !stored.tables.is_empty() && !stored.tables.contains_key(*t))
+            .cloned()
+            .collect();
+        if !slot_created && !unfinished && added.is_empty() {
             if self.cfg.snapshot == SnapshotMode::Only {
                 tracing::info!("--snapshot only: the slot's snapshot is complete; nothing to do");
                 self.snapshot_only_done = true;
             }
             return Ok(());
         }
-        let progress = if unfinished {
-            stored
-        } else {
+        let progress = if slot_created && stored.tables.is_empty() {
             // Recorded before the first chunk: a crash from here on resumes.
             let mut started = Progress::default();
             for t in &self.tables {
@@ -49,6 +57,19 @@ impl ChangeReader {
                 store.store_snapshot(&self.cfg.slot, &started).await?;
             }
             Progress::default()
+        } else {
+            // Resumed, tables added, or the slot created again (--recreate-slot): what
+            // the stream holds is compared with the tables read (verify and sweep).
+            let mut progress = stored;
+            let again: &[String] = if slot_created { &self.tables } else { &added };
+            for t in again {
+                progress.tables.insert(t.clone(), Default::default());
+            }
+            progress.complete = false;
+            if let Some(store) = &self.store {
+                store.store_snapshot(&self.cfg.slot, &progress).await?;
+            }
+            progress
         };
         let snapshot = Snapshot::new(
             &self.tables,
@@ -58,6 +79,8 @@ impl ChangeReader {
         tracing::info!(
             tables = snapshot.tables_remaining(),
             resumed = unfinished,
+            added_to_publication = ?added,
+            slot_created,
             "snapshot of existing rows starts, while streaming"
         );
         self.metrics
@@ -89,15 +112,31 @@ impl ChangeReader {
             self.register_relation(&info).await?;
             self.snapshot.as_mut().expect("planned").start_table(info);
         }
-        let snapshot = self.snapshot.as_ref().expect("planned");
+        let snapshot = self.snapshot.as_mut().expect("planned");
         let Some((info, after)) = snapshot.current() else {
             return Ok(());
         };
         let (info, after) = (info.clone(), after.map(<[String]>::to_vec));
         let limit = snapshot.chunk_rows;
+        let chunk = if snapshot.sweep().is_some() {
+            self.read_sweep_chunk(&info, after, limit).await?
+        } else {
+            self.read_rows_chunk(&info, after, limit).await?
+        };
+        self.snapshot.as_mut().expect("planned").pending = Some(chunk);
+        self.send_status(stream, true).await
+    }
+
+    /// The next rows of the table, in key order.
+    async fn read_rows_chunk(
+        &mut self,
+        info: &TableInfo,
+        after: Option<Vec<String>>,
+        limit: usize,
+    ) -> Result<Chunk, PipelineError> {
         let texts = self
             .catalog
-            .read_chunk(&info, after.as_deref(), limit)
+            .read_chunk(info, after.as_deref(), limit)
             .await?;
         let high = self.catalog.current_wal_lsn().await?;
         let mut rows = Vec::with_capacity(texts.len());
@@ -114,16 +153,100 @@ impl ChangeReader {
                     .collect()
             })
             .or(after);
-        self.snapshot.as_mut().expect("planned").pending = Some(Chunk {
+        let mut last = rows.len() < limit;
+        let snapshot = self.snapshot.as_mut().expect("planned");
+        // A re-snapshot (or a resumed one) in tracked mode: keys the stream holds
+        // and the table lost get a delete.
+        if last
+            && snapshot.verify.contains(&info.qualified())
+            && self.store.is_some()
+            && self.builder.is_tracked(info.relation_id)
+        {
+            snapshot.start_sweep();
+            last = false;
+        }
+        Ok(Chunk {
             table: info.qualified(),
             relation_id: info.relation_id,
             high,
-            last: rows.len() < limit,
+            last,
             rows,
             removed: Default::default(),
+            vanished: Vec::new(),
             last_key,
-        });
-        self.send_status(stream, true).await
+        })
+    }
+
+    /// The next keys the stream holds for the table, and which of them have no row.
+    async fn read_sweep_chunk(
+        &mut self,
+        info: &TableInfo,
+        last_key: Option<Vec<String>>,
+        limit: usize,
+    ) -> Result<Chunk, PipelineError> {
+        let store = self.store.clone().expect("a sweep runs with JetStream");
+        let sweep = self
+            .snapshot
+            .as_mut()
+            .and_then(|s| s.sweep())
+            .expect("sweeping");
+        if sweep.is_none() {
+            *sweep = Some(store.table_subjects(&info.schema, &info.name).await?);
+        }
+        let pages = sweep.as_mut().expect("listing started");
+        let subjects = crate::state::next_subjects(pages, limit).await?;
+        let last = subjects.len() < limit;
+        let mut keys = Vec::with_capacity(subjects.len());
+        for subject in &subjects {
+            if let Some(values) = self.key_values_of(&store, subject).await? {
+                keys.push(values);
+            }
+        }
+        let existing: HashSet<Vec<String>> = self
+            .catalog
+            .existing_keys(info, &keys)
+            .await?
+            .into_iter()
+            .collect();
+        let high = self.catalog.current_wal_lsn().await?;
+        let vanished = keys
+            .into_iter()
+            .filter(|values| !existing.contains(values))
+            .map(|values| {
+                let key = make_key(&info.schema, &info.name, values.iter().map(String::as_str));
+                (key, values)
+            })
+            .collect();
+        Ok(Chunk {
+            table: info.qualified(),
+            relation_id: info.relation_id,
+            high,
+            last,
+            rows: Vec::new(),
+            removed: Default::default(),
+            vanished,
+            last_key,
+        })
+    }
+
+    /// The key column texts of a key subject (from the subject, or for a hashed key
+    /// token from its last envelope); `None` for the table's truncate subject.
+    async fn key_values_of(
+        &self,
+        store: &crate::state::StateStore,
+        subject: &str,
+    ) -> Result<Option<Vec<String>>, PipelineError> {
+        let token = subject.rsplit('.').next().unwrap_or_default();
+        if token == TRUNCATE_TOKEN {
+            return Ok(None);
+        }
+        if let Ok(values) = parse_key_token(token) {
+            return Ok(Some(values));
+        }
+        let Some(last) = store.last_envelope(subject).await? else {
+            return Ok(None);
+        };
+        Ok(parse_key(&last.envelope.key).ok().map(|k| k.values))
     }
 
     /// A live change of `key` while a chunk waits: the stream has the newer value.
@@ -186,6 +309,20 @@ impl ChangeReader {
             }
             published += 1;
         }
+        let mut deleted = 0u64;
+        for (key, values) in &chunk.vanished {
+            if chunk.removed.contains(key) {
+                continue;
+            }
+            let before = self.chunk.len();
+            while let Some(need) =
+                self.builder
+                    .snapshot_delete(chunk.relation_id, values, &mut self.chunk)?
+            {
+                self.provide(need).await?;
+            }
+            deleted += (self.chunk.len() - before) as u64;
+        }
         let next = self
             .builder
             .next_position()
@@ -200,6 +337,14 @@ impl ChangeReader {
             .snapshot_rows
             .with_label_values(&[&chunk.table])
             .inc_by(published);
+        if deleted > 0 {
+            self.metrics
+                .envelope
+                .snapshot_deletes
+                .with_label_values(&[&chunk.table])
+                .inc_by(deleted);
+            tracing::info!(table = %chunk.table, keys = deleted, "keys without a row any more: deletes published");
+        }
         let snapshot = self.snapshot.as_mut().expect("planned");
         if let Some(line) = snapshot.chunk_done(chunk, next, last, published) {
             tracing::info!("{line}");
