@@ -44,6 +44,8 @@ async fn changes_reach_nats_and_equal_what_postgres_holds() {
     let mut collector = Collector::new(&s.nats.url(), "walcast.public.users.*").await;
     let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
     w.wait_ready().await;
+    // The default on nats-server 2.14+: fast-ingest batches.
+    assert!(w.log().contains("fast-ingest batches"), "{}", w.log());
 
     // One transaction with several rows, then many transactions.
     exec(

@@ -36,6 +36,16 @@ pub enum Delivery {
     Core,
 }
 
+/// How envelopes are published to JetStream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PublishMode {
+    /// Fast-ingest batches when the server and the stream take them (nats-server
+    /// 2.14+, `allow_batched`), else per message.
+    Batched,
+    /// One PubAck per message.
+    PerMessage,
+}
+
 /// When existing rows are published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SnapshotMode {
@@ -171,6 +181,10 @@ pub struct RunConfig {
     /// or `auto` (JetStream when the server has it).
     #[arg(long, env = "WALCAST_DELIVERY", value_enum, default_value_t = Delivery::Auto)]
     pub delivery: Delivery,
+    /// JetStream publishing: `batched` (fast-ingest batches, acknowledged every few
+    /// hundred messages, when the server offers them) or `per-message` (one PubAck each).
+    #[arg(long, env = "WALCAST_PUBLISH_MODE", value_enum, default_value_t = PublishMode::Batched)]
+    pub publish_mode: PublishMode,
     /// JetStream stream holding every key's last envelope (created when missing);
     /// default: the subject prefix in upper case, other characters as `_`
     /// (`walcast` → `WALCAST`).

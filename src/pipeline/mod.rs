@@ -18,14 +18,14 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::client::redact_url;
-use crate::config::{Delivery, Oversize, RunConfig};
+use crate::config::{Delivery, Oversize, PublishMode, RunConfig};
 use crate::decode::pgoutput::DecodeError;
 use crate::envelope::sequence::SequenceMode;
 use crate::envelope::{EnvelopeBuilder, EnvelopeError};
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::{Shutdown, TaskSet};
 use crate::sink::{
-    self, Confirmed, CoreSink, JetStreamSink, NatsState, Sink, SinkBatch, SinkError,
+    self, Confirmed, CoreSink, FastBatchSink, JetStreamSink, NatsState, Sink, SinkBatch, SinkError,
 };
 use crate::source::catalog::{Catalog, Preflight};
 use crate::source::{ConnectParams, SourceError};
@@ -310,7 +310,26 @@ async fn build_delivery(
     sink::probe_publish(&context.client(), &cfg.subject_prefix, &nats_state).await?;
     let stream = state::ensure_stream(&context, &settings).await?;
     let meta = state::ensure_meta_stream(&context, &settings).await?;
+    let batched = cfg.publish_mode == PublishMode::Batched && state::takes_batches(&stream);
+    tracing::info!(
+        publish = if batched {
+            "fast-ingest batches"
+        } else {
+            "one PubAck per message"
+        },
+        "JetStream publishing"
+    );
     let store = StateStore::new(context.clone(), stream, meta, &settings);
+    if batched {
+        let sink = FastBatchSink::new(
+            context.client(),
+            store.clone(),
+            cfg.max_inflight,
+            cfg.confirm_timeout,
+            metrics.clone(),
+        );
+        return Ok((Sink::FastBatch(sink), Some(store), mode));
+    }
     let sink = JetStreamSink::new(context, store.clone(), cfg.max_inflight, metrics.clone());
     Ok((Sink::JetStream(sink), Some(store), mode))
 }

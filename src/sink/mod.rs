@@ -1,8 +1,10 @@
 //! The sink stage: publishing envelopes to NATS and confirming them.
 //!
-//! One [`Sink`] with two publishers: [`jetstream`] (the default when the server has
-//! JetStream: PubAck-gated, de-duplicated, the stream holding each key's state) and
-//! [`core`] (core NATS, confirmed by round-trips). Both take [`SinkBatch`]es from the
+//! One [`Sink`] with three publishers: [`fast_batch`] (the default when the server has
+//! JetStream 2.14+: fast-ingest batches, de-duplicated, chained, the stream holding
+//! each key's state), [`jetstream`] (the same guarantees with one PubAck per message,
+//! for older servers or streams without `allow_batched`) and [`core`] (core NATS,
+//! confirmed by round-trips). Both take [`SinkBatch`]es from the
 //! reader, report what is confirmed through a watch channel, and share the retry
 //! back-off and the metrics here. [`nats`] holds the connection.
 
@@ -18,10 +20,12 @@ use crate::state::StateError;
 use crate::wire::{Lsn, Position, Timestamp};
 
 pub mod core;
+pub mod fast_batch;
 pub mod jetstream;
 pub mod nats;
 
 pub use self::core::CoreSink;
+pub use self::fast_batch::FastBatchSink;
 pub use self::jetstream::JetStreamSink;
 pub use self::nats::{connect, probe_publish, NatsState};
 
@@ -155,6 +159,7 @@ impl Retry {
 pub enum Sink {
     Core(CoreSink),
     JetStream(JetStreamSink),
+    FastBatch(FastBatchSink),
 }
 
 impl Sink {
@@ -167,6 +172,7 @@ impl Sink {
         match self {
             Sink::Core(s) => s.run(rx, confirmed).await,
             Sink::JetStream(s) => s.run(rx, confirmed).await,
+            Sink::FastBatch(s) => s.run(rx, confirmed).await,
         }
     }
 }

@@ -15,7 +15,9 @@ use crate::envelope::schema::SchemaHistory;
 use crate::envelope::sequence::{KeyState, SubjectFilter};
 use crate::wire::key;
 use stream::js_err;
-pub use stream::{ensure_meta_stream, ensure_stream, inspect_stream, StreamSettings};
+pub use stream::{
+    ensure_meta_stream, ensure_stream, inspect_stream, takes_batches, StreamSettings,
+};
 
 /// Why reading or writing the state failed.
 #[derive(Debug, thiserror::Error)]

@@ -53,6 +53,8 @@ impl StreamSettings {
             max_messages_per_subject: self.history,
             duplicate_window: self.duplicate_window,
             allow_direct: true,
+            // Fast-ingest batches (nats-server 2.14+; an older server ignores it).
+            allow_batch_publish: true,
             storage: async_nats::jetstream::stream::StorageType::File,
             ..Default::default()
         }
@@ -137,13 +139,48 @@ pub async fn ensure_stream(js: &Context, settings: &StreamSettings) -> Result<St
             stream: settings.name.clone(),
             problems: problems.join("; "),
         }),
-        Some(_) => js
-            .get_stream(&settings.name)
-            .await
-            .map_err(|e| js_err("opening the stream", e)),
+        Some(_) => {
+            let mut stream = js
+                .get_stream(&settings.name)
+                .await
+                .map_err(|e| js_err("opening the stream", e))?;
+            let config = stream.cached_info().config.clone();
+            if !config.allow_batch_publish {
+                enable_batches(js, &mut stream, config).await;
+            }
+            Ok(stream)
+        }
         None => js
             .create_stream(settings.config())
             .await
             .map_err(|e| js_err(&format!("creating stream {}", settings.name), e)),
     }
+}
+
+/// Turn fast-ingest batches on for an existing stream (made by an older walcast or an
+/// administrator); without them (an older server, no permission to update the
+/// stream) walcast publishes with one PubAck per message.
+async fn enable_batches(js: &Context, stream: &mut Stream, mut config: Config) {
+    config.allow_batch_publish = true;
+    match js.update_stream(config).await {
+        Ok(info) if info.config.allow_batch_publish => {
+            tracing::info!(stream = %info.config.name, "fast-ingest batch publishing enabled on the stream");
+            if let Err(e) = stream.info().await {
+                tracing::debug!(error = %e, "re-reading the stream");
+            }
+        }
+        Ok(info) => tracing::info!(
+            stream = %info.config.name,
+            "the NATS server does not offer fast-ingest batches (2.14+): publishing with one PubAck per message"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot enable fast-ingest batches on the stream (allow_batched): publishing with one PubAck per message"
+        ),
+    }
+}
+
+/// Whether the stream takes fast-ingest batches.
+pub fn takes_batches(stream: &Stream) -> bool {
+    stream.cached_info().config.allow_batch_publish
 }
