@@ -37,6 +37,8 @@ struct RunResult {
     seconds: f64,
     cpu_seconds: f64,
     max_rss_kib: u64,
+    /// CPU time nats-server used during the run.
+    nats_cpu_seconds: f64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -205,6 +207,7 @@ impl Bench {
             seconds: started.elapsed().as_secs_f64(),
             cpu_seconds: cpu,
             max_rss_kib: rss,
+            nats_cpu_seconds: 0.0,
         }
     }
 
@@ -356,6 +359,7 @@ impl Bench {
             seconds,
             cpu_seconds: cpu,
             max_rss_kib: rss,
+            nats_cpu_seconds: 0.0,
         }
     }
 
@@ -384,12 +388,21 @@ impl Bench {
             (endpos.0 - start.0) / 1_000_000,
             t.elapsed().as_secs_f64()
         );
+        // BENCH_CONTENDERS=jetstream,core: only those (for profiling one of them).
+        let chosen = std::env::var("BENCH_CONTENDERS").ok();
         for (c, contender) in contenders.iter().enumerate() {
+            if chosen
+                .as_deref()
+                .is_some_and(|list| !list.split(',').any(|x| contender.contains(x)))
+            {
+                continue;
+            }
             let mut runs = Vec::new();
             for r in 0..self.runs {
                 let slot = format!("{}_{c}_{r}", ident(name));
                 let tag = format!("{}_{c}_{r}", ident(name));
-                let result = match c {
+                let nats_before = self.nats_cpu();
+                let mut result = match c {
                     0 => self.run_pg_recvlogical(&slot, publication, endpos).await,
                     1 => self.run_rust_drain(&slot, publication, endpos).await,
                     2 => {
@@ -401,7 +414,11 @@ impl Bench {
                             .await
                     }
                 };
-                eprintln!("  {contender} run {r}: {:.2} s", result.seconds);
+                result.nats_cpu_seconds = self.nats_cpu() - nats_before;
+                eprintln!(
+                    "  {contender} run {r}: {:.2} s (nats-server CPU {:.2} s)",
+                    result.seconds, result.nats_cpu_seconds
+                );
                 runs.push(result);
                 self.drop_slot(&slot).await;
             }
@@ -486,8 +503,100 @@ impl Bench {
             seconds,
             cpu_seconds: f64::NAN,
             max_rss_kib: 0,
+            nats_cpu_seconds: 0.0,
         }
     }
+}
+
+impl Bench {
+    /// CPU seconds nats-server used so far.
+    fn nats_cpu(&self) -> f64 {
+        self.nats.pid().map_or(0.0, walcast::testing::cpu_seconds)
+    }
+
+    /// The fastest publish protocol the server offers, bare: one fast-ingest batch
+    /// (flow acks every 500) of `n` messages of `size` bytes over `keys` subjects, each
+    /// with walcast's headers (`Nats-Msg-Id`, a position header, the
+    /// `Nats-Expected-Last-Sequence` chain), committed at the end.
+    async fn fast_batch_ceiling(&self, n: u64, keys: u64, size: usize, tag: &str) -> RunResult {
+        let client = async_nats::connect(self.nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        let name = format!("FCEIL_{}", tag.to_uppercase());
+        let prefix = format!("fceil{tag}");
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{prefix}.>")],
+            max_messages_per_subject: 1,
+            allow_direct: true,
+            allow_batch_publish: true,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let inbox = client.new_inbox();
+        let mut replies = client.subscribe(format!("{inbox}.>")).await.unwrap();
+        let payload = bytes::Bytes::from(vec![b'x'; size]);
+        let started = Instant::now();
+        let mut acked = 0u64;
+        for i in 1..=n {
+            let key = i % keys;
+            let op = match i {
+                1 => 0,
+                _ if i == n => 2,
+                _ => 1,
+            };
+            let mut headers = async_nats::HeaderMap::new();
+            let which = std::env::var("BENCH_CEIL_HEADERS").unwrap_or_else(|_| "mpe".into());
+            if which.contains('m') {
+                headers.insert("Nats-Msg-Id", format!("{key}:{i}").as_str());
+            }
+            if which.contains('p') {
+                headers.insert("Walcast-Position", format!("0/{i:X}:0").as_str());
+            }
+            if which.contains('e') {
+                headers.insert("Nats-Expected-Last-Sequence", (i - 1).to_string().as_str());
+            }
+            client
+                .publish_with_reply_and_headers(
+                    format!("{prefix}.k.{key}"),
+                    format!("{inbox}.b.500.fail.{i}.{op}.$FI"),
+                    headers,
+                    payload.clone(),
+                )
+                .await
+                .unwrap();
+            // Keep at most 20,000 unacknowledged, as walcast does.
+            while i - acked >= 20_000 {
+                acked = acked.max(fast_ack(&replies.next().await.unwrap().payload));
+            }
+        }
+        while acked < n {
+            acked = acked.max(fast_ack(&replies.next().await.unwrap().payload));
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let _ = js.delete_stream(&name).await;
+        RunResult {
+            seconds,
+            cpu_seconds: f64::NAN,
+            max_rss_kib: 0,
+            nats_cpu_seconds: 0.0,
+        }
+    }
+}
+
+/// The batch sequence a fast-batch reply acknowledges (a flow ack's `seq`, a PubAck's
+/// `count`); panics on an error reply.
+fn fast_ack(payload: &[u8]) -> u64 {
+    let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
+    assert!(
+        v.get("error").is_none() && v["type"] != "err" && v["type"] != "gap",
+        "{v}"
+    );
+    v.get("count")
+        .or(v.get("seq"))
+        .and_then(|x| x.as_u64())
+        .unwrap_or(0)
 }
 
 /// A name usable as a slot, subject token and stream name.
@@ -785,6 +894,28 @@ async fn main() -> Result<(), DynError> {
             .await;
     }
 
+    if want("ceil") {
+        // The two bare publishers alone (BENCH_ONLY=ceil): msgs/s by protocol.
+        for size in [60usize, 400] {
+            let n = n(200_000.0);
+            let before = b.nats_cpu();
+            let per_message = b
+                .jetstream_ceiling(n, 10_000, size, &format!("c{size}"))
+                .await;
+            let middle = b.nats_cpu();
+            let fast = b
+                .fast_batch_ceiling(n, 10_000, size, &format!("c{size}"))
+                .await;
+            let after = b.nats_cpu();
+            println!(
+                "bare publishers, {n} x {size} B: per-message PubAcks {:.0} msgs/s (nats-server CPU {:.2} s), fast batch {:.0} msgs/s (nats-server CPU {:.2} s)",
+                n as f64 / per_message.seconds,
+                middle - before,
+                n as f64 / fast.seconds,
+                after - middle,
+            );
+        }
+    }
     let table = print_table(&b.rows);
     println!("\n{table}");
 
@@ -825,6 +956,34 @@ async fn main() -> Result<(), DynError> {
             rss_max as f64 / 1024.0,
             rss_end as f64 / 1024.0,
         );
+        // A snapshot of a 1,000,000-row table (walcast creates the slot, so it
+        // snapshots first; nothing streams after it).
+        b.exec(&format!(
+            "CREATE TABLE bench_snap (id int PRIMARY KEY, v int NOT NULL, pad text);
+             INSERT INTO bench_snap SELECT g, g, 'row ' || g FROM generate_series(1, {big}) g;
+             ANALYZE bench_snap;
+             CREATE PUBLICATION bench_snap FOR TABLE bench_snap;"
+        ))
+        .await;
+        let mut snap_samples = Vec::new();
+        let snap_run = b
+            .run_walcast(
+                "mem_snap",
+                "bench_snap",
+                Lsn(0),
+                big,
+                true,
+                "memsnap",
+                Some(&mut snap_samples),
+            )
+            .await;
+        let snap_peak = snap_samples.iter().copied().max().unwrap_or(0);
+        println!(
+            "1M-row snapshot ({big} rows): {:.1} s, {:.0} rows/s (start-up included), RSS peak {:.1} MiB",
+            snap_run.seconds,
+            big as f64 / snap_run.seconds,
+            snap_peak as f64 / 1024.0,
+        );
         memory = serde_json::json!({
             "one_transaction_rows": big,
             "distinct_keys": big,
@@ -832,6 +991,10 @@ async fn main() -> Result<(), DynError> {
             "rss_peak_kib": rss_max,
             "rss_end_kib": rss_end,
             "rss_samples_kib": samples,
+            "snapshot_rows": big,
+            "snapshot_seconds": snap_run.seconds,
+            "snapshot_rows_per_s": big as f64 / snap_run.seconds,
+            "snapshot_rss_peak_kib": snap_peak,
         });
     }
 

@@ -48,6 +48,23 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system, seconds) process `pid` used so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is field 3.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) as f64 / hz
+}
+
 /// The server's current WAL position.
 pub async fn current_wal_lsn(db: &tokio_postgres::Client) -> crate::wire::Lsn {
     db.query_one("SELECT pg_current_wal_lsn()::text", &[])
@@ -441,6 +458,11 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
+    /// The server process, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Start with JetStream and this configuration file text.
     pub fn start_with_config(config: &str) -> Result<NatsServer, FixtureError> {
         Self::launch_new(true, Some(config.to_string()))

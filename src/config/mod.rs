@@ -175,7 +175,7 @@ pub struct RunConfig {
     #[arg(long, env = "WALCAST_CONFIRM_TIMEOUT", default_value = "5", value_parser = parse_seconds)]
     pub confirm_timeout: Duration,
     /// Envelopes published but not yet confirmed, at most (back-pressure beyond).
-    #[arg(long, env = "WALCAST_MAX_INFLIGHT", default_value_t = 20_000)]
+    #[arg(long, env = "WALCAST_MAX_INFLIGHT", default_value_t = 10_000)]
     pub max_inflight: usize,
     /// Delivery: `jetstream` (durable per-key state, PubAck-gated), `core` (plain NATS),
     /// or `auto` (JetStream when the server has it).
@@ -222,14 +222,14 @@ pub struct RunConfig {
     #[arg(long, env = "WALCAST_SNAPSHOT", value_enum, default_value_t = SnapshotMode::Initial)]
     pub snapshot: SnapshotMode,
     /// Rows read per snapshot chunk (memory is bounded by one chunk).
-    #[arg(long, env = "WALCAST_SNAPSHOT_CHUNK_ROWS", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "WALCAST_SNAPSHOT_CHUNK_ROWS", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
     pub snapshot_chunk_rows: u32,
     /// An envelope above NATS's max_payload: `fail` (stop, naming the key) or `marker`
     /// (publish `{"$walcast_too_large": <bytes>}` as its value).
     #[arg(long, env = "WALCAST_OVERSIZE", value_enum, default_value_t = Oversize::Fail)]
     pub oversize: Oversize,
     /// Bytes kept for unchanged-TOAST columns of tables without REPLICA IDENTITY FULL.
-    #[arg(long, env = "WALCAST_TOAST_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, env = "WALCAST_TOAST_CACHE_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub toast_cache_bytes: usize,
 }
 

@@ -442,6 +442,12 @@ impl EnvelopeBuilder {
         if rel.full_identity || rel.toastable.is_empty() {
             return;
         }
+        if !may_be_toasted(new) {
+            // No value of a row this small is stored out of line, so its next change
+            // carries them all: nothing to remember.
+            self.toast.remove(k);
+            return;
+        }
         let pick = |unchanged: bool| -> Vec<(usize, Value<'static>)> {
             rel.toastable
                 .iter()
@@ -485,4 +491,22 @@ impl EnvelopeBuilder {
         let n: u64 = text.parse().map_err(|_| bad(format!("{text:?}")))?;
         Ok(Some(if deleting { n + 1 } else { n }))
     }
+}
+
+/// A row whose values take fewer bytes (in their text form) than this is far below
+/// PostgreSQL's TOAST threshold (about 2 kB on disk, and no type's stored form takes
+/// more than about five times its text): none of its values is stored out of line.
+const TOASTABLE_ROW_BYTES: usize = 400;
+
+/// Whether a value of the row `new` may be stored out of line (TOASTed).
+fn may_be_toasted(new: &[TupleValue<'_>]) -> bool {
+    let mut bytes = 0;
+    for v in new {
+        bytes += match v {
+            TupleValue::UnchangedToast => return true,
+            TupleValue::Text(b) | TupleValue::Binary(b) => b.len(),
+            TupleValue::Null => 0,
+        };
+    }
+    bytes >= TOASTABLE_ROW_BYTES
 }

@@ -45,8 +45,17 @@ fn raw_size(v: &rmpv::Value) -> usize {
 }
 
 impl ToastCache {
+    /// What an entry costs in memory, allocator and table overheads included (the
+    /// budget bounds the process's memory, not only the values' bytes).
     fn entry_size(key: &str, vals: &[(usize, Value<'static>)]) -> usize {
-        key.len() + 32 + vals.iter().map(|(_, v)| value_size(v) + 16).sum::<usize>()
+        const ENTRY: usize = 128; // table slot, key and list allocations
+        const PER_VALUE: usize = 80; // list element, value allocation
+        key.len()
+            + ENTRY
+            + vals
+                .iter()
+                .map(|(_, v)| value_size(v) + PER_VALUE)
+                .sum::<usize>()
     }
 
     pub fn insert(&mut self, key: String, vals: Vec<(usize, Value<'static>)>) {

@@ -76,7 +76,7 @@ impl PipelineError {
 }
 
 /// Batches queued between the reader and the sink.
-const CHANNEL_BATCHES: usize = 16;
+const CHANNEL_BATCHES: usize = 8;
 /// How long the sink may take to confirm what it holds at shutdown or before a
 /// reconnect.
 const DRAIN_WAIT: Duration = Duration::from_secs(30);

@@ -104,6 +104,14 @@ pub fn encode_into<V: Serialize>(
     envelope.serialize(&mut rmp_serde::Serializer::new(out).with_struct_map())
 }
 
+/// Encode an envelope to any writer (walcast's publisher: its shared output block).
+pub fn encode_to<W: std::io::Write, V: Serialize>(
+    out: W,
+    envelope: &EnvelopeRef<'_, V>,
+) -> Result<(), EncodeError> {
+    envelope.serialize(&mut rmp_serde::Serializer::new(out).with_struct_map())
+}
+
 /// Encode an envelope into a new buffer.
 pub fn encode<V: Serialize>(envelope: &EnvelopeRef<'_, V>) -> Result<Vec<u8>, EncodeError> {
     let mut buf = Vec::with_capacity(128);
