@@ -274,6 +274,7 @@ impl Bench {
                 }
             }
         });
+        let metrics_addr = format!("127.0.0.1:{}", free_port());
         let mut args = vec![
             "run".to_string(),
             "--postgres-url".into(),
@@ -289,7 +290,7 @@ impl Bench {
             "--stream".into(),
             stream.clone(),
             "--metrics-addr".into(),
-            format!("127.0.0.1:{}", free_port()),
+            metrics_addr.clone(),
         ];
         if !jetstream {
             args.extend([
@@ -340,6 +341,20 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let seconds = started.elapsed().as_secs_f64();
+        let metrics = scrape(&metrics_addr).await;
+        let fetched: Vec<&str> = metrics
+            .lines()
+            .filter(|l| {
+                [
+                    "walcast_toast_fetches_total",
+                    "walcast_toast_stream_loads_total",
+                    "walcast_key_state_loads_total",
+                ]
+                .iter()
+                .any(|m| l.starts_with(m))
+            })
+            .collect();
+        eprintln!("  walcast ({tag}): {}", fetched.join(", "));
         // SAFETY: signalling our own child.
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         let (_, cpu, _) = tokio::task::spawn_blocking(move || wait_rusage(pid))
@@ -476,6 +491,7 @@ impl Bench {
         .await
         .unwrap();
         let payload = bytes::Bytes::from(vec![b'x'; size]);
+        let counted = counting_subscriber(self.nats.url(), format!("{prefix}.>"), n).await;
         let started = Instant::now();
         let mut acks = FuturesUnordered::new();
         for i in 0..n {
@@ -497,6 +513,7 @@ impl Bench {
         while let Some(a) = acks.next().await {
             a.unwrap();
         }
+        counted.await.unwrap();
         let seconds = started.elapsed().as_secs_f64();
         let _ = js.delete_stream(&name).await;
         RunResult {
@@ -537,6 +554,7 @@ impl Bench {
         let inbox = client.new_inbox();
         let mut replies = client.subscribe(format!("{inbox}.>")).await.unwrap();
         let payload = bytes::Bytes::from(vec![b'x'; size]);
+        let counted = counting_subscriber(self.nats.url(), format!("{prefix}.>"), n).await;
         let started = Instant::now();
         let mut acked = 0u64;
         for i in 1..=n {
@@ -574,6 +592,7 @@ impl Bench {
         while acked < n {
             acked = acked.max(fast_ack(&replies.next().await.unwrap().payload));
         }
+        counted.await.unwrap();
         let seconds = started.elapsed().as_secs_f64();
         let _ = js.delete_stream(&name).await;
         RunResult {
@@ -597,6 +616,38 @@ fn fast_ack(payload: &[u8]) -> u64 {
         .or(v.get("seq"))
         .and_then(|x| x.as_u64())
         .unwrap_or(0)
+}
+
+/// The text of a metrics endpoint (empty when it does not answer).
+async fn scrape(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut conn) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let request = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut body = String::new();
+    if conn.write_all(request.as_bytes()).await.is_ok() {
+        let _ = conn.read_to_string(&mut body).await;
+    }
+    body
+}
+
+/// A subscriber on `pattern` in its own connection that counts until `n` (as walcast
+/// runs have one): the ceilings pay the same delivery cost in nats-server.
+async fn counting_subscriber(url: String, pattern: String, n: u64) -> tokio::task::JoinHandle<()> {
+    let client = async_nats::ConnectOptions::new()
+        .subscription_capacity(1 << 21)
+        .connect(url)
+        .await
+        .unwrap();
+    let mut sub = client.subscribe(pattern).await.unwrap();
+    client.flush().await.unwrap();
+    tokio::spawn(async move {
+        let mut seen = 0;
+        while seen < n && sub.next().await.is_some() {
+            seen += 1;
+        }
+    })
 }
 
 /// A name usable as a slot, subject token and stream name.

@@ -285,6 +285,14 @@ async fn awkward_and_composite_keys_give_valid_reversible_subjects() {
     )
     .await;
     let got = collector.until(keys.len() + 2, WAIT).await;
+    let seen: Vec<(&String, u64)> = got.iter().map(|(s, e, _)| (s, e.sequence)).collect();
+    let distinct: std::collections::HashSet<_> = seen.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        seen.len(),
+        "a replay: {seen:?}\n{}",
+        w.log()
+    );
     for (subject, env, _) in got {
         let tokens: Vec<&str> = subject.split('.').collect();
         assert_eq!(tokens.len(), 4, "{subject}");

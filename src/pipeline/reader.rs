@@ -131,6 +131,9 @@ pub(super) struct ChangeReader {
     last_heartbeat: Option<f64>,
     /// This process streamed from the slot already.
     streamed_before: bool,
+    /// The last transaction completed in `chunk` and not yet handed to the sink
+    /// (end LSN, commit time): small transactions go to the sink together.
+    pending_commit: Option<(Lsn, Timestamp)>,
     /// Tables refetch requests read, as the catalog described them.
     refetch_tables: HashMap<String, crate::source::chunks::TableInfo>,
 }
@@ -153,6 +156,7 @@ impl ChangeReader {
             last_heartbeat: None,
             streamed_before: false,
             refetch_tables: HashMap::new(),
+            pending_commit: None,
             progress: Progress::new(cfg.progress_interval),
             builder,
             store,
@@ -262,6 +266,7 @@ impl ChangeReader {
                     }
                 }
             }
+            self.flush_completed();
             if stopping && self.ready.is_none() && !self.builder.in_transaction() {
                 break;
             }
@@ -335,7 +340,15 @@ impl ChangeReader {
                 None => break,
             }
         }
+        self.flush_completed();
         Ok(())
+    }
+
+    /// Hand the transactions completed in the chunk to the sink (when it has room).
+    fn flush_completed(&mut self) {
+        if self.ready.is_none() && self.pending_commit.is_some() {
+            self.flush_chunk(None);
+        }
     }
 
     /// Drained to a transaction boundary: wait for the sink to confirm what it has,

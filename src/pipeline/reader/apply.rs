@@ -76,7 +76,12 @@ impl ChangeReader {
                     self.cp.on_skipped_commit();
                     return Ok(());
                 }
-                self.flush_chunk(Some(end_lsn));
+                // Small transactions travel together: the batch goes to the sink when
+                // it is full or when what the server sent so far is worked through.
+                self.pending_commit = Some((end_lsn, self.commit_ts));
+                if self.chunk.len() >= BATCH_ITEMS {
+                    self.flush_chunk(Some(end_lsn));
+                }
                 self.last_handed_commit = commit_lsn;
                 self.cp.on_handed_off(end_lsn);
                 self.metrics.envelope.transactions.inc();
@@ -137,7 +142,15 @@ impl ChangeReader {
     }
 
     /// Move the envelopes built so far into a batch for the sink.
+    /// `commit_end`: the batch ends a transaction; else it ends with the last
+    /// transaction completed in it, if any.
     pub(super) fn flush_chunk(&mut self, commit_end: Option<Lsn>) {
+        let completed = self.pending_commit.take();
+        let (commit_end, commit_ts) = match (commit_end, completed) {
+            (Some(end), _) => (Some(end), Some(self.commit_ts)),
+            (None, Some((end, ts))) => (Some(end), Some(ts)),
+            (None, None) => (None, None),
+        };
         let items = std::mem::take(&mut self.chunk)
             .into_iter()
             .map(|o| Publish {
@@ -148,7 +161,6 @@ impl ChangeReader {
             })
             .collect();
         debug_assert!(self.ready.is_none());
-        let commit_ts = commit_end.map(|_| self.commit_ts);
         self.ready = Some(SinkBatch {
             items,
             commit_end,
