@@ -257,9 +257,14 @@ impl FastBatchSink {
                 return;
             }
         };
+        // A PubAck names the batch messages stored (`count`; a batch committed by its
+        // first message gets a plain PubAck: its stream sequence tells, the chain
+        // fixing every message's sequence).
         let stored = match (reply.kind.as_deref(), &reply.error) {
             (Some("ack"), _) => reply.seq,
-            (None, None) => reply.count,
+            (None, None) => reply
+                .count
+                .or_else(|| reply.seq.map(|s| s.saturating_sub(batch.chain_start))),
             _ => None,
         };
         if let Some(n) = stored.filter(|n| *n > 0).map(|n| n.min(batch.sent)) {
@@ -271,7 +276,7 @@ impl FastBatchSink {
             (None, None) => {
                 // The PubAck that ends the batch (its commit, or after a refusal).
                 batch.ended = true;
-                if reply.duplicate || reply.count.unwrap_or(0) < batch.sent {
+                if reply.duplicate || stored.unwrap_or(0) < batch.sent {
                     f.failure
                         .get_or_insert_with(|| "a message was refused or a duplicate".into());
                 }
