@@ -252,6 +252,13 @@ async fn kill_9_at_random_points_loses_nothing_and_reuses_no_sequence() {
     kill_9_loop(&[], 20_000, 10).await;
 }
 
+/// The same through the per-message publisher (one PubAck each: an older
+/// nats-server, or `--publish-mode per-message`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_per_message_pubacks_loses_nothing() {
+    kill_9_loop(&["--publish-mode", "per-message"], 8_000, 5).await;
+}
+
 /// The same with a key cache far smaller than the keys: states are evicted and
 /// reloaded from the stream all the time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

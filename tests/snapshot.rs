@@ -407,3 +407,69 @@ async fn resnapshot_while_writing_repairs_what_the_stream_missed() {
         "{snapshots} snapshot envelopes for {rows} rows"
     );
 }
+
+/// A slot PostgreSQL invalidated (it fell behind `max_slot_wal_keep_size` while walcast
+/// was stopped): a clear error naming the way out; `--recreate-slot` recovers, and a
+/// row deleted meanwhile gets its delete.
+#[tokio::test]
+async fn an_invalidated_slot_is_an_error_until_recreated() {
+    let s = servers_with(walcast::testing::PgOptions {
+        extra_conf: vec!["max_slot_wal_keep_size = '1MB'".into()],
+        ..Default::default()
+    });
+    let db = s.pg.client().await;
+    exec(
+        &db,
+        "CREATE TABLE s (id bigint PRIMARY KEY, version bigint NOT NULL, pad text);
+         INSERT INTO s SELECT g, 0, 'row ' || g FROM generate_series(1, 10) g;
+         CREATE PUBLICATION walcast FOR TABLE s;",
+    )
+    .await;
+    let mut w = Walcast::spawn(args(&s, &[]));
+    w.wait_ready().await;
+    wait_for_log(&w, "snapshot complete").await;
+    w.sigterm();
+    assert!(w.wait_exit(WAIT).await.success());
+    // While walcast is stopped: a delete the slot will lose, and WAL enough to
+    // invalidate it.
+    exec(&db, "DELETE FROM s WHERE id = 1").await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        exec(
+            &db,
+            "CREATE TABLE IF NOT EXISTS filler (g int, x text);
+             INSERT INTO filler SELECT g, repeat('x', 1000) FROM generate_series(1, 20000) g;
+             SELECT pg_switch_wal(); CHECKPOINT;",
+        )
+        .await;
+        let status: Option<String> = db
+            .query_one(
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'walcast'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if status.as_deref() == Some("lost") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot is still {status:?}");
+    }
+    let mut w = Walcast::spawn(args(&s, &[]));
+    assert!(!w.wait_exit(WAIT).await.success());
+    let log = w.log();
+    assert!(log.contains("lost WAL it needs"), "{log}");
+    assert!(log.contains("--recreate-slot"), "{log}");
+    let mut w = Walcast::spawn(args(&s, &["--recreate-slot"]));
+    w.wait_ready().await;
+    wait_for_log(&w, "snapshot complete").await;
+    wait_caught_up(&db, &w).await;
+    check_against_db(&s.nats.url(), &db).await;
+    let all = stream_envelopes(&s.nats.url()).await;
+    let one: Vec<(Op, u64)> = all
+        .iter()
+        .filter(|e| e.key == "public.s:1")
+        .map(|e| (e.op, e.sequence))
+        .collect();
+    assert_eq!(one, [(Op::Snapshot, 1), (Op::Delete, 2)]);
+}

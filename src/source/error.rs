@@ -35,7 +35,7 @@ pub enum SourceError {
     Preflight(String),
     #[error("replication slot \"{slot}\" exists but {problem}")]
     Slot { slot: String, problem: String },
-    #[error("replication slot \"{slot}\" {why}: changes since walcast last confirmed may be gone. To go on, start once with --recreate-slot: walcast creates the slot again and snapshots every table again (a key deleted meanwhile keeps its last envelope)")]
+    #[error("replication slot \"{slot}\" {why}: changes since walcast last confirmed may be gone. To go on, start once with --recreate-slot: walcast creates the slot again and snapshots every table again (rows changed meanwhile are published, keys deleted meanwhile get a delete)")]
     SlotLost { slot: String, why: String },
     #[error("PostgreSQL ended the replication stream")]
     StreamEnded,
