@@ -492,16 +492,7 @@ impl Bench {
             .build(client);
         let name = format!("CEIL_{}", tag.to_uppercase());
         let prefix = format!("ceil{tag}");
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: name.clone(),
-            subjects: vec![format!("{prefix}.>")],
-            max_messages_per_subject: 1,
-            allow_direct: true,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        ceiling_stream(&js, &name, &prefix).await;
         let payload = bytes::Bytes::from(vec![b'x'; size]);
         let counted = counting_subscriber(self.nats.url(), format!("{prefix}.>"), n).await;
         let started = Instant::now();
@@ -552,17 +543,7 @@ impl Bench {
         let js = async_nats::jetstream::new(client.clone());
         let name = format!("FCEIL_{}", tag.to_uppercase());
         let prefix = format!("fceil{tag}");
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: name.clone(),
-            subjects: vec![format!("{prefix}.>")],
-            max_messages_per_subject: 1,
-            allow_direct: true,
-            allow_batch_publish: true,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        ceiling_stream(&js, &name, &prefix).await;
         let inbox = client.new_inbox();
         let mut replies = client.subscribe(format!("{inbox}.>")).await.unwrap();
         let payload = bytes::Bytes::from(vec![b'x'; size]);
@@ -628,6 +609,22 @@ fn fast_ack(payload: &[u8]) -> u64 {
         .or(v.get("seq"))
         .and_then(|x| x.as_u64())
         .unwrap_or(0)
+}
+
+/// A stream set up like walcast's (one message per subject, direct gets, the
+/// duplicate window, fast-ingest batches allowed) for a bare publisher.
+async fn ceiling_stream(js: &async_nats::jetstream::Context, name: &str, prefix: &str) {
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.to_string(),
+        subjects: vec![format!("{prefix}.>")],
+        max_messages_per_subject: 1,
+        allow_direct: true,
+        allow_batch_publish: true,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
 }
 
 /// The text of a metrics endpoint (empty when it does not answer).

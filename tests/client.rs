@@ -559,12 +559,7 @@ fn refetch_via(via: RefetchVia, client: async_nats::Client, key: &'static str) -
 async fn replica_recovers_from_a_gap(via: RefetchVia) {
     let s = servers();
     let db = s.pg.client().await;
-    let sql = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/sql/sequence_column.sql"
-    ))
-    .unwrap();
-    exec(&db, &sql).await;
+    install_sequence_helper(&db).await;
     exec(
         &db,
         "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);

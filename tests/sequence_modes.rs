@@ -27,12 +27,7 @@ async fn column_mode_works_on_core_nats_and_tracked_mode_refuses_without_jetstre
     let nats = NatsServer::start_with(false).unwrap();
     let s = Servers { pg, nats };
     let db = s.pg.client().await;
-    let sql = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/sql/sequence_column.sql"
-    ))
-    .unwrap();
-    exec(&db, &sql).await;
+    install_sequence_helper(&db).await;
     exec(
         &db,
         "CREATE TABLE acct (id int PRIMARY KEY, balance int);

@@ -32,6 +32,9 @@ mod apply;
 mod requests_io;
 mod snapshot_io;
 
+/// How soon after a confirmation the server hears of it (status updates no more often).
+const STATUS_SOON: Duration = Duration::from_millis(10);
+
 /// Envelopes per batch handed to the sink.
 const BATCH_ITEMS: usize = 1024;
 
@@ -113,6 +116,8 @@ pub(super) struct ChangeReader {
     first_open: bool,
     /// When the last standby status update was sent.
     last_status: Instant,
+    /// A confirmation arrived since it was sent: send one soon.
+    status_due: bool,
     commit_ts: Timestamp,
     /// Transactions handed to the sink and not yet confirmed: (end LSN, commit time).
     unconfirmed: VecDeque<(Lsn, Timestamp)>,
@@ -131,9 +136,11 @@ pub(super) struct ChangeReader {
     last_heartbeat: Option<f64>,
     /// This process streamed from the slot already.
     streamed_before: bool,
-    /// The last transaction completed in `chunk` and not yet handed to the sink
-    /// (end LSN, commit time): small transactions go to the sink together.
-    pending_commit: Option<(Lsn, Timestamp)>,
+    /// The end of the last transaction completed in `chunk` and not yet handed to
+    /// the sink (small transactions go to the sink together), and the commit times
+    /// of those transactions.
+    pending_commit: Option<Lsn>,
+    pending_commit_times: Vec<Timestamp>,
     /// Tables refetch requests read, as the catalog described them.
     refetch_tables: HashMap<String, crate::source::chunks::TableInfo>,
 }
@@ -157,6 +164,7 @@ impl ChangeReader {
             streamed_before: false,
             refetch_tables: HashMap::new(),
             pending_commit: None,
+            pending_commit_times: Vec::new(),
             progress: Progress::new(cfg.progress_interval),
             builder,
             store,
@@ -171,6 +179,7 @@ impl ChangeReader {
             skipping: false,
             first_open: true,
             last_status: Instant::now(),
+            status_due: false,
             commit_ts: Timestamp {
                 seconds: 0,
                 nanos: 0,
@@ -302,10 +311,16 @@ impl ChangeReader {
                     }
                     let c = *confirmed_rx.borrow_and_update();
                     self.on_confirmed(c);
-                    // Tell the server soon: it can release WAL, and lag shows truly.
-                    if self.last_status.elapsed() >= Duration::from_millis(10) {
+                    // Tell the server soon (at most every STATUS_SOON): it can release
+                    // WAL, and lag shows truly.
+                    if self.last_status.elapsed() >= STATUS_SOON {
                         self.send_status(&mut stream, false).await?;
+                    } else {
+                        self.status_due = true;
                     }
+                }
+                _ = tokio::time::sleep_until((self.last_status + STATUS_SOON).into()), if self.status_due => {
+                    self.send_status(&mut stream, false).await?;
                 }
                 Some(request) = requests.next(), if !stopping && !self.builder.in_transaction() => {
                     self.answer(request).await?;
@@ -347,7 +362,7 @@ impl ChangeReader {
     /// Hand the transactions completed in the chunk to the sink (when it has room).
     fn flush_completed(&mut self) {
         if self.ready.is_none() && self.pending_commit.is_some() {
-            self.flush_chunk(None);
+            self.flush_chunk();
         }
     }
 
@@ -488,6 +503,7 @@ impl ChangeReader {
         self.metrics.source.lag_seconds.set(lag);
         stream.send_status(self.cp.received(), flush, reply).await?;
         self.last_status = Instant::now();
+        self.status_due = false;
         Ok(())
     }
 }

@@ -66,8 +66,8 @@ pub struct Publish {
 pub struct SinkBatch {
     pub items: Vec<Publish>,
     pub commit_end: Option<Lsn>,
-    /// Commit time of the transaction, on its last batch.
-    pub commit_ts: Option<Timestamp>,
+    /// Commit times of the transactions that end in this batch.
+    pub commit_times: Vec<Timestamp>,
 }
 
 /// Observe commit → confirmation latency for the transactions of confirmed batches.
@@ -76,7 +76,7 @@ fn observe_commit_latency(metrics: &Metrics, batches: &[SinkBatch]) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64();
-    for ts in batches.iter().filter_map(|b| b.commit_ts) {
+    for ts in batches.iter().flat_map(|b| &b.commit_times) {
         let at = ts.seconds as f64 + f64::from(ts.nanos) / 1e9;
         metrics
             .sink

@@ -36,6 +36,16 @@ fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// A key's column texts as typed SQL literals, in key order.
+fn typed_key(table: &TableInfo, values: &[String]) -> Vec<String> {
+    table
+        .key
+        .iter()
+        .zip(values)
+        .map(|(&i, v)| format!("{}::{}", literal(v), table.columns[i].3))
+        .collect()
+}
+
 impl Catalog {
     /// What a snapshot needs to know of `schema.table`.
     pub async fn table_info(&self, qualified: &str) -> Result<TableInfo, SourceError> {
@@ -121,8 +131,8 @@ impl Catalog {
         let filter: Vec<String> = table
             .key
             .iter()
-            .zip(key_values)
-            .map(|(&i, v)| format!("{} = {}::{}", cols[i], literal(v), table.columns[i].3))
+            .zip(typed_key(table, key_values))
+            .map(|(&i, v)| format!("{} = {v}", cols[i]))
             .collect();
         let sql = format!(
             "SELECT {} FROM {}.{} WHERE {}",
@@ -150,15 +160,7 @@ impl Catalog {
             .collect();
         let tuples: Vec<String> = keys
             .iter()
-            .map(|values| {
-                let typed: Vec<String> = table
-                    .key
-                    .iter()
-                    .zip(values)
-                    .map(|(&i, v)| format!("{}::{}", literal(v), table.columns[i].3))
-                    .collect();
-                format!("({})", typed.join(", "))
-            })
+            .map(|values| format!("({})", typed_key(table, values).join(", ")))
             .collect();
         let sql = format!(
             "SELECT {cols} FROM {}.{} WHERE ({cols}) IN ({})",
@@ -208,13 +210,10 @@ impl Catalog {
             .join(", ");
         let filter = match after {
             Some(values) => {
-                let typed: Vec<String> = table
-                    .key
-                    .iter()
-                    .zip(values)
-                    .map(|(&i, v)| format!("{}::{}", literal(v), table.columns[i].3))
-                    .collect();
-                format!("WHERE ({key_list}) > ({})", typed.join(", "))
+                format!(
+                    "WHERE ({key_list}) > ({})",
+                    typed_key(table, values).join(", ")
+                )
             }
             None => String::new(),
         };

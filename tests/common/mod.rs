@@ -254,3 +254,13 @@ pub async fn exec(client: &tokio_postgres::Client, sql: &str) {
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
 }
+
+/// Install the column-mode helper (`sql/sequence_column.sql`) in the database.
+pub async fn install_sequence_helper(db: &tokio_postgres::Client) {
+    let sql = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/sql/sequence_column.sql"
+    ))
+    .unwrap();
+    exec(db, &sql).await;
+}

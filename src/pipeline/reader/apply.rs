@@ -78,9 +78,10 @@ impl ChangeReader {
                 }
                 // Small transactions travel together: the batch goes to the sink when
                 // it is full or when what the server sent so far is worked through.
-                self.pending_commit = Some((end_lsn, self.commit_ts));
+                self.pending_commit = Some(end_lsn);
+                self.pending_commit_times.push(self.commit_ts);
                 if self.chunk.len() >= BATCH_ITEMS {
-                    self.flush_chunk(Some(end_lsn));
+                    self.flush_chunk();
                 }
                 self.last_handed_commit = commit_lsn;
                 self.cp.on_handed_off(end_lsn);
@@ -136,21 +137,16 @@ impl ChangeReader {
             _ => {}
         }
         if self.chunk.len() >= BATCH_ITEMS {
-            self.flush_chunk(None);
+            self.flush_chunk();
         }
         Ok(())
     }
 
     /// Move the envelopes built so far into a batch for the sink.
-    /// `commit_end`: the batch ends a transaction; else it ends with the last
-    /// transaction completed in it, if any.
-    pub(super) fn flush_chunk(&mut self, commit_end: Option<Lsn>) {
-        let completed = self.pending_commit.take();
-        let (commit_end, commit_ts) = match (commit_end, completed) {
-            (Some(end), _) => (Some(end), Some(self.commit_ts)),
-            (None, Some((end, ts))) => (Some(end), Some(ts)),
-            (None, None) => (None, None),
-        };
+    /// The batch ends with the last transaction completed in it, if any.
+    pub(super) fn flush_chunk(&mut self) {
+        let commit_end = self.pending_commit.take();
+        let commit_times = std::mem::take(&mut self.pending_commit_times);
         let items = std::mem::take(&mut self.chunk)
             .into_iter()
             .map(|o| Publish {
@@ -164,7 +160,7 @@ impl ChangeReader {
         self.ready = Some(SinkBatch {
             items,
             commit_end,
-            commit_ts,
+            commit_times,
         });
     }
 

@@ -330,7 +330,7 @@ impl ChangeReader {
         self.builder.commit();
         let last = self.chunk[before..].last().map(|o| o.position);
         if self.chunk.len() > before {
-            self.flush_chunk(None);
+            self.flush_chunk();
         }
         self.metrics
             .envelope
