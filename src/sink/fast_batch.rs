@@ -85,6 +85,8 @@ struct Reply {
     #[serde(rename = "type")]
     kind: Option<String>,
     seq: Option<u64>,
+    /// A gap's first missing batch sequence.
+    last_seq: Option<u64>,
     count: Option<u64>,
     #[serde(default)]
     duplicate: bool,
@@ -282,6 +284,16 @@ impl FastBatchSink {
                 }
             }
             (Some(kind), error) => {
+                // Every message before the refused one is in the stream: stored now,
+                // or skipped as a duplicate of one stored before (which the PubAck's
+                // count does not include).
+                let before = match kind {
+                    "gap" => reply.last_seq.map(|e| e.saturating_sub(1)),
+                    _ => reply.seq.map(|n| n.saturating_sub(1)),
+                };
+                if let Some(n) = before.map(|n| n.min(batch.sent)) {
+                    f.acked = f.acked.max(batch.base + n);
+                }
                 // Fail mode: the server ends the batch and sends its PubAck next.
                 let detail = error.map_or_else(String::new, |e| {
                     format!(": {} ({})", e.description, e.err_code)
