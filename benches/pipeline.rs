@@ -769,6 +769,12 @@ async fn latency(b: &Bench, rate: u64, secs: u64, run: usize) -> serde_json::Val
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
         // Live changes only: the table's existing rows are not what is measured.
         .args(["--snapshot", "never"])
+        // BENCH_LATENCY_ARGS="--delivery core --volatile-sequences": another mode.
+        .args(
+            std::env::var("BENCH_LATENCY_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .env("WALCAST_LOG", "warn")
         .stdout(Stdio::null())
         .kill_on_drop(true)
