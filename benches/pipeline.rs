@@ -516,15 +516,7 @@ impl Bench {
         while let Some(a) = acks.next().await {
             a.unwrap();
         }
-        counted.await.unwrap();
-        let seconds = started.elapsed().as_secs_f64();
-        let _ = js.delete_stream(&name).await;
-        RunResult {
-            seconds,
-            cpu_seconds: f64::NAN,
-            max_rss_kib: 0,
-            nats_cpu_seconds: 0.0,
-        }
+        ceiling_result(started, counted, &js, &name).await
     }
 }
 
@@ -585,15 +577,7 @@ impl Bench {
         while acked < n {
             acked = acked.max(fast_ack(&replies.next().await.unwrap().payload));
         }
-        counted.await.unwrap();
-        let seconds = started.elapsed().as_secs_f64();
-        let _ = js.delete_stream(&name).await;
-        RunResult {
-            seconds,
-            cpu_seconds: f64::NAN,
-            max_rss_kib: 0,
-            nats_cpu_seconds: 0.0,
-        }
+        ceiling_result(started, counted, &js, &name).await
     }
 }
 
@@ -609,6 +593,25 @@ fn fast_ack(payload: &[u8]) -> u64 {
         .or(v.get("seq"))
         .and_then(|x| x.as_u64())
         .unwrap_or(0)
+}
+
+/// A bare publisher's run: its time once the subscriber counted everything; the
+/// stream is removed.
+async fn ceiling_result(
+    started: Instant,
+    counted: tokio::task::JoinHandle<()>,
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> RunResult {
+    counted.await.unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = js.delete_stream(name).await;
+    RunResult {
+        seconds,
+        cpu_seconds: f64::NAN,
+        max_rss_kib: 0,
+        nats_cpu_seconds: 0.0,
+    }
 }
 
 /// A stream set up like walcast's (one message per subject, direct gets, the

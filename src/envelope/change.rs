@@ -131,14 +131,7 @@ impl EnvelopeBuilder {
         new: Option<&[TupleValue<'_>]>,
         out: &mut Vec<Outgoing>,
     ) -> Result<Option<Need>, EnvelopeError> {
-        self.tx.ok_or(EnvelopeError::NoTransaction)?;
-        let rel = self.relation(relation_id)?;
-        if rel.shape.key.is_empty() {
-            return Err(EnvelopeError::NoKey {
-                table: rel.qualified_name(),
-            });
-        }
-        rel.check_column_count([new, old.map(|o| o.values())])?;
+        let rel = self.keyed_relation(relation_id, [new, old.map(|o| o.values())])?;
         if !(rel.publishes(op) || op == Op::Update && rel.publishes(Op::Delete)) {
             return Ok(None);
         }
@@ -157,6 +150,17 @@ impl EnvelopeBuilder {
         row: &[TupleValue<'_>],
         out: &mut Vec<Outgoing>,
     ) -> Result<Option<Need>, EnvelopeError> {
+        self.keyed_relation(relation_id, [Some(row), None])?;
+        self.upsert(relation_id, Op::Snapshot, None, row, out)
+    }
+
+    /// The relation of a change inside a transaction: it has a key, and the tuples
+    /// have its column count.
+    fn keyed_relation(
+        &self,
+        relation_id: u32,
+        tuples: [Option<&[TupleValue<'_>]>; 2],
+    ) -> Result<&Relation, EnvelopeError> {
         self.tx.ok_or(EnvelopeError::NoTransaction)?;
         let rel = self.relation(relation_id)?;
         if rel.shape.key.is_empty() {
@@ -164,8 +168,8 @@ impl EnvelopeBuilder {
                 table: rel.qualified_name(),
             });
         }
-        rel.check_column_count([Some(row), None])?;
-        self.upsert(relation_id, Op::Snapshot, None, row, out)
+        rel.check_column_count(tuples)?;
+        Ok(rel)
     }
 
     /// A re-snapshot found no row for a key the stream still holds (tracked mode):

@@ -178,13 +178,7 @@ fn ask_refetch(
         Err(_) => Err("the request is not a UTF-8 key".to_string()),
     };
     async move {
-        let answer = match queued {
-            Ok(()) => match tokio::time::timeout(ANSWER_WITHIN, rx).await {
-                Ok(Ok(answer)) => answer,
-                _ => RefetchAnswer::Refused("no answer in time; retry".into()),
-            },
-            Err(why) => RefetchAnswer::Refused(why),
-        };
+        let answer = answer_of(queued, rx, RefetchAnswer::Refused).await;
         match answer {
             RefetchAnswer::Envelope(bytes) => (HeaderMap::new(), bytes),
             RefetchAnswer::NotFound => (error_headers(REFETCH_NOT_FOUND), Vec::new()),
@@ -206,15 +200,25 @@ fn ask_snapshot(
         Err(e) => Err(format!("the request is not a JSON list of tables: {e}")),
     };
     async move {
-        let answer = match queued {
-            Ok(()) => match tokio::time::timeout(ANSWER_WITHIN, rx).await {
-                Ok(Ok(answer)) => answer,
-                _ => SnapshotReply::refused("no answer in time (a long transaction?); retry"),
-            },
-            Err(why) => SnapshotReply::refused(&why),
-        };
+        let answer = answer_of(queued, rx, |why| SnapshotReply::refused(&why)).await;
         let json = serde_json::to_vec(&answer).unwrap_or_default();
         (HeaderMap::new(), json)
+    }
+}
+
+/// The reader's answer to a queued request, or a refusal: not queued (`Err`), or no
+/// answer within [`ANSWER_WITHIN`] (a long transaction holds the reader).
+async fn answer_of<T>(
+    queued: Result<(), String>,
+    rx: oneshot::Receiver<T>,
+    refused: impl FnOnce(String) -> T,
+) -> T {
+    match queued {
+        Ok(()) => match tokio::time::timeout(ANSWER_WITHIN, rx).await {
+            Ok(Ok(answer)) => answer,
+            _ => refused("no answer in time (a long transaction?); retry".into()),
+        },
+        Err(why) => refused(why),
     }
 }
 

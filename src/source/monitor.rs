@@ -22,10 +22,7 @@ pub async fn heartbeat(
 ) {
     let mut catalog: Option<Catalog> = None;
     loop {
-        if catalog.as_ref().is_none_or(|c| c.is_closed()) {
-            catalog = Catalog::connect(&params, timeout).await.ok();
-        }
-        if let Some(c) = &catalog {
+        if let Some(c) = reconnected(&mut catalog, &params, timeout).await {
             if let Err(e) = c.emit_heartbeat(HEARTBEAT_PREFIX).await {
                 if !e.is_transient() {
                     tracing::warn!(error = %e, "heartbeat off: the role cannot write one (GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) TO <role>, or --heartbeat-interval 0)");
@@ -51,10 +48,7 @@ pub async fn monitor_slot(
 ) {
     let mut catalog: Option<Catalog> = None;
     loop {
-        if catalog.as_ref().is_none_or(|c| c.is_closed()) {
-            catalog = Catalog::connect(&params, timeout).await.ok();
-        }
-        if let Some(c) = &catalog {
+        if let Some(c) = reconnected(&mut catalog, &params, timeout).await {
             match c.slot_health(&slot).await {
                 Ok(Some(h)) => {
                     metrics.source.slot_active.set(i64::from(h.active));
@@ -83,4 +77,17 @@ pub async fn monitor_slot(
             _ = shutdown.wait() => return,
         }
     }
+}
+
+/// The catalog connection, connected again when it is missing or closed (`None` while
+/// PostgreSQL is unreachable).
+async fn reconnected<'a>(
+    catalog: &'a mut Option<Catalog>,
+    params: &ConnectParams,
+    timeout: Duration,
+) -> Option<&'a Catalog> {
+    if catalog.as_ref().is_none_or(|c| c.is_closed()) {
+        *catalog = Catalog::connect(params, timeout).await.ok();
+    }
+    catalog.as_ref()
 }
