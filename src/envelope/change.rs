@@ -18,13 +18,12 @@ impl Relation {
     /// The key and subject of the row `tuple`; an error when a key column is null.
     fn key_of(&self, tuple: &[TupleValue<'_>], op: &'static str) -> Result<Keyed, EnvelopeError> {
         let mut k = self.key_prefix.clone();
-        let mut token_parts: Vec<&str> = Vec::with_capacity(self.shape.key.len());
+        let key_text = |i: usize| match tuple[i] {
+            TupleValue::Text(t) => std::str::from_utf8(t).ok(),
+            _ => None,
+        };
         for (n, &i) in self.shape.key.iter().enumerate() {
-            let text = match tuple[i] {
-                TupleValue::Text(t) => std::str::from_utf8(t).ok(),
-                _ => None,
-            };
-            let Some(text) = text else {
+            let Some(text) = key_text(i) else {
                 return Err(EnvelopeError::NullKey {
                     table: self.qualified_name(),
                     column: self.shape.columns[i].name.clone(),
@@ -32,9 +31,11 @@ impl Relation {
                 });
             };
             key::push_key_value(&mut k, n == 0, text);
-            token_parts.push(text);
         }
-        let subject = format!("{}{}", self.subject_prefix, key::key_token(token_parts));
+        let mut subject = String::with_capacity(self.subject_prefix.len() + k.len() + 8);
+        subject.push_str(&self.subject_prefix);
+        let texts = self.shape.key.iter().filter_map(|&i| key_text(i));
+        key::push_key_token(&mut subject, texts);
         Ok((k, subject))
     }
 

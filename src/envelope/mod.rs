@@ -221,7 +221,9 @@ struct Transaction {
 #[derive(Debug)]
 pub struct EnvelopeBuilder {
     prefix: String,
-    relations: HashMap<u32, Relation>,
+    /// Looked up several times per change: a fast hasher (relation ids are the
+    /// server's, not an attacker's).
+    relations: HashMap<u32, Relation, foldhash::fast::RandomState>,
     histories: HashMap<String, SchemaHistory>,
     default_mode: SequenceMode,
     /// Settings per table (`schema.table`).
@@ -282,7 +284,7 @@ impl EnvelopeBuilder {
         let authoritative = default_mode == SequenceMode::Volatile;
         EnvelopeBuilder {
             prefix: prefix.to_string(),
-            relations: HashMap::new(),
+            relations: HashMap::default(),
             histories: HashMap::new(),
             default_mode,
             tables,
@@ -583,7 +585,7 @@ impl EnvelopeBuilder {
         }
         codec::encode_to(bytes::BufMut::writer(&mut self.encoded), &envelope)?;
         let payload = self.encoded.split().freeze();
-        let msg_id = format!("{key}:{sequence}");
+        let msg_id = message_id(&key, sequence);
         let (payload, marked) = fit_size(
             self.max_payload,
             self.oversize_marker,
@@ -689,4 +691,15 @@ fn fit_size<V: serde::Serialize>(
         commit_ts: envelope.commit_ts,
     })?;
     Ok((Bytes::from(marked), true))
+}
+
+/// The `Nats-Msg-Id` of a key's envelope: `<key>:<sequence>`.
+fn message_id(key: &str, sequence: u64) -> String {
+    let mut digits = itoa::Buffer::new();
+    let sequence = digits.format(sequence);
+    let mut id = String::with_capacity(key.len() + 1 + sequence.len());
+    id.push_str(key);
+    id.push(':');
+    id.push_str(sequence);
+    id
 }

@@ -13,6 +13,9 @@
 //! In **column** mode the sequence is a column of the row, kept by the trigger in
 //! `sql/sequence_column.sql`.
 
+use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
 use lru::LruCache;
 
 pub use crate::wire::Position;
@@ -50,7 +53,7 @@ pub enum Lookup {
 /// Bounded LRU of key states; unacknowledged entries are pinned.
 #[derive(Debug)]
 pub struct KeyStateCache {
-    entries: LruCache<String, Option<KeyState>>,
+    entries: LruCache<String, Option<KeyState>, RandomState>,
     capacity: usize,
     /// Changes at or before this position are acknowledged by the sink.
     acked: Position,
@@ -63,7 +66,7 @@ impl KeyStateCache {
     /// new key.
     pub fn new(capacity: usize, authoritative: bool) -> Self {
         KeyStateCache {
-            entries: LruCache::unbounded(),
+            entries: LruCache::unbounded_with_hasher(RandomState::default()),
             capacity: capacity.max(1),
             acked: Position::default(),
             authoritative,
@@ -192,6 +195,8 @@ mod tests {
 pub struct SubjectFilter {
     bits: Vec<u64>,
     hashes: u32,
+    /// Seeded per process: the filter lives in memory only.
+    hasher: RandomState,
 }
 
 impl SubjectFilter {
@@ -201,26 +206,24 @@ impl SubjectFilter {
         SubjectFilter {
             bits: vec![0; bits.div_ceil(64)],
             hashes: 7,
+            hasher: RandomState::default(),
         }
     }
 
-    fn positions(&self, subject: &str) -> impl Iterator<Item = usize> + '_ {
-        use std::hash::{BuildHasher, Hasher};
-        let hash = |seed: u64| {
-            let mut h = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-                .build_hasher();
-            h.write_u64(seed);
-            h.write(subject.as_bytes());
-            h.finish()
-        };
-        let (h1, h2) = (hash(0x9E37_79B9), hash(0x85EB_CA6B) | 1);
+    /// The bit positions of `subject`: double hashing from one 64-bit hash, the
+    /// second one derived by a SplitMix64 finaliser.
+    fn positions(&self, subject: &str) -> impl Iterator<Item = usize> {
+        let h1 = self.hasher.hash_one(subject.as_bytes());
+        let mut h2 = h1 ^ 0x9E37_79B9_7F4A_7C15;
+        h2 = (h2 ^ (h2 >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        h2 = (h2 ^ (h2 >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        let h2 = (h2 ^ (h2 >> 31)) | 1;
         let m = (self.bits.len() * 64) as u64;
         (0..u64::from(self.hashes)).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % m) as usize)
     }
 
     pub fn insert(&mut self, subject: &str) {
-        let positions: Vec<usize> = self.positions(subject).collect();
-        for p in positions {
+        for p in self.positions(subject) {
             self.bits[p / 64] |= 1 << (p % 64);
         }
     }

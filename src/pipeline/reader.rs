@@ -121,7 +121,7 @@ pub(super) struct ChangeReader {
     commit_ts: Timestamp,
     /// Transactions handed to the sink and not yet confirmed: (end LSN, commit time).
     unconfirmed: VecDeque<(Lsn, Timestamp)>,
-    counters: HashMap<u32, TableCounters>,
+    counters: HashMap<u32, TableCounters, foldhash::fast::RandomState>,
     progress: Progress,
     /// The published tables (what a snapshot reads).
     tables: Vec<String>,
@@ -185,7 +185,7 @@ impl ChangeReader {
                 nanos: 0,
             },
             unconfirmed: VecDeque::new(),
-            counters: HashMap::new(),
+            counters: HashMap::default(),
         }
     }
 

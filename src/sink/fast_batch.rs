@@ -16,7 +16,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
 use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
@@ -24,7 +23,6 @@ use tokio::sync::{mpsc, watch};
 use super::{confirm, Confirmed, Publish, Retry, SinkBatch, SinkError};
 use crate::ops::metrics::Metrics;
 use crate::state::StateStore;
-use crate::wire::POSITION_HEADER;
 
 /// Messages between two flow acknowledgements the sink asks for (the server acks at
 /// least every 500).
@@ -42,6 +40,8 @@ pub struct FastBatchSink {
 /// The fast batch being written.
 struct OpenBatch {
     id: String,
+    /// `<inbox>.<id>.<flow>.fail.`: what every reply subject of the batch starts with.
+    reply_prefix: String,
     /// Ordinal of the message before this batch's sequence 1.
     base: u64,
     /// Batch sequences sent.
@@ -185,8 +185,10 @@ impl FastBatchSink {
         };
         for (ordinal, item) in w.items_from(first) {
             if f.batch.as_ref().is_none_or(|b| b.ended) {
+                let id = batch_id(&self.client);
                 f.batch = Some(OpenBatch {
-                    id: batch_id(&self.client),
+                    reply_prefix: format!("{inbox}.{id}.{FLOW}.fail."),
+                    id,
                     base: ordinal - 1,
                     sent: 0,
                     chain_start: expected,
@@ -201,11 +203,8 @@ impl FastBatchSink {
                 (false, 1) => 0,
                 (false, _) => 1,
             };
-            let reply = format!("{inbox}.{}.{FLOW}.fail.{seq}.{op}.$FI", batch.id);
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", item.msg_id.as_str());
-            headers.insert(POSITION_HEADER, item.position.to_header().as_str());
-            headers.insert("Nats-Expected-Last-Sequence", expected.to_string().as_str());
+            let reply = batch.reply_subject(seq, op);
+            let headers = item.jetstream_headers(expected);
             let sent = self
                 .client
                 .publish_with_reply_and_headers(
@@ -340,6 +339,22 @@ impl FastBatchSink {
                 });
             }
         }
+    }
+}
+
+impl OpenBatch {
+    /// The reply subject of batch message `seq` with operation `op` (0 start, 1 append,
+    /// 2 commit): `<prefix><seq>.<op>.$FI`.
+    fn reply_subject(&self, seq: u64, op: u8) -> String {
+        let mut digits = itoa::Buffer::new();
+        let seq = digits.format(seq);
+        let mut reply = String::with_capacity(self.reply_prefix.len() + seq.len() + 6);
+        reply.push_str(&self.reply_prefix);
+        reply.push_str(seq);
+        reply.push('.');
+        reply.push(char::from(b'0' + op));
+        reply.push_str(".$FI");
+        reply
     }
 }
 

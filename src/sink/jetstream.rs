@@ -19,14 +19,12 @@ use std::collections::VecDeque;
 
 use async_nats::jetstream::context::{Context, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::HeaderMap;
 use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::{mpsc, watch};
 
 use super::{confirm, Confirmed, Publish, Retry, SinkBatch, SinkError};
 use crate::ops::metrics::Metrics;
 use crate::state::StateStore;
-use crate::wire::POSITION_HEADER;
 
 /// Publishes batches through JetStream and reports confirmed transaction ends.
 pub struct JetStreamSink {
@@ -64,10 +62,7 @@ impl JetStreamSink {
         item: &Publish,
         expected: u64,
     ) -> Result<async_nats::jetstream::context::PublishAckFuture, String> {
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", item.msg_id.as_str());
-        headers.insert(POSITION_HEADER, item.position.to_header().as_str());
-        headers.insert("Nats-Expected-Last-Sequence", expected.to_string().as_str());
+        let headers = item.jetstream_headers(expected);
         let msg = PublishMessage::build()
             .payload(item.payload.clone())
             .headers(headers);

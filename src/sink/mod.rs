@@ -61,6 +61,22 @@ pub struct Publish {
     pub position: Position,
 }
 
+impl Publish {
+    /// The headers of a JetStream publish expecting the stream's last sequence to be
+    /// `expected`: `Nats-Msg-Id`, `Walcast-Position`, `Nats-Expected-Last-Sequence`
+    /// (named by constants and given owned values: nothing parsed or copied twice).
+    pub(crate) fn jetstream_headers(&self, expected: u64) -> async_nats::HeaderMap {
+        use async_nats::header::{HeaderName, NATS_EXPECTED_LAST_SEQUENCE, NATS_MESSAGE_ID};
+        const POSITION: HeaderName = HeaderName::from_static(crate::wire::POSITION_HEADER);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(NATS_MESSAGE_ID, self.msg_id.clone());
+        headers.insert(POSITION, self.position.to_header());
+        let expected = itoa::Buffer::new().format(expected).to_string();
+        headers.insert(NATS_EXPECTED_LAST_SEQUENCE, expected);
+        headers
+    }
+}
+
 /// Envelopes in commit order; `commit_end` is set on the last batch of a transaction.
 #[derive(Debug, Default)]
 pub struct SinkBatch {

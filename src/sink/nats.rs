@@ -114,6 +114,9 @@ fn options(
         .connection_timeout(timeout)
         .max_reconnects(None)
         .client_capacity(65_536)
+        // walcast publishes only on subjects it built: a validated prefix, escaped
+        // tokens and its own inboxes (subscriptions are still checked by the client).
+        .skip_subject_validation(true)
         .event_callback(move |event| {
             let state = state.clone();
             async move {

@@ -146,22 +146,29 @@ pub fn name_token(name: &str) -> String {
 /// The subject token of a row's primary-key values.
 pub fn key_token<'v>(values: impl IntoIterator<Item = &'v str>) -> String {
     let mut out = String::new();
+    push_key_token(&mut out, values);
+    out
+}
+
+/// Append the subject token of a row's primary-key values to `out` (a subject under
+/// construction): one buffer for the whole subject.
+pub fn push_key_token<'v>(out: &mut String, values: impl IntoIterator<Item = &'v str>) {
+    let start = out.len();
     for (i, v) in values.into_iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        push_token_part(&mut out, v);
+        push_token_part(out, v);
     }
-    if out.len() > MAX_TOKEN_LEN {
-        let digest = Sha256::digest(out.as_bytes());
-        out.clear();
+    if out.len() - start > MAX_TOKEN_LEN {
+        let digest = Sha256::digest(&out.as_bytes()[start..]);
+        out.truncate(start);
         out.push_str("~H");
         for b in digest {
             out.push(HEX[usize::from(b >> 4)] as char);
             out.push(HEX[usize::from(b & 15)] as char);
         }
     }
-    out
 }
 
 fn unescape_token_part(part: &str) -> Result<String, KeyError> {

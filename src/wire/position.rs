@@ -17,7 +17,13 @@ pub struct Position {
 impl Position {
     /// The `Walcast-Position` header value: `<commit lsn as decimal>:<ordinal>`.
     pub fn to_header(&self) -> String {
-        format!("{}:{}", self.commit_lsn.0, self.ordinal)
+        let (mut lsn, mut ordinal) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (lsn, ordinal) = (lsn.format(self.commit_lsn.0), ordinal.format(self.ordinal));
+        let mut out = String::with_capacity(lsn.len() + 1 + ordinal.len());
+        out.push_str(lsn);
+        out.push(':');
+        out.push_str(ordinal);
+        out
     }
 
     pub fn from_header(s: &str) -> Option<Position> {
