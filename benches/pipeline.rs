@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,22 @@ use walcast::testing::{ConnectParams, ReplicationConnection, ReplicationEvent};
 use walcast::wire::Lsn;
 
 type DynError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The peers: publishers of a simpler envelope (text values, no sequences) written
+/// as a team would in Python and Node (bench/peers).
+const PYTHON_PEER: &str = "python peer";
+const NODE_PEER: &str = "node peer";
+const NODE_PEER_JETSTREAM: &str = "node peer, jetstream";
+
+/// One peer run: which peer, and what it drains.
+struct Peer<'a> {
+    contender: &'a str,
+    slot: &'a str,
+    publication: &'a str,
+    endpos: Lsn,
+    rows: u64,
+    tag: &'a str,
+}
 
 /// The bare publishers the JetStream contender is compared with.
 const BARE_PER_MESSAGE: &str = "bare js, per-message PubAcks";
@@ -245,6 +261,42 @@ impl Bench {
         Self::run_to_end("the Rust drain", cmd).await
     }
 
+    /// A peer drains its slot to the end, a subscriber counting its messages (as
+    /// walcast's runs have one).
+    async fn run_peer(&self, peer: Peer<'_>) -> RunResult {
+        let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/peers");
+        let (program, script) = match peer.contender {
+            PYTHON_PEER => (format!("{peers}/python/.venv/bin/python"), "python/peer.py"),
+            _ => ("node".to_string(), "node/peer.mjs"),
+        };
+        assert!(
+            std::path::Path::new(&program).exists() || program == "node",
+            "{program} missing: run `bash bench/peers/install.sh` (make bench does)"
+        );
+        let prefix = format!("p{}", peer.tag);
+        let subscriber =
+            counting_subscriber(self.nats.url(), format!("{prefix}.>"), peer.rows).await;
+        let mut cmd = std::process::Command::new(program);
+        cmd.arg(format!("{peers}/{script}"))
+            .args([&self.pg_kv_url(), peer.slot, peer.publication])
+            .arg(peer.endpos.to_string())
+            .args([&self.nats.url(), &prefix]);
+        // The JetStream peer publishes into a stream like walcast's (one per subject).
+        let stream = format!("P{}", peer.tag.to_uppercase());
+        let js = async_nats::jetstream::new(async_nats::connect(self.nats.url()).await.unwrap());
+        let jetstream = peer.contender == NODE_PEER_JETSTREAM;
+        if jetstream {
+            ceiling_stream(&js, &stream, &prefix).await;
+            cmd.arg("--jetstream");
+        }
+        let result = Self::run_to_end(peer.contender, cmd).await;
+        subscriber.abort();
+        if jetstream {
+            let _ = js.delete_stream(&stream).await;
+        }
+        result
+    }
+
     /// walcast drains `slot`; a subscriber counts `expected` envelopes.
     #[allow(clippy::too_many_arguments)]
     async fn run_walcast(
@@ -390,6 +442,9 @@ impl Bench {
             "rust drain",
             "walcast core",
             "walcast jetstream",
+            PYTHON_PEER,
+            NODE_PEER,
+            NODE_PEER_JETSTREAM,
         ];
         let mut slots = Vec::new();
         for c in 0..contenders.len() {
@@ -428,9 +483,20 @@ impl Bench {
                         self.run_walcast(&slot, publication, endpos, rows, false, &tag, None)
                             .await
                     }
-                    _ => {
+                    3 => {
                         self.run_walcast(&slot, publication, endpos, rows, true, &tag, None)
                             .await
+                    }
+                    _ => {
+                        let peer = Peer {
+                            contender,
+                            slot: &slot,
+                            publication,
+                            endpos,
+                            rows,
+                            tag: &tag,
+                        };
+                        self.run_peer(peer).await
                     }
                 };
                 result.nats_cpu_seconds = self.nats_cpu() - nats_before;
@@ -662,7 +728,7 @@ async fn counting_subscriber(url: String, pattern: String, n: u64) -> tokio::tas
             match tokio::time::timeout(Duration::from_secs(1), sub.next()).await {
                 Ok(Some(_)) => seen += 1,
                 _ => {
-                    eprintln!("  the ceiling's subscriber got {seen} of {n} messages");
+                    eprintln!("  the subscriber got {seen} of {n} messages");
                     break;
                 }
             }
@@ -690,8 +756,8 @@ fn ident(name: &str) -> String {
 
 fn print_table(rows: &[Row]) -> String {
     let mut out = String::new();
-    out.push_str("| scenario | contender | rows/s (median) | min–max rows/s | MB/s WAL | ratio to limit | ratio to best bare publisher | CPU s / 100k | nats-server CPU s / 100k | peak RSS MiB |\n");
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("| scenario | contender | rows/s (median) | min–max rows/s | MB/s WAL | ratio to limit | ratio to best bare publisher | ratio to best peer | CPU s / 100k | nats-server CPU s / 100k | peak RSS MiB |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
     let mut by_scenario: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
     for r in rows {
         by_scenario.entry(&r.scenario).or_default().push(r);
@@ -705,6 +771,9 @@ fn print_table(rows: &[Row]) -> String {
         };
         let limit = best_of(&["pg_recvlogical", "rust drain"]);
         let bare = best_of(&[BARE_PER_MESSAGE, BARE_FAST_BATCH]);
+        // Same delivery: core against the core peers, JetStream against the JetStream one.
+        let core_peer = best_of(&[PYTHON_PEER, NODE_PEER]);
+        let jetstream_peer = best_of(&[NODE_PEER_JETSTREAM]);
         for r in list {
             let med = r.median();
             let rates: Vec<f64> = r.runs.iter().map(|x| r.rows_per_sec(x.seconds)).collect();
@@ -721,8 +790,18 @@ fn print_table(rows: &[Row]) -> String {
             } else {
                 "—".into()
             };
+            let peer = match r.contender.as_str() {
+                "walcast core" => core_peer,
+                "walcast jetstream" => jetstream_peer,
+                _ => 0.0,
+            };
+            let to_peer = if peer > 0.0 {
+                format!("{:.2}", r.rows_per_sec(med) / peer)
+            } else {
+                "—".into()
+            };
             out.push_str(&format!(
-                "| {scenario} | {} | {:.0} | {:.0}–{:.0} | {:.1} | {:.2} | {to_bare} | {:.2} | {:.2} | {:.1} |\n",
+                "| {scenario} | {} | {:.0} | {:.0}–{:.0} | {:.1} | {:.2} | {to_bare} | {to_peer} | {:.2} | {:.2} | {:.1} |\n",
                 r.contender,
                 r.rows_per_sec(med),
                 lo,
@@ -788,6 +867,15 @@ async fn latency(b: &Bench, rate: u64, secs: u64, run: usize) -> serde_json::Val
     while confirmed_exists(&b.db, &slot).await.is_none() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Beside walcast, a bare consumer of its own slot times what PostgreSQL delivers.
+    let drain_slot = format!("latd_{rate}_{run}");
+    b.make_slots(std::slice::from_ref(&drain_slot)).await;
+    let stop_drain = Arc::new(AtomicBool::new(false));
+    let drain = tokio::spawn(commit_latency_drain(
+        b.pg.url(),
+        drain_slot.clone(),
+        stop_drain.clone(),
+    ));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let lat = tokio::spawn(async move {
         let mut out = Vec::new();
@@ -801,7 +889,9 @@ async fn latency(b: &Bench, rate: u64, secs: u64, run: usize) -> serde_json::Val
                     continue;
                 }
                 let ts = env.commit_ts.seconds as f64 + f64::from(env.commit_ts.nanos) / 1e9;
-                out.push((now - ts) * 1000.0);
+                let micros =
+                    env.commit_ts.seconds * 1_000_000 + i64::from(env.commit_ts.nanos / 1000);
+                out.push((micros, (now - ts) * 1000.0));
             }
         }
         out
@@ -842,13 +932,26 @@ async fn latency(b: &Bench, rate: u64, secs: u64, run: usize) -> serde_json::Val
     for t in tasks {
         written += t.await.unwrap();
     }
-    let mut samples = lat.await.unwrap();
+    let delivered = lat.await.unwrap();
+    stop_drain.store(true, Ordering::Relaxed);
+    let at_postgres = drain.await.unwrap();
     let _ = child.start_kill();
     let _ = child.wait().await;
     let js = async_nats::jetstream::new(client);
     let _ = js.delete_stream(&stream).await;
     b.drop_slot(&slot).await;
+    b.drop_slot(&drain_slot).await;
+    // Where the slow deliveries come from: already slow at the bare consumer
+    // (PostgreSQL, the walsender, the machine) or only after it (walcast, NATS).
+    let slow: Vec<_> = delivered.iter().filter(|(_, ms)| *ms > SLOW_MS).collect();
+    let slow_upstream = slow
+        .iter()
+        .filter(|(ts, _)| at_postgres.get(ts).is_some_and(|ms| *ms > SLOW_MS))
+        .count();
+    let mut samples: Vec<f64> = delivered.iter().map(|(_, ms)| *ms).collect();
     samples.sort_by(f64::total_cmp);
+    let mut upstream: Vec<f64> = at_postgres.values().copied().collect();
+    upstream.sort_by(f64::total_cmp);
     serde_json::json!({
         "rate_per_sec": rate,
         "seconds": secs,
@@ -858,7 +961,65 @@ async fn latency(b: &Bench, rate: u64, secs: u64, run: usize) -> serde_json::Val
         "p99_ms": percentile(&samples, 0.99),
         "p999_ms": percentile(&samples, 0.999),
         "max_ms": samples.last().copied().unwrap_or(f64::NAN),
+        "bare_consumer_p50_ms": percentile(&upstream, 0.5),
+        "bare_consumer_p99_ms": percentile(&upstream, 0.99),
+        "bare_consumer_max_ms": upstream.last().copied().unwrap_or(f64::NAN),
+        "slow_deliveries": slow.len(),
+        "slow_at_bare_consumer_too": slow_upstream,
     })
+}
+
+/// A delivery slower than this counts as slow (the target's p99).
+const SLOW_MS: f64 = 5.0;
+
+/// A bare logical-replication consumer (walcast's replication client, reading as soon
+/// as bytes arrive, decoding nothing but Commit messages): commit → receipt in ms,
+/// keyed by the commit time in µs since the Unix epoch, until `stop` and a quiet
+/// 300 ms.
+async fn commit_latency_drain(
+    url: String,
+    slot: String,
+    stop: Arc<AtomicBool>,
+) -> BTreeMap<i64, f64> {
+    const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+    let params = ConnectParams::from_url(&url).unwrap();
+    let mut conn = ReplicationConnection::connect(&params).await.unwrap();
+    conn.set_read_nap(Duration::ZERO);
+    let mut stream = conn
+        .start_replication(&slot, Lsn(0), "bench_narrow")
+        .await
+        .unwrap();
+    let mut out = BTreeMap::new();
+    let mut received = Lsn(0);
+    loop {
+        let event = match tokio::time::timeout(Duration::from_millis(300), stream.next()).await {
+            Ok(event) => event.unwrap(),
+            Err(_) if stop.load(Ordering::Relaxed) => break,
+            Err(_) => continue,
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64;
+        match event {
+            // Commit: 'C', flags, commit LSN, end LSN, commit time (µs since 2000).
+            ReplicationEvent::XLogData { data, .. } if data.len() >= 26 && data[0] == b'C' => {
+                let end = u64::from_be_bytes(data[10..18].try_into().unwrap());
+                let ts = i64::from_be_bytes(data[18..26].try_into().unwrap());
+                let micros = ts + POSTGRES_EPOCH_MICROS;
+                out.insert(micros, (now - micros) as f64 / 1000.0);
+                received = Lsn(end);
+            }
+            ReplicationEvent::Keepalive {
+                reply_requested: true,
+                ..
+            } => stream.send_status(received, received, false).await.unwrap(),
+            ReplicationEvent::End => break,
+            _ => {}
+        }
+    }
+    let _ = stream.finish().await;
+    out
 }
 
 async fn confirmed_exists(db: &tokio_postgres::Client, slot: &str) -> Option<()> {

@@ -246,6 +246,9 @@ pub struct EnvelopeBuilder {
     /// Where envelopes are encoded: each one is split off as an exact-size view, so
     /// envelopes in flight share a few blocks instead of one allocation each.
     encoded: bytes::BytesMut,
+    /// Where each envelope is serialised first: MessagePack writes many small pieces,
+    /// which a `Vec` takes more cheaply than a `BytesMut`; then one copy into `encoded`.
+    scratch: Vec<u8>,
 }
 
 /// The size of the blocks envelopes are encoded into.
@@ -299,6 +302,7 @@ impl EnvelopeBuilder {
             oversize_marker: false,
             oversize_markers: 0,
             encoded: bytes::BytesMut::new(),
+            scratch: Vec::with_capacity(1024),
         }
     }
 
@@ -583,7 +587,9 @@ impl EnvelopeBuilder {
         if self.encoded.capacity() < ENCODE_BLOCK / 8 {
             self.encoded.reserve(ENCODE_BLOCK);
         }
-        codec::encode_to(bytes::BufMut::writer(&mut self.encoded), &envelope)?;
+        self.scratch.clear();
+        codec::encode_to(&mut self.scratch, &envelope)?;
+        self.encoded.extend_from_slice(&self.scratch);
         let payload = self.encoded.split().freeze();
         let msg_id = message_id(&key, sequence);
         let (payload, marked) = fit_size(
