@@ -896,6 +896,11 @@ async fn latency(b: &Bench, rate: u64, secs: u64, run: usize) -> serde_json::Val
         }
         out
     });
+    // What the machine and walcast spend meanwhile (a tail can be CPU starvation).
+    let cpu_before = (
+        machine_cpu(),
+        child.id().map_or(0.0, walcast::testing::cpu_seconds),
+    );
     // Writers: 4 connections, each paced to rate/4 single-row transactions per second.
     let writers = 4u64;
     let mut tasks = Vec::new();
@@ -932,7 +937,12 @@ async fn latency(b: &Bench, rate: u64, secs: u64, run: usize) -> serde_json::Val
     for t in tasks {
         written += t.await.unwrap();
     }
+    let (machine_after, walcast_after) = (
+        machine_cpu(),
+        child.id().map_or(0.0, walcast::testing::cpu_seconds),
+    );
     let delivered = lat.await.unwrap();
+    let (busy, steal) = machine_after.since(&cpu_before.0);
     stop_drain.store(true, Ordering::Relaxed);
     let at_postgres = drain.await.unwrap();
     let _ = child.start_kill();
@@ -948,6 +958,19 @@ async fn latency(b: &Bench, rate: u64, secs: u64, run: usize) -> serde_json::Val
         .iter()
         .filter(|(ts, _)| at_postgres.get(ts).is_some_and(|ms| *ms > SLOW_MS))
         .count();
+    // BENCH_LATENCY_DUMP=<dir>: every delivery (commit µs, walcast ms, bare ms) as CSV.
+    if let Ok(dir) = std::env::var("BENCH_LATENCY_DUMP") {
+        let csv: String = delivered
+            .iter()
+            .map(|(ts, ms)| {
+                format!(
+                    "{ts},{ms:.3},{:.3}\n",
+                    at_postgres.get(ts).unwrap_or(&f64::NAN)
+                )
+            })
+            .collect();
+        let _ = std::fs::write(format!("{dir}/latency_{rate}_{run}.csv"), csv);
+    }
     let mut samples: Vec<f64> = delivered.iter().map(|(_, ms)| *ms).collect();
     samples.sort_by(f64::total_cmp);
     let mut upstream: Vec<f64> = at_postgres.values().copied().collect();
@@ -964,9 +987,50 @@ async fn latency(b: &Bench, rate: u64, secs: u64, run: usize) -> serde_json::Val
         "bare_consumer_p50_ms": percentile(&upstream, 0.5),
         "bare_consumer_p99_ms": percentile(&upstream, 0.99),
         "bare_consumer_max_ms": upstream.last().copied().unwrap_or(f64::NAN),
+        "machine_busy": busy,
+        "machine_steal": steal,
+        "walcast_cpu_seconds": walcast_after - cpu_before.1,
         "slow_deliveries": slow.len(),
         "slow_at_bare_consumer_too": slow_upstream,
     })
+}
+
+/// The machine's CPU time counters (`/proc/stat`, all cores, in ticks).
+struct MachineCpu {
+    busy: u64,
+    steal: u64,
+    total: u64,
+}
+
+fn machine_cpu() -> MachineCpu {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let at = |i: usize| ticks.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    let total: u64 = (0..8).map(at).sum();
+    MachineCpu {
+        busy: total - at(3) - at(4) - at(7),
+        steal: at(7),
+        total,
+    }
+}
+
+impl MachineCpu {
+    /// Busy and stolen shares of all cores' time since `earlier`.
+    fn since(&self, earlier: &MachineCpu) -> (f64, f64) {
+        let total = (self.total - earlier.total).max(1) as f64;
+        (
+            (self.busy - earlier.busy) as f64 / total,
+            (self.steal - earlier.steal) as f64 / total,
+        )
+    }
 }
 
 /// A delivery slower than this counts as slow (the target's p99).
