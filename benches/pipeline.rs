@@ -1139,6 +1139,8 @@ async fn main() -> Result<(), DynError> {
             "max_wal_size = '4GB'".into(),
             "checkpoint_timeout = '30min'".into(),
             "logical_decoding_work_mem = '256MB'".into(),
+            // One slot per contender and run, created before each backlog.
+            "max_replication_slots = 40".into(),
         ],
         ..Default::default()
     })?;
