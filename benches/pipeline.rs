@@ -50,6 +50,7 @@ struct Peer<'a> {
 /// The bare publishers the JetStream contender is compared with.
 const BARE_PER_MESSAGE: &str = "bare js, per-message PubAcks";
 const BARE_FAST_BATCH: &str = "bare js, fast batch";
+const BARE_ATOMIC: &str = "bare js, atomic batches";
 
 /// What one contender run cost.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -519,15 +520,15 @@ impl Bench {
         // subscriber, as walcast's runs have) with envelopes of the size walcast
         // produced: per-message PubAcks, and fast-ingest batches with walcast's headers.
         let size = (self.payload_bytes.load(Ordering::Relaxed) / rows.max(1)).max(1) as usize;
-        for contender in [BARE_PER_MESSAGE, BARE_FAST_BATCH] {
+        for contender in [BARE_PER_MESSAGE, BARE_FAST_BATCH, BARE_ATOMIC] {
             let mut runs = Vec::new();
             for r in 0..self.runs {
                 let tag = format!("{}_{r}", ident(name));
                 let before = self.nats_cpu();
-                let mut result = if contender == BARE_FAST_BATCH {
-                    self.fast_batch_ceiling(rows, 10_000, size, &tag).await
-                } else {
-                    self.jetstream_ceiling(rows, 10_000, size, &tag).await
+                let mut result = match contender {
+                    BARE_FAST_BATCH => self.fast_batch_ceiling(rows, 10_000, size, &tag).await,
+                    BARE_ATOMIC => self.atomic_ceiling(rows, 10_000, size, &tag).await,
+                    _ => self.jetstream_ceiling(rows, 10_000, size, &tag).await,
                 };
                 result.nats_cpu_seconds = self.nats_cpu() - before;
                 eprintln!(
@@ -549,6 +550,8 @@ impl Bench {
     /// Publish `n` messages of `size` bytes over `keys` subjects to a stream set up like
     /// walcast's, acks awaited with up to 20,000 in flight.
     async fn jetstream_ceiling(&self, n: u64, keys: u64, size: usize, tag: &str) -> RunResult {
+        // Timed from connecting and creating the stream, as walcast's runs are.
+        let started = Instant::now();
         use async_nats::jetstream::message::PublishMessage as Publish;
         use futures::stream::FuturesUnordered;
         let client = async_nats::connect(self.nats.url()).await.unwrap();
@@ -561,7 +564,6 @@ impl Bench {
         ceiling_stream(&js, &name, &prefix).await;
         let payload = bytes::Bytes::from(vec![b'x'; size]);
         let counted = counting_subscriber(self.nats.url(), format!("{prefix}.>"), n).await;
-        let started = Instant::now();
         let mut acks = FuturesUnordered::new();
         for i in 0..n {
             let key = i % keys;
@@ -597,6 +599,8 @@ impl Bench {
     /// with walcast's headers (`Nats-Msg-Id`, a position header, the
     /// `Nats-Expected-Last-Sequence` chain), committed at the end.
     async fn fast_batch_ceiling(&self, n: u64, keys: u64, size: usize, tag: &str) -> RunResult {
+        // Timed from connecting and creating the stream, as walcast's runs are.
+        let started = Instant::now();
         let client = async_nats::connect(self.nats.url()).await.unwrap();
         let js = async_nats::jetstream::new(client.clone());
         let name = format!("FCEIL_{}", tag.to_uppercase());
@@ -606,7 +610,6 @@ impl Bench {
         let mut replies = client.subscribe(format!("{inbox}.>")).await.unwrap();
         let payload = bytes::Bytes::from(vec![b'x'; size]);
         let counted = counting_subscriber(self.nats.url(), format!("{prefix}.>"), n).await;
-        let started = Instant::now();
         let mut acked = 0u64;
         for i in 1..=n {
             let key = i % keys;
@@ -642,6 +645,80 @@ impl Bench {
         }
         while acked < n {
             acked = acked.max(fast_ack(&replies.next().await.unwrap().payload));
+        }
+        ceiling_result(started, counted, &js, &name).await
+    }
+}
+
+impl Bench {
+    /// Atomic batch publishing (nats-server 2.12+, `allow_atomic`): batches of 1,000
+    /// messages (the server's limit) of `size` bytes over `keys` subjects, each message
+    /// with `Nats-Msg-Id` and a position header, the first with the
+    /// `Nats-Expected-Last-Sequence` chain (the only message the server lets carry
+    /// it); only the commit has a reply subject; 40 batches in flight (the server
+    /// allows 50 per stream).
+    async fn atomic_ceiling(&self, n: u64, keys: u64, size: usize, tag: &str) -> RunResult {
+        // Timed from connecting and creating the stream, as walcast's runs are.
+        let started = Instant::now();
+        const BATCH: u64 = 1000;
+        let client = async_nats::connect(self.nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        let name = format!("ACEIL_{}", tag.to_uppercase());
+        let prefix = format!("aceil{tag}");
+        ceiling_stream(&js, &name, &prefix).await;
+        let mut config = js
+            .get_stream(&name)
+            .await
+            .unwrap()
+            .cached_info()
+            .config
+            .clone();
+        config.allow_atomic_publish = true;
+        js.update_stream(config).await.unwrap();
+        let inbox = client.new_inbox();
+        let mut replies = client.subscribe(format!("{inbox}.>")).await.unwrap();
+        let payload = bytes::Bytes::from(vec![b'x'; size]);
+        let counted = counting_subscriber(self.nats.url(), format!("{prefix}.>"), n).await;
+        let (mut committed, mut stored) = (0u64, 0u64);
+        for i in 1..=n {
+            let key = i % keys;
+            let seq = (i - 1) % BATCH + 1;
+            let batch = (i - 1) / BATCH;
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Batch-Id", format!("b{batch}").as_str());
+            headers.insert("Nats-Batch-Sequence", seq.to_string().as_str());
+            headers.insert("Nats-Msg-Id", format!("{key}:{i}").as_str());
+            headers.insert("Walcast-Position", format!("0/{i:X}:0").as_str());
+            if seq == 1 {
+                headers.insert("Nats-Expected-Last-Sequence", (i - 1).to_string().as_str());
+            }
+            let subject = format!("{prefix}.k.{key}");
+            if seq == BATCH || i == n {
+                headers.insert("Nats-Batch-Commit", "1");
+                client
+                    .publish_with_reply_and_headers(
+                        subject,
+                        format!("{inbox}.{batch}"),
+                        headers,
+                        payload.clone(),
+                    )
+                    .await
+                    .unwrap();
+                committed += 1;
+            } else {
+                client
+                    .publish_with_headers(subject, headers, payload.clone())
+                    .await
+                    .unwrap();
+            }
+            while committed - stored >= 40 {
+                fast_ack(&replies.next().await.unwrap().payload);
+                stored += 1;
+            }
+        }
+        while stored < committed {
+            fast_ack(&replies.next().await.unwrap().payload);
+            stored += 1;
         }
         ceiling_result(started, counted, &js, &name).await
     }
@@ -770,7 +847,7 @@ fn print_table(rows: &[Row]) -> String {
                 .fold(0.0, f64::max)
         };
         let limit = best_of(&["pg_recvlogical", "rust drain"]);
-        let bare = best_of(&[BARE_PER_MESSAGE, BARE_FAST_BATCH]);
+        let bare = best_of(&[BARE_PER_MESSAGE, BARE_FAST_BATCH, BARE_ATOMIC]);
         // Same delivery: core against the core peers, JetStream against the JetStream one.
         let core_peer = best_of(&[PYTHON_PEER, NODE_PEER]);
         let jetstream_peer = best_of(&[NODE_PEER_JETSTREAM]);
@@ -901,6 +978,7 @@ async fn latency(b: &Bench, rate: u64, secs: u64, run: usize) -> serde_json::Val
         machine_cpu(),
         child.id().map_or(0.0, walcast::testing::cpu_seconds),
     );
+    let nats_before = b.nats_cpu();
     // Writers: 4 connections, each paced to rate/4 single-row transactions per second.
     let writers = 4u64;
     let mut tasks = Vec::new();
@@ -941,6 +1019,7 @@ async fn latency(b: &Bench, rate: u64, secs: u64, run: usize) -> serde_json::Val
         machine_cpu(),
         child.id().map_or(0.0, walcast::testing::cpu_seconds),
     );
+    let nats_cpu = b.nats_cpu() - nats_before;
     let delivered = lat.await.unwrap();
     let (busy, steal) = machine_after.since(&cpu_before.0);
     stop_drain.store(true, Ordering::Relaxed);
@@ -990,6 +1069,7 @@ async fn latency(b: &Bench, rate: u64, secs: u64, run: usize) -> serde_json::Val
         "machine_busy": busy,
         "machine_steal": steal,
         "walcast_cpu_seconds": walcast_after - cpu_before.1,
+        "nats_server_cpu_seconds": nats_cpu,
         "slow_deliveries": slow.len(),
         "slow_at_bare_consumer_too": slow_upstream,
     })

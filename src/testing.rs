@@ -83,11 +83,15 @@ pub fn free_port() -> u16 {
         .expect("binding an ephemeral port on 127.0.0.1")
 }
 
-fn wait_for_port(port: u16, timeout: Duration) -> bool {
+/// Wait until `port` accepts connections, giving up early when `child` exits.
+fn wait_for_port_while_running(child: &mut Child, port: u16, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return true;
+        }
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return false;
         }
         std::thread::sleep(Duration::from_millis(25));
     }
@@ -493,8 +497,21 @@ impl NatsServer {
             config,
             child: None,
         };
-        s.launch()?;
-        Ok(s)
+        // A port free a moment ago may have been taken since (another test's outgoing
+        // connection): then the server exits at once, and fresh ports are tried.
+        for _ in 0..3 {
+            match s.launch() {
+                Err(FixtureError::Failed { detail, .. })
+                    if detail.contains("address already in use") =>
+                {
+                    s.kill();
+                    s.port = free_port();
+                    s.monitor_port = free_port();
+                }
+                other => return other.map(|()| s),
+            }
+        }
+        s.launch().map(|()| s)
     }
 
     fn launch(&mut self) -> Result<(), FixtureError> {
@@ -514,8 +531,10 @@ impl NatsServer {
             std::fs::write(&path, config).map_err(io("writing the nats config"))?;
             cmd.arg("-c").arg(path);
         }
-        self.child = Some(cmd.spawn().map_err(io("starting nats-server"))?);
-        if !wait_for_port(self.port, Duration::from_secs(30)) {
+        let mut child = cmd.spawn().map_err(io("starting nats-server"))?;
+        let listening = wait_for_port_while_running(&mut child, self.port, Duration::from_secs(30));
+        self.child = Some(child);
+        if !listening {
             return Err(FixtureError::Failed {
                 what: "nats-server".into(),
                 detail: std::fs::read_to_string(self.dir.path().join("nats.log"))

@@ -174,6 +174,13 @@ pub struct RunConfig {
     /// Seconds to wait for NATS to confirm published envelopes before publishing again.
     #[arg(long, env = "WALCAST_CONFIRM_TIMEOUT", default_value = "5", value_parser = parse_seconds)]
     pub confirm_timeout: Duration,
+    /// Milliseconds a completed transaction may wait for the next ones to travel with it
+    /// to NATS, when the previous hand-over was less than four times this ago (a dense
+    /// stream of small transactions; sparser ones go at once). One publish burst and one
+    /// confirmation then serve several: less CPU for walcast and nats-server, and a
+    /// shorter tail (docs/benchmarks.md). 0: hand each over at once.
+    #[arg(long, env = "WALCAST_PUBLISH_LINGER", default_value = "1", value_parser = parse_millis)]
+    pub publish_linger: Duration,
     /// Envelopes published but not yet confirmed, at most (back-pressure beyond).
     #[arg(long, env = "WALCAST_MAX_INFLIGHT", default_value_t = 10_000)]
     pub max_inflight: usize,
@@ -333,6 +340,16 @@ fn parse_seconds_or_off(s: &str) -> Result<Duration, String> {
     parse_seconds(s)
 }
 
+fn parse_millis(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of milliseconds"))?;
+    if !(0.0..=1000.0).contains(&v) {
+        return Err(format!("{s:?} must be between 0 and 1000 milliseconds"));
+    }
+    Ok(Duration::from_secs_f64(v / 1000.0))
+}
+
 fn parse_seconds(s: &str) -> Result<Duration, String> {
     let v: f64 = s
         .parse()
@@ -464,6 +481,11 @@ mod tests {
         assert!(parse_prefix("a.*").is_err());
         assert!(parse_seconds("0").is_err());
         assert_eq!(parse_seconds("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_millis("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_millis("2.5").unwrap(), Duration::from_micros(2500));
+        for bad in ["-1", "1001", "soon", "NaN"] {
+            assert!(parse_millis(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -141,6 +141,10 @@ pub(super) struct ChangeReader {
     /// of those transactions.
     pending_commit: Option<Lsn>,
     pending_commit_times: Vec<Timestamp>,
+    /// When the oldest completed transaction not yet handed to the sink completed.
+    pending_since: Option<std::time::Instant>,
+    /// When transactions were last handed to the sink.
+    last_handover: std::time::Instant,
     /// Tables refetch requests read, as the catalog described them.
     refetch_tables: HashMap<String, crate::source::chunks::TableInfo>,
 }
@@ -165,6 +169,8 @@ impl ChangeReader {
             refetch_tables: HashMap::new(),
             pending_commit: None,
             pending_commit_times: Vec::new(),
+            pending_since: None,
+            last_handover: std::time::Instant::now(),
             progress: Progress::new(cfg.progress_interval),
             builder,
             store,
@@ -276,10 +282,14 @@ impl ChangeReader {
                 }
             }
             self.flush_completed();
+            if stopping && self.ready.is_none() && self.pending_commit.is_some() {
+                self.flush_chunk(); // nothing lingers past a shutdown
+            }
             if stopping && self.ready.is_none() && !self.builder.in_transaction() {
                 break;
             }
             let reading = self.ready.is_none();
+            let linger_until = self.linger_deadline();
             tokio::select! {
                 biased;
                 _ = shutdown.wait(), if !stopping => {
@@ -319,6 +329,7 @@ impl ChangeReader {
                         self.status_due = true;
                     }
                 }
+                _ = tokio::time::sleep_until(linger_until.unwrap_or_else(tokio::time::Instant::now)), if linger_until.is_some() => {}
                 _ = tokio::time::sleep_until((self.last_status + STATUS_SOON).into()), if self.status_due => {
                     self.send_status(&mut stream, false).await?;
                 }
@@ -361,9 +372,27 @@ impl ChangeReader {
 
     /// Hand the transactions completed in the chunk to the sink (when it has room).
     fn flush_completed(&mut self) {
-        if self.ready.is_none() && self.pending_commit.is_some() {
+        if self.ready.is_none() && self.pending_commit.is_some() && self.linger_over() {
             self.flush_chunk();
         }
+    }
+
+    /// Completed transactions may go: they waited `--publish-linger`, or they are
+    /// many, or the last hand-over is more than four lingers ago (only a dense stream
+    /// of transactions is gathered; a sparse one never waits).
+    fn linger_over(&self) -> bool {
+        let linger = self.cfg.publish_linger;
+        self.last_handover.elapsed() >= linger * 4
+            || self.chunk.len() >= BATCH_ITEMS / 4
+            || self
+                .pending_since
+                .is_none_or(|since| since.elapsed() >= linger)
+    }
+
+    /// When the lingering transactions go (`None`: nothing lingers).
+    fn linger_deadline(&self) -> Option<tokio::time::Instant> {
+        let since = self.pending_since.filter(|_| self.ready.is_none())?;
+        Some((since + self.cfg.publish_linger).into())
     }
 
     /// Drained to a transaction boundary: wait for the sink to confirm what it has,

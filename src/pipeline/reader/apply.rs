@@ -79,6 +79,8 @@ impl ChangeReader {
                 // Small transactions travel together: the batch goes to the sink when
                 // it is full or when what the server sent so far is worked through.
                 self.pending_commit = Some(end_lsn);
+                self.pending_since
+                    .get_or_insert_with(std::time::Instant::now);
                 self.pending_commit_times.push(self.commit_ts);
                 if self.chunk.len() >= BATCH_ITEMS {
                     self.flush_chunk();
@@ -146,6 +148,8 @@ impl ChangeReader {
     /// The batch ends with the last transaction completed in it, if any.
     pub(super) fn flush_chunk(&mut self) {
         let commit_end = self.pending_commit.take();
+        self.pending_since = None;
+        self.last_handover = std::time::Instant::now();
         let commit_times = std::mem::take(&mut self.pending_commit_times);
         let items = std::mem::take(&mut self.chunk)
             .into_iter()
