@@ -369,10 +369,12 @@ impl Bench {
             full_args.push(self.walcast_bin.clone());
         }
         full_args.extend(args.iter().cloned());
+        // BENCH_WALCAST_LOG=info: walcast's own log during the throughput runs.
+        let log = std::env::var("BENCH_WALCAST_LOG").unwrap_or_else(|_| "warn".into());
         #[allow(clippy::zombie_processes)] // reaped by wait4 below, for its rusage
         let child = std::process::Command::new(program)
             .args(&full_args)
-            .env("WALCAST_LOG", "warn")
+            .env("WALCAST_LOG", log)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

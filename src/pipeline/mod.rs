@@ -307,9 +307,10 @@ async fn build_delivery(
         .backpressure_on_inflight(true)
         .build(client);
     let settings = StreamSettings::from_config(cfg);
-    sink::probe_publish(&context.client(), &cfg.subject_prefix, &nats_state).await?;
     let stream = state::ensure_stream(&context, &settings).await?;
     let meta = state::ensure_meta_stream(&context, &settings).await?;
+    // After the stream exists: it captures the probe and answers at once.
+    sink::probe_publish(&context.client(), &cfg.subject_prefix, &nats_state).await?;
     let batched = cfg.publish_mode == PublishMode::Batched && state::takes_batches(&stream);
     tracing::info!(
         publish = if batched {

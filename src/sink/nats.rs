@@ -21,11 +21,12 @@ pub struct NatsState {
     pub permission_denied: std::sync::Mutex<Option<String>>,
 }
 
-/// At start: can walcast publish under its prefix? An empty message on
+/// At start: can walcast publish under its prefix? An empty request on
 /// `<prefix>._walcast_probe` (a subject walcast reserves: consumers skip
 /// `<prefix>._walcast*`), expecting a stream that does not exist so JetStream never
-/// stores it; a user that may not publish there gets a permissions-violation error
-/// from the server before the answer to the flush that follows.
+/// stores it. Run once walcast's stream (over `<prefix>.>`) exists: a permitted
+/// publish is answered at once (JetStream refuses it); a user that may not publish
+/// gets a permissions-violation error from the server instead, and no answer.
 pub async fn probe_publish(
     client: &Client,
     prefix: &str,
@@ -38,19 +39,23 @@ pub async fn probe_publish(
         subject: subject.clone(),
         detail,
     };
-    client
-        .publish_with_headers(subject.clone(), headers, bytes::Bytes::new())
-        .await
-        .map_err(|e| denied(e.to_string()))?;
-    client.flush().await.map_err(|e| denied(e.to_string()))?;
-    // The error event is delivered on the client's own task: give it a moment.
-    for _ in 0..10 {
+    let answer = client.request_with_headers(subject.clone(), headers, bytes::Bytes::new());
+    tokio::pin!(answer);
+    let mut check = tokio::time::interval(Duration::from_millis(10));
+    let deadline = tokio::time::sleep(Duration::from_secs(2));
+    tokio::pin!(deadline);
+    loop {
+        // The error event is delivered on the client's own task: looked at every 10 ms.
         if let Some(e) = state.permission_denied.lock().unwrap().take() {
             return Err(denied(e));
         }
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        tokio::select! {
+            _ = &mut answer => return Ok(()),
+            _ = check.tick() => {}
+            // No answer and no error (a server slower than that): as before the probe.
+            _ = &mut deadline => return Ok(()),
+        }
     }
-    Ok(())
 }
 
 /// Connect to NATS, waiting for it up to `timeout` (a server that is down or
