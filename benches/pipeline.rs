@@ -284,15 +284,18 @@ impl Bench {
             .args([&self.nats.url(), &prefix]);
         // The JetStream peer publishes into a stream like walcast's (one per subject).
         let stream = format!("P{}", peer.tag.to_uppercase());
-        let js = async_nats::jetstream::new(async_nats::connect(self.nats.url()).await.unwrap());
-        let jetstream = peer.contender == NODE_PEER_JETSTREAM;
-        if jetstream {
+        let js = if peer.contender == NODE_PEER_JETSTREAM {
+            let client = async_nats::connect(self.nats.url()).await.unwrap();
+            let js = async_nats::jetstream::new(client);
             ceiling_stream(&js, &stream, &prefix).await;
             cmd.arg("--jetstream");
-        }
+            Some(js)
+        } else {
+            None
+        };
         let result = Self::run_to_end(peer.contender, cmd).await;
         subscriber.abort();
-        if jetstream {
+        if let Some(js) = js {
             let _ = js.delete_stream(&stream).await;
         }
         result
