@@ -4,11 +4,12 @@
 use std::fmt;
 
 use crate::client::{redact_url, NatsUrl};
+use crate::config::tables::{settings_problems, table_settings, tracked_tables, TableSettingsMap};
 use crate::config::RunConfig;
-use crate::pipeline::policy;
+use crate::sink::delivery::{choose_delivery, default_sequence_mode, Delivery};
 use crate::source::catalog::{missing_publication, Catalog, ServerFacts, SlotInfo, TableFacts};
 use crate::source::slot::slot_problem;
-use crate::state::{inspect_stream, StreamSettings};
+use crate::state::inspect_stream;
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,8 +69,9 @@ impl Report {
 pub async fn run(cfg: &RunConfig) -> Vec<Check> {
     let mut r = Report::default();
     let mut tables = Vec::new();
-    let connected = match cfg.connect_params() {
-        Ok(params) => Catalog::connect(&params, cfg.connect_timeout).await,
+    let settings = table_settings(cfg);
+    let connected = match cfg.source_settings() {
+        Ok(source) => Catalog::connect(&source.params, cfg.connect_timeout).await,
         Err(e) => Err(e),
     };
     match connected {
@@ -81,18 +83,22 @@ pub async fn run(cfg: &RunConfig) -> Vec<Check> {
         ),
         Ok(catalog) => {
             r.ok("postgres connection", "connected");
-            tables = postgres_checks(&catalog, cfg, &mut r).await;
+            tables = postgres_checks(&catalog, cfg, &settings, &mut r).await;
         }
     }
-    let settings = cfg.table_settings();
-    let tracked = policy::tracked_tables(&tables, &settings);
+    let tracked = tracked_tables(&tables, &settings);
     nats_checks(cfg, &mut r, &tracked).await;
     r.0
 }
 
 /// The server, the role, the publication, its tables and the slot; the names of the
 /// published tables.
-async fn postgres_checks(catalog: &Catalog, cfg: &RunConfig, r: &mut Report) -> Vec<String> {
+async fn postgres_checks(
+    catalog: &Catalog,
+    cfg: &RunConfig,
+    settings: &TableSettingsMap,
+    r: &mut Report,
+) -> Vec<String> {
     let server = match catalog.server_facts().await {
         Ok(s) => s,
         Err(e) => {
@@ -111,7 +117,7 @@ async fn postgres_checks(catalog: &Catalog, cfg: &RunConfig, r: &mut Report) -> 
             .iter()
             .map(|t| (t.name.clone(), t.columns.clone()))
             .collect();
-        for problem in policy::settings_problems(&cfg.table_settings(), &columns) {
+        for problem in settings_problems(settings, &columns) {
             r.push(
                 Outcome::Fail,
                 "table settings",
@@ -338,10 +344,10 @@ async fn nats_checks(cfg: &RunConfig, r: &mut Report, tracked: &[&String]) {
         "nats connection",
         format!("{shown} (server {})", info.version),
     );
-    let delivery = policy::choose_delivery(cfg.delivery, info.jetstream);
-    if delivery != Ok(crate::config::Delivery::Jetstream) {
+    let delivery = choose_delivery(cfg.delivery, info.jetstream);
+    if delivery != Ok(Delivery::Jetstream) {
         let mode = delivery.and_then(|d| {
-            policy::default_sequence_mode(d, info.jetstream, cfg.volatile_sequences, tracked)
+            default_sequence_mode(d, info.jetstream, cfg.volatile_sequences, tracked)
         });
         r.push(
             if mode.is_err() {
@@ -361,21 +367,22 @@ async fn nats_checks(cfg: &RunConfig, r: &mut Report, tracked: &[&String]) {
     }
     r.ok("jetstream", "available");
     let js = async_nats::jetstream::new(client);
-    match inspect_stream(&js, &StreamSettings::from_config(cfg)).await {
+    let stream = cfg.stream_settings();
+    match inspect_stream(&js, &stream).await {
         Ok(None) => r.ok(
             "stream",
             format!(
                 "\"{}\" does not exist yet: walcast creates it at start",
-                cfg.stream_name()
+                stream.name
             ),
         ),
         Ok(Some(problems)) => r.check(
             problems.is_empty(),
             "stream",
             if problems.is_empty() {
-                format!("\"{}\" fits", cfg.stream_name())
+                format!("\"{}\" fits", stream.name)
             } else {
-                format!("\"{}\": {}", cfg.stream_name(), problems.join("; "))
+                format!("\"{}\": {}", stream.name, problems.join("; "))
             },
             "fix or delete the stream, or choose another --stream",
         ),

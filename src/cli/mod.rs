@@ -10,19 +10,19 @@ mod teardown;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
-
-use crate::config::{Cli, Command, LogFormat, RunConfig};
+use crate::config::{Command, LogFormat, RunConfig};
 use crate::ops::metrics::Metrics;
 
 /// The binary's entry point.
 pub fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if let Err(e) = crate::config::load_config_file(&args) {
-        report_error(&anyhow::Error::from(e), log_format_of(&args));
-        return ExitCode::FAILURE;
-    }
-    let cli = Cli::parse();
+    let cli = match crate::config::parse_command_line(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            report_error(&anyhow::Error::from(e), log_format_of(&args));
+            return ExitCode::FAILURE;
+        }
+    };
     let format = cli.log_format;
     init_tracing(format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -130,7 +130,7 @@ async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let (trigger, shutdown) = crate::ops::shutdown::channel();
     crate::ops::shutdown::on_signals(trigger);
     let metrics: Arc<Metrics> = Metrics::new();
-    crate::pipeline::run(cfg, metrics, shutdown).await?;
+    crate::pipeline::run(cfg.resolve()?, metrics, shutdown).await?;
     Ok(())
 }
 

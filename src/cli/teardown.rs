@@ -6,11 +6,10 @@ use anyhow::Context;
 use crate::client::NatsUrl;
 use crate::config::TeardownConfig;
 use crate::source::catalog::Catalog;
-use crate::state::StreamSettings;
 
 pub(super) async fn teardown(cfg: &TeardownConfig) -> anyhow::Result<()> {
     let run = &cfg.run;
-    let catalog = Catalog::connect(&run.connect_params()?, run.connect_timeout).await?;
+    let catalog = Catalog::connect(&run.source_settings()?.params, run.connect_timeout).await?;
     let verb = if cfg.dry_run {
         "would remove"
     } else {
@@ -54,7 +53,7 @@ async fn remove_streams(cfg: &TeardownConfig, verb: &str) -> anyhow::Result<()> 
         .await
         .with_context(|| format!("cannot connect to NATS at {}", url.redacted()))?;
     let js = async_nats::jetstream::new(client);
-    let settings = StreamSettings::from_config(&cfg.run);
+    let settings = cfg.run.stream_settings();
     for name in [settings.name.clone(), settings.meta_name()] {
         if js.get_stream(&name).await.is_err() {
             println!("no stream {name}");

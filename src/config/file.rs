@@ -1,5 +1,6 @@
-//! The optional TOML configuration file, read into the `WALCAST_*` variables that are
-//! not set, so that precedence is flag > environment > file > default.
+//! The optional TOML configuration file, read as the defaults of the flags it names,
+//! so that precedence is flag > environment > file > default (no process environment
+//! is changed).
 
 use std::collections::HashMap;
 
@@ -13,20 +14,34 @@ pub struct ConfigFileError {
     pub problem: String,
 }
 
-/// Read the optional TOML configuration file (`--config <path>` or `WALCAST_CONFIG`)
-/// into the `WALCAST_*` variables that are not set. Top-level keys are the flag names
-/// with `_` (`postgres_url = "..."`); `[tables."schema.table"]` sections take
-/// `sequence_column`, `include_columns`, `exclude_columns` and `ops`.
-/// Call it before parsing the command line, while the process is single-threaded.
-pub fn load_config_file(args: &[std::ffi::OsString]) -> Result<(), ConfigFileError> {
-    let Some(path) = config_path(args) else {
-        return Ok(());
-    };
+/// The command line, with the optional TOML configuration file (`--config <path>` or
+/// `WALCAST_CONFIG`) as the defaults of the flags it names: clap then gives a flag
+/// precedence over its variable, and the variable over the file. Top-level keys are
+/// the flag names with `_` (`postgres_url = "..."`); `[tables."schema.table"]`
+/// sections take `sequence_column`, `include_columns`, `exclude_columns` and `ops`.
+/// A bad command line exits the process with clap's message, as `Cli::parse` does.
+pub fn parse_command_line(args: &[std::ffi::OsString]) -> Result<Cli, ConfigFileError> {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    if let Some(path) = config_path(args) {
+        let defaults = read_defaults(&path)?;
+        command = with_defaults(command, &defaults);
+    }
+    let matches = command
+        .try_get_matches_from(args)
+        .unwrap_or_else(|e| e.exit());
+    <Cli as clap::FromArgMatches>::from_arg_matches(&matches).map_err(|e| e.exit())
+}
+
+/// Each flag (by its long name) the file gives a value, with the value(s) as text.
+type Defaults = HashMap<String, Vec<String>>;
+
+/// The file's values, keyed by the flag they stand for.
+fn read_defaults(path: &str) -> Result<Defaults, ConfigFileError> {
     let err = |problem: String| ConfigFileError {
-        path: path.clone(),
+        path: path.to_string(),
         problem,
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     // The parser's own message quotes the offending line, which may hold a password:
     // only its message and position are shown.
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
@@ -36,36 +51,46 @@ pub fn load_config_file(args: &[std::ffi::OsString]) -> Result<(), ConfigFileErr
         let at = line.map(|l| format!("line {l}: ")).unwrap_or_default();
         err(format!("{at}{}", e.message()))
     })?;
-    let known = known_keys();
-    let mut values: Vec<(String, String)> = Vec::new();
-    let mut per_table: HashMap<&'static str, Vec<String>> = HashMap::new();
+    let known = known_flags();
+    let mut defaults = Defaults::new();
     for (key, value) in &table {
         match key.as_str() {
             "config" => {}
-            "tables" => table_sections(value, &mut per_table).map_err(err)?,
+            "tables" => table_sections(value, &mut defaults).map_err(err)?,
             _ => {
-                let Some((_, env)) = known.iter().find(|(k, _)| k == key) else {
-                    let names: Vec<&str> = known.iter().map(|(k, _)| k.as_str()).collect();
+                let Some((long, multiple)) = known
+                    .iter()
+                    .find(|(long, _)| long.replace('-', "_") == *key)
+                else {
+                    let mut names: Vec<String> = known
+                        .iter()
+                        .map(|(long, _)| long.replace('-', "_"))
+                        .collect();
+                    names.dedup();
                     return Err(err(format!(
                         "unknown key {key:?}; known keys: {}",
                         names.join(", ")
                     )));
                 };
-                values.push((env.clone(), scalar(key, value).map_err(err)?));
+                let values = scalar(key, value, *multiple).map_err(err)?;
+                defaults.entry(long.clone()).or_default().extend(values);
             }
         }
     }
-    for (var, items) in per_table {
-        values.push((var.to_string(), items.join(",")));
-    }
-    for (var, value) in values {
-        if std::env::var_os(&var).is_none() {
-            std::env::set_var(var, value);
-        }
-    }
-    Ok(())
+    Ok(defaults)
 }
 
+/// `command` with the file's values as the defaults of the flags they name, in every
+/// subcommand that has such a flag.
+fn with_defaults(command: clap::Command, defaults: &Defaults) -> clap::Command {
+    let set = |arg: clap::Arg| match arg.get_long().and_then(|l| defaults.get(l)) {
+        Some(values) => arg.default_values(values.clone()),
+        None => arg,
+    };
+    command
+        .mut_args(set)
+        .mut_subcommands(|sub| sub.mut_args(set))
+}
 /// `--config <path>`, `--config=<path>` or `WALCAST_CONFIG`.
 fn config_path(args: &[std::ffi::OsString]) -> Option<String> {
     let mut path = std::env::var("WALCAST_CONFIG").ok();
@@ -80,30 +105,33 @@ fn config_path(args: &[std::ffi::OsString]) -> Option<String> {
     path
 }
 
-/// The file keys (flag names with `_`) and their environment variables.
-fn known_keys() -> Vec<(String, String)> {
+/// The flags a file may set (those of `walcast run` and the global ones): long name,
+/// and whether it takes several values.
+fn known_flags() -> Vec<(String, bool)> {
     let command = <Cli as clap::CommandFactory>::command();
     let run = command.find_subcommand("run").expect("run subcommand");
     run.get_arguments()
         .chain(command.get_arguments())
+        .filter(|a| a.get_env().is_some())
         .filter_map(|a| {
-            Some((
-                a.get_long()?.replace('-', "_"),
-                a.get_env()?.to_string_lossy().into_owned(),
-            ))
+            let multiple = matches!(a.get_action(), clap::ArgAction::Append);
+            Some((a.get_long()?.to_string(), multiple))
         })
         .collect()
 }
 
-/// A top-level value as its variable's text (arrays comma-separated).
-fn scalar(key: &str, v: &toml::Value) -> Result<String, String> {
+/// A top-level value as the flag's text: an array is several values of a flag that
+/// takes several, else one comma-separated value (a list of NATS URLs).
+fn scalar(key: &str, v: &toml::Value, multiple: bool) -> Result<Vec<String>, String> {
     match v {
-        toml::Value::String(s) => Ok(s.clone()),
-        toml::Value::Integer(i) => Ok(i.to_string()),
-        toml::Value::Float(f) => Ok(f.to_string()),
-        toml::Value::Boolean(b) => Ok(b.to_string()),
-        toml::Value::Array(items) => Ok(items.iter().map(text_of).collect::<Vec<_>>().join(",")),
-        _ => Err(format!("{key}: expected a value, found a table")),
+        toml::Value::Table(_) => Err(format!("{key}: expected a value, found a table")),
+        toml::Value::Array(items) if multiple => Ok(items.iter().map(text_of).collect()),
+        toml::Value::Array(items) => Ok(vec![items
+            .iter()
+            .map(text_of)
+            .collect::<Vec<_>>()
+            .join(",")]),
+        other => Ok(vec![text_of(other)]),
     }
 }
 
@@ -121,11 +149,9 @@ fn list(v: &toml::Value) -> Vec<String> {
     }
 }
 
-/// `[tables."schema.table"]` sections into `schema.table=value` items per variable.
-fn table_sections(
-    value: &toml::Value,
-    per_table: &mut HashMap<&'static str, Vec<String>>,
-) -> Result<(), String> {
+/// `[tables."schema.table"]` sections into `schema.table=value` values of the
+/// table-scoped flags.
+fn table_sections(value: &toml::Value, defaults: &mut Defaults) -> Result<(), String> {
     let toml::Value::Table(tables) = value else {
         return Err("tables: expected [tables.\"schema.table\"] sections".into());
     };
@@ -134,19 +160,19 @@ fn table_sections(
             return Err(format!("tables.{name}: expected a table"));
         };
         for (k, v) in settings {
-            let (var, items): (&'static str, Vec<String>) = match k.as_str() {
-                "sequence_column" => ("WALCAST_COLUMN_SEQUENCE", list(v)),
-                "include_columns" => ("WALCAST_INCLUDE_COLUMN", list(v)),
-                "exclude_columns" => ("WALCAST_EXCLUDE_COLUMN", list(v)),
-                "ops" => ("WALCAST_OPS", vec![list(v).join("+")]),
+            let (flag, items): (&str, Vec<String>) = match k.as_str() {
+                "sequence_column" => ("column-sequence", list(v)),
+                "include_columns" => ("include-column", list(v)),
+                "exclude_columns" => ("exclude-column", list(v)),
+                "ops" => ("ops", vec![list(v).join("+")]),
                 other => {
                     return Err(format!(
                         "tables.{name}: unknown setting {other:?} (sequence_column, include_columns, exclude_columns, ops)"
                     ))
                 }
             };
-            per_table
-                .entry(var)
+            defaults
+                .entry(flag.to_string())
                 .or_default()
                 .extend(items.into_iter().map(|i| format!("{name}={i}")));
         }

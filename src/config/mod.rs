@@ -1,19 +1,34 @@
 //! Command-line flags, `WALCAST_*` environment variables and an optional TOML file:
 //! a flag wins over its variable, which wins over the file, which wins over the
-//! default.
+//! default. The flags are resolved once into per-stage settings ([`settings`]).
+//!
+//! - this file: the command line (`Cli`, one `Args` struct per command);
+//! - [`parse`]: the value parsers with their error messages;
+//! - [`file`]: the TOML file, as defaults of the command line;
+//! - [`tables`]: the per-table settings, gathered into one map and checked;
+//! - [`settings`]: `RunConfig` resolved into each stage's settings.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use std::collections::HashMap;
-
 mod file;
-pub use file::{load_config_file, ConfigFileError};
+mod parse;
+pub mod settings;
+pub mod tables;
+
+pub use crate::pipeline::snapshot::SnapshotMode;
+pub use crate::sink::delivery::{Delivery, PublishMode};
+pub use file::{parse_command_line, ConfigFileError};
+pub use settings::{EnvelopeSettings, RunSettings};
+pub use tables::TableSettingsMap;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::envelope::TableSettings;
 use crate::wire::Op;
+use parse::{
+    parse_listen_addr, parse_millis, parse_prefix, parse_seconds, parse_seconds_or_off,
+    parse_slot_name, parse_subject_pattern, parse_table_ops, parse_table_value,
+};
 
 /// walcast: PostgreSQL logical replication to per-key MessagePack envelopes on NATS.
 #[derive(Debug, Parser)]
@@ -27,34 +42,6 @@ pub struct Cli {
     /// Log format.
     #[arg(long, global = true, env = "WALCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Delivery {
-    Auto,
-    Jetstream,
-    Core,
-}
-
-/// How envelopes are published to JetStream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PublishMode {
-    /// Fast-ingest batches when the server and the stream take them (nats-server
-    /// 2.14+, `allow_batched`), else per message.
-    Batched,
-    /// One PubAck per message.
-    PerMessage,
-}
-
-/// When existing rows are published.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SnapshotMode {
-    /// On a new slot (and to finish one a crash interrupted), then stream.
-    Initial,
-    /// Never: only changes from the slot on.
-    Never,
-    /// Snapshot (a new slot, or an unfinished snapshot), then exit.
-    Only,
 }
 
 /// What to do with an envelope larger than the NATS server's `max_payload`.
@@ -301,192 +288,9 @@ pub struct TailConfig {
     pub count: Option<u64>,
 }
 
-/// A NATS subject pattern: non-empty tokens without white space, `*` a whole token,
-/// `>` only as the whole last token.
-fn parse_subject_pattern(s: &str) -> Result<String, String> {
-    let tokens: Vec<&str> = s.split('.').collect();
-    let bad = |why: &str| Err(format!("{s:?} is not a valid subject pattern: {why}"));
-    for (i, t) in tokens.iter().enumerate() {
-        if t.is_empty() {
-            return bad("empty token");
-        }
-        if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return bad("white space or control characters");
-        }
-        if t.contains('>') && (*t != ">" || i + 1 != tokens.len()) {
-            return bad("'>' must be the whole last token");
-        }
-        if t.contains('*') && *t != "*" {
-            return bad("'*' must be a whole token");
-        }
-    }
-    Ok(s.to_string())
-}
-
-/// `host:port` or `ip:port`, resolved once.
-fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
-    use std::net::ToSocketAddrs;
-    s.to_socket_addrs()
-        .map_err(|e| format!("{s:?} is not a host:port address: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{s:?} resolves to no address"))
-}
-
-/// Seconds, or 0 for off.
-fn parse_seconds_or_off(s: &str) -> Result<Duration, String> {
-    if s.trim() == "0" {
-        return Ok(Duration::ZERO);
-    }
-    parse_seconds(s)
-}
-
-fn parse_millis(s: &str) -> Result<Duration, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of milliseconds"))?;
-    if !(0.0..=1000.0).contains(&v) {
-        return Err(format!("{s:?} must be between 0 and 1000 milliseconds"));
-    }
-    Ok(Duration::from_secs_f64(v / 1000.0))
-}
-
-fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !(v > 0.0 && v.is_finite()) {
-        return Err(format!("{s:?} must be a positive number of seconds"));
-    }
-    Ok(Duration::from_secs_f64(v))
-}
-
-fn parse_table_value(s: &str) -> Result<(String, String), String> {
-    let (table, value) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?}: expected schema.table=value"))?;
-    if !table.contains('.') || value.is_empty() {
-        return Err(format!("{s:?}: expected schema.table=value"));
-    }
-    Ok((table.to_string(), value.to_string()))
-}
-
-fn parse_table_ops(s: &str) -> Result<(String, Vec<Op>), String> {
-    let (table, ops) = parse_table_value(s)?;
-    let ops = ops
-        .split('+')
-        .map(|o| {
-            Op::parse(o)
-                .ok_or_else(|| format!("{o:?} is not an op (insert, update, delete, truncate)"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((table, ops))
-}
-
-impl RunConfig {
-    /// The PostgreSQL connection settings (URL, TLS, password sources), read once.
-    pub fn connect_params(
-        &self,
-    ) -> Result<crate::source::ConnectParams, crate::source::SourceError> {
-        crate::source::ConnectParams::parse(
-            &self.postgres_url,
-            self.postgres_password_file.as_deref(),
-        )
-    }
-
-    /// The stream's name: `--stream`, else derived from the subject prefix.
-    pub fn stream_name(&self) -> String {
-        self.stream.clone().unwrap_or_else(|| {
-            self.subject_prefix
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() {
-                        c.to_ascii_uppercase()
-                    } else {
-                        '_'
-                    }
-                })
-                .collect()
-        })
-    }
-
-    /// Per-table settings gathered from the table-scoped options.
-    pub fn table_settings(&self) -> HashMap<String, TableSettings> {
-        let mut out: HashMap<String, TableSettings> = HashMap::new();
-        for (t, c) in &self.column_sequences {
-            out.entry(t.clone()).or_default().sequence_column = Some(c.clone());
-        }
-        for (t, c) in &self.include_columns {
-            out.entry(t.clone())
-                .or_default()
-                .include_columns
-                .get_or_insert_with(Vec::new)
-                .push(c.clone());
-        }
-        for (t, c) in &self.exclude_columns {
-            out.entry(t.clone())
-                .or_default()
-                .exclude_columns
-                .push(c.clone());
-        }
-        for (t, ops) in &self.ops {
-            out.entry(t.clone())
-                .or_default()
-                .ops
-                .get_or_insert_with(Vec::new)
-                .extend(ops.iter().copied());
-        }
-        out
-    }
-}
-
-fn parse_slot_name(s: &str) -> Result<String, String> {
-    if s.is_empty()
-        || s.len() > 63
-        || !s
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    {
-        return Err(format!(
-            "{s:?} is not a valid slot name: use 1 to 63 lower-case letters, digits and underscores"
-        ));
-    }
-    Ok(s.to_string())
-}
-
-fn parse_prefix(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.split('.').all(|t| {
-            !t.is_empty()
-                && t.bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>')
-        });
-    if !ok {
-        return Err(format!(
-            "{s:?} is not a valid subject prefix: dot-separated non-empty tokens without spaces, '*' or '>'"
-        ));
-    }
-    Ok(s.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rejects_bad_values_with_a_reason() {
-        assert!(parse_slot_name("Bad-Slot").is_err());
-        assert!(parse_slot_name("good_slot_1").is_ok());
-        assert!(parse_prefix("a..b").is_err());
-        assert!(parse_prefix("cdc.prod").is_ok());
-        assert!(parse_prefix("a.*").is_err());
-        assert!(parse_seconds("0").is_err());
-        assert_eq!(parse_seconds("0.5").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_millis("0").unwrap(), Duration::ZERO);
-        assert_eq!(parse_millis("2.5").unwrap(), Duration::from_micros(2500));
-        for bad in ["-1", "1001", "soon", "NaN"] {
-            assert!(parse_millis(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn flags_parse() {

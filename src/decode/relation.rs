@@ -1,10 +1,9 @@
-//! A Relation message resolved against the catalog: the table's typed columns and
-//! its key (primary key, else replica identity index, in key order).
+//! A Relation message resolved into the table's typed columns and its key (primary
+//! key, else replica identity index, in key order). No I/O: the caller asks the
+//! catalog for the types the registry lacks and for the key's column names.
 
 use super::pgoutput::RelationColumn;
 use super::types::{TypeKind, TypeRegistry};
-use crate::source::catalog::Catalog;
-use crate::source::SourceError;
 
 /// One column of a table shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,27 +28,15 @@ pub struct ResolvedRelation {
     pub key: Vec<usize>,
 }
 
-/// Type every column (asking the catalog for types not known yet, domains and
-/// arrays down to their base) and find the key.
-pub async fn resolve(
-    catalog: &Catalog,
+/// Type every column with what `types` knows (ask the catalog for
+/// [`TypeRegistry::missing`] first) and find the key: the catalog's key column names
+/// in key order, else the Relation message's identity flags.
+pub fn resolve(
     types: &mut TypeRegistry,
-    relation_id: u32,
     replica_identity: u8,
     columns: &[RelationColumn<'_>],
-) -> Result<ResolvedRelation, SourceError> {
-    let oids: Vec<u32> = columns.iter().map(|c| c.type_oid).collect();
-    for _ in 0..8 {
-        let missing = types.missing(oids.iter().copied());
-        if missing.is_empty() {
-            break;
-        }
-        let rows = catalog.types(&missing).await?;
-        if rows.is_empty() {
-            break;
-        }
-        types.add_rows(rows);
-    }
+    catalog_key: &[String],
+) -> ResolvedRelation {
     let cols: Vec<Column> = columns
         .iter()
         .map(|c| Column {
@@ -59,10 +46,7 @@ pub async fn resolve(
             kind: types.resolve(c.type_oid),
         })
         .collect();
-    // The key: primary key (else replica identity index) in key order, from the
-    // catalog; the Relation message's identity flags when the catalog disagrees.
-    let names = catalog.key_columns(relation_id).await?;
-    let from_catalog: Option<Vec<usize>> = names
+    let from_catalog: Option<Vec<usize>> = catalog_key
         .iter()
         .map(|n| cols.iter().position(|c| &c.name == n))
         .collect();
@@ -75,5 +59,37 @@ pub async fn resolve(
             .map(|(i, _)| i)
             .collect(),
     };
-    Ok(ResolvedRelation { columns: cols, key })
+    ResolvedRelation { columns: cols, key }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column(name: &str, flags: u8) -> RelationColumn<'_> {
+        RelationColumn {
+            flags,
+            name,
+            type_oid: 23,
+            type_modifier: -1,
+        }
+    }
+
+    #[test]
+    fn the_catalog_key_wins_in_key_order_else_the_identity_flags() {
+        let mut types = TypeRegistry::new();
+        let cols = [column("a", 1), column("b", 0), column("c", 1)];
+        let r = resolve(&mut types, b'd', &cols, &["c".into(), "b".into()]);
+        assert_eq!(r.key, vec![2, 1]);
+        assert_eq!(Some(r.columns[0].kind.clone()), TypeKind::builtin(23));
+        let r = resolve(&mut types, b'd', &cols, &[]);
+        assert_eq!(r.key, vec![0, 2]);
+        // Identity FULL flags every column: not a key.
+        assert!(resolve(&mut types, b'f', &cols, &[]).key.is_empty());
+        // A key column the message lacks: the flags decide.
+        assert_eq!(
+            resolve(&mut types, b'd', &cols, &["zz".into()]).key,
+            vec![0, 2]
+        );
+    }
 }

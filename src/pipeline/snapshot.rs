@@ -22,11 +22,47 @@ use serde::{Deserialize, Serialize};
 use crate::source::chunks::TableInfo;
 use crate::wire::{Lsn, Position};
 
+/// When existing rows are published (`--snapshot`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SnapshotMode {
+    /// On a new slot (and to finish one a crash interrupted), then stream.
+    Initial,
+    /// Never: only changes from the slot on.
+    Never,
+    /// Snapshot (a new slot, or an unfinished snapshot), then exit.
+    Only,
+}
+
+/// How the snapshot stage runs (`config/` builds it from the flags).
+#[derive(Debug, Clone)]
+pub struct SnapshotSettings {
+    pub mode: SnapshotMode,
+    /// Rows read per chunk (`--snapshot-chunk-rows`; memory is bounded by one chunk).
+    pub chunk_rows: usize,
+}
+
 /// What a snapshot has done, as the meta stream stores it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     pub tables: BTreeMap<String, TableProgress>,
     pub complete: bool,
+}
+
+impl Progress {
+    /// A snapshot of `tables` that has not read a row yet.
+    pub fn started(tables: &[String]) -> Progress {
+        let mut progress = Progress::default();
+        progress.restart(tables);
+        progress
+    }
+
+    /// Read `tables` again from their first row; the snapshot is not complete.
+    pub fn restart(&mut self, tables: &[String]) {
+        for t in tables {
+            self.tables.insert(t.clone(), TableProgress::default());
+        }
+        self.complete = false;
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,6 +20,7 @@ use crate::state::StateError;
 use crate::wire::{Lsn, Position, Timestamp};
 
 pub mod core;
+pub mod delivery;
 pub mod fast_batch;
 pub mod jetstream;
 pub mod nats;
@@ -40,6 +41,9 @@ pub enum SinkError {
     },
     #[error("{0}")]
     Url(String),
+    /// The delivery asked for is impossible with this server and these tables.
+    #[error("{0}")]
+    Delivery(String),
     #[error("NATS does not let walcast publish on {subject} ({detail}): give its user publish permission for the subject prefix and the JetStream API (see docs/security.md)")]
     Permission { subject: String, detail: String },
     #[error("NATS subscribe failed: {0}")]

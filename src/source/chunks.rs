@@ -95,11 +95,7 @@ impl Catalog {
 
     /// A heartbeat: a non-transactional logical decoding message holding the time.
     pub async fn emit_heartbeat(&self, prefix: &str) -> Result<(), SourceError> {
-        let micros = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_micros()
-            .to_string();
+        let micros = crate::wire::Timestamp::now().unix_micros().to_string();
         self.client
             .execute(
                 "SELECT pg_logical_emit_message(false, $1, $2)",

@@ -7,7 +7,8 @@
 //! - [`slot`]: the slot: created when missing, validated, where streaming starts;
 //! - [`catalog`]: ordinary SQL questions over `tokio-postgres` (preflight, key columns,
 //!   types, slots, rows);
-//! - [`monitor`]: the slot's health as metrics.
+//! - [`monitor`]: the slot's health as metrics, and the heartbeat;
+//! - [`settings`]: what the stage is configured with.
 
 pub mod catalog;
 pub mod chunks;
@@ -15,6 +16,7 @@ pub mod conn;
 mod error;
 pub mod monitor;
 pub mod params;
+mod settings;
 pub mod slot;
 pub mod stream;
 pub mod tls;
@@ -22,4 +24,5 @@ pub mod tls;
 pub use conn::ReplicationConnection;
 pub use error::SourceError;
 pub use params::ConnectParams;
+pub use settings::SourceSettings;
 pub use stream::{ReplicationEvent, ReplicationStream};

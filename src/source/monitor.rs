@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::catalog::Catalog;
 use super::params::ConnectParams;
+use super::settings::SourceSettings;
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::Shutdown;
 
@@ -14,15 +15,11 @@ pub const HEARTBEAT_PREFIX: &str = "walcast.heartbeat";
 /// Every `interval` until shutdown: a non-transactional logical decoding message whose
 /// content is the time it was written (Unix microseconds); the reader measures how old
 /// the last one it saw is. A role that may not write one gets a warning, once.
-pub async fn heartbeat(
-    params: ConnectParams,
-    interval: Duration,
-    timeout: Duration,
-    mut shutdown: Shutdown,
-) {
+pub async fn heartbeat(settings: SourceSettings, mut shutdown: Shutdown) {
+    let (params, timeout) = (&settings.params, settings.connect_timeout);
     let mut catalog: Option<Catalog> = None;
     loop {
-        if let Some(c) = reconnected(&mut catalog, &params, timeout).await {
+        if let Some(c) = reconnected(&mut catalog, params, timeout).await {
             if let Err(e) = c.emit_heartbeat(HEARTBEAT_PREFIX).await {
                 if !e.is_transient() {
                     tracing::warn!(error = %e, "heartbeat off: the role cannot write one (GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) TO <role>, or --heartbeat-interval 0)");
@@ -32,24 +29,19 @@ pub async fn heartbeat(
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(settings.heartbeat_interval) => {}
             _ = shutdown.wait() => return,
         }
     }
 }
 
 /// Every 10 s until shutdown: the slot's state as metrics.
-pub async fn monitor_slot(
-    params: ConnectParams,
-    slot: String,
-    timeout: Duration,
-    metrics: Arc<Metrics>,
-    mut shutdown: Shutdown,
-) {
+pub async fn monitor_slot(settings: SourceSettings, metrics: Arc<Metrics>, mut shutdown: Shutdown) {
+    let (params, timeout) = (&settings.params, settings.connect_timeout);
     let mut catalog: Option<Catalog> = None;
     loop {
-        if let Some(c) = reconnected(&mut catalog, &params, timeout).await {
-            match c.slot_health(&slot).await {
+        if let Some(c) = reconnected(&mut catalog, params, timeout).await {
+            match c.slot_health(&settings.slot).await {
                 Ok(Some(h)) => {
                     metrics.source.slot_active.set(i64::from(h.active));
                     for status in ["reserved", "extended", "unreserved", "lost"] {

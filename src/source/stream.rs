@@ -4,7 +4,7 @@
 //! of it); [`ReplicationStream::next`] takes what is already buffered before reading
 //! the socket again; status updates go back on the same connection.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use postgres_protocol::message::frontend;
@@ -12,7 +12,7 @@ use postgres_protocol::message::frontend;
 use super::conn::{io_err, proto, ReplicationConnection};
 use super::error::parse_error_fields;
 use super::SourceError;
-use crate::wire::Lsn;
+use crate::wire::{Lsn, Timestamp};
 
 /// One event of the replication stream.
 #[derive(Debug)]
@@ -36,11 +36,7 @@ pub struct ReplicationStream {
 
 /// Microseconds since 2000-01-01, the clock the protocol speaks.
 pub fn pg_now_micros() -> i64 {
-    let unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros() as i64;
-    unix - 946_684_800_000_000
+    Timestamp::now().pg_micros()
 }
 
 impl ReplicationStream {

@@ -9,7 +9,7 @@ use async_nats::jetstream::stream::{Config, Stream};
 
 use super::StateError;
 
-/// How the stream is set up.
+/// How the streams are set up (`config/` builds it from the flags).
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
     pub name: String,
@@ -21,16 +21,6 @@ pub struct StreamSettings {
 }
 
 impl StreamSettings {
-    /// The streams `walcast run` uses with this configuration.
-    pub fn from_config(cfg: &crate::config::RunConfig) -> Self {
-        StreamSettings {
-            name: cfg.stream_name(),
-            prefix: cfg.subject_prefix.clone(),
-            history: cfg.stream_history,
-            duplicate_window: cfg.duplicate_window,
-        }
-    }
-
     /// Subjects of walcast's own records (schema histories): `<prefix>_meta.>`.
     pub fn meta_prefix(&self) -> String {
         format!("{}_meta", self.prefix)

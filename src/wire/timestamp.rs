@@ -24,7 +24,7 @@ impl Timestamp {
         nanos: 0,
     };
     /// Seconds between 1970-01-01 and PostgreSQL's epoch 2000-01-01.
-    const PG_EPOCH_OFFSET: i64 = 946_684_800;
+    pub const PG_EPOCH_OFFSET: i64 = 946_684_800;
 
     /// The current time.
     pub fn now() -> Timestamp {
@@ -35,6 +35,36 @@ impl Timestamp {
             seconds: d.as_secs() as i64,
             nanos: d.subsec_nanos(),
         }
+    }
+
+    /// Seconds since the Unix epoch, with the fraction (for ages and lags).
+    pub fn as_secs_f64(&self) -> f64 {
+        self.seconds as f64 + f64::from(self.nanos) / 1e9
+    }
+
+    /// How many seconds ago this was (never negative: a clock step is no lag).
+    pub fn age_secs(&self) -> f64 {
+        (Timestamp::now().as_secs_f64() - self.as_secs_f64()).max(0.0)
+    }
+
+    /// From microseconds since the Unix epoch.
+    pub fn from_unix_micros(micros: i64) -> Timestamp {
+        Timestamp {
+            seconds: micros.div_euclid(1_000_000),
+            nanos: (micros.rem_euclid(1_000_000) * 1000) as u32,
+        }
+    }
+
+    /// Microseconds since the Unix epoch.
+    pub fn unix_micros(&self) -> i64 {
+        self.seconds
+            .saturating_mul(1_000_000)
+            .saturating_add(i64::from(self.nanos / 1000))
+    }
+
+    /// Microseconds since PostgreSQL's epoch 2000-01-01 (the protocol's clock).
+    pub fn pg_micros(&self) -> i64 {
+        self.unix_micros() - Self::PG_EPOCH_OFFSET * 1_000_000
     }
 
     /// From microseconds since 2000-01-01 UTC (the pgoutput Begin/Commit timestamp).
@@ -154,6 +184,18 @@ pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unix_and_postgres_clocks_agree() {
+        let t = Timestamp::from_unix_micros(1_700_000_000_123_456);
+        assert_eq!((t.seconds, t.nanos), (1_700_000_000, 123_456_000));
+        assert_eq!(t.unix_micros(), 1_700_000_000_123_456);
+        assert_eq!(Timestamp::from_pg_micros(t.pg_micros()), t);
+        assert_eq!(Timestamp::from_unix_micros(-1).nanos, 999_999_000);
+        assert!((t.as_secs_f64() - 1_700_000_000.123_456).abs() < 1e-6);
+        assert!(Timestamp::INFINITY.age_secs() == 0.0);
+        assert!(t.age_secs() > 0.0);
+    }
 
     #[test]
     fn formats_utc() {

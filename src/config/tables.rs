@@ -1,60 +1,61 @@
-//! The delivery and sequence-mode rules, shared by `walcast run` and `walcast check`:
-//! JetStream when asked for or available; tracked sequences need it, unless the
-//! operator accepts volatile ones or puts the tables in column mode.
+//! The per-table settings (`--column-sequence`, `--include-column`, `--exclude-column`,
+//! `--ops`, or `[tables."schema.table"]` in the file), gathered once into one map, and
+//! checked against the publication's tables and columns.
 
 use std::collections::HashMap;
 
-use crate::config::Delivery;
-use crate::envelope::sequence::SequenceMode;
+use super::RunConfig;
 use crate::envelope::TableSettings;
 
-/// The delivery used with a server that has (or lacks) JetStream; `Err` explains why
-/// the requested one is impossible.
-pub fn choose_delivery(requested: Delivery, has_jetstream: bool) -> Result<Delivery, String> {
-    match (requested, has_jetstream) {
-        (Delivery::Auto | Delivery::Jetstream, true) => Ok(Delivery::Jetstream),
-        (Delivery::Auto, false) | (Delivery::Core, _) => Ok(Delivery::Core),
-        (Delivery::Jetstream, false) => Err(
-            "--delivery jetstream, but the NATS server has no JetStream (start nats-server with -js)"
-                .into(),
-        ),
+/// Settings per `schema.table`.
+pub type TableSettingsMap = HashMap<String, TableSettings>;
+
+/// Per-table settings gathered from the table-scoped options.
+pub fn table_settings(cfg: &RunConfig) -> TableSettingsMap {
+    let mut out = TableSettingsMap::new();
+    for (t, c) in &cfg.column_sequences {
+        out.entry(t.clone()).or_default().sequence_column = Some(c.clone());
     }
+    for (t, c) in &cfg.include_columns {
+        out.entry(t.clone())
+            .or_default()
+            .include_columns
+            .get_or_insert_with(Vec::new)
+            .push(c.clone());
+    }
+    for (t, c) in &cfg.exclude_columns {
+        out.entry(t.clone())
+            .or_default()
+            .exclude_columns
+            .push(c.clone());
+    }
+    for (t, ops) in &cfg.ops {
+        out.entry(t.clone())
+            .or_default()
+            .ops
+            .get_or_insert_with(Vec::new)
+            .extend(ops.iter().copied());
+    }
+    out
 }
 
 /// The published tables whose sequence walcast assigns (no sequence column).
-pub fn tracked_tables<'a>(
-    tables: &'a [String],
-    settings: &HashMap<String, TableSettings>,
-) -> Vec<&'a String> {
+pub fn tracked_tables<'a>(tables: &'a [String], settings: &TableSettingsMap) -> Vec<&'a String> {
     tables
         .iter()
         .filter(|t| settings.get(*t).is_none_or(|s| s.sequence_column.is_none()))
         .collect()
 }
 
-/// The sequence mode of tables without a sequence column; `Err` names the tables
-/// that would lose durable sequences and the ways out.
-pub fn default_sequence_mode(
-    delivery: Delivery,
-    has_jetstream: bool,
-    volatile_sequences: bool,
-    tracked: &[&String],
-) -> Result<SequenceMode, String> {
-    match delivery {
-        Delivery::Jetstream => Ok(SequenceMode::Tracked),
-        _ if volatile_sequences || tracked.is_empty() => Ok(SequenceMode::Volatile),
-        _ => Err(format!(
-            "NATS {} JetStream, so walcast cannot keep the sequences of {} durable: enable JetStream (nats-server -js), put the tables in column mode (--column-sequence schema.table=column, see sql/sequence_column.sql), or accept sequences that restart on every start (--volatile-sequences)",
-            if has_jetstream { "is used without" } else { "has no" },
-            tracked.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
-        )),
-    }
+/// Whether any table's sequence is a column (refetches are then answered by walcast).
+pub fn any_column_sequence(settings: &TableSettingsMap) -> bool {
+    settings.values().any(|s| s.sequence_column.is_some())
 }
 
 /// Per-table settings that name a table outside the publication or a column the
 /// table does not have (typos that would otherwise publish a hidden column).
 pub fn settings_problems(
-    settings: &HashMap<String, TableSettings>,
+    settings: &TableSettingsMap,
     columns: &HashMap<String, Vec<String>>,
 ) -> Vec<String> {
     let mut problems = Vec::new();
@@ -93,9 +94,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tracked_tables_need_jetstream_unless_volatile() {
+    fn tables_with_a_sequence_column_are_not_tracked() {
         let tables = vec!["public.a".to_string(), "public.b".to_string()];
-        let mut settings = HashMap::new();
+        let mut settings = TableSettingsMap::new();
         settings.insert(
             "public.b".to_string(),
             TableSettings {
@@ -103,28 +104,14 @@ mod tests {
                 ..Default::default()
             },
         );
-        let tracked = tracked_tables(&tables, &settings);
-        assert_eq!(tracked, vec![&tables[0]]);
-        let err = default_sequence_mode(Delivery::Core, false, false, &tracked).unwrap_err();
-        assert!(
-            err.contains("public.a") && !err.contains("public.b"),
-            "{err}"
-        );
-        assert_eq!(
-            default_sequence_mode(Delivery::Core, false, true, &tracked),
-            Ok(SequenceMode::Volatile)
-        );
-        assert_eq!(
-            default_sequence_mode(Delivery::Jetstream, true, false, &tracked),
-            Ok(SequenceMode::Tracked)
-        );
-        assert_eq!(choose_delivery(Delivery::Auto, false), Ok(Delivery::Core));
-        assert!(choose_delivery(Delivery::Jetstream, false).is_err());
+        assert_eq!(tracked_tables(&tables, &settings), vec![&tables[0]]);
+        assert!(any_column_sequence(&settings));
+        assert!(!any_column_sequence(&TableSettingsMap::new()));
     }
 
     #[test]
     fn settings_naming_unknown_tables_or_columns_are_problems() {
-        let mut settings = HashMap::new();
+        let mut settings = TableSettingsMap::new();
         settings.insert(
             "public.users".to_string(),
             TableSettings {
@@ -146,5 +133,37 @@ mod tests {
         settings.remove("public.userz");
         settings.get_mut("public.users").unwrap().exclude_columns = vec!["email".into()];
         assert!(settings_problems(&settings, &columns).is_empty());
+    }
+
+    #[test]
+    fn table_scoped_flags_gather_into_one_map() {
+        use clap::Parser;
+        let cli = super::super::Cli::try_parse_from([
+            "walcast",
+            "run",
+            "--postgres-url",
+            "postgres://u@h/db",
+            "--column-sequence",
+            "public.a=seq",
+            "--include-column",
+            "public.a=id",
+            "--include-column",
+            "public.a=name",
+            "--exclude-column",
+            "public.b=secret",
+            "--ops",
+            "public.b=insert+delete",
+        ])
+        .unwrap();
+        let super::super::Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        let map = table_settings(&run);
+        let a = &map["public.a"];
+        assert_eq!(a.sequence_column.as_deref(), Some("seq"));
+        assert_eq!(a.include_columns, Some(vec!["id".into(), "name".into()]));
+        let b = &map["public.b"];
+        assert_eq!(b.exclude_columns, vec!["secret".to_string()]);
+        assert_eq!(b.ops.as_ref().map(Vec::len), Some(2));
     }
 }

@@ -1,28 +1,33 @@
-//! The reader's side of requests: a refetch reads the key's row from the table and
-//! builds its envelope with the shape and schema version the stream published; a
-//! re-snapshot queues tables for the snapshot stage.
+//! The request answerer: a refetch reads the key's row from the table and builds its
+//! envelope with the shape and schema version the stream published; a re-snapshot
+//! queues tables for the snapshot driver. Requests are answered between transactions.
+
+use std::collections::HashMap;
 
 use super::ChangeReader;
 use crate::pipeline::requests::{RefetchAnswer, Request, SnapshotReply};
-use crate::pipeline::snapshot::{Progress, Snapshot, TableProgress};
 use crate::pipeline::PipelineError;
 use crate::source::chunks::TableInfo;
 use crate::wire::key::parse_key;
 use crate::wire::Timestamp;
 
+/// What the answerer keeps between requests.
+#[derive(Default)]
+pub(super) struct RequestAnswerer {
+    /// Tables refetch requests read, as the catalog described them.
+    refetch_tables: HashMap<String, TableInfo>,
+}
+
 impl ChangeReader {
     /// Answer one request (between transactions: the builder is not mid-change).
-    pub(in crate::pipeline) async fn answer(
-        &mut self,
-        request: Request,
-    ) -> Result<(), PipelineError> {
+    pub(super) async fn answer(&mut self, request: Request) -> Result<(), PipelineError> {
         match request {
             Request::Refetch { key, reply } => {
                 let answer = match self.refetch_answer(&key).await {
                     Ok(answer) => answer,
                     Err(e) => {
                         tracing::warn!(key = %key, error = %e, "refetch request failed");
-                        self.refetch_tables.clear();
+                        self.answerer.refetch_tables.clear();
                         RefetchAnswer::Refused(e.to_string())
                     }
                 };
@@ -36,9 +41,7 @@ impl ChangeReader {
         Ok(())
     }
 
-    /// Queue a re-snapshot of `tables` while streaming: stored as unfinished progress
-    /// first (a crash resumes it), then read like the initial snapshot, comparing each
-    /// row with the key's last envelope and sweeping keys that lost their row.
+    /// Queue a re-snapshot of the published ones among `tables`.
     async fn queue_resnapshot(
         &mut self,
         tables: Vec<String>,
@@ -47,35 +50,15 @@ impl ChangeReader {
         let (known, unknown): (Vec<String>, Vec<String>) =
             tables.into_iter().partition(|t| self.tables.contains(t));
         reply.unknown = unknown;
-        if let Some(snapshot) = self.snapshot.as_mut() {
-            reply.queued = snapshot.add_tables(&known);
-        } else if !known.is_empty() {
-            let mut progress: Progress = match &self.store {
-                Some(store) => store.load_snapshot(&self.cfg.slot).await?,
-                None => Progress::default(),
-            };
-            progress.complete = false;
-            for t in &known {
-                progress.tables.insert(t.clone(), TableProgress::default());
-            }
-            if let Some(store) = &self.store {
-                store.store_snapshot(&self.cfg.slot, &progress).await?;
-            }
-            let chunk_rows = self.cfg.snapshot_chunk_rows as usize;
-            self.snapshot = Some(Snapshot::new(&known, progress, chunk_rows));
-            reply.queued = known.clone();
-        }
+        let store = self.envelopes.store.as_ref();
+        reply.queued = self.snapshot.queue(&known, store).await?;
         reply.already = known
             .into_iter()
             .filter(|t| !reply.queued.contains(t))
             .collect();
-        if let Some(snapshot) = &self.snapshot {
+        if self.snapshot.snapshot.is_some() {
             tracing::info!(queued = ?reply.queued, already = ?reply.already, unknown = ?reply.unknown, "re-snapshot requested");
-            self.metrics
-                .envelope
-                .snapshot_tables_remaining
-                .set(snapshot.tables_remaining() as i64);
-            self.metrics.set_note(snapshot.note());
+            self.snapshot.show();
         }
         Ok(reply)
     }
@@ -97,14 +80,19 @@ impl ChangeReader {
                 info.key.len()
             ));
         }
-        let Some(texts) = self.catalog.read_row(&info, &parsed.values).await? else {
+        let Some(texts) = self
+            .envelopes
+            .catalog
+            .read_row(&info, &parsed.values)
+            .await?
+        else {
             return Ok(RefetchAnswer::NotFound);
         };
-        let row = super::snapshot_io::tuple(&texts);
-        let envelope = self.builder.refetch_envelope(
+        let row = super::snapshot_read::tuple(&texts);
+        let envelope = self.envelopes.builder.refetch_envelope(
             info.relation_id,
             &row,
-            self.cp.received(),
+            self.status.cp.received(),
             Timestamp::now(),
         )?;
         Ok(match envelope {
@@ -117,14 +105,12 @@ impl ChangeReader {
 
     /// The table as the catalog describes it, known to the envelope stage.
     async fn refetch_table(&mut self, qualified: &str) -> Result<TableInfo, PipelineError> {
-        if let Some(info) = self.refetch_tables.get(qualified) {
+        if let Some(info) = self.answerer.refetch_tables.get(qualified) {
             return Ok(info.clone());
         }
-        let info = self.catalog.table_info(qualified).await?;
-        if !self.builder.knows_relation(info.relation_id) {
-            self.register_relation(&info).await?;
-        }
-        self.refetch_tables
+        let info = self.envelopes.known_table(qualified).await?;
+        self.answerer
+            .refetch_tables
             .insert(qualified.to_string(), info.clone());
         Ok(info)
     }

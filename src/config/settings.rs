@@ -1,0 +1,179 @@
+//! The flags resolved once into per-stage settings: each stage is handed its own
+//! struct and never sees [`RunConfig`]. `walcast run`, `check` and `teardown` all
+//! start here.
+
+use std::net::SocketAddr;
+
+use super::tables::{table_settings, TableSettingsMap};
+use super::{Oversize, RunConfig};
+use crate::pipeline::snapshot::SnapshotSettings;
+use crate::pipeline::ReaderSettings;
+use crate::sink::delivery::{DeliverySettings, NatsSettings};
+use crate::source::{ConnectParams, SourceError, SourceSettings};
+use crate::state::StreamSettings;
+
+/// What the envelope stage is configured with.
+#[derive(Debug, Clone)]
+pub struct EnvelopeSettings {
+    /// `<prefix>.<schema>.<table>.<key token>` (`--subject-prefix`).
+    pub subject_prefix: String,
+    /// Per-key sequence states kept in memory (`--key-cache`).
+    pub key_cache: usize,
+    /// Bytes kept for unchanged-TOAST columns (`--toast-cache-bytes`).
+    pub toast_cache_bytes: usize,
+    /// An envelope above NATS's max_payload becomes a marker instead of an error.
+    pub oversize_marker: bool,
+}
+
+/// Every stage's settings, resolved from `walcast run`'s flags.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub source: SourceSettings,
+    pub nats: NatsSettings,
+    pub delivery: DeliverySettings,
+    /// Per-table settings, built once.
+    pub tables: TableSettingsMap,
+    pub envelope: EnvelopeSettings,
+    pub reader: ReaderSettings,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_addr: SocketAddr,
+}
+
+impl RunConfig {
+    /// Resolve the flags into each stage's settings (the PostgreSQL URL parsed once).
+    pub fn resolve(&self) -> Result<RunSettings, SourceError> {
+        Ok(RunSettings {
+            source: self.source_settings()?,
+            nats: NatsSettings {
+                url: self.nats.url.clone(),
+                auth: self.nats.auth(),
+                connect_timeout: self.connect_timeout,
+            },
+            delivery: DeliverySettings {
+                delivery: self.delivery,
+                publish_mode: self.publish_mode,
+                volatile_sequences: self.volatile_sequences,
+                max_unconfirmed: self.max_inflight,
+                confirm_timeout: self.confirm_timeout,
+                subject_prefix: self.subject_prefix.clone(),
+                stream: self.stream_settings(),
+            },
+            tables: table_settings(self),
+            envelope: EnvelopeSettings {
+                subject_prefix: self.subject_prefix.clone(),
+                key_cache: self.key_cache,
+                toast_cache_bytes: self.toast_cache_bytes,
+                oversize_marker: self.oversize == Oversize::Marker,
+            },
+            reader: ReaderSettings {
+                publish_linger: self.publish_linger,
+                shutdown_timeout: self.shutdown_timeout,
+                progress_interval: self.progress_interval,
+                snapshot: SnapshotSettings {
+                    mode: self.snapshot,
+                    chunk_rows: self.snapshot_chunk_rows as usize,
+                },
+            },
+            metrics_addr: self.metrics_addr,
+        })
+    }
+
+    /// The source's settings (the PostgreSQL URL parsed).
+    pub fn source_settings(&self) -> Result<SourceSettings, SourceError> {
+        Ok(SourceSettings {
+            params: ConnectParams::parse(
+                &self.postgres_url,
+                self.postgres_password_file.as_deref(),
+            )?,
+            publication: self.publication.clone(),
+            slot: self.slot.clone(),
+            connect_timeout: self.connect_timeout,
+            status_interval: self.status_interval,
+            recreate_slot: self.recreate_slot,
+            heartbeat_interval: self.heartbeat_interval,
+        })
+    }
+
+    /// The JetStream streams walcast keeps.
+    pub fn stream_settings(&self) -> StreamSettings {
+        StreamSettings {
+            name: self.stream_name(),
+            prefix: self.subject_prefix.clone(),
+            history: self.stream_history,
+            duplicate_window: self.duplicate_window,
+        }
+    }
+
+    /// The stream's name: `--stream`, else derived from the subject prefix.
+    fn stream_name(&self) -> String {
+        self.stream.clone().unwrap_or_else(|| {
+            self.subject_prefix
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Cli, Command};
+    use clap::Parser;
+
+    fn run(args: &[&str]) -> super::RunConfig {
+        let mut all = vec![
+            "walcast",
+            "run",
+            "--postgres-url",
+            "postgres://u:secret@h/db",
+        ];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all).unwrap().command {
+            Command::Run(run) => run,
+            _ => panic!("not run"),
+        }
+    }
+
+    #[test]
+    fn each_stage_gets_its_flags() {
+        let s = run(&[
+            "--subject-prefix",
+            "cdc.prod",
+            "--max-inflight",
+            "77",
+            "--snapshot-chunk-rows",
+            "5",
+            "--oversize",
+            "marker",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(s.delivery.stream.name, "CDC_PROD");
+        assert_eq!(s.delivery.stream.prefix, "cdc.prod");
+        assert_eq!(s.delivery.max_unconfirmed, 77);
+        assert_eq!(s.reader.snapshot.chunk_rows, 5);
+        assert!(s.envelope.oversize_marker);
+        assert_eq!(s.source.slot, "walcast");
+        assert!(
+            !format!("{:?}", s.source).contains("secret"),
+            "{:?}",
+            s.source
+        );
+        let named = run(&["--stream", "MINE"]).stream_settings();
+        assert_eq!(named.name, "MINE");
+    }
+
+    #[test]
+    fn a_bad_url_is_an_error_at_resolve() {
+        assert!(run(&[]).resolve().is_ok());
+        let mut bad = run(&[]);
+        bad.postgres_url = "mysql://nope".into();
+        assert!(bad.resolve().is_err());
+    }
+}
