@@ -2,124 +2,13 @@
 //! the sequence. An update that changes the primary key is a `delete` of the old key
 //! and an `insert` of the new one.
 
-use super::{
-    EnvelopeBuilder, EnvelopeError, Need, Outgoing, Relation, RowVersion, ToastNeeded, ToastSource,
-};
+use super::sequence::Lookup;
+use super::toast_fill::{effective, full_old};
+use super::{EnvelopeBuilder, EnvelopeError, Need, Outgoing, Relation};
 use crate::decode::pgoutput::{OldTuple, TupleValue};
 use crate::decode::value::parse_text;
-use crate::envelope::sequence::{Lookup, SequenceMode};
 use crate::wire::codec::{self, EnvelopeRef, RowRef};
-use crate::wire::{key, Lsn, Op, Timestamp, Value};
-
-/// A row's key and subject.
-type Keyed = (String, String);
-
-impl Relation {
-    /// The key and subject of the row `tuple`; an error when a key column is null.
-    fn key_of(&self, tuple: &[TupleValue<'_>], op: &'static str) -> Result<Keyed, EnvelopeError> {
-        let mut k = self.key_prefix.clone();
-        let key_text = |i: usize| match tuple[i] {
-            TupleValue::Text(t) => std::str::from_utf8(t).ok(),
-            _ => None,
-        };
-        for (n, &i) in self.shape.key.iter().enumerate() {
-            let Some(text) = key_text(i) else {
-                return Err(EnvelopeError::NullKey {
-                    table: self.qualified_name(),
-                    column: self.shape.columns[i].name.clone(),
-                    op,
-                });
-            };
-            key::push_key_value(&mut k, n == 0, text);
-        }
-        let mut subject = String::with_capacity(self.subject_prefix.len() + k.len() + 8);
-        subject.push_str(&self.subject_prefix);
-        let texts = self.shape.key.iter().filter_map(|&i| key_text(i));
-        key::push_key_token(&mut subject, texts);
-        Ok((k, subject))
-    }
-
-    fn check_column_count(
-        &self,
-        tuples: [Option<&[TupleValue<'_>]>; 2],
-    ) -> Result<(), EnvelopeError> {
-        let expected = self.shape.columns.len();
-        match tuples.into_iter().flatten().find(|t| t.len() != expected) {
-            Some(t) => Err(EnvelopeError::ColumnCount {
-                table: self.qualified_name(),
-                expected,
-                got: t.len(),
-            }),
-            None => Ok(()),
-        }
-    }
-
-    fn publishes(&self, op: Op) -> bool {
-        self.ops.as_ref().is_none_or(|ops| ops.contains(&op))
-    }
-
-    /// What to ask the database for: the row's key columns and the missing columns.
-    fn toast_needed(
-        &self,
-        relation_id: u32,
-        toast_key: String,
-        new: &[TupleValue<'_>],
-        missing: &[usize],
-        source: ToastSource,
-    ) -> ToastNeeded {
-        let text = |i: usize| match new[i] {
-            TupleValue::Text(t) => String::from_utf8_lossy(t).into_owned(),
-            _ => String::new(),
-        };
-        ToastNeeded {
-            relation_id,
-            schema: self.schema.clone(),
-            table: self.table.clone(),
-            key: toast_key,
-            key_columns: self
-                .shape
-                .key
-                .iter()
-                .map(|&i| (self.shape.columns[i].name.clone(), text(i)))
-                .collect(),
-            columns: missing
-                .iter()
-                .map(|&i| self.shape.columns[i].name.clone())
-                .collect(),
-            source,
-        }
-    }
-
-    /// The text of the sequence column in the new row (column mode).
-    fn sequence_text(&self, new: &[TupleValue<'_>]) -> Option<String> {
-        match new.get(self.sequence_column?)? {
-            TupleValue::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
-            _ => None,
-        }
-    }
-}
-
-/// The full old row, when the table has `REPLICA IDENTITY FULL`.
-fn full_old<'t, 'a>(old: Option<&'t OldTuple<'a>>) -> Option<&'t [TupleValue<'a>]> {
-    match old {
-        Some(OldTuple::Full(v)) => Some(v.as_slice()),
-        _ => None,
-    }
-}
-
-/// Column `i` of the new row, or of the full old row when unchanged TOAST.
-fn effective<'a>(
-    new: &[TupleValue<'a>],
-    full_old: Option<&[TupleValue<'a>]>,
-    i: usize,
-) -> TupleValue<'a> {
-    match (new[i], full_old) {
-        (TupleValue::UnchangedToast, Some(o)) if !matches!(o[i], TupleValue::UnchangedToast) => {
-            o[i]
-        }
-        (v, _) => v,
-    }
-}
+use crate::wire::{Lsn, Op, Timestamp, Value};
 
 impl EnvelopeBuilder {
     /// Build the envelope(s) of one Insert, Update or Delete. Returns what must be
@@ -273,10 +162,6 @@ impl EnvelopeBuilder {
         Ok(Some(codec::encode(&envelope)?))
     }
 
-    pub(super) fn tracked(&self, rel: &Relation) -> bool {
-        self.mode_of(rel) == SequenceMode::Tracked
-    }
-
     fn delete(
         &mut self,
         relation_id: u32,
@@ -353,51 +238,6 @@ impl EnvelopeBuilder {
         Ok(None)
     }
 
-    /// Where the missing unchanged-TOAST values of this change are exact: the key's
-    /// last envelope in tracked mode (the old key's, after a key change), else the
-    /// table's row while it is still this change's version.
-    fn toast_source(
-        &self,
-        rel: &Relation,
-        new: &[TupleValue<'_>],
-        toast_key: &str,
-        subject: &str,
-        moved_from: Option<&Keyed>,
-    ) -> ToastSource {
-        debug_assert!(moved_from.is_none_or(|(k, _)| k == toast_key));
-        let stream_subject = self
-            .tracked(rel)
-            .then(|| moved_from.map_or(subject, |(_, s)| s.as_str()).to_string());
-        let version = match (rel.sequence_column, rel.sequence_text(new)) {
-            (Some(i), Some(expected)) => RowVersion::SequenceColumn {
-                column: rel.shape.columns[i].name.clone(),
-                expected,
-            },
-            _ => RowVersion::Xmin {
-                xid: self.tx.map(|t| t.xid).unwrap_or_default(),
-            },
-        };
-        ToastSource {
-            stream_subject,
-            version,
-        }
-    }
-
-    /// Indexes of unchanged-TOAST columns neither the old row nor the cache has.
-    fn missing_toast(
-        &self,
-        new: &[TupleValue<'_>],
-        full_old: Option<&[TupleValue<'_>]>,
-        toast_key: &str,
-    ) -> Vec<usize> {
-        (0..new.len())
-            .filter(|&i| {
-                effective(new, full_old, i) == TupleValue::UnchangedToast
-                    && self.toast_value(toast_key, i).is_none()
-            })
-            .collect()
-    }
-
     /// The row's typed values (unchanged TOAST from the old row or the cache).
     fn typed_values<'a>(
         &self,
@@ -432,43 +272,6 @@ impl EnvelopeBuilder {
         Ok(values)
     }
 
-    /// Remember the TOASTable values that came with this change (tables without FULL
-    /// identity): a later change may leave them unchanged. After a key change, the
-    /// carried-over values move to the new key.
-    fn cache_toast(
-        &mut self,
-        relation_id: u32,
-        k: &str,
-        new: &[TupleValue<'_>],
-        values: &[Value<'_>],
-        moved: bool,
-    ) {
-        let rel = &self.relations[&relation_id];
-        if rel.full_identity || rel.toastable.is_empty() {
-            return;
-        }
-        if !may_be_toasted(new) {
-            // No value of a row this small is stored out of line, so its next change
-            // carries them all: nothing to remember.
-            self.toast.remove(k);
-            return;
-        }
-        let pick = |unchanged: bool| -> Vec<(usize, Value<'static>)> {
-            rel.toastable
-                .iter()
-                .filter(|&&i| (new[i] == TupleValue::UnchangedToast) == unchanged)
-                .filter(|&&i| values[i] != Value::Unavailable)
-                .map(|&i| (i, values[i].clone().into_owned()))
-                .collect()
-        };
-        let fresh = pick(false);
-        if moved {
-            let carried = pick(true);
-            self.toast.insert(k.to_string(), carried);
-        }
-        self.toast.update(k, fresh);
-    }
-
     /// Column mode: the sequence the row carries (a delete: the old value + 1).
     fn column_sequence(
         &self,
@@ -496,22 +299,4 @@ impl EnvelopeBuilder {
         let n: u64 = text.parse().map_err(|_| bad(format!("{text:?}")))?;
         Ok(Some(if deleting { n + 1 } else { n }))
     }
-}
-
-/// A row whose values take fewer bytes (in their text form) than this is far below
-/// PostgreSQL's TOAST threshold (about 2 kB on disk, and no type's stored form takes
-/// more than about five times its text): none of its values is stored out of line.
-const TOASTABLE_ROW_BYTES: usize = 400;
-
-/// Whether a value of the row `new` may be stored out of line (TOASTed).
-fn may_be_toasted(new: &[TupleValue<'_>]) -> bool {
-    let mut bytes = 0;
-    for v in new {
-        bytes += match v {
-            TupleValue::UnchangedToast => return true,
-            TupleValue::Text(b) | TupleValue::Binary(b) => b.len(),
-            TupleValue::Null => 0,
-        };
-    }
-    bytes >= TOASTABLE_ROW_BYTES
 }

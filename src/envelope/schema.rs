@@ -68,12 +68,6 @@ impl TableShape {
                 .collect(),
         }
     }
-
-    /// Classify `new` against `self`.
-    #[cfg(test)]
-    fn compare(&self, new: &TableShape) -> ShapeChange {
-        self.signature().compare(&new.signature())
-    }
 }
 
 impl Signature {
@@ -164,6 +158,11 @@ mod tests {
     use super::*;
     use crate::decode::types::TypeKind;
 
+    /// Classify `new` against `old`.
+    fn compare(old: &TableShape, new: &TableShape) -> ShapeChange {
+        old.signature().compare(&new.signature())
+    }
+
     fn col(name: &str, oid: u32) -> Column {
         Column {
             name: name.into(),
@@ -179,27 +178,27 @@ mod tests {
             columns: vec![col("id", 23), col("name", 25)],
             key: vec![0],
         };
-        assert_eq!(base.compare(&base.clone()), ShapeChange::Same);
+        assert_eq!(compare(&base, &base.clone()), ShapeChange::Same);
         let added = TableShape {
             columns: vec![col("id", 23), col("name", 25), col("age", 23)],
             key: vec![0],
         };
-        assert_eq!(base.compare(&added), ShapeChange::Additive);
+        assert_eq!(compare(&base, &added), ShapeChange::Additive);
         let dropped = TableShape {
             columns: vec![col("id", 23)],
             key: vec![0],
         };
-        assert_eq!(base.compare(&dropped), ShapeChange::Breaking);
+        assert_eq!(compare(&base, &dropped), ShapeChange::Breaking);
         let retyped = TableShape {
             columns: vec![col("id", 20), col("name", 25)],
             key: vec![0],
         };
-        assert_eq!(base.compare(&retyped), ShapeChange::Breaking);
+        assert_eq!(compare(&base, &retyped), ShapeChange::Breaking);
         let rekeyed = TableShape {
             columns: vec![col("id", 23), col("name", 25)],
             key: vec![0, 1],
         };
-        assert_eq!(base.compare(&rekeyed), ShapeChange::Breaking);
+        assert_eq!(compare(&base, &rekeyed), ShapeChange::Breaking);
 
         // A history gives replays the version they had, and new shapes the next one.
         let mut h = SchemaHistory::default();

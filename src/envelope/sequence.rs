@@ -73,11 +73,6 @@ impl KeyStateCache {
         }
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
-
     pub fn lookup(&mut self, key: &str) -> Lookup {
         match self.entries.get(key) {
             Some(state) => Lookup::Known(*state),
@@ -126,68 +121,6 @@ impl KeyStateCache {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::wire::Lsn;
-
-    fn st(seq: u64, lsn: u64) -> KeyState {
-        KeyState {
-            sequence: seq,
-            position: Position {
-                commit_lsn: Lsn(lsn),
-                ordinal: 0,
-            },
-            deleted: false,
-        }
-    }
-
-    #[test]
-    fn positions_order_and_round_trip() {
-        let a = Position {
-            commit_lsn: Lsn(10),
-            ordinal: 5,
-        };
-        let b = Position {
-            commit_lsn: Lsn(11),
-            ordinal: 0,
-        };
-        assert!(a < b);
-        assert_eq!(Position::from_header(&a.to_header()), Some(a));
-        assert_eq!(Position::from_header("x"), None);
-    }
-
-    #[test]
-    fn evicts_only_acknowledged_entries() {
-        let mut c = KeyStateCache::new(2, false);
-        assert_eq!(c.lookup("a"), Lookup::Missing);
-        c.loaded("a".into(), None);
-        assert_eq!(c.lookup("a"), Lookup::Known(None));
-        c.assigned("a", st(1, 100));
-        c.assigned("b", st(1, 200));
-        c.assigned("c", st(1, 300));
-        // Nothing acknowledged: all three pinned, over capacity.
-        assert_eq!(c.len(), 3);
-        c.acknowledged(Position {
-            commit_lsn: Lsn(250),
-            ordinal: 0,
-        });
-        // a and b are acknowledged; the least recently used goes first.
-        assert_eq!(c.len(), 2);
-        assert_eq!(c.lookup("a"), Lookup::Missing);
-        assert_eq!(c.lookup("c"), Lookup::Known(Some(st(1, 300))));
-    }
-
-    #[test]
-    fn volatile_cache_treats_misses_as_new_keys() {
-        let mut c = KeyStateCache::new(1, true);
-        assert_eq!(c.lookup("x"), Lookup::Known(None));
-        c.assigned("x", st(1, 1));
-        c.assigned("y", st(1, 2));
-        assert_eq!(c.len(), 2);
-    }
-}
-
 /// A Bloom filter of the subjects that have (or may have) a message in the stream.
 /// A key whose subject is not in it has never been published: it starts at sequence
 /// 1 without a round-trip to the stream. False positives only cost a load.
@@ -231,6 +164,68 @@ impl SubjectFilter {
     pub fn may_contain(&self, subject: &str) -> bool {
         self.positions(subject)
             .all(|p| self.bits[p / 64] & (1 << (p % 64)) != 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Lsn;
+
+    fn st(seq: u64, lsn: u64) -> KeyState {
+        KeyState {
+            sequence: seq,
+            position: Position {
+                commit_lsn: Lsn(lsn),
+                ordinal: 0,
+            },
+            deleted: false,
+        }
+    }
+
+    #[test]
+    fn positions_order_and_round_trip() {
+        let a = Position {
+            commit_lsn: Lsn(10),
+            ordinal: 5,
+        };
+        let b = Position {
+            commit_lsn: Lsn(11),
+            ordinal: 0,
+        };
+        assert!(a < b);
+        assert_eq!(Position::from_header(&a.to_header()), Some(a));
+        assert_eq!(Position::from_header("x"), None);
+    }
+
+    #[test]
+    fn evicts_only_acknowledged_entries() {
+        let mut c = KeyStateCache::new(2, false);
+        assert_eq!(c.lookup("a"), Lookup::Missing);
+        c.loaded("a".into(), None);
+        assert_eq!(c.lookup("a"), Lookup::Known(None));
+        c.assigned("a", st(1, 100));
+        c.assigned("b", st(1, 200));
+        c.assigned("c", st(1, 300));
+        // Nothing acknowledged: all three pinned, over capacity.
+        assert_eq!(c.entries.len(), 3);
+        c.acknowledged(Position {
+            commit_lsn: Lsn(250),
+            ordinal: 0,
+        });
+        // a and b are acknowledged; the least recently used goes first.
+        assert_eq!(c.entries.len(), 2);
+        assert_eq!(c.lookup("a"), Lookup::Missing);
+        assert_eq!(c.lookup("c"), Lookup::Known(Some(st(1, 300))));
+    }
+
+    #[test]
+    fn volatile_cache_treats_misses_as_new_keys() {
+        let mut c = KeyStateCache::new(1, true);
+        assert_eq!(c.lookup("x"), Lookup::Known(None));
+        c.assigned("x", st(1, 1));
+        c.assigned("y", st(1, 2));
+        assert_eq!(c.entries.len(), 2);
     }
 }
 

@@ -45,6 +45,13 @@ fn raw_size(v: &rmpv::Value) -> usize {
 }
 
 impl ToastCache {
+    pub fn new(budget: usize) -> Self {
+        ToastCache {
+            budget,
+            ..Default::default()
+        }
+    }
+
     /// What an entry costs in memory, allocator and table overheads included (the
     /// budget bounds the process's memory, not only the values' bytes).
     fn entry_size(key: &str, vals: &[(usize, Value<'static>)]) -> usize {
@@ -86,15 +93,6 @@ impl ToastCache {
             .iter()
             .find(|(i, _)| *i == column)
             .map(|(_, v)| v)
-    }
-}
-
-impl ToastCache {
-    pub fn new(budget: usize) -> Self {
-        ToastCache {
-            budget,
-            ..Default::default()
-        }
     }
 
     /// Forget every key that starts with `prefix` (a truncated table).

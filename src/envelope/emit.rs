@@ -1,0 +1,160 @@
+//! The last step of every change: its position in the WAL order, its sequence, its
+//! envelope encoded exactly once, checked against the size limit, and queued for the
+//! sink as an [`Outgoing`].
+
+use bytes::{Bytes, BytesMut};
+
+use super::sequence::{KeyState, Lookup, Position};
+use super::size::{fit_size, message_id};
+use super::{EnvelopeBuilder, EnvelopeError};
+use crate::wire::codec::{self, EnvelopeRef, Op, RowRef};
+use crate::wire::Value;
+
+/// One encoded envelope ready for the sink.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub subject: String,
+    pub payload: Bytes,
+    /// `<key>:<sequence>`: the JetStream de-duplication id (`Nats-Msg-Id`).
+    pub msg_id: String,
+    /// Where the change sits in the WAL (`Walcast-Position`).
+    pub position: Position,
+}
+
+/// The size of the blocks envelopes are encoded into.
+const ENCODE_BLOCK: usize = 64 * 1024;
+
+/// Where envelopes are encoded.
+#[derive(Debug)]
+pub(super) struct EncodeBuffer {
+    /// Each envelope is split off as an exact-size view, so envelopes in flight
+    /// share a few blocks instead of one allocation each.
+    encoded: BytesMut,
+    /// Where each envelope is serialised first: MessagePack writes many small pieces,
+    /// which a `Vec` takes more cheaply than a `BytesMut`; then one copy into `encoded`.
+    scratch: Vec<u8>,
+}
+
+impl EncodeBuffer {
+    pub(super) fn new() -> Self {
+        EncodeBuffer {
+            encoded: BytesMut::new(),
+            scratch: Vec::with_capacity(1024),
+        }
+    }
+
+    /// `envelope` encoded, as an exact-size view of the current block.
+    fn encode<V: serde::Serialize>(
+        &mut self,
+        envelope: &EnvelopeRef<'_, V>,
+    ) -> Result<Bytes, EnvelopeError> {
+        if self.encoded.capacity() < ENCODE_BLOCK / 8 {
+            self.encoded.reserve(ENCODE_BLOCK);
+        }
+        self.scratch.clear();
+        codec::encode_to(&mut self.scratch, envelope)?;
+        self.encoded.extend_from_slice(&self.scratch);
+        Ok(self.encoded.split().freeze())
+    }
+}
+
+impl EnvelopeBuilder {
+    /// Publish one change of `key` (unless its table's settings filter its op out or
+    /// it is a replay): `column_seq` is its sequence in column mode, else the key's
+    /// next one is assigned. The envelope goes to `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn emit(
+        &mut self,
+        relation_id: u32,
+        op: Op,
+        key: String,
+        subject: String,
+        values: Option<&[Value<'_>]>,
+        column_seq: Option<u64>,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), EnvelopeError> {
+        let mut tx = self.tx.ok_or(EnvelopeError::NoTransaction)?;
+        // Op filters apply to live changes; a snapshot row is always published.
+        if op != Op::Snapshot && !self.relations[&relation_id].publishes(op) {
+            return Ok(());
+        }
+        let position = Position {
+            commit_lsn: tx.commit_lsn,
+            ordinal: tx.ordinal,
+        };
+        tx.ordinal += 1;
+        self.tx = Some(tx);
+        let sequence = column_seq.or_else(|| self.assign_sequence(&key, &subject, op, position));
+        let Some(sequence) = sequence else {
+            return Ok(()); // a replay: already published before a restart
+        };
+        let rel = &self.relations[&relation_id];
+        let envelope = EnvelopeRef {
+            key: &key,
+            op,
+            value: values.map(|values| RowRef {
+                columns: &rel.shape.columns,
+                values,
+                published: Some(&rel.published),
+            }),
+            schema_version: &rel.version_text,
+            sequence,
+            lsn: tx.commit_lsn.0,
+            commit_ts: tx.commit_ts,
+        };
+        let payload = self.encode_buffer.encode(&envelope)?;
+        let msg_id = message_id(&key, sequence);
+        let (payload, marked) = fit_size(
+            self.max_payload,
+            self.oversize_marker,
+            payload,
+            &envelope,
+            &msg_id,
+        )?;
+        self.oversize_markers += u64::from(marked);
+        out.push(Outgoing {
+            subject,
+            payload,
+            msg_id,
+            position,
+        });
+        Ok(())
+    }
+
+    /// Walcast's sequence for the change of `key` at `position` (tracked or volatile
+    /// mode): the key's last one + 1, recorded as its state. `None`: the change was
+    /// already published before a restart (a replay, counted), it gets none.
+    fn assign_sequence(
+        &mut self,
+        key: &str,
+        subject: &str,
+        op: Op,
+        position: Position,
+    ) -> Option<u64> {
+        let state = match self.keys.lookup(key) {
+            Lookup::Known(s) => s,
+            Lookup::Missing => unreachable!("key state loaded before emitting"),
+        };
+        if let Some(s) = state {
+            if position <= s.position {
+                // Already published before a restart: not a new change.
+                self.replays_skipped += 1;
+                return None;
+            }
+        }
+        if let Some(filter) = self.subject_filter.as_mut() {
+            filter.insert(subject);
+        }
+        let sequence = state.map_or(1, |s| s.sequence + 1);
+        let deleted = op == Op::Delete;
+        self.keys.assigned(
+            key,
+            KeyState {
+                sequence,
+                position,
+                deleted,
+            },
+        );
+        Some(sequence)
+    }
+}

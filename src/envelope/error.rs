@@ -1,0 +1,54 @@
+//! Why a change could not become an envelope: [`EnvelopeError`].
+
+use crate::decode::value::ValueError;
+
+/// Why a change could not become an envelope.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("change for relation {0} arrived before its Relation message")]
+    UnknownRelation(u32),
+    #[error("table {table} has no primary key and no replica identity index: walcast cannot key its rows, its changes are not published (add a primary key, or ALTER TABLE {table} REPLICA IDENTITY USING INDEX <unique index>, or ALTER PUBLICATION ... DROP TABLE {table})")]
+    NoKey { table: String },
+    #[error("table {table}: tuple has {got} columns, the Relation message announced {expected}")]
+    ColumnCount {
+        table: String,
+        expected: usize,
+        got: usize,
+    },
+    #[error("table {table}: key column {column} is null or missing in a {op} change")]
+    NullKey {
+        table: String,
+        column: String,
+        op: &'static str,
+    },
+    #[error("table {table}, column {column}: {source}")]
+    Value {
+        table: String,
+        column: String,
+        #[source]
+        source: ValueError,
+    },
+    #[error("table {table}, column {column}: binary tuple values are not enabled")]
+    Binary { table: String, column: String },
+    #[error("table {table}: sequence column {column:?} does not exist")]
+    NoSequenceColumn { table: String, column: String },
+    #[error("table {table}: sequence column {column} is not a non-negative integer in a {op} change ({detail}); a delete needs REPLICA IDENTITY FULL to carry it (see sql/sequence_column.sql)")]
+    BadSequenceColumn {
+        table: String,
+        column: String,
+        op: &'static str,
+        detail: String,
+    },
+    #[error("change outside a transaction (no Begin)")]
+    NoTransaction,
+    #[error("the envelope of {key} is {bytes} bytes, above the NATS server's max_payload of {max}: raise max_payload in nats-server.conf, exclude the large column (--exclude-column), or publish a marker instead (--oversize marker)")]
+    TooLarge {
+        key: String,
+        bytes: usize,
+        max: usize,
+    },
+    #[error("decoding a row value again failed: {0}")]
+    Decode(String),
+    #[error("encoding the envelope failed: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+}

@@ -1,0 +1,64 @@
+//! Per-table configuration of the envelope stage ([`TableSettings`]): the sequence
+//! column, the published columns and ops, and what they mean for a table's columns.
+
+use super::schema::Column;
+use super::EnvelopeError;
+use crate::wire::codec::Op;
+
+/// Per-table settings: sequence column, published columns, published ops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableSettings {
+    /// Column mode: the sequence is this column.
+    pub sequence_column: Option<String>,
+    /// Publish only these columns (all when `None`).
+    pub include_columns: Option<Vec<String>>,
+    /// Never publish these columns.
+    pub exclude_columns: Vec<String>,
+    /// Publish only these ops (all when `None`); filtered changes get no sequence.
+    pub ops: Option<Vec<Op>>,
+}
+
+impl TableSettings {
+    /// Column mode: the index of the sequence column in `columns`; an error when the
+    /// table `qualified` has no such column.
+    pub(super) fn sequence_column_index(
+        &self,
+        columns: &[Column],
+        qualified: &str,
+    ) -> Result<Option<usize>, EnvelopeError> {
+        let Some(name) = &self.sequence_column else {
+            return Ok(None);
+        };
+        match columns.iter().position(|c| &c.name == name) {
+            Some(i) => Ok(Some(i)),
+            None => Err(EnvelopeError::NoSequenceColumn {
+                table: qualified.to_string(),
+                column: name.clone(),
+            }),
+        }
+    }
+
+    /// Which of `columns` the envelope's value carries.
+    pub(super) fn published_columns(&self, columns: &[Column]) -> Vec<bool> {
+        columns
+            .iter()
+            .map(|c| {
+                self.include_columns
+                    .as_ref()
+                    .is_none_or(|inc| inc.contains(&c.name))
+                    && !self.exclude_columns.contains(&c.name)
+            })
+            .collect()
+    }
+
+    /// Columns the include/exclude settings name that `columns` does not have.
+    pub(super) fn missing_columns(&self, columns: &[Column]) -> Vec<String> {
+        self.include_columns
+            .iter()
+            .flatten()
+            .chain(&self.exclude_columns)
+            .filter(|name| !columns.iter().any(|c| &c.name == *name))
+            .cloned()
+            .collect()
+    }
+}

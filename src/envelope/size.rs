@@ -1,0 +1,69 @@
+//! An envelope against the NATS server's `max_payload`: published as is, refused, or
+//! replaced by a too-large marker (`--oversize marker`); and its message id.
+
+use bytes::Bytes;
+
+use super::{EnvelopeError, TOO_LARGE_KEY};
+use crate::wire::codec::{self, EnvelopeRef};
+
+/// Bytes counted for an envelope's headers beside its message id.
+const HEADER_ALLOWANCE: usize = 160;
+
+/// The value of a too-large envelope: `{"$walcast_too_large": <encoded size>}`.
+struct MarkerRow<'a>(&'a [(&'static str, u64)]);
+
+impl serde::Serialize for MarkerRow<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+/// The envelope as published: itself, or (too large for NATS) an error or a
+/// marker, as `--oversize` says. `true`: replaced by a marker.
+pub(super) fn fit_size<V: serde::Serialize>(
+    max_payload: usize,
+    oversize_marker: bool,
+    payload: Bytes,
+    envelope: &EnvelopeRef<'_, V>,
+    msg_id: &str,
+) -> Result<(Bytes, bool), EnvelopeError> {
+    // Headers travel in the same message: id, position, expected sequence.
+    let size = payload.len() + msg_id.len() + HEADER_ALLOWANCE;
+    if size <= max_payload {
+        return Ok((payload, false));
+    }
+    if !oversize_marker {
+        return Err(EnvelopeError::TooLarge {
+            key: envelope.key.to_string(),
+            bytes: size,
+            max: max_payload,
+        });
+    }
+    let marker = [(TOO_LARGE_KEY, payload.len() as u64)];
+    let marked = codec::encode(&EnvelopeRef {
+        key: envelope.key,
+        op: envelope.op,
+        value: Some(MarkerRow(&marker)),
+        schema_version: envelope.schema_version,
+        sequence: envelope.sequence,
+        lsn: envelope.lsn,
+        commit_ts: envelope.commit_ts,
+    })?;
+    Ok((Bytes::from(marked), true))
+}
+
+/// The `Nats-Msg-Id` of a key's envelope: `<key>:<sequence>`.
+pub(super) fn message_id(key: &str, sequence: u64) -> String {
+    let mut digits = itoa::Buffer::new();
+    let sequence = digits.format(sequence);
+    let mut id = String::with_capacity(key.len() + 1 + sequence.len());
+    id.push_str(key);
+    id.push(':');
+    id.push_str(sequence);
+    id
+}
