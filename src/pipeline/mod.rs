@@ -287,15 +287,12 @@ async fn build_delivery(
                 PipelineError::Config(format!("{e} (NATS at {})", redact_url(&cfg.nats.url)))
             })?;
     tracing::info!(delivery = ?delivery, sequences = ?mode, "delivery chosen");
+    let sink_settings = sink::SinkSettings {
+        max_unconfirmed: cfg.max_inflight,
+        confirm_timeout: cfg.confirm_timeout,
+    };
     if delivery != Delivery::Jetstream {
-        let sink = CoreSink::new(
-            client,
-            nats_state,
-            cfg.confirm_timeout,
-            cfg.max_inflight,
-            metrics.clone(),
-        )
-        .await?;
+        let sink = CoreSink::new(client, nats_state, &sink_settings, metrics.clone()).await?;
         return Ok((Sink::Core(sink), None, mode));
     }
     let context = async_nats::jetstream::ContextBuilder::new()
@@ -325,13 +322,12 @@ async fn build_delivery(
         let sink = FastBatchSink::new(
             context.client(),
             store.clone(),
-            cfg.max_inflight,
-            cfg.confirm_timeout,
+            &sink_settings,
             metrics.clone(),
         );
         return Ok((Sink::FastBatch(sink), Some(store), mode));
     }
-    let sink = JetStreamSink::new(context, store.clone(), cfg.max_inflight, metrics.clone());
+    let sink = JetStreamSink::new(context, store.clone(), &sink_settings, metrics.clone());
     Ok((Sink::JetStream(sink), Some(store), mode))
 }
 
