@@ -16,10 +16,11 @@ mod parse;
 pub mod settings;
 pub mod tables;
 
+pub use crate::envelope::Oversize;
 pub use crate::pipeline::snapshot::SnapshotMode;
 pub use crate::sink::delivery::{Delivery, PublishMode};
 pub use file::{parse_command_line, ConfigFileError};
-pub use settings::{EnvelopeSettings, RunSettings};
+pub use settings::RunSettings;
 pub use tables::TableSettingsMap;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -42,16 +43,6 @@ pub struct Cli {
     /// Log format.
     #[arg(long, global = true, env = "WALCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-}
-
-/// What to do with an envelope larger than the NATS server's `max_payload`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Oversize {
-    /// Stop with an error naming the key and the size (nothing is lost: the change
-    /// stays in the slot).
-    Fail,
-    /// Publish the envelope with the value `{"$walcast_too_large": <bytes>}`.
-    Marker,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -4,26 +4,15 @@
 
 use std::net::SocketAddr;
 
-use super::tables::{table_settings, TableSettingsMap};
-use super::{Oversize, RunConfig};
+use super::tables::table_settings;
+use super::RunConfig;
+use crate::envelope::EnvelopeSettings;
 use crate::pipeline::snapshot::SnapshotSettings;
 use crate::pipeline::ReaderSettings;
 use crate::sink::delivery::{DeliverySettings, NatsSettings};
+use crate::sink::SinkSettings;
 use crate::source::{ConnectParams, SourceError, SourceSettings};
 use crate::state::StreamSettings;
-
-/// What the envelope stage is configured with.
-#[derive(Debug, Clone)]
-pub struct EnvelopeSettings {
-    /// `<prefix>.<schema>.<table>.<key token>` (`--subject-prefix`).
-    pub subject_prefix: String,
-    /// Per-key sequence states kept in memory (`--key-cache`).
-    pub key_cache: usize,
-    /// Bytes kept for unchanged-TOAST columns (`--toast-cache-bytes`).
-    pub toast_cache_bytes: usize,
-    /// An envelope above NATS's max_payload becomes a marker instead of an error.
-    pub oversize_marker: bool,
-}
 
 /// Every stage's settings, resolved from `walcast run`'s flags.
 #[derive(Debug, Clone)]
@@ -31,8 +20,7 @@ pub struct RunSettings {
     pub source: SourceSettings,
     pub nats: NatsSettings,
     pub delivery: DeliverySettings,
-    /// Per-table settings, built once.
-    pub tables: TableSettingsMap,
+    /// With the per-table settings, built once.
     pub envelope: EnvelopeSettings,
     pub reader: ReaderSettings,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
@@ -53,17 +41,19 @@ impl RunConfig {
                 delivery: self.delivery,
                 publish_mode: self.publish_mode,
                 volatile_sequences: self.volatile_sequences,
-                max_unconfirmed: self.max_inflight,
-                confirm_timeout: self.confirm_timeout,
+                sink: SinkSettings {
+                    max_unconfirmed: self.max_inflight,
+                    confirm_timeout: self.confirm_timeout,
+                },
                 subject_prefix: self.subject_prefix.clone(),
                 stream: self.stream_settings(),
             },
-            tables: table_settings(self),
             envelope: EnvelopeSettings {
                 subject_prefix: self.subject_prefix.clone(),
                 key_cache: self.key_cache,
                 toast_cache_bytes: self.toast_cache_bytes,
-                oversize_marker: self.oversize == Oversize::Marker,
+                oversize: self.oversize,
+                tables: table_settings(self),
             },
             reader: ReaderSettings {
                 publish_linger: self.publish_linger,
@@ -156,9 +146,9 @@ mod tests {
         .unwrap();
         assert_eq!(s.delivery.stream.name, "CDC_PROD");
         assert_eq!(s.delivery.stream.prefix, "cdc.prod");
-        assert_eq!(s.delivery.max_unconfirmed, 77);
+        assert_eq!(s.delivery.sink.max_unconfirmed, 77);
         assert_eq!(s.reader.snapshot.chunk_rows, 5);
-        assert!(s.envelope.oversize_marker);
+        assert_eq!(s.envelope.oversize, crate::envelope::Oversize::Marker);
         assert_eq!(s.source.slot, "walcast");
         assert!(
             !format!("{:?}", s.source).contains("secret"),

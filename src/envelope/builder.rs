@@ -9,7 +9,9 @@ use super::relation::toastable_columns;
 use super::schema::{Column, SchemaHistory, TableShape};
 use super::sequence::{KeyState, KeyStateCache, Lookup, Position, SequenceMode, SubjectFilter};
 use super::toast::ToastCache;
-use super::{EnvelopeError, Need, Relation, RelationUpdate, TableSettings};
+use super::{
+    EnvelopeError, EnvelopeSettings, Need, Oversize, Relation, RelationUpdate, TableSettings,
+};
 use crate::wire::codec::Op;
 use crate::wire::{key, Lsn, Timestamp, Value};
 
@@ -56,29 +58,24 @@ impl EnvelopeBuilder {
     /// `prefix`: the subject prefix; `default_mode`: tracked or volatile;
     /// `tables`: per-table settings; `key_cache`: key states kept in memory;
     /// `toast_cache_bytes`: memory for unchanged-TOAST values.
-    pub fn new(
-        prefix: &str,
-        default_mode: SequenceMode,
-        tables: HashMap<String, TableSettings>,
-        key_cache: usize,
-        toast_cache_bytes: usize,
-    ) -> Self {
+    pub fn new(settings: EnvelopeSettings, default_mode: SequenceMode) -> Self {
         let authoritative = default_mode == SequenceMode::Volatile;
+        let key_cache = settings.key_cache;
         EnvelopeBuilder {
-            prefix: prefix.to_string(),
+            prefix: settings.subject_prefix,
             relations: HashMap::default(),
             histories: HashMap::new(),
             default_mode,
-            tables,
+            tables: settings.tables,
             keys: KeyStateCache::new(key_cache, authoritative),
-            toast: ToastCache::new(toast_cache_bytes),
+            toast: ToastCache::new(settings.toast_cache_bytes),
             pending_toast: None,
             tx: None,
             replays_skipped: 0,
             subject_filter: None,
             key_cache,
             max_payload: usize::MAX,
-            oversize_marker: false,
+            oversize_marker: settings.oversize == Oversize::Marker,
             oversize_markers: 0,
             encode_buffer: EncodeBuffer::new(),
         }
@@ -272,11 +269,10 @@ impl EnvelopeBuilder {
         None
     }
 
-    /// The NATS server's largest message, and whether a larger envelope is replaced
-    /// by a marker (else it is an error).
-    pub fn set_size_limit(&mut self, max_payload: usize, oversize_marker: bool) {
+    /// The NATS server's largest message (a larger envelope is an error, or a marker
+    /// with `--oversize marker`).
+    pub fn set_size_limit(&mut self, max_payload: usize) {
         self.max_payload = max_payload;
-        self.oversize_marker = oversize_marker;
     }
 
     /// Envelopes replaced by a too-large marker so far.

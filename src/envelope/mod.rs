@@ -18,7 +18,8 @@
 //! - `emit.rs`: the last step of every change: position, sequence, encoding,
 //!   [`Outgoing`]; `size.rs`: the NATS size limit and the message id;
 //! - `need.rs`: what the caller is asked for ([`Need`]); `error.rs`:
-//!   [`EnvelopeError`]; `settings.rs`: per-table settings ([`TableSettings`]).
+//!   [`EnvelopeError`]; `settings.rs`: the stage's settings ([`EnvelopeSettings`]) and per-table
+//!   settings ([`TableSettings`]).
 
 mod builder;
 mod change;
@@ -38,7 +39,7 @@ pub use emit::Outgoing;
 pub use error::EnvelopeError;
 pub use need::{Need, RowVersion, ToastNeeded, ToastSource};
 pub use relation::{Relation, RelationUpdate};
-pub use settings::TableSettings;
+pub use settings::{EnvelopeSettings, Oversize, TableSettings};
 
 /// The key of the value that replaces a too-large envelope's row (`--oversize
 /// marker`): `{"$walcast_too_large": <encoded size>}`.

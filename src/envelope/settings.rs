@@ -1,9 +1,37 @@
-//! Per-table configuration of the envelope stage ([`TableSettings`]): the sequence
-//! column, the published columns and ops, and what they mean for a table's columns.
+//! The envelope stage's configuration ([`EnvelopeSettings`], built once by `config/`)
+//! and per-table settings ([`TableSettings`]): the sequence column, the published
+//! columns and ops, and what they mean for a table's columns.
+
+use std::collections::HashMap;
 
 use super::schema::Column;
 use super::EnvelopeError;
 use crate::wire::codec::Op;
+
+/// What to do with an envelope larger than the NATS server's `max_payload`
+/// (`--oversize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Oversize {
+    /// Stop with an error naming the key and the size (nothing is lost: the change
+    /// stays in the slot).
+    Fail,
+    /// Publish the envelope with the value `{"$walcast_too_large": <bytes>}`.
+    Marker,
+}
+
+/// What the envelope stage is configured with.
+#[derive(Debug, Clone)]
+pub struct EnvelopeSettings {
+    /// `<prefix>.<schema>.<table>.<key token>` (`--subject-prefix`).
+    pub subject_prefix: String,
+    /// Per-key sequence states kept in memory (`--key-cache`).
+    pub key_cache: usize,
+    /// Bytes kept for unchanged-TOAST columns (`--toast-cache-bytes`).
+    pub toast_cache_bytes: usize,
+    pub oversize: Oversize,
+    /// Settings per `schema.table`.
+    pub tables: HashMap<String, TableSettings>,
+}
 
 /// Per-table settings: sequence column, published columns, published ops.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

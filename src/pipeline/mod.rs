@@ -22,8 +22,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::tables::{any_column_sequence, settings_problems, tracked_tables};
-use crate::config::{EnvelopeSettings, RunSettings, TableSettingsMap};
-use crate::envelope::sequence::SequenceMode;
+use crate::config::{RunSettings, TableSettingsMap};
 use crate::envelope::EnvelopeBuilder;
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::{Shutdown, TaskSet};
@@ -48,13 +47,12 @@ pub async fn run(
         source,
         nats,
         delivery,
-        tables,
         envelope,
         reader,
         metrics_addr,
     } = settings;
     let catalog = Catalog::connect_waiting(&source.params, source.connect_timeout).await?;
-    let preflight = preflight(&catalog, &source.publication, &tables).await?;
+    let preflight = preflight(&catalog, &source.publication, &envelope.tables).await?;
     let mut tasks = TaskSet::new();
     background::start(metrics_addr, &source, &metrics, &mut tasks).await?;
     let nats_state = Arc::new(NatsState::default());
@@ -71,16 +69,17 @@ pub async fn run(
         tasks.shutdown(),
     ));
     let max_payload = client.server_info().max_payload;
-    let column_mode = any_column_sequence(&tables);
+    let column_mode = any_column_sequence(&envelope.tables);
     let mut requests =
         background::start_requests(&client, &envelope.subject_prefix, column_mode, &mut tasks);
-    let tracked = tracked_tables(&preflight.tables, &tables);
+    let tracked = tracked_tables(&preflight.tables, &envelope.tables);
     let delivered =
         sink::delivery::build(&delivery, &nats, &tracked, (client, nats_state), &metrics).await?;
     let (tx, rx) = mpsc::channel::<SinkBatch>(CHANNEL_BATCHES);
     let (confirmed_tx, mut confirmed_rx) = watch::channel(Confirmed::default());
     let sink_task = tokio::spawn(delivered.sink.run(rx, confirmed_tx));
-    let builder = envelope_builder(&envelope, tables, delivered.mode, max_payload);
+    let mut builder = EnvelopeBuilder::new(envelope, delivered.mode);
+    builder.set_size_limit(max_payload);
     // The reader bounds its own drain by the budget; this bounds a reader stuck
     // waiting on a server.
     let budget = reader.shutdown_timeout + Duration::from_secs(1);
@@ -100,24 +99,6 @@ pub async fn run(
     stop_sink(sink_task).await;
     tasks.join(Duration::from_secs(2)).await;
     result
-}
-
-/// The envelope stage, sized for the NATS server's `max_payload`.
-fn envelope_builder(
-    settings: &EnvelopeSettings,
-    tables: TableSettingsMap,
-    mode: SequenceMode,
-    max_payload: usize,
-) -> EnvelopeBuilder {
-    let mut builder = EnvelopeBuilder::new(
-        &settings.subject_prefix,
-        mode,
-        tables,
-        settings.key_cache,
-        settings.toast_cache_bytes,
-    );
-    builder.set_size_limit(max_payload, settings.oversize_marker);
-    builder
 }
 
 /// The reader waited for the sink within the shutdown budget: what the sink still

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_nats::{Client, Subject};
 use bytes::Bytes;
@@ -15,7 +15,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
 use super::nats::NatsState;
-use super::{confirm, Confirmed, Retry, SinkBatch, SinkError};
+use super::{confirm, Confirmed, Retry, SinkBatch, SinkError, SinkSettings};
 use crate::ops::metrics::Metrics;
 
 /// Publishes batches and reports confirmed transaction ends.
@@ -25,8 +25,7 @@ pub struct CoreSink {
     sync_subject: Subject,
     sync_sub: async_nats::Subscriber,
     round: u64,
-    confirm_timeout: Duration,
-    max_unconfirmed: usize,
+    settings: SinkSettings,
     metrics: Arc<Metrics>,
 }
 
@@ -34,8 +33,7 @@ impl CoreSink {
     pub async fn new(
         client: Client,
         state: Arc<NatsState>,
-        confirm_timeout: Duration,
-        max_unconfirmed: usize,
+        settings: &SinkSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, SinkError> {
         let sync_subject = Subject::from(format!("{}.walcast-sync", client.new_inbox()));
@@ -46,8 +44,7 @@ impl CoreSink {
             sync_subject,
             sync_sub,
             round: 0,
-            confirm_timeout,
-            max_unconfirmed,
+            settings: settings.clone(),
             metrics,
         })
     }
@@ -60,7 +57,7 @@ impl CoreSink {
             .publish(self.sync_subject.clone(), token.clone())
             .await
             .map_err(|_| "publish failed")?;
-        let deadline = tokio::time::Instant::now() + self.confirm_timeout;
+        let deadline = tokio::time::Instant::now() + self.settings.confirm_timeout;
         loop {
             match tokio::time::timeout_at(deadline, self.sync_sub.next()).await {
                 Ok(Some(msg)) if msg.payload == token => return Ok(()),
@@ -79,7 +76,7 @@ impl CoreSink {
         pending: &mut Vec<SinkBatch>,
         pending_items: &mut usize,
     ) -> bool {
-        while *pending_items < self.max_unconfirmed {
+        while *pending_items < self.settings.max_unconfirmed {
             match rx.try_recv() {
                 Ok(b) => {
                     *pending_items += b.items.len();
@@ -104,6 +101,28 @@ impl CoreSink {
             }
         }
         true
+    }
+
+    /// Write `pending` (`items` envelopes) out and confirm it with one round-trip on
+    /// the same connection.
+    async fn publish_and_confirm(
+        &mut self,
+        pending: &[SinkBatch],
+        items: usize,
+    ) -> Result<(), &'static str> {
+        let generation = self.state.generation.load(Ordering::SeqCst);
+        let outcome = if !self.write_all(pending).await {
+            Err("publish failed")
+        } else if items == 0 {
+            Ok(()) // only empty transactions: nothing to confirm
+        } else {
+            self.round_trip().await
+        };
+        let same_connection = self.state.generation.load(Ordering::SeqCst) == generation;
+        match outcome {
+            Ok(()) if !same_connection => Err("the connection changed before confirmation"),
+            outcome => outcome,
+        }
     }
 
     /// Run until the channel closes and everything received was confirmed.
@@ -134,18 +153,9 @@ impl CoreSink {
                 .sink
                 .inflight_envelopes
                 .set(pending_items as i64);
-            let generation = self.state.generation.load(Ordering::SeqCst);
             let started = Instant::now();
-            let outcome = if !self.write_all(&pending).await {
-                Err("publish failed")
-            } else if pending_items == 0 {
-                Ok(()) // only empty transactions: nothing to confirm
-            } else {
-                self.round_trip().await
-            };
-            let same_connection = self.state.generation.load(Ordering::SeqCst) == generation;
-            match outcome {
-                Ok(()) if same_connection => {
+            match self.publish_and_confirm(&pending, pending_items).await {
+                Ok(()) => {
                     let elapsed = started.elapsed().as_secs_f64();
                     self.metrics.sink.publish_seconds.observe(elapsed);
                     confirm(&self.metrics, &confirmed, &pending);
@@ -153,11 +163,7 @@ impl CoreSink {
                     pending_items = 0;
                     retry.succeeded();
                 }
-                outcome => {
-                    let reason = match outcome {
-                        Err(r) => r,
-                        Ok(()) => "the connection changed before confirmation",
-                    };
+                Err(reason) => {
                     retry
                         .failed(
                             "NATS did not confirm; publishing again",

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, Context};
 
-use super::{CoreSink, FastBatchSink, JetStreamSink, NatsState, Sink, SinkError};
+use super::{CoreSink, FastBatchSink, JetStreamSink, NatsState, Sink, SinkError, SinkSettings};
 use crate::client::{redact_url, NatsAuth};
 use crate::envelope::sequence::SequenceMode;
 use crate::ops::metrics::Metrics;
@@ -49,10 +49,8 @@ pub struct DeliverySettings {
     pub publish_mode: PublishMode,
     /// Without JetStream, sequences from memory (`--volatile-sequences`).
     pub volatile_sequences: bool,
-    /// Envelopes published and not yet confirmed, at most (`--max-inflight`).
-    pub max_unconfirmed: usize,
-    /// How long NATS may take to confirm a publish (`--confirm-timeout`).
-    pub confirm_timeout: Duration,
+    /// What every publisher is handed.
+    pub sink: SinkSettings,
     /// The envelope subjects' prefix (the permission probe's subject).
     pub subject_prefix: String,
     pub stream: StreamSettings,
@@ -120,14 +118,7 @@ pub async fn build(
     .map_err(|e| SinkError::Delivery(format!("{e} (NATS at {shown})")))?;
     tracing::info!(delivery = ?delivery, sequences = ?mode, "delivery chosen");
     if delivery != Delivery::Jetstream {
-        let sink = CoreSink::new(
-            client,
-            nats_state,
-            settings.confirm_timeout,
-            settings.max_unconfirmed,
-            metrics.clone(),
-        )
-        .await?;
+        let sink = CoreSink::new(client, nats_state, &settings.sink, metrics.clone()).await?;
         return Ok(Delivered {
             sink: Sink::Core(sink),
             store: None,
@@ -151,11 +142,11 @@ async fn build_jetstream(
     metrics: &Arc<Metrics>,
 ) -> Result<(Sink, StateStore), SinkError> {
     let context: Context = jetstream::ContextBuilder::new()
-        .ack_timeout(settings.confirm_timeout)
+        .ack_timeout(settings.sink.confirm_timeout)
         // The sink bounds what is in flight itself (checked before each batch); the
         // client's own limit must never be the one that blocks, or a publish would
         // wait for acks nobody polls.
-        .max_ack_inflight(settings.max_unconfirmed.saturating_add(1 << 20))
+        .max_ack_inflight(settings.sink.max_unconfirmed.saturating_add(1 << 20))
         .backpressure_on_inflight(true)
         .build(client);
     let stream = state::ensure_stream(&context, &settings.stream).await?;
@@ -176,15 +167,14 @@ async fn build_jetstream(
         Sink::FastBatch(FastBatchSink::new(
             context.client(),
             store.clone(),
-            settings.max_unconfirmed,
-            settings.confirm_timeout,
+            &settings.sink,
             metrics.clone(),
         ))
     } else {
         Sink::JetStream(JetStreamSink::new(
             context,
             store.clone(),
-            settings.max_unconfirmed,
+            &settings.sink,
             metrics.clone(),
         ))
     };

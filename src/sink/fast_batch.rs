@@ -20,7 +20,8 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
-use super::{confirm, Confirmed, Publish, Retry, SinkBatch, SinkError};
+use super::window::ExpectedSequence;
+use super::{confirm, Confirmed, Publish, Retry, SinkBatch, SinkError, SinkSettings};
 use crate::ops::metrics::Metrics;
 use crate::state::StateStore;
 
@@ -32,8 +33,7 @@ const FLOW: usize = 500;
 pub struct FastBatchSink {
     client: async_nats::Client,
     store: StateStore,
-    max_unconfirmed: usize,
-    confirm_timeout: Duration,
+    settings: SinkSettings,
     metrics: Arc<Metrics>,
 }
 
@@ -72,8 +72,8 @@ struct Flight {
     /// Last ordinal acknowledged (everything up to it is stored).
     acked: u64,
     batch: Option<OpenBatch>,
-    /// The stream sequence the next message is chained after (`None`: read it).
-    expected: Option<u64>,
+    /// The stream sequence the next message is chained after.
+    expected: ExpectedSequence,
     failure: Option<String>,
     /// When the server last answered (or the first unanswered message was sent).
     last_reply: Option<Instant>,
@@ -101,19 +101,48 @@ struct ApiError {
     description: String,
 }
 
+impl Reply {
+    /// The batch messages stored, as a flow ack or the batch's PubAck names them
+    /// (`count`; a batch committed by its first message gets a plain PubAck: its
+    /// stream sequence tells, the chain fixing every message's sequence).
+    fn stored(&self, chain_start: u64) -> Option<u64> {
+        match (self.kind.as_deref(), &self.error) {
+            (Some("ack"), _) => self.seq,
+            (None, None) => self
+                .count
+                .or_else(|| self.seq.map(|s| s.saturating_sub(chain_start))),
+            _ => None,
+        }
+    }
+
+    /// A refusal of kind `kind` (a `gap`, or another): the batch messages before the
+    /// refused one, and why. Every message before it is in the stream: stored now, or
+    /// skipped as a duplicate of one stored before (which the PubAck's count does not
+    /// include).
+    fn refusal(&self, kind: &str) -> (Option<u64>, String) {
+        let before = match kind {
+            "gap" => self.last_seq.map(|e| e.saturating_sub(1)),
+            _ => self.seq.map(|n| n.saturating_sub(1)),
+        };
+        let detail = self.error.as_ref().map_or_else(String::new, |e| {
+            format!(": {} ({})", e.description, e.err_code)
+        });
+        let seq = self.seq.unwrap_or(0);
+        (before, format!("{kind} at batch sequence {seq}{detail}"))
+    }
+}
+
 impl FastBatchSink {
     pub fn new(
         client: async_nats::Client,
         store: StateStore,
-        max_unconfirmed: usize,
-        confirm_timeout: Duration,
+        settings: &SinkSettings,
         metrics: Arc<Metrics>,
     ) -> Self {
         FastBatchSink {
             client,
             store,
-            max_unconfirmed,
-            confirm_timeout,
+            settings: settings.clone(),
             metrics,
         }
     }
@@ -151,14 +180,15 @@ impl FastBatchSink {
             if w.closed && w.batches.is_empty() {
                 return Ok(());
             }
-            let accepting = !w.closed && f.failure.is_none() && inflight < self.max_unconfirmed;
+            let max_unconfirmed = self.settings.max_unconfirmed;
+            let accepting = !w.closed && f.failure.is_none() && inflight < max_unconfirmed;
             tokio::select! {
                 maybe = rx.recv(), if accepting => match maybe {
                     Some(batch) => {
                         let first = w.received + 1;
                         w.received += batch.items.len() as u64;
                         w.batches.push_back((batch, Instant::now()));
-                        let full = (w.received - f.acked) as usize >= self.max_unconfirmed;
+                        let full = (w.received - f.acked) as usize >= max_unconfirmed;
                         let keep_open = !rx.is_empty() && !full;
                         self.send(&w, &mut f, &inbox, first, keep_open).await;
                     }
@@ -173,15 +203,13 @@ impl FastBatchSink {
     /// Send the messages from ordinal `first` to the last received, in the open batch
     /// (or a new one); `keep_open`: more follows at once, else the last one commits.
     async fn send(&self, w: &Window, f: &mut Flight, inbox: &str, first: u64, keep_open: bool) {
-        let mut expected = match f.expected {
-            Some(e) => e,
-            None => match self.store.last_sequence().await {
-                Ok(e) => e,
-                Err(e) => {
-                    f.failure = Some(e.to_string());
-                    return;
-                }
-            },
+        let read_last = || self.store.last_sequence();
+        let mut expected = match f.expected.resolve(read_last).await {
+            Ok(e) => e,
+            Err(e) => {
+                f.failure = Some(e.to_string());
+                return;
+            }
         };
         for (ordinal, item) in w.items_from(first) {
             if f.batch.as_ref().is_none_or(|b| b.ended) {
@@ -228,13 +256,13 @@ impl FastBatchSink {
             f.sent = ordinal;
             expected += 1;
         }
-        f.expected = Some(expected);
+        f.expected.chain_after(expected);
     }
 
     /// Publish every message not acknowledged again, in a new batch chained from the
     /// stream's last sequence.
     async fn republish(&self, w: &Window, f: &mut Flight, inbox: &str) {
-        f.expected = None;
+        f.expected.forget();
         f.batch = None;
         f.sent = f.acked;
         if w.received > f.acked {
@@ -258,21 +286,12 @@ impl FastBatchSink {
                 return;
             }
         };
-        // A PubAck names the batch messages stored (`count`; a batch committed by its
-        // first message gets a plain PubAck: its stream sequence tells, the chain
-        // fixing every message's sequence).
-        let stored = match (reply.kind.as_deref(), &reply.error) {
-            (Some("ack"), _) => reply.seq,
-            (None, None) => reply
-                .count
-                .or_else(|| reply.seq.map(|s| s.saturating_sub(batch.chain_start))),
-            _ => None,
-        };
+        let stored = reply.stored(batch.chain_start);
         if let Some(n) = stored.filter(|n| *n > 0).map(|n| n.min(batch.sent)) {
             f.acked = f.acked.max(batch.base + n);
             self.store.wrote(batch.chain_start + n);
         }
-        match (reply.kind.as_deref(), reply.error) {
+        match (reply.kind.as_deref(), &reply.error) {
             (Some("ack"), _) => return,
             (None, None) => {
                 // The PubAck that ends the batch (its commit, or after a refusal).
@@ -282,24 +301,13 @@ impl FastBatchSink {
                         .get_or_insert_with(|| "a message was refused or a duplicate".into());
                 }
             }
-            (Some(kind), error) => {
-                // Every message before the refused one is in the stream: stored now,
-                // or skipped as a duplicate of one stored before (which the PubAck's
-                // count does not include).
-                let before = match kind {
-                    "gap" => reply.last_seq.map(|e| e.saturating_sub(1)),
-                    _ => reply.seq.map(|n| n.saturating_sub(1)),
-                };
+            (Some(kind), _) => {
+                // Fail mode: the server ends the batch and sends its PubAck next.
+                let (before, reason) = reply.refusal(kind);
                 if let Some(n) = before.map(|n| n.min(batch.sent)) {
                     f.acked = f.acked.max(batch.base + n);
                 }
-                // Fail mode: the server ends the batch and sends its PubAck next.
-                let detail = error.map_or_else(String::new, |e| {
-                    format!(": {} ({})", e.description, e.err_code)
-                });
-                let seq = reply.seq.unwrap_or(0);
-                f.failure
-                    .get_or_insert(format!("{kind} at batch sequence {seq}{detail}"));
+                f.failure.get_or_insert(reason);
                 return;
             }
             (None, Some(e)) => {
@@ -332,11 +340,11 @@ impl FastBatchSink {
     fn check_timeout(&self, f: &mut Flight) {
         let waiting = f.sent > f.acked;
         if let (true, Some(since)) = (waiting, f.last_reply) {
-            if since.elapsed() >= self.confirm_timeout {
+            let timeout = self.settings.confirm_timeout;
+            if since.elapsed() >= timeout {
                 f.batch = None;
-                f.failure.get_or_insert_with(|| {
-                    format!("no acknowledgement within {:?}", self.confirm_timeout)
-                });
+                f.failure
+                    .get_or_insert_with(|| format!("no acknowledgement within {timeout:?}"));
             }
         }
     }

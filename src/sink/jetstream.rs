@@ -22,7 +22,8 @@ use async_nats::jetstream::message::PublishMessage;
 use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::{mpsc, watch};
 
-use super::{confirm, Confirmed, Publish, Retry, SinkBatch, SinkError};
+use super::window::ExpectedSequence;
+use super::{confirm, Confirmed, Publish, Retry, SinkBatch, SinkError, SinkSettings};
 use crate::ops::metrics::Metrics;
 use crate::state::StateStore;
 
@@ -30,7 +31,9 @@ use crate::state::StateStore;
 pub struct JetStreamSink {
     js: Context,
     store: StateStore,
-    max_unconfirmed: usize,
+    /// Only `max_unconfirmed` is read here: the confirmation timeout is the context's
+    /// `ack_timeout`, set from the same flag.
+    settings: SinkSettings,
     metrics: Arc<Metrics>,
 }
 
@@ -45,13 +48,13 @@ impl JetStreamSink {
     pub fn new(
         js: Context,
         store: StateStore,
-        max_unconfirmed: usize,
+        settings: &SinkSettings,
         metrics: Arc<Metrics>,
     ) -> Self {
         JetStreamSink {
             js,
             store,
-            max_unconfirmed,
+            settings: settings.clone(),
             metrics,
         }
     }
@@ -113,8 +116,9 @@ impl JetStreamSink {
             if w.closed && w.batches.is_empty() {
                 return Ok(());
             }
-            let accepting =
-                !w.closed && w.failure.is_none() && w.inflight_items < self.max_unconfirmed;
+            let accepting = !w.closed
+                && w.failure.is_none()
+                && w.inflight_items < self.settings.max_unconfirmed;
             tokio::select! {
                 maybe = rx.recv(), if accepting => match maybe {
                     Some(batch) => self.publish_batch(&mut w, batch).await,
@@ -130,17 +134,15 @@ impl JetStreamSink {
     /// Publish a new batch, chained after the last message published.
     async fn publish_batch(&self, w: &mut Window, batch: SinkBatch) {
         let id = w.first_id + w.batches.len() as u64;
-        let mut next = match w.expected {
-            Some(e) => e,
-            None => match self.store.last_sequence().await {
-                Ok(e) => e,
-                Err(e) => {
-                    w.failure = Some(e.to_string());
-                    w.inflight_items += batch.items.len();
-                    w.batches.push_back(InFlight::new(batch));
-                    return;
-                }
-            },
+        let read_last = || self.store.last_sequence();
+        let mut next = match w.expected.resolve(read_last).await {
+            Ok(e) => e,
+            Err(e) => {
+                w.failure = Some(e.to_string());
+                w.inflight_items += batch.items.len();
+                w.batches.push_back(InFlight::new(batch));
+                return;
+            }
         };
         for (i, item) in batch.items.iter().enumerate() {
             match self.send(item, next).await {
@@ -154,7 +156,10 @@ impl JetStreamSink {
                 }
             }
         }
-        w.expected = w.failure.is_none().then_some(next);
+        match w.failure {
+            None => w.expected.chain_after(next),
+            Some(_) => w.expected.forget(),
+        }
         w.inflight_items += batch.items.len();
         w.batches.push_back(InFlight::new(batch));
     }
@@ -162,10 +167,11 @@ impl JetStreamSink {
     /// Publish the not yet acknowledged messages of the window again, chained from
     /// the stream's current last sequence.
     async fn republish(&self, w: &mut Window) {
-        let mut expected = match self.store.last_sequence().await {
+        w.expected.forget();
+        let read_last = || self.store.last_sequence();
+        let mut expected = match w.expected.resolve(read_last).await {
             Ok(e) => e,
             Err(e) => {
-                w.expected = None;
                 w.failure = Some(e.to_string());
                 return;
             }
@@ -178,7 +184,7 @@ impl JetStreamSink {
                 match self.send(item, expected).await {
                     Ok(ack) => w.acks.push_back(ack_future(w.first_id + k as u64, i, ack)),
                     Err(e) => {
-                        w.expected = None;
+                        w.expected.forget();
                         w.failure = Some(e);
                         return;
                     }
@@ -186,7 +192,7 @@ impl JetStreamSink {
                 expected += 1;
             }
         }
-        w.expected = Some(expected);
+        w.expected.chain_after(expected);
     }
 
     /// The PubAck (or refusal) of message `i` of batch `id`.
@@ -204,12 +210,12 @@ impl JetStreamSink {
                 w.mark_acked(k, i);
                 if ack.duplicate {
                     // Stored by an earlier attempt: the chain after it is off.
-                    w.expected = None;
+                    w.expected.forget();
                     w.failure.get_or_insert_with(|| "duplicate".into());
                 }
             }
             Err(e) => {
-                w.expected = None;
+                w.expected.forget();
                 if e.kind() == PublishErrorKind::WrongLastSequence {
                     // Stored already (its PubAck was lost)? Messages are stored
                     // strictly in order, so the subject holding this change or a
@@ -235,8 +241,8 @@ struct Window {
     first_id: u64,
     acks: FuturesOrdered<AckFuture>,
     inflight_items: usize,
-    /// The stream sequence the next message is chained after (`None`: read it).
-    expected: Option<u64>,
+    /// The stream sequence the next message is chained after.
+    expected: ExpectedSequence,
     /// Why the last attempt failed: the rest is published again.
     failure: Option<String>,
     closed: bool,

@@ -4,9 +4,10 @@
 //! JetStream 2.14+: fast-ingest batches, de-duplicated, chained, the stream holding
 //! each key's state), [`jetstream`] (the same guarantees with one PubAck per message,
 //! for older servers or streams without `allow_batched`) and [`core`] (core NATS,
-//! confirmed by round-trips). Both take [`SinkBatch`]es from the
-//! reader, report what is confirmed through a watch channel, and share the retry
-//! back-off and the metrics here. [`nats`] holds the connection.
+//! confirmed by round-trips). All three take [`SinkBatch`]es from the reader, report
+//! what is confirmed through a watch channel, and share the [`SinkSettings`], the retry
+//! back-off and the metrics here; the two JetStream publishers share the chain of
+//! expected stream sequences (`window`). [`nats`] holds the connection.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,11 +25,21 @@ pub mod delivery;
 pub mod fast_batch;
 pub mod jetstream;
 pub mod nats;
+mod window;
 
 pub use self::core::CoreSink;
 pub use self::fast_batch::FastBatchSink;
 pub use self::jetstream::JetStreamSink;
 pub use self::nats::{connect, probe_publish, NatsState};
+
+/// How the sink publishes: built once from the flags (`config/`), handed to the sink alone.
+#[derive(Debug, Clone)]
+pub struct SinkSettings {
+    /// Envelopes published and not yet confirmed, at most (`--max-inflight`); back-pressure beyond.
+    pub max_unconfirmed: usize,
+    /// How long NATS may take to confirm a publish (`--confirm-timeout`).
+    pub confirm_timeout: Duration,
+}
 
 /// Why the sink failed.
 #[derive(Debug, thiserror::Error)]
