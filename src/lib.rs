@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! The folders are the pipeline, in the order data flows; each stage depends only on
-//! the stages before it and on [`wire`]:
+//! the stages before it, on [`ops`] and on [`wire`]:
 //!
 //! ```text
 //! source ──► decode ──► envelope ──► sink ──► (NATS)       state ◄──► JetStream
@@ -12,27 +12,38 @@
 //! ```
 //!
 //! - [`wire`]: the shared vocabulary: `Op`, `Timestamp`, typed `Value`s, LSNs and
-//!   positions, THE envelope encoder/decoder, the key grammar and subjects.
+//!   positions, THE envelope encoder/decoder, the key grammar and subjects. Imports
+//!   nothing of the crate.
+//! - [`ops`]: metrics (every stage's), the HTTP endpoints, shutdown and the background
+//!   task set. Every stage imports it, so it comes first.
 //! - `source`: the replication connection (startup, auth, framing), the CopyBoth
-//!   stream and its status updates, the slot, catalog queries, the slot monitor.
+//!   stream and its status updates, the slot, catalog queries, the slot monitor and
+//!   heartbeat; `SourceSettings`.
 //! - `decode`: pgoutput messages (zero-copy), type OIDs, text values into typed values,
-//!   Relation messages resolved into typed columns and keys.
+//!   Relation messages into typed columns and keys. No I/O: what the catalog must
+//!   answer, the reader asks.
 //! - `envelope`: keys, schema versions, per-key sequences, unchanged-TOAST fill: one
-//!   encoded envelope per change. Synchronous: what it lacks it asks for (`Need`).
+//!   encoded envelope per change. Synchronous: what it lacks it asks for (`Need`);
+//!   `EnvelopeSettings` with the per-table settings.
 //! - `state`: the durable state in JetStream (each key's last envelope, schema
-//!   histories) that the pipeline loads for the envelope stage.
-//! - `sink`: one `Sink`, two publishers (core NATS, JetStream) with shared back-off.
+//!   histories, snapshot progress, the streams); `StreamSettings`.
+//! - `sink`: one `Sink`, three publishers (JetStream fast batches, JetStream one
+//!   PubAck each, core NATS) with one sequence window and shared back-off;
+//!   `delivery`: which of them, the streams set up for it, `SinkSettings`.
 //! - `checkpoint`: which WAL position is safe to report as flushed.
-//! - [`pipeline`]: `run()` builds the stages and supervises reconnects; the reader loop;
-//!   the delivery/sequence-mode policy shared with `walcast check`.
-//! - [`ops`]: metrics, the HTTP endpoints, shutdown and the background task set.
-//! - [`config`] and [`cli`]: flags, environment and config file; `run`, `tail`, `check`.
+//! - [`pipeline`]: `run()` builds the stages, starts them and supervises reconnects;
+//!   `reader/` is the reading task in small parts (change loop, envelope feed,
+//!   hand-over, status reporter, snapshot driver, request answerer); the snapshot's
+//!   plan and progress; refetch and re-snapshot requests over NATS.
+//! - [`config`]: flags, environment and config file, resolved once into each stage's
+//!   settings (`RunSettings`); [`cli`]: `run`, `tail`, `check`, `teardown`, `snapshot`.
 //!
 //! The consumer side, [`client`] (transports with local fan-out and subscriber GC, a
 //! reconciling replica, refetch from the stream), depends on [`wire`] only: services
 //! link it with `default-features = false` and compile none of the server.
 //! [`testing`] (feature `test-utils`) starts throwaway PostgreSQL and nats-server
-//! instances for the tests, the demo and the benchmarks.
+//! instances for the tests, the demo and the benchmarks; `hostile` (feature
+//! `fuzzing`, and the unit tests) holds the fuzz targets' entry points.
 
 pub mod client;
 pub mod wire;
@@ -47,7 +58,7 @@ pub mod config;
 mod decode;
 #[cfg(feature = "server")]
 mod envelope;
-#[cfg(feature = "server")]
+#[cfg(all(feature = "server", any(test, feature = "fuzzing")))]
 #[doc(hidden)]
 pub mod hostile;
 #[cfg(feature = "server")]

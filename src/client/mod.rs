@@ -1,7 +1,11 @@
 //! The client side: what subscribing services link.
 //!
+//! Its contracts follow the TypeScript package `@lyku/para-sync` (0.0.1-pre.2), the
+//! design walcast is the PostgreSQL-authoritative server side of: its `SyncEnvelope`,
+//! `SyncTransport`, `InProcessTransport`, `NatsTransport` and `createClientReplica`.
+//!
 //! - [`Transport`]: `publish(key, envelope)` and `subscribe(key) -> Subscription`, the
-//!   contract of the seed's `SyncTransport`: publishing to a key without subscribers is
+//!   contract of para-sync's `SyncTransport`: publishing to a key without subscribers is
 //!   a no-op; a subscriber only receives what is published after it subscribed; the
 //!   transport does not retain, validate or de-duplicate; unsubscribing is idempotent
 //!   and dropping the [`Subscription`] unsubscribes. Table-level subscriptions receive
@@ -10,7 +14,7 @@
 //! - [`NatsTransport`]: walcast's subjects; N local subscribers of a key share one
 //!   NATS subscription (local fan-out), torn down with the last one (subscriber GC).
 //! - [`Replica`]: one key's reconciled value (parse gate, stale drop, gap detection,
-//!   schema-version gate, refetch), like the seed's `createClientReplica`.
+//!   schema-version gate, refetch), like para-sync's `createClientReplica`.
 //!
 //! **Slow subscribers.** Every local subscriber has its own bounded queue
 //! (`queue_capacity`). Delivery never waits for a subscriber: when its queue is full

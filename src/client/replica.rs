@@ -1,4 +1,5 @@
-//! [`Replica`]: one key's reconciled value, as the seed's `createClientReplica`.
+//! [`Replica`]: one key's reconciled value, as `createClientReplica` of the
+//! TypeScript package `@lyku/para-sync` (see the module documentation of `client`).
 //!
 //! Every inbound envelope passes, in order:
 //! 1. the **schema-version gate**: a MAJOR different from the one the client expects is

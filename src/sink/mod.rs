@@ -103,16 +103,12 @@ pub struct SinkBatch {
 
 /// Observe commit → confirmation latency for the transactions of confirmed batches.
 fn observe_commit_latency(metrics: &Metrics, batches: &[SinkBatch]) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
+    let now = Timestamp::now().as_secs_f64();
     for ts in batches.iter().flat_map(|b| &b.commit_times) {
-        let at = ts.seconds as f64 + f64::from(ts.nanos) / 1e9;
         metrics
             .sink
             .commit_to_publish_seconds
-            .observe((now - at).max(0.0));
+            .observe((now - ts.as_secs_f64()).max(0.0));
     }
 }
 

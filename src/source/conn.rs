@@ -192,24 +192,6 @@ impl ReplicationConnection {
         Ok(conn)
     }
 
-    /// A connection over any byte streams, already past startup (unit tests).
-    #[cfg(test)]
-    pub(super) fn from_io(
-        reader: impl AsyncRead + Unpin + Send + 'static,
-        writer: impl AsyncWrite + Unpin + Send + 'static,
-    ) -> Self {
-        ReplicationConnection {
-            reader: Box::new(reader),
-            writer: Box::new(writer),
-            rbuf: BytesMut::with_capacity(READ_CHUNK),
-            wbuf: BytesMut::with_capacity(1024),
-            server_params: HashMap::new(),
-            last_read_small: false,
-            read_nap: Duration::ZERO,
-            channel_binding: None,
-        }
-    }
-
     async fn startup(&mut self, p: &ConnectParams) -> Result<(), SourceError> {
         let startup: [(&str, &str); 10] = [
             ("user", &p.user),
@@ -477,7 +459,7 @@ impl ReplicationConnection {
 
     /// Pause this long before a read that follows a short read (0: never). Streaming
     /// sets 50 µs by default.
-    #[cfg(feature = "test-utils")]
+    #[cfg(any(test, feature = "test-utils"))]
     pub fn set_read_nap(&mut self, nap: Duration) {
         self.read_nap = nap;
     }
@@ -549,6 +531,27 @@ fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>, SourceError> {
 /// Double-quote an identifier for a replication command.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Unit tests drive the protocol over in-memory byte streams.
+#[cfg(test)]
+impl ReplicationConnection {
+    /// A connection over any byte streams, already past startup (unit tests).
+    pub(super) fn from_io(
+        reader: impl AsyncRead + Unpin + Send + 'static,
+        writer: impl AsyncWrite + Unpin + Send + 'static,
+    ) -> Self {
+        ReplicationConnection {
+            reader: Box::new(reader),
+            writer: Box::new(writer),
+            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            wbuf: BytesMut::with_capacity(1024),
+            server_params: HashMap::new(),
+            last_read_small: false,
+            read_nap: Duration::ZERO,
+            channel_binding: None,
+        }
+    }
 }
 
 #[cfg(test)]
