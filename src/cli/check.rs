@@ -344,6 +344,19 @@ async fn nats_checks(cfg: &RunConfig, r: &mut Report, tracked: &[&String]) {
         "nats connection",
         format!("{shown} (server {})", info.version),
     );
+    if jetstream_checks(cfg, &info, r, tracked) {
+        stream_checks(cfg, client, r).await;
+    }
+}
+
+/// Whether JetStream is used (and a durable sequence possible for every table);
+/// `true` when the stream is to be checked.
+fn jetstream_checks(
+    cfg: &RunConfig,
+    info: &async_nats::ServerInfo,
+    r: &mut Report,
+    tracked: &[&String],
+) -> bool {
     let delivery = choose_delivery(cfg.delivery, info.jetstream);
     if delivery != Ok(Delivery::Jetstream) {
         let mode = delivery.and_then(|d| {
@@ -363,9 +376,14 @@ async fn nats_checks(cfg: &RunConfig, r: &mut Report, tracked: &[&String]) {
             },
             mode.err().as_deref(),
         );
-        return;
+        return false;
     }
     r.ok("jetstream", "available");
+    true
+}
+
+/// The stream exists and fits, or does not exist yet.
+async fn stream_checks(cfg: &RunConfig, client: async_nats::Client, r: &mut Report) {
     let js = async_nats::jetstream::new(client);
     let stream = cfg.stream_settings();
     match inspect_stream(&js, &stream).await {

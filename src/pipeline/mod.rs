@@ -26,6 +26,7 @@ use crate::config::{RunSettings, TableSettingsMap};
 use crate::envelope::EnvelopeBuilder;
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::{Shutdown, TaskSet};
+use crate::sink::delivery::NatsSettings;
 use crate::sink::{self, Confirmed, NatsState, SinkBatch, SinkError};
 use crate::source::catalog::{Catalog, Preflight};
 pub use error::PipelineError;
@@ -55,19 +56,7 @@ pub async fn run(
     let preflight = preflight(&catalog, &source.publication, &envelope.tables).await?;
     let mut tasks = TaskSet::new();
     background::start(metrics_addr, &source, &metrics, &mut tasks).await?;
-    let nats_state = Arc::new(NatsState::default());
-    let client = sink::connect(
-        &nats.url,
-        &nats.auth,
-        nats.connect_timeout,
-        nats_state.clone(),
-    )
-    .await?;
-    tasks.spawn(background::nats_gauge(
-        nats_state.clone(),
-        metrics.clone(),
-        tasks.shutdown(),
-    ));
+    let (client, nats_state) = connect_nats(&nats, &metrics, &mut tasks).await?;
     let max_payload = client.server_info().max_payload;
     let column_mode = any_column_sequence(&envelope.tables);
     let mut requests =
@@ -99,6 +88,19 @@ pub async fn run(
     stop_sink(sink_task).await;
     tasks.join(Duration::from_secs(2)).await;
     result
+}
+
+/// The NATS connection, its state watched by a gauge.
+async fn connect_nats(
+    nats: &NatsSettings,
+    metrics: &Arc<Metrics>,
+    tasks: &mut TaskSet,
+) -> Result<(async_nats::Client, Arc<NatsState>), SinkError> {
+    let state = Arc::new(NatsState::default());
+    let client = sink::connect(&nats.url, &nats.auth, nats.connect_timeout, state.clone()).await?;
+    let gauge = background::nats_gauge(state.clone(), metrics.clone(), tasks.shutdown());
+    tasks.spawn(gauge);
+    Ok((client, state))
 }
 
 /// The reader waited for the sink within the shutdown budget: what the sink still
