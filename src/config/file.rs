@@ -84,7 +84,8 @@ fn read_defaults(path: &str) -> Result<Defaults, ConfigFileError> {
 /// subcommand that has such a flag.
 fn with_defaults(command: clap::Command, defaults: &Defaults) -> clap::Command {
     let set = |arg: clap::Arg| match arg.get_long().and_then(|l| defaults.get(l)) {
-        Some(values) => arg.default_values(values.clone()),
+        // A value from the file satisfies a required flag.
+        Some(values) => arg.default_values(values.clone()).required(false),
         None => arg,
     };
     command
@@ -178,4 +179,56 @@ fn table_sections(value: &toml::Value, defaults: &mut Defaults) -> Result<(), St
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Command;
+
+    fn parse_with_file(toml: &str, args: &[&str]) -> Result<Cli, ConfigFileError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("walcast.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut all: Vec<std::ffi::OsString> = vec!["walcast".into()];
+        all.extend(args.iter().map(std::ffi::OsString::from));
+        all.push("--config".into());
+        all.push(path.into_os_string());
+        parse_command_line(&all)
+    }
+
+    #[test]
+    fn the_file_fills_flags_and_a_flag_wins_over_it() {
+        let toml = "postgres_url = \"postgres://u@h/db\"\nslot = \"fromfile\"\n\
+                    nats_url = [\"nats://a:4222\", \"nats://b:4222\"]\nrecreate_slot = true\n\
+                    [tables.\"public.t\"]\nexclude_columns = [\"secret\", \"pin\"]\nops = [\"insert\", \"delete\"]\n";
+        let Command::Run(run) = parse_with_file(toml, &["run"]).unwrap().command else {
+            panic!("not run")
+        };
+        assert_eq!(run.slot, "fromfile");
+        assert_eq!(run.nats.url, "nats://a:4222,nats://b:4222");
+        assert!(run.recreate_slot);
+        assert_eq!(run.exclude_columns.len(), 2);
+        assert_eq!(run.ops[0].1.len(), 2);
+        let Command::Run(run) = parse_with_file(toml, &["run", "--slot", "fromflag"])
+            .unwrap()
+            .command
+        else {
+            panic!("not run")
+        };
+        assert_eq!(run.slot, "fromflag");
+    }
+
+    #[test]
+    fn an_unknown_key_or_bad_toml_names_the_file_and_hides_the_line() {
+        let e = parse_with_file("postgress_url = \"x\"\n", &["run"]).unwrap_err();
+        assert!(
+            e.to_string().contains("unknown key \"postgress_url\""),
+            "{e}"
+        );
+        assert!(e.to_string().contains("walcast.toml"), "{e}");
+        let e = parse_with_file("postgres_url = \"postgres://u:hunter2@h\n", &["run"]).unwrap_err();
+        assert!(e.to_string().contains("line 1"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
 }
