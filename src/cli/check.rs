@@ -278,8 +278,9 @@ async fn slot_checks(
         r.ok(
             "slot",
             format!(
-                "\"{}\" does not exist yet: walcast creates it at start",
-                cfg.slot
+                "\"{}\" does not exist yet: walcast creates it at start and snapshots the existing rows (--snapshot {})",
+                cfg.slot,
+                snapshot_mode(cfg)
             ),
         );
         return;
@@ -289,14 +290,15 @@ async fn slot_checks(
         problem.is_none(),
         "slot",
         format!(
-            "\"{}\" plugin {}, {}{}",
+            "\"{}\" plugin {}, {}{}; the first time walcast streams it (made by walcast or by an operator) it snapshots the existing rows (--snapshot {})",
             cfg.slot,
             s.plugin.as_deref().unwrap_or("?"),
             if s.active { "active" } else { "inactive" },
             problem
                 .as_deref()
                 .map(|p| format!(": {p}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            snapshot_mode(cfg)
         ),
         "drop the slot or choose another --slot",
     );
@@ -313,6 +315,14 @@ async fn slot_checks(
             "the slot lost or may lose WAL it needs: drop it (sql/teardown.sql) and start again; raise max_slot_wal_keep_size",
         );
     }
+}
+
+/// `--snapshot` as written on the command line.
+fn snapshot_mode(cfg: &RunConfig) -> String {
+    use clap::ValueEnum;
+    cfg.snapshot
+        .to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_string())
 }
 
 async fn nats_checks(cfg: &RunConfig, r: &mut Report, tracked: &[&String]) {

@@ -46,7 +46,7 @@ use changes::Transactions;
 use envelopes::Envelopes;
 use handover::Handover;
 use progress::{HeartbeatAge, Progress};
-use snapshot_driver::SnapshotDriver;
+use snapshot_driver::{SlotStart, SnapshotDriver};
 use status::StatusReporter;
 
 /// How the reader hands over, reports and stops (`config/` builds it from the flags).
@@ -140,7 +140,7 @@ impl ChangeReader {
     /// Connect, make sure the slot exists, and start streaming from it.
     pub(super) async fn open(&mut self) -> Result<ReplicationStream, PipelineError> {
         let mut conn = ReplicationConnection::connect(&self.source.params).await?;
-        let (start, created) = self.ensure_slot(&mut conn).await?;
+        let (start, slot) = self.ensure_slot(&mut conn).await?;
         self.streamed_before = true;
         let stream = conn
             .start_replication(&self.source.slot, Lsn(0), &self.source.publication)
@@ -154,18 +154,18 @@ impl ChangeReader {
         tracing::info!(slot = %self.source.slot, from = %start, "streaming");
         self.snapshot.forget_pending();
         let store = self.envelopes.store.as_ref();
-        self.snapshot.plan(created, &self.tables, store).await?;
+        self.snapshot.plan(slot, &self.tables, store).await?;
         self.metrics.source.streaming.set(1);
         self.metrics.set_ready(true, "");
         Ok(stream)
     }
 
     /// The slot, created when missing (only when this slot was never streamed from,
-    /// or `--recreate-slot`); where streaming starts and whether it was created.
+    /// or `--recreate-slot`); where streaming starts, and how new the slot is to walcast.
     async fn ensure_slot(
         &mut self,
         conn: &mut ReplicationConnection,
-    ) -> Result<(Lsn, bool), PipelineError> {
+    ) -> Result<(Lsn, SlotStart), PipelineError> {
         let slot = &self.source.slot;
         let known = match &self.envelopes.store {
             Some(store) => store.slot_known(slot).await?,
@@ -177,7 +177,14 @@ impl ChangeReader {
         if let (true, Some(store)) = (created || !known, &self.envelopes.store) {
             store.record_slot(slot, &start.to_string()).await?;
         }
-        Ok((start, created))
+        let unrecorded = !created && !known && self.envelopes.store.is_some();
+        Ok((
+            start,
+            SlotStart {
+                created,
+                unrecorded,
+            },
+        ))
     }
 
     /// We hold the slot now: nobody else publishes. If somebody did since this process

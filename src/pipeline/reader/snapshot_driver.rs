@@ -15,6 +15,16 @@ use crate::source::ReplicationStream;
 use crate::state::StateStore;
 use crate::wire::{Lsn, Position, Timestamp};
 
+/// How new the slot is to walcast when a stream opens.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SlotStart {
+    /// walcast created it now.
+    pub(super) created: bool,
+    /// It exists but walcast holds no record of it (an operator made it, or another
+    /// tool streamed it): its rows were never snapshotted into this stream.
+    pub(super) unrecorded: bool,
+}
+
 pub(super) struct SnapshotDriver {
     settings: SnapshotSettings,
     /// The slot whose snapshot progress the meta stream keeps.
@@ -64,10 +74,11 @@ impl SnapshotDriver {
     }
 
     /// When the stream opens: whether existing rows are to be published now (a new
-    /// slot, an unfinished snapshot, tables added to the publication since).
+    /// slot, a slot walcast holds no record of, an unfinished snapshot, tables added to
+    /// the publication since).
     pub(super) async fn plan(
         &mut self,
-        slot_created: bool,
+        slot: SlotStart,
         tables: &[String],
         store: Option<&StateStore>,
     ) -> Result<(), PipelineError> {
@@ -82,22 +93,24 @@ impl SnapshotDriver {
             .filter(|t| !stored.tables.is_empty() && !stored.tables.contains_key(*t))
             .cloned()
             .collect();
-        if !slot_created && !unfinished && added.is_empty() {
+        let first_time = slot.created || slot.unrecorded;
+        if !first_time && !unfinished && added.is_empty() {
             if self.settings.mode == SnapshotMode::Only {
                 tracing::info!("--snapshot only: the slot's snapshot is complete; nothing to do");
                 self.only_done = true;
             }
             return Ok(());
         }
-        let progress = if slot_created && stored.tables.is_empty() {
+        let progress = if slot.created && stored.tables.is_empty() {
             // Recorded before the first chunk: a crash from here on resumes.
             store_progress(store, &self.slot, &Progress::started(tables)).await?;
             Progress::default()
         } else {
-            // Resumed, tables added, or the slot created again (--recreate-slot): what
-            // the stream holds is compared with the tables read (verify and sweep).
+            // Resumed, tables added, a slot made by someone else, or the slot created
+            // again (--recreate-slot): what the stream holds is compared with the
+            // tables read (verify and sweep).
             let mut progress = stored;
-            progress.restart(if slot_created { tables } else { &added });
+            progress.restart(if first_time { tables } else { &added });
             store_progress(store, &self.slot, &progress).await?;
             progress
         };
@@ -106,7 +119,8 @@ impl SnapshotDriver {
             tables = snapshot.tables_remaining(),
             resumed = unfinished,
             added_to_publication = ?added,
-            slot_created,
+            slot_created = slot.created,
+            slot_unrecorded = slot.unrecorded,
             "snapshot of existing rows starts, while streaming"
         );
         self.snapshot = Some(snapshot);

@@ -1,0 +1,207 @@
+//! First touch at scale (issue 21): a slot made by an operator still gets its initial
+//! snapshot; unchanged TOAST values of rows walcast never saw end exact (no key's last
+//! envelope keeps the unavailable marker); key states of a warm stream are loaded in
+//! batches.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use common::*;
+use walcast::wire::{codec, Envelope, Op};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// `wide`: `rows` pre-existing rows with a ~4 kB out-of-line text (`STORAGE EXTERNAL`,
+/// so an update of `version` leaves it unchanged TOAST), default replica identity.
+async fn wide_table(rows: i64) -> (Servers, tokio_postgres::Client) {
+    let s = servers();
+    let db = s.pg.client().await;
+    exec(
+        &db,
+        &format!(
+            "CREATE TABLE wide (id bigint PRIMARY KEY, version bigint NOT NULL, doc text NOT NULL);
+             ALTER TABLE wide ALTER COLUMN doc SET STORAGE EXTERNAL;
+             INSERT INTO wide SELECT g, 0, g || ':' || repeat(md5(g::text), 128)
+               FROM generate_series(1, {rows}) g;
+             ANALYZE wide;
+             CREATE PUBLICATION walcast FOR TABLE wide;"
+        ),
+    )
+    .await;
+    (s, db)
+}
+
+/// About `per_s` version bumps a second of random rows (the TOASTed column left
+/// unchanged), a few rewrites of it, until `stop`. Returns the changes written.
+async fn writer(
+    url: String,
+    rows: i64,
+    per_s: u64,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> u64 {
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut written = 0;
+    let pause = Duration::from_micros(1_000_000 / per_s.max(1));
+    while !*stop.borrow() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let id = (x % rows as u64) as i64 + 1;
+        let sql = if x % 25 == 0 {
+            format!("UPDATE wide SET version = version + 1, doc = {id} || ':' || repeat(md5(random()::text), 128) WHERE id = {id}")
+        } else {
+            format!("UPDATE wide SET version = version + 1 WHERE id = {id}")
+        };
+        db.batch_execute(&sql).await.unwrap();
+        written += 1;
+        tokio::time::sleep(pause).await;
+    }
+    written
+}
+
+/// Every envelope in the stream, in stream order (each must decode).
+async fn stream_envelopes(nats_url: &str) -> Vec<Envelope> {
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.unwrap());
+    let mut stream = js.get_stream("WALCAST").await.unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    let mut out = Vec::new();
+    for seq in state.first_sequence..=state.last_sequence {
+        let msg = stream.get_raw_message(seq).await.unwrap();
+        out.push(codec::decode(&msg.payload).unwrap());
+    }
+    out
+}
+
+/// Whether an envelope's value carries the unavailable-TOAST marker anywhere.
+fn marked(e: &Envelope) -> bool {
+    format!("{:?}", e.value).contains("walcast_unavailable")
+}
+
+/// Every key dense from 1; every row's last envelope equal to the row (version and the
+/// TOASTed text) and unmarked. Returns (envelopes, snapshot envelopes, marked ones).
+async fn check_wide(nats_url: &str, db: &tokio_postgres::Client) -> (usize, usize, usize) {
+    let all = stream_envelopes(nats_url).await;
+    let mut per_key: BTreeMap<String, Vec<&Envelope>> = BTreeMap::new();
+    for e in &all {
+        per_key.entry(e.key.clone()).or_default().push(e);
+    }
+    for (key, list) in &per_key {
+        let seqs: Vec<u64> = list.iter().map(|e| e.sequence).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{key}");
+    }
+    let rows = db
+        .query("SELECT id, version, doc FROM wide", &[])
+        .await
+        .unwrap();
+    let in_db: HashMap<String, (i64, String)> = rows
+        .iter()
+        .map(|r| {
+            let key = format!("public.wide:{}", r.get::<_, i64>(0));
+            (key, (r.get(1), r.get(2)))
+        })
+        .collect();
+    for (key, (version, doc)) in &in_db {
+        let list = per_key
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} is in the database, never published"));
+        let last = list.last().unwrap();
+        assert_ne!(last.op, Op::Delete, "{key}");
+        assert!(!marked(last), "{key}'s last envelope is marked: {last:?}");
+        assert_eq!(
+            last.column("version").and_then(|v| v.as_i64()),
+            Some(*version),
+            "{key}"
+        );
+        assert_eq!(
+            last.column("doc")
+                .and_then(|v| v.as_str().map(str::to_string)),
+            Some(doc.clone()),
+            "{key}"
+        );
+    }
+    let snapshots = all.iter().filter(|e| e.op == Op::Snapshot).count();
+    let marked = all.iter().filter(|e| marked(e)).count();
+    (all.len(), snapshots, marked)
+}
+
+/// The slot has confirmed everything written so far.
+async fn wait_caught_up(db: &tokio_postgres::Client, w: &Walcast) {
+    let target = walcast::testing::current_wal_lsn(db).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let flushed: String = db
+            .query_one(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'walcast'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if flushed.parse::<walcast::wire::Lsn>().unwrap() >= target {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not caught up:\n{}",
+            w.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_made_slot_is_snapshotted_and_no_marker_stays() {
+    let rows = 5_000;
+    let (s, db) = wide_table(rows).await;
+    // As many runbooks do: the operator makes the slot before walcast first starts.
+    exec(
+        &db,
+        "SELECT pg_create_logical_replication_slot('walcast', 'pgoutput')",
+    )
+    .await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let writing = tokio::spawn(writer(s.pg.url(), rows, 500, stopped));
+    tokio::time::sleep(Duration::from_millis(300)).await; // a backlog in the slot
+    let mut a = RunArgs::new(&s, "walcast", "walcast");
+    a.extra = ["--stream-history", "1000000", "--status-interval", "0.2"]
+        .iter()
+        .chain(&["--snapshot-chunk-rows", "500"])
+        .map(|x| x.to_string())
+        .collect();
+    let mut w = Walcast::spawn(a);
+    w.wait_ready().await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while !w.log().contains("snapshot complete") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot:\n{}",
+            w.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // writes after the hand-off
+    stop.send(true).unwrap();
+    let written = writing.await.unwrap();
+    wait_caught_up(&db, &w).await;
+    // Markers published meanwhile are repaired: wait until the stream is quiet.
+    let deadline = std::time::Instant::now() + WAIT;
+    let (envelopes, snapshots, marked) = loop {
+        let before = stream_envelopes(&s.nats.url()).await.len();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let after = stream_envelopes(&s.nats.url()).await.len();
+        if before == after {
+            break check_wide(&s.nats.url(), &db).await;
+        }
+        assert!(std::time::Instant::now() < deadline, "never quiet");
+    };
+    println!(
+        "operator-made slot: {written} changes, {envelopes} envelopes, {snapshots} snapshot envelopes, {marked} marked on the way"
+    );
+    assert!(snapshots >= 1, "no snapshot envelope");
+}
