@@ -53,7 +53,7 @@ async fn writer(
         x ^= x >> 7;
         x ^= x << 17;
         let id = (x % rows as u64) as i64 + 1;
-        let sql = if x % 25 == 0 {
+        let sql = if x.is_multiple_of(25) {
             format!("UPDATE wide SET version = version + 1, doc = {id} || ':' || repeat(md5(random()::text), 128) WHERE id = {id}")
         } else {
             format!("UPDATE wide SET version = version + 1 WHERE id = {id}")
