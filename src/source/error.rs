@@ -111,6 +111,16 @@ impl SourceError {
     }
 }
 
+/// An I/O failure while doing `context` (for `map_err`).
+pub(super) fn io_err(context: &'static str) -> impl FnOnce(std::io::Error) -> SourceError {
+    move |e| SourceError::Io { context, source: e }
+}
+
+/// A message that breaks the protocol.
+pub(super) fn proto(msg: impl Into<String>) -> SourceError {
+    SourceError::Protocol(msg.into())
+}
+
 /// A server error or notice, with the fields an operator needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PgError {

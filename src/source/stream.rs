@@ -1,16 +1,17 @@
 //! The replication stream: the CopyBoth phase after `START_REPLICATION`.
 //!
 //! Events come out of the read buffer without copying (an XLogData payload is a slice
-//! of it); [`ReplicationStream::next`] takes what is already buffered before reading
-//! the socket again; status updates go back on the same connection.
+//! of it); [`ReplicationStream::next_event`] takes what is already buffered before
+//! reading the socket again ([`ReplicationStream::buffered_event`] never reads it);
+//! status updates go back on the same connection.
 
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use postgres_protocol::message::frontend;
 
-use super::conn::{io_err, proto, ReplicationConnection};
-use super::error::parse_error_fields;
+use super::conn::ReplicationConnection;
+use super::error::{io_err, parse_error_fields, proto};
 use super::SourceError;
 use crate::wire::{Lsn, Timestamp};
 
