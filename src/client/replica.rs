@@ -117,6 +117,9 @@ pub struct Replica<T> {
     reader: tokio::task::JoinHandle<()>,
 }
 
+/// An inbound value failed the schema-version or parse gate (status `skew`).
+struct Rejected;
+
 fn major(v: &str) -> Option<&str> {
     let (m, _) = v.split_once('.')?;
     (!m.is_empty() && m.bytes().all(|b| b.is_ascii_digit())).then_some(m)
@@ -131,34 +134,15 @@ where
         if st.disposed {
             return;
         }
-        // Schema-version gate (a malformed version lets the parse gate decide).
-        if let (Some(expected), Some(got)) = (&self.expected_major, major(&env.schema_version)) {
-            if expected != got {
-                st.stats.schema_skews += 1;
+        let parsed = match self.gates(&mut st.stats, env) {
+            Ok(parsed) => parsed,
+            Err(Rejected) => {
                 st.meta.status = Status::Skew;
                 drop(st);
                 if source != Source::Refetch {
                     self.start_refetch();
                 }
                 return;
-            }
-        }
-        // Parse gate.
-        let parsed: Option<T> = if env.op == Op::Delete || env.op == Op::Truncate {
-            None
-        } else {
-            match rmpv::ext::from_value::<T>(env.value.clone()) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    tracing::debug!(key = %self.key, error = %e, "replica parse gate rejected a value");
-                    st.stats.parse_errors += 1;
-                    st.meta.status = Status::Skew;
-                    drop(st);
-                    if source != Source::Refetch {
-                        self.start_refetch();
-                    }
-                    return;
-                }
             }
         };
         if let Some(current) = st.meta.sequence {
@@ -189,6 +173,30 @@ where
         st.stats.applied += 1;
         drop(st);
         self.values.send_replace(parsed);
+    }
+
+    /// The schema-version gate, then the parse gate: the parsed value (`None` for a
+    /// delete or a truncate), or [`Rejected`] with the failing gate's counter bumped.
+    fn gates(&self, stats: &mut ReplicaStats, env: &Envelope) -> Result<Option<T>, Rejected> {
+        // Schema-version gate (a malformed version lets the parse gate decide).
+        if let (Some(expected), Some(got)) = (&self.expected_major, major(&env.schema_version)) {
+            if expected != got {
+                stats.schema_skews += 1;
+                return Err(Rejected);
+            }
+        }
+        // Parse gate.
+        if env.op == Op::Delete || env.op == Op::Truncate {
+            return Ok(None);
+        }
+        match rmpv::ext::from_value::<T>(env.value.clone()) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => {
+                tracing::debug!(key = %self.key, error = %e, "replica parse gate rejected a value");
+                stats.parse_errors += 1;
+                Err(Rejected)
+            }
+        }
     }
 
     /// The refetch found no row: the key is deleted (or not inserted yet).

@@ -132,37 +132,42 @@ fn parse_timestamp(kind: &'static str, text: &[u8]) -> Result<Timestamp, ValueEr
         None => (s, false),
     };
     let (date, time) = s.split_once(' ').ok_or_else(|| err("no time part"))?;
+    let (y, mo, d) = timestamp_date(date, bc).ok_or_else(|| err("bad date"))?;
+    let (clock, offset_secs) = split_utc_offset(time).map_err(err)?;
+    let (h, mi, whole, nanos) = clock_time(clock).map_err(err)?;
+    let seconds = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + whole - offset_secs;
+    Ok(Timestamp { seconds, nanos })
+}
+
+/// `YYYY-MM-DD` as (year, month, day); a BC year `y` is the proleptic year `1 - y`.
+fn timestamp_date(date: &str, bc: bool) -> Option<(i64, i64, i64)> {
     let mut dp = date.splitn(3, '-');
-    let (y, mo, d) = (
-        dp.next().and_then(digits),
-        dp.next().and_then(digits),
-        dp.next().and_then(digits),
-    );
-    let (Some(mut y), Some(mo), Some(d)) = (y, mo, d) else {
-        return Err(err("bad date"));
+    let y = dp.next().and_then(digits)?;
+    let mo = dp.next().and_then(digits)?;
+    let d = dp.next().and_then(digits)?;
+    Some((if bc { 1 - y } else { y }, mo, d))
+}
+
+/// Split a trailing UTC offset (`+HH[:MM[:SS]]` or `-...`) off the time: the clock
+/// text and the offset in seconds (0 when there is none).
+fn split_utc_offset(time: &str) -> Result<(&str, i64), &'static str> {
+    let Some(i) = time.find(['+', '-']) else {
+        return Ok((time, 0));
     };
-    if bc {
-        y = 1 - y;
-    }
-    // Split a trailing UTC offset off the time.
-    let (clock, offset_secs) = match time.find(['+', '-']) {
-        Some(i) => {
-            let (clock, off) = time.split_at(i);
-            let sign = if off.starts_with('-') { -1 } else { 1 };
-            let mut parts = off[1..].split(':');
-            let h = parts
-                .next()
-                .and_then(digits)
-                .ok_or_else(|| err("bad offset"))?;
-            let m = parts.next().map(digits).unwrap_or(Some(0));
-            let sec = parts.next().map(digits).unwrap_or(Some(0));
-            let (Some(m), Some(sec)) = (m, sec) else {
-                return Err(err("bad offset"));
-            };
-            (clock, sign * (h * 3600 + m * 60 + sec))
-        }
-        None => (time, 0),
+    let (clock, off) = time.split_at(i);
+    let sign = if off.starts_with('-') { -1 } else { 1 };
+    let mut parts = off[1..].split(':');
+    let h = parts.next().and_then(digits).ok_or("bad offset")?;
+    let m = parts.next().map(digits).unwrap_or(Some(0));
+    let sec = parts.next().map(digits).unwrap_or(Some(0));
+    let (Some(m), Some(sec)) = (m, sec) else {
+        return Err("bad offset");
     };
+    Ok((clock, sign * (h * 3600 + m * 60 + sec)))
+}
+
+/// `HH:MM:SS[.fffffffff]` as (hours, minutes, whole seconds, nanoseconds).
+fn clock_time(clock: &str) -> Result<(i64, i64, i64, u32), &'static str> {
     let mut cp = clock.splitn(3, ':');
     let (h, mi, sec) = (
         cp.next().and_then(digits),
@@ -170,20 +175,19 @@ fn parse_timestamp(kind: &'static str, text: &[u8]) -> Result<Timestamp, ValueEr
         cp.next(),
     );
     let (Some(h), Some(mi), Some(sec)) = (h, mi, sec) else {
-        return Err(err("bad time"));
+        return Err("bad time");
     };
     let (whole, frac) = sec.split_once('.').unwrap_or((sec, ""));
-    let whole = digits(whole).ok_or_else(|| err("bad seconds"))?;
+    let whole = digits(whole).ok_or("bad seconds")?;
     if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(err("bad fraction"));
+        return Err("bad fraction");
     }
     let nanos = if frac.is_empty() {
         0
     } else {
         frac.parse::<u32>().unwrap() * 10u32.pow(9 - frac.len() as u32)
     };
-    let seconds = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + whole - offset_secs;
-    Ok(Timestamp { seconds, nanos })
+    Ok((h, mi, whole, nanos))
 }
 
 /// ISO 8601 durations as `IntervalStyle=iso_8601` prints them: `P1Y2M3DT4H5M6.5S`,

@@ -2,11 +2,14 @@
 //! state behind `/readyz`.
 //!
 //! Labels are bounded: `table` (the publication's tables), `op` and `status`, never a
-//! key.
+//! key. The names and help texts are in `names`, in one place.
+
+mod names;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use names::Metric;
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
@@ -87,23 +90,23 @@ impl Registrar<'_> {
         self.0.register(Box::new(c.clone())).expect("unique metric");
         c
     }
-    fn counter(&self, name: &str, help: &str) -> IntCounter {
-        self.add(IntCounter::new(name, help).expect("valid metric"))
+    fn counter(&self, m: &Metric) -> IntCounter {
+        self.add(IntCounter::new(m.name, m.help).expect("valid metric"))
     }
-    fn gauge(&self, name: &str, help: &str) -> IntGauge {
-        self.add(IntGauge::new(name, help).expect("valid metric"))
+    fn gauge(&self, m: &Metric) -> IntGauge {
+        self.add(IntGauge::new(m.name, m.help).expect("valid metric"))
     }
-    fn float_gauge(&self, name: &str, help: &str) -> Gauge {
-        self.add(Gauge::new(name, help).expect("valid metric"))
+    fn float_gauge(&self, m: &Metric) -> Gauge {
+        self.add(Gauge::new(m.name, m.help).expect("valid metric"))
     }
-    fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-        self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    fn counter_vec(&self, m: &Metric, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(m.name, m.help), labels).expect("valid metric"))
     }
-    fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-        self.add(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    fn gauge_vec(&self, m: &Metric, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(m.name, m.help), labels).expect("valid metric"))
     }
-    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
-        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    fn histogram(&self, m: &Metric, buckets: &[f64]) -> Histogram {
+        let opts = HistogramOpts::new(m.name, m.help).buckets(buckets.to_vec());
         self.add(Histogram::with_opts(opts).expect("valid metric"))
     }
 }
@@ -111,56 +114,19 @@ impl Registrar<'_> {
 impl SourceMetrics {
     fn new(r: &Registrar<'_>) -> Self {
         SourceMetrics {
-            bytes_received: r.counter(
-                "walcast_received_bytes_total",
-                "pgoutput bytes received from PostgreSQL",
-            ),
-            keepalives: r.counter(
-                "walcast_keepalives_total",
-                "Keepalive messages received from PostgreSQL",
-            ),
-            reconnects: r.counter(
-                "walcast_reconnects_total",
-                "Replication connections re-established after a failure",
-            ),
-            streaming: r.gauge(
-                "walcast_replication_streaming",
-                "1 while the replication stream is open",
-            ),
-            received_lsn: r.gauge("walcast_received_lsn", "Highest WAL position received"),
-            confirmed_lsn: r.gauge(
-                "walcast_confirmed_flush_lsn",
-                "WAL position reported to PostgreSQL as flushed",
-            ),
-            lag_bytes: r.gauge(
-                "walcast_replication_lag_bytes",
-                "Server WAL position received minus the position confirmed as flushed",
-            ),
-            lag_seconds: r.float_gauge(
-                "walcast_replication_lag_seconds",
-                "Age of the oldest transaction handed to the sink and not yet confirmed (0 when caught up)",
-            ),
-            slot_active: r.gauge(
-                "walcast_slot_active",
-                "1 while the replication slot is in use by a walsender",
-            ),
-            slot_wal_status: r.gauge_vec(
-                "walcast_slot_wal_status",
-                "1 for the replication slot's current wal_status (reserved, extended, unreserved, lost)",
-                &["status"],
-            ),
-            slot_safe_wal_size: r.gauge(
-                "walcast_slot_safe_wal_size_bytes",
-                "WAL that can still be written before the slot is in danger of losing required WAL (-1: unlimited)",
-            ),
-            heartbeat_age: r.float_gauge(
-                "walcast_heartbeat_age_seconds",
-                "Age of the last heartbeat seen coming back through the replication stream (end-to-end freshness)",
-            ),
-            slot_retained_wal: r.gauge(
-                "walcast_slot_retained_wal_bytes",
-                "WAL retained by the slot (current WAL position minus the slot's restart_lsn)",
-            ),
+            bytes_received: r.counter(&names::BYTES_RECEIVED),
+            keepalives: r.counter(&names::KEEPALIVES),
+            reconnects: r.counter(&names::RECONNECTS),
+            streaming: r.gauge(&names::STREAMING),
+            received_lsn: r.gauge(&names::RECEIVED_LSN),
+            confirmed_lsn: r.gauge(&names::CONFIRMED_LSN),
+            lag_bytes: r.gauge(&names::LAG_BYTES),
+            lag_seconds: r.float_gauge(&names::LAG_SECONDS),
+            slot_active: r.gauge(&names::SLOT_ACTIVE),
+            slot_wal_status: r.gauge_vec(&names::SLOT_WAL_STATUS, &["status"]),
+            slot_safe_wal_size: r.gauge(&names::SLOT_SAFE_WAL_SIZE),
+            heartbeat_age: r.float_gauge(&names::HEARTBEAT_AGE),
+            slot_retained_wal: r.gauge(&names::SLOT_RETAINED_WAL),
         }
     }
 }
@@ -168,74 +134,22 @@ impl SourceMetrics {
 impl EnvelopeMetrics {
     fn new(r: &Registrar<'_>) -> Self {
         EnvelopeMetrics {
-            changes: r.counter_vec(
-                "walcast_changes_total",
-                "Row changes turned into envelopes, by table and op",
-                &["table", "op"],
-            ),
-            transactions: r.counter("walcast_transactions_total", "Transactions decoded"),
-            last_commit_timestamp: r.gauge(
-                "walcast_last_commit_timestamp_seconds",
-                "Commit time of the last transaction handed to the sink (Unix seconds)",
-            ),
-            schema_changes: r.counter_vec(
-                "walcast_schema_version_changes_total",
-                "Schema version bumps, by table",
-                &["table"],
-            ),
-            toast_fetches: r.counter(
-                "walcast_toast_fetches_total",
-                "Unchanged TOAST values fetched from the table (no FULL replica identity, not cached)",
-            ),
-            replays_skipped: r.counter(
-                "walcast_replayed_changes_skipped_total",
-                "Changes recognised after a restart as already published (no new sequence)",
-            ),
-            key_state_loads: r.counter(
-                "walcast_key_state_loads_total",
-                "Per-key sequence states loaded from the stream (cache misses)",
-            ),
-            toast_stream_loads: r.counter(
-                "walcast_toast_stream_loads_total",
-                "Unchanged TOAST values read from the key's last envelope in the stream (tracked mode, not cached)",
-            ),
-            toast_unavailable: r.counter_vec(
-                "walcast_toast_unavailable_total",
-                "Unchanged TOAST values published as unavailable (no exact source), by table",
-                &["table"],
-            ),
-            oversize_markers: r.counter(
-                "walcast_oversize_markers_total",
-                "Envelopes above the NATS server's max_payload published as a too-large marker (--oversize marker)",
-            ),
-            snapshot_rows: r.counter_vec(
-                "walcast_snapshot_rows_total",
-                "Existing rows published as snapshot envelopes, by table",
-                &["table"],
-            ),
-            snapshot_deletes: r.counter_vec(
-                "walcast_snapshot_deletes_total",
-                "Keys the stream held that a re-snapshot found without a row: deletes published, by table",
-                &["table"],
-            ),
-            snapshot_tables_remaining: r.gauge(
-                "walcast_snapshot_tables_remaining",
-                "Tables the running snapshot has still to read (0: none running)",
-            ),
-            snapshot_seconds: r.float_gauge(
-                "walcast_snapshot_duration_seconds",
-                "How long the last completed snapshot took",
-            ),
-            keyless_skipped: r.counter_vec(
-                "walcast_keyless_changes_skipped_total",
-                "Changes not published because their table has no primary key or replica identity index, by table",
-                &["table"],
-            ),
-            missing_setting_columns: r.counter_vec(
-                "walcast_setting_columns_missing_total",
-                "Columns named by per-table settings that the table no longer has (dropped while running), by table",
-                &["table"],
-            ),
+            changes: r.counter_vec(&names::CHANGES, &["table", "op"]),
+            transactions: r.counter(&names::TRANSACTIONS),
+            last_commit_timestamp: r.gauge(&names::LAST_COMMIT_TIMESTAMP),
+            schema_changes: r.counter_vec(&names::SCHEMA_CHANGES, &["table"]),
+            toast_fetches: r.counter(&names::TOAST_FETCHES),
+            replays_skipped: r.counter(&names::REPLAYS_SKIPPED),
+            key_state_loads: r.counter(&names::KEY_STATE_LOADS),
+            toast_stream_loads: r.counter(&names::TOAST_STREAM_LOADS),
+            toast_unavailable: r.counter_vec(&names::TOAST_UNAVAILABLE, &["table"]),
+            oversize_markers: r.counter(&names::OVERSIZE_MARKERS),
+            snapshot_rows: r.counter_vec(&names::SNAPSHOT_ROWS, &["table"]),
+            snapshot_deletes: r.counter_vec(&names::SNAPSHOT_DELETES, &["table"]),
+            snapshot_tables_remaining: r.gauge(&names::SNAPSHOT_TABLES_REMAINING),
+            snapshot_seconds: r.float_gauge(&names::SNAPSHOT_SECONDS),
+            keyless_skipped: r.counter_vec(&names::KEYLESS_SKIPPED, &["table"]),
+            missing_setting_columns: r.counter_vec(&names::MISSING_SETTING_COLUMNS, &["table"]),
         }
     }
 }
@@ -243,35 +157,24 @@ impl EnvelopeMetrics {
 impl SinkMetrics {
     fn new(r: &Registrar<'_>) -> Self {
         SinkMetrics {
-            published: r.counter(
-                "walcast_published_total",
-                "Envelopes published and confirmed by NATS",
-            ),
-            publish_retries: r.counter(
-                "walcast_publish_retries_total",
-                "Groups of envelopes published again because NATS did not confirm them",
-            ),
+            published: r.counter(&names::PUBLISHED),
+            publish_retries: r.counter(&names::PUBLISH_RETRIES),
             publish_seconds: r.histogram(
-                "walcast_publish_duration_seconds",
-                "Time from writing a group of envelopes to NATS until NATS confirmed them",
+                &names::PUBLISH_SECONDS,
                 &[
                     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                     0.5, 1.0, 2.5, 5.0,
                 ],
             ),
             commit_to_publish_seconds: r.histogram(
-                "walcast_commit_to_publish_seconds",
-                "Time from a transaction's commit in PostgreSQL until NATS confirmed all its envelopes",
+                &names::COMMIT_TO_PUBLISH_SECONDS,
                 &[
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                     10.0, 30.0, 60.0,
                 ],
             ),
-            inflight_envelopes: r.gauge(
-                "walcast_inflight_envelopes",
-                "Envelopes published but not yet confirmed",
-            ),
-            nats_connected: r.gauge("walcast_nats_connected", "1 while connected to NATS"),
+            inflight_envelopes: r.gauge(&names::INFLIGHT_ENVELOPES),
+            nats_connected: r.gauge(&names::NATS_CONNECTED),
         }
     }
 }
