@@ -17,7 +17,8 @@
 //! - `toast_fill.rs`: unchanged-TOAST values, found, asked for, provided, remembered;
 //! - `emit.rs`: the last step of every change: position, sequence, encoding,
 //!   [`Outgoing`]; `size.rs`: the NATS size limit and the message id;
-//! - `need.rs`: what the caller is asked for ([`Need`]); `error.rs`:
+//! - `need.rs`: what the caller is asked for ([`Need`]); `lookahead.rs`: what
+//!   changes still in the read buffer will ask for, found ahead; `error.rs`:
 //!   [`EnvelopeError`]; `settings.rs`: the stage's settings ([`EnvelopeSettings`]) and per-table
 //!   settings ([`TableSettings`]).
 
@@ -25,6 +26,7 @@ mod builder;
 mod change;
 mod emit;
 mod error;
+mod lookahead;
 mod need;
 mod relation;
 pub mod schema;

@@ -81,6 +81,16 @@ impl KeyStateCache {
         }
     }
 
+    /// Whether a lookup of `key` would be `Missing` (no recency change).
+    pub fn needs_load(&self, key: &str) -> bool {
+        !self.authoritative && !self.entries.contains(key)
+    }
+
+    /// The most states kept.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Record the state loaded from the stream (`None`: the key has no message).
     pub fn loaded(&mut self, key: String, state: Option<KeyState>) {
         self.entries.put(key, state);

@@ -50,6 +50,21 @@ impl ReplicationConnection {
         Ok(Some((header.tag(), frame.slice(5..))))
     }
 
+    /// The complete frames in the buffer, without taking them: (tag, body).
+    pub(super) fn peek_frames(&self) -> impl Iterator<Item = (u8, &[u8])> {
+        let mut rest: &[u8] = &self.rbuf;
+        std::iter::from_fn(move || {
+            let header = Header::parse(rest).ok().flatten()?;
+            let total = header.len() as usize + 1;
+            if rest.len() < total {
+                return None;
+            }
+            let (frame, after) = rest.split_at(total);
+            rest = after;
+            Some((header.tag(), &frame[5..]))
+        })
+    }
+
     /// The next frame, reading from the socket as needed. Cancel-safe: a frame is
     /// only taken from the buffer once complete.
     pub(super) async fn read_frame(&mut self) -> Result<(u8, Bytes), SourceError> {

@@ -76,6 +76,15 @@ impl ReplicationStream {
         Ok(None)
     }
 
+    /// The pgoutput messages of the XLogData already in the read buffer, in order,
+    /// without taking them (to look ahead at what they will need).
+    pub fn buffered_messages(&self) -> impl Iterator<Item = &[u8]> {
+        self.conn
+            .peek_frames()
+            .filter(|&(tag, body)| tag == b'd' && body.first() == Some(&b'w') && body.len() >= 25)
+            .map(|(_, body)| &body[25..])
+    }
+
     fn event(tag: u8, body: Bytes) -> Result<Option<ReplicationEvent>, SourceError> {
         match tag {
             b'd' => match body.first() {

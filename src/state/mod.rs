@@ -3,6 +3,7 @@
 //! histories. The pipeline loads from it what the envelope stage asks for; the
 //! JetStream sink records what it wrote.
 
+mod batch;
 pub mod stream;
 
 use std::sync::Arc;
@@ -69,11 +70,14 @@ pub struct StateStore {
     meta_prefix: String,
     /// Highest stream sequence this process wrote (from PubAcks).
     last_written: Arc<std::sync::atomic::AtomicU64>,
+    /// The server answers batched `multi_last` gets (2.11+).
+    multi_last: bool,
 }
 
 impl StateStore {
     pub fn new(js: Context, stream: Stream, meta: Stream, settings: &StreamSettings) -> Self {
         StateStore {
+            multi_last: batch::server_has_multi_last(&js.client().server_info().version),
             js,
             stream,
             meta,
@@ -81,6 +85,14 @@ impl StateStore {
             meta_prefix: settings.meta_prefix(),
             last_written: Arc::default(),
         }
+    }
+
+    /// The subject of direct gets from the envelope stream.
+    fn direct_get_subject(&self) -> String {
+        format!(
+            "$JS.API.DIRECT.GET.{}",
+            self.stream.cached_info().config.name
+        )
     }
 
     /// Record a stream sequence this process wrote.

@@ -93,6 +93,10 @@ pub(super) const KEY_STATE_LOADS: Metric = Metric {
     name: "walcast_key_state_loads_total",
     help: "Per-key sequence states loaded from the stream (cache misses)",
 };
+pub(super) const KEY_STATE_REQUESTS: Metric = Metric {
+    name: "walcast_key_state_requests_total",
+    help: "Requests to the stream that loaded key states (a batched get loads many)",
+};
 pub(super) const TOAST_STREAM_LOADS: Metric = Metric {
     name: "walcast_toast_stream_loads_total",
     help: "Unchanged TOAST values read from the key's last envelope in the stream (tracked mode, not cached)",

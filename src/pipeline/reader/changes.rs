@@ -203,6 +203,7 @@ impl ChangeReader {
         }
         let new_envelopes = &self.handover.built[before..];
         self.snapshot.live_changes(new_envelopes);
+        self.envelopes.published(new_envelopes);
         let n = new_envelopes.len() as u64;
         self.progress.count(n);
         self.envelopes.count(relation_id, op, n);

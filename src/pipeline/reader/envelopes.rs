@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use prometheus::IntCounter;
 
+use super::prefetch::Wanted;
+use crate::client::StoredEnvelope;
 use crate::decode::pgoutput::RelationColumn;
 use crate::decode::relation::{self, ResolvedRelation};
 use crate::decode::types::TypeRegistry;
@@ -48,6 +50,12 @@ pub(super) struct Envelopes {
     types: TypeRegistry,
     metrics: Arc<Metrics>,
     counters: HashMap<u32, TableCounters, foldhash::fast::RandomState>,
+    /// Unseen keys were met since the last look ahead (loaded alone, or found ahead):
+    /// look ahead at the next read too.
+    missed: bool,
+    /// Last envelopes loaded ahead, by subject, for the unchanged-TOAST values of
+    /// their keys (dropped once used or once the key is published again).
+    ahead: HashMap<String, StoredEnvelope, foldhash::fast::RandomState>,
 }
 
 impl Envelopes {
@@ -64,6 +72,50 @@ impl Envelopes {
             types: TypeRegistry::new(),
             metrics,
             counters: HashMap::default(),
+            missed: true,
+            ahead: HashMap::default(),
+        }
+    }
+
+    /// Whether unseen keys were met since the last call.
+    pub(super) fn take_missed(&mut self) -> bool {
+        std::mem::take(&mut self.missed)
+    }
+
+    /// Load the states of `wanted` keys together (batched gets) and keep their last
+    /// envelopes for the TOAST values of their next changes.
+    pub(super) async fn load_keys(&mut self, wanted: Wanted) -> Result<(), PipelineError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        self.ahead.clear();
+        if wanted.keys.is_empty() {
+            return Ok(());
+        }
+        // Keys were unseen: the next reads are looked at too.
+        self.missed = true;
+        let subjects: Vec<String> = wanted.keys.iter().map(|(_, s)| s.clone()).collect();
+        let loaded = store.last_envelopes(&subjects).await?;
+        let metrics = &self.metrics.envelope;
+        metrics.key_state_loads.inc_by(subjects.len() as u64);
+        metrics.key_state_requests.inc_by(loaded.requests);
+        for (key, subject) in wanted.keys {
+            let state = match loaded.by_subject.get(&subject) {
+                Some(last) => Some(store.key_state_of(&subject, last)?),
+                None => None,
+            };
+            self.builder.provide_key_state(key, state);
+        }
+        self.ahead.extend(loaded.by_subject);
+        Ok(())
+    }
+
+    /// Envelopes of these subjects were built: what was loaded ahead for them is stale.
+    pub(super) fn published(&mut self, built: &[Outgoing]) {
+        if !self.ahead.is_empty() {
+            for o in built {
+                self.ahead.remove(&o.subject);
+            }
         }
     }
 
@@ -93,6 +145,8 @@ impl Envelopes {
                     .as_ref()
                     .expect("tracked sequences without a store are volatile");
                 self.metrics.envelope.key_state_loads.inc();
+                self.metrics.envelope.key_state_requests.inc();
+                self.missed = true;
                 let loaded = store.load_key(&subject).await?;
                 self.builder
                     .provide_key_state(key, loaded.map(|(state, _)| state));
@@ -130,9 +184,15 @@ impl Envelopes {
         let (Some(subject), Some(store)) = (&needed.source.stream_subject, &self.store) else {
             return Ok(None);
         };
-        self.metrics.envelope.toast_stream_loads.inc();
-        let Some(last) = store.last_envelope(subject).await? else {
-            return Ok(None);
+        let last = match self.ahead.remove(subject) {
+            Some(last) => last,
+            None => {
+                self.metrics.envelope.toast_stream_loads.inc();
+                let Some(last) = store.last_envelope(subject).await? else {
+                    return Ok(None);
+                };
+                last
+            }
         };
         let state = store.key_state_of(subject, &last)?;
         self.builder.offer_key_state(&last.envelope.key, state);

@@ -7,6 +7,7 @@
 //! [`ChangeReader::stream`] is a `select!` that dispatches to small owned parts:
 //! - [`changes`]: the change loop (pgoutput messages into the envelope stage);
 //! - [`envelopes`]: the envelope builder and its loaders (key states, TOAST, catalog);
+//! - [`prefetch`]: the key states the read buffer will ask for, loaded in batches;
 //! - [`handover`]: batches for the sink, with the linger;
 //! - [`status`]: the checkpoint, the unconfirmed transactions, status updates, lag;
 //! - [`snapshot_driver`] (with [`snapshot_read`]): existing rows between watermarks;
@@ -17,6 +18,7 @@ mod answerer;
 mod changes;
 mod envelopes;
 mod handover;
+mod prefetch;
 mod progress;
 mod snapshot_driver;
 mod snapshot_read;
@@ -254,7 +256,9 @@ impl ChangeReader {
                     }
                 }
                 event = stream.next_event(), if reading => {
-                    self.handle(event?, &mut stream).await?;
+                    let event = event?;
+                    self.load_ahead(&event, &stream).await?;
+                    self.handle(event, &mut stream).await?;
                     self.handle_buffered(&mut stream, stop.requested()).await?;
                 }
             }
