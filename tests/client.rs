@@ -25,6 +25,11 @@ const WAIT: Duration = Duration::from_secs(10);
 /// RSS, which the others' allocations would blur.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The table of the end-to-end replica tests, with one row, in the publication.
+const ACCOUNTS: &str = "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);
+     INSERT INTO accounts VALUES (1, 0);
+     CREATE PUBLICATION walcast FOR TABLE accounts;";
+
 fn envelope(key: &str, seq: u64, version: &str, balance: rmpv::Value) -> Envelope {
     Envelope {
         key: key.into(),
@@ -131,19 +136,16 @@ async fn contract<T: Transport>(t: &T) {
     t.publish(k, &envelope(k, 3, "1.0", 30.into()))
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while seen.load(Ordering::SeqCst) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "handler never called"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    poll_until("the handler to be called", WAIT, || async {
+        seen.load(Ordering::SeqCst) > 0
+    })
+    .await;
     tokio::spawn(async move { drop(handle) }).await.unwrap();
     assert_eq!(t.key_count(), 0);
     t.publish(k, &envelope(k, 4, "1.0", 40.into()))
         .await
         .unwrap();
+    // No call within SHORT: the time is the point.
     tokio::time::sleep(SHORT).await;
     assert_eq!(seen.load(Ordering::SeqCst), 1);
 }
@@ -167,33 +169,22 @@ async fn contract_holds_for_the_nats_transport() {
 }
 
 async fn server_subscriptions(nats: &NatsServer) -> u64 {
-    let body = http_get(nats.monitor_port, "/subsz").await;
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["num_subscriptions"].as_u64().unwrap()
+    nats_monitor(nats, "/subsz").await["num_subscriptions"]
+        .as_u64()
+        .unwrap()
 }
 
-async fn http_get(port: u16, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out.split_once("\r\n\r\n").unwrap().1.to_string()
-}
-
+/// Wait until the server holds `expected` subscriptions; returns that number.
 async fn wait_server_subscriptions(nats: &NatsServer, expected: u64) -> u64 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    poll_until(format!("{expected} server subscriptions"), WAIT, || async {
         let n = server_subscriptions(nats).await;
-        if n == expected || tokio::time::Instant::now() > deadline {
-            return n;
+        if n == expected {
+            Ok(n)
+        } else {
+            Err(n)
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,6 +288,8 @@ async fn a_slow_subscriber_does_not_delay_a_fast_one() {
             .await
             .unwrap();
         if seq % 10 == 0 {
+            // Pacing a reader can keep up with (the fast one must drop nothing): the
+            // time is the point.
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
@@ -332,8 +325,20 @@ fn refetch_of(snapshot: Arc<Mutex<Option<Envelope>>>) -> Refetch {
     })
 }
 
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(100)).await;
+/// Wait until `r` is in the state `check` looks for.
+async fn until_replica(
+    r: &Replica<Account>,
+    what: &str,
+    check: impl Fn(&Replica<Account>) -> bool,
+) {
+    poll_until(what, WAIT, || async {
+        if check(r) {
+            Ok(())
+        } else {
+            Err(format!("{:?} {:?} {:?}", r.get(), r.meta(), r.stats()))
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,7 +365,7 @@ async fn replica_reconciles_stale_gaps_skews_and_parse_failures() {
     t.publish(k, &envelope(k, 2, "1.3", 200.into()))
         .await
         .unwrap();
-    settle().await;
+    until_replica(&r, "#2 applied", |r| r.meta().sequence == Some(2)).await;
     assert_eq!(r.get().unwrap().balance, 200);
     assert_eq!(r.meta().schema_version.as_deref(), Some("1.3"));
 
@@ -371,7 +376,10 @@ async fn replica_reconciles_stale_gaps_skews_and_parse_failures() {
     t.publish(k, &envelope(k, 1, "1.0", 999.into()))
         .await
         .unwrap();
-    settle().await;
+    until_replica(&r, "two stale envelopes seen", |r| {
+        r.stats().ignored_stale >= 2
+    })
+    .await;
     assert_eq!(r.get().unwrap().balance, 200);
     assert_eq!(r.stats().ignored_stale, 2);
 
@@ -379,7 +387,7 @@ async fn replica_reconciles_stale_gaps_skews_and_parse_failures() {
     t.publish(k, &envelope(k, 4, "1.0", 400.into()))
         .await
         .unwrap();
-    settle().await;
+    until_replica(&r, "the refetched #5", |r| r.meta().sequence == Some(5)).await;
     r.when_idle().await;
     assert_eq!(r.stats().gaps, 1);
     assert_eq!(r.get().unwrap().balance, 500);
@@ -391,7 +399,7 @@ async fn replica_reconciles_stale_gaps_skews_and_parse_failures() {
     t.publish(k, &envelope(k, 6, "2.0", 600.into()))
         .await
         .unwrap();
-    settle().await;
+    until_replica(&r, "the refetched #7", |r| r.meta().sequence == Some(7)).await;
     r.when_idle().await;
     assert_eq!(r.stats().schema_skews, 1);
     assert_eq!(r.get().unwrap().balance, 700);
@@ -401,7 +409,7 @@ async fn replica_reconciles_stale_gaps_skews_and_parse_failures() {
     t.publish(k, &envelope(k, 8, "1.0", "not a number".into()))
         .await
         .unwrap();
-    settle().await;
+    until_replica(&r, "the refetched #9", |r| r.meta().sequence == Some(9)).await;
     r.when_idle().await;
     assert_eq!(r.stats().parse_errors, 1);
     assert_eq!(r.get().unwrap().balance, 900);
@@ -412,7 +420,7 @@ async fn replica_reconciles_stale_gaps_skews_and_parse_failures() {
     t.publish(k, &envelope(k, 11, "1.0", 1100.into()))
         .await
         .unwrap();
-    settle().await;
+    until_replica(&r, "a failed refetch", |r| r.status() == Status::Stale).await;
     r.when_idle().await;
     assert_eq!(r.status(), Status::Stale);
     assert_eq!(r.get().unwrap().balance, 900);
@@ -432,7 +440,8 @@ async fn replica_reconciles_stale_gaps_skews_and_parse_failures() {
     t.publish(k, &envelope(k, 11, "1.0", 1100.into()))
         .await
         .unwrap();
-    settle().await;
+    // Nothing applied within SHORT: the time is the point.
+    tokio::time::sleep(SHORT).await;
     assert_eq!(r.get().unwrap().balance, 1000);
     let stats = r.stats();
     assert_eq!((stats.applied, stats.refetches), (6, 4));
@@ -448,12 +457,14 @@ async fn replica_without_refetch_goes_stale_on_a_gap() {
     t.publish(k, &envelope(k, 3, "1.0", 300.into()))
         .await
         .unwrap();
-    settle().await;
+    until_replica(&r, "#3 applied", |r| r.meta().sequence == Some(3)).await;
     assert_eq!(r.get().unwrap().balance, 300);
+    assert_eq!(r.status(), Status::Ok);
     t.publish(k, &envelope(k, 5, "1.0", 500.into()))
         .await
         .unwrap();
-    settle().await;
+    until_replica(&r, "the gap seen", |r| r.stats().gaps >= 1).await;
+    assert_eq!(r.stats().gaps, 1);
     assert_eq!(r.status(), Status::Stale);
     assert_eq!(r.get().unwrap().balance, 300);
 }
@@ -461,17 +472,8 @@ async fn replica_without_refetch_goes_stale_on_a_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_follows_a_postgres_row_end_to_end() {
     let _serial = SERIAL.lock().await;
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
-        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);
-         INSERT INTO accounts VALUES (1, 0);
-         CREATE PUBLICATION walcast FOR TABLE accounts;",
-    )
-    .await;
-    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
-    w.wait_ready().await;
+    let (s, db) = with_sql(servers(), ACCOUNTS).await;
+    let _w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
     exec(&db, "UPDATE accounts SET balance = 1 WHERE id = 1").await;
 
     let client = async_nats::connect(s.nats.url()).await.unwrap();
@@ -479,14 +481,10 @@ async fn replica_follows_a_postgres_row_end_to_end() {
     let t = NatsTransport::new(client, "walcast", 1024);
     let k = "public.accounts:1";
     // Wait until walcast has the row in its stream, then seed from a refetch.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while refetch_from_stream(&js, "WALCAST", "walcast", k)
-        .await
-        .is_err()
-    {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_until("the row in walcast's stream", WAIT, || async {
+        refetch_from_stream(&js, "WALCAST", "walcast", k).await
+    })
+    .await;
     let mut opts = ReplicaOptions::new(k);
     let js2 = js.clone();
     opts.refetch = Some(Arc::new(move || {
@@ -503,16 +501,7 @@ async fn replica_follows_a_postgres_row_end_to_end() {
         )
         .await;
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while r.get().map(|a| a.balance) != Some(50) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "replica at {:?} {:?}",
-            r.get(),
-            r.stats()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_replica(&r, "balance 50", |r| r.get().map(|a| a.balance) == Some(50)).await;
     let balance: i64 = db
         .query_one("SELECT balance FROM accounts WHERE id = 1", &[])
         .await
@@ -557,34 +546,21 @@ fn refetch_via(via: RefetchVia, client: async_nats::Client, key: &'static str) -
 /// (an induced gap) refetches and, with the live envelopes after it, ends equal to
 /// the row in PostgreSQL; after a delete a refetch finds no row.
 async fn replica_recovers_from_a_gap(via: RefetchVia) {
-    let s = servers();
-    let db = s.pg.client().await;
+    let (s, db) = with_sql(servers(), ACCOUNTS).await;
     install_sequence_helper(&db).await;
-    exec(
-        &db,
-        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);
-         INSERT INTO accounts VALUES (1, 0);
-         CREATE PUBLICATION walcast FOR TABLE accounts;",
-    )
-    .await;
     let mut args = RunArgs::new(&s, "walcast", "walcast");
     if let RefetchVia::Walcast = via {
         exec(&db, "SELECT walcast_install_sequence('accounts')").await;
-        args.extra = vec![
-            "--column-sequence".into(),
-            "public.accounts=walcast_seq".into(),
-        ];
+        args = args.args(&["--column-sequence", "public.accounts=walcast_seq"]);
     }
-    let mut w = Walcast::spawn(args);
-    w.wait_ready().await;
+    let mut w = Walcast::start(args).await;
     let k = "public.accounts:1";
     let client = async_nats::connect(s.nats.url()).await.unwrap();
     let refetch = refetch_via(via, client.clone(), k);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while let Err(e) = refetch().await {
-        assert!(tokio::time::Instant::now() < deadline, "{via:?}: {e}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_until(format!("a first refetch via {via:?}"), WAIT, || async {
+        refetch().await
+    })
+    .await;
     // Live envelopes through a local transport that holds back 5..=7.
     let nats = NatsTransport::new(client.clone(), "walcast", 1024);
     let mut live = nats.subscribe(k).await.unwrap();
@@ -608,17 +584,10 @@ async fn replica_recovers_from_a_gap(via: RefetchVia) {
         )
         .await;
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while r.get().map(|a| a.balance) != Some(20) || !matches!(r.status(), Status::Ok) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{via:?}: replica at {:?} {:?} {:?}",
-            r.get(),
-            r.meta(),
-            r.stats()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_replica(&r, &format!("{via:?}: balance 20 and status Ok"), |r| {
+        r.get().map(|a| a.balance) == Some(20) && matches!(r.status(), Status::Ok)
+    })
+    .await;
     r.when_idle().await;
     let row = db
         .query_one("SELECT balance FROM accounts WHERE id = 1", &[])
@@ -671,16 +640,13 @@ async fn replica_recovers_from_a_gap_by_asking_walcast_in_column_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn walcast_tail_prints_a_live_table() {
     let _serial = SERIAL.lock().await;
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    let (s, db) = with_sql(
+        servers(),
         "CREATE TABLE accounts (id bigint PRIMARY KEY, owner text, balance numeric);
          CREATE PUBLICATION walcast FOR TABLE accounts;",
     )
     .await;
-    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
-    w.wait_ready().await;
+    let _w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
     let tail = |json: bool| {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_walcast"));
         cmd.args([
@@ -700,9 +666,10 @@ async fn walcast_tail_prints_a_live_table() {
             .spawn()
             .unwrap()
     };
+    let before = subscriptions_to(&s.nats, "walcast.public.accounts.*").await;
     let human = tail(false);
     let json = tail(true);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_subscribed(&s.nats, "walcast.public.accounts.*", before + 2).await;
     exec(
         &db,
         "INSERT INTO accounts VALUES (1, 'ada', 10.50);

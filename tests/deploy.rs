@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use walcast::testing::free_port;
+use walcast::testing::{free_port, PgOptions};
 
 fn tool(name: &str) -> std::path::PathBuf {
     std::env::var_os("PATH")
@@ -122,15 +122,8 @@ fn dashboard_and_alerts_reference_only_exported_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_walcast() {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
-        "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION walcast FOR TABLE t;",
-    )
-    .await;
-    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
-    w.wait_ready().await;
+    let (s, db) = servers_with_table(PgOptions::default()).await;
+    let w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
     exec(&db, "INSERT INTO t VALUES (1), (2)").await;
 
     let dir = tempfile::tempdir().unwrap();
@@ -170,30 +163,30 @@ async fn a_real_prometheus_scrapes_walcast() {
         let body = out.split_once("\r\n\r\n")?.1.to_string();
         serde_json::from_str::<serde_json::Value>(&body).ok()
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let (up, tx) = loop {
-        let up = query("up{job=\"walcast\"}").await;
-        let tx = query("walcast_transactions_total").await;
-        let value = |v: &Option<serde_json::Value>| {
-            v.as_ref()?["data"]["result"][0]["value"][1]
-                .as_str()
-                .and_then(|s| s.parse::<f64>().ok())
-        };
-        if let (Some(u), Some(t)) = (value(&up), value(&tx)) {
-            if u == 1.0 && t >= 1.0 {
-                break (u, t);
+    let (up, tx) = poll_until(
+        "Prometheus to scrape walcast",
+        Duration::from_secs(60),
+        || {
+            assert!(
+                prom.try_wait().unwrap().is_none(),
+                "prometheus exited: {}",
+                std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+            );
+            async {
+                let up = query("up{job=\"walcast\"}").await;
+                let tx = query("walcast_transactions_total").await;
+                let value = |v: &Option<serde_json::Value>| {
+                    v.as_ref()?["data"]["result"][0]["value"][1]
+                        .as_str()
+                        .and_then(|s| s.parse::<f64>().ok())
+                };
+                match (value(&up), value(&tx)) {
+                    (Some(u), Some(t)) if u == 1.0 && t >= 1.0 => Ok((u, t)),
+                    _ => Err(format!("up={up:?} tx={tx:?}")),
+                }
             }
-        }
-        assert!(
-            prom.try_wait().unwrap().is_none(),
-            "prometheus exited: {}",
-            std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
-        );
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Prometheus never scraped walcast: up={up:?} tx={tx:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+        },
+    )
+    .await;
     println!("Prometheus scraped walcast: up={up}, walcast_transactions_total={tx}");
 }

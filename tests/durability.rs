@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use walcast::testing::rss_kib;
 use walcast::wire::codec::{self, Envelope, Op};
-use walcast::wire::Lsn;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -39,18 +38,12 @@ async fn workload(
     pause: Duration,
 ) -> usize {
     // Connect, riding out a server busy with the other tests for a few seconds.
-    let mut tries = 0;
-    let (db, conn) = loop {
-        match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-            Ok(c) => break c,
-            Err(e) if tries < 20 => {
-                tries += 1;
-                println!("workload: connecting: {e}; again");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => panic!("workload: cannot connect: {e}"),
-        }
-    };
+    let (db, conn) = poll_until(
+        "the workload's connection",
+        Duration::from_secs(10),
+        || async { tokio_postgres::connect(&url, tokio_postgres::NoTls).await },
+    )
+    .await;
     tokio::spawn(conn);
     let mut rng = Rng(seed);
     let mut exists: HashMap<u64, bool> = HashMap::new();
@@ -80,41 +73,11 @@ async fn workload(
         }
         written += n;
         if !pause.is_zero() {
+            // The rate is the point.
             tokio::time::sleep(pause).await;
         }
     }
     written
-}
-
-async fn current_lsn(db: &tokio_postgres::Client) -> Lsn {
-    walcast::testing::current_wal_lsn(db).await
-}
-
-/// Wait until the slot confirmed everything written so far.
-async fn wait_caught_up(db: &tokio_postgres::Client, w: &Walcast) {
-    let target = current_lsn(db).await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let flushed: Lsn = db
-            .query_one(
-                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'walcast'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, String>(0)
-            .parse()
-            .unwrap();
-        if flushed >= target {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "slot at {flushed}, never reached {target}:\n{}",
-            w.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Every envelope in walcast's stream, in stream order.
@@ -212,6 +175,7 @@ fn duplicates(received: &[(String, Envelope, Vec<u8>)]) -> usize {
     dups
 }
 
+/// Collect until nothing arrives for `quiet` (the quiet window is the point).
 async fn drain_collector(c: &mut Collector, quiet: Duration) {
     loop {
         let before = c.received.len();
@@ -225,26 +189,21 @@ async fn drain_collector(c: &mut Collector, quiet: Duration) {
 
 /// Servers with the workload's table and publication.
 async fn kv_servers() -> (Servers, tokio_postgres::Client) {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    with_sql(
+        servers(),
         "CREATE TABLE kv (id bigint PRIMARY KEY, v bigint NOT NULL, pad text);
          CREATE PUBLICATION walcast FOR TABLE kv;",
     )
-    .await;
-    (s, db)
+    .await
 }
 
 fn kv_args(s: &Servers) -> RunArgs<'static> {
-    let mut args = RunArgs::new(s, "walcast", "walcast");
-    args.extra = vec![
-        "--stream-history".into(),
-        "100000".into(),
-        "--status-interval".into(),
-        "0.2".into(),
-    ];
-    args
+    RunArgs::new(s, "walcast", "walcast").args(&[
+        "--stream-history",
+        "100000",
+        "--status-interval",
+        "0.2",
+    ])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,14 +233,9 @@ async fn kill_9_with_a_tiny_key_cache_reloads_states_exactly() {
 /// returns the key-state loads of the last process.
 async fn kill_9_loop(extra: &[&str], changes: usize, kills_wanted: usize) -> f64 {
     let (s, db) = kv_servers().await;
-    let args = || {
-        let mut a = kv_args(&s);
-        a.extra.extend(extra.iter().map(|x| x.to_string()));
-        a
-    };
+    let args = || kv_args(&s).args(extra);
     let mut live = Collector::new(&s.nats.url(), "walcast.public.kv.*").await;
-    let mut w = Walcast::spawn(args());
-    w.wait_ready().await;
+    let mut w = Walcast::start(args()).await;
 
     let writer = tokio::spawn(workload(
         s.pg.url(),
@@ -296,6 +250,7 @@ async fn kill_9_loop(extra: &[&str], changes: usize, kills_wanted: usize) -> f64
     // just before the kill).
     let mut loads = 0.0;
     while kills < kills_wanted {
+        // A random point in time to kill at: the time is the point.
         tokio::time::sleep(Duration::from_millis(300 + rng.below(700))).await;
         loads += w
             .metric("walcast_key_state_loads_total")
@@ -313,7 +268,7 @@ async fn kill_9_loop(extra: &[&str], changes: usize, kills_wanted: usize) -> f64
         .unwrap_or_else(|e| panic!("the writer failed: {e}"));
     assert!(written >= changes);
     w.wait_ready().await;
-    wait_caught_up(&db, &w).await;
+    wait_caught_up(&db, &w, WAIT).await;
     let (checked, holes) = check_stream_against_db(&s.nats.url(), &db).await;
     drain_collector(&mut live, Duration::from_millis(500)).await;
     let dups = duplicates(&live.received);
@@ -336,11 +291,7 @@ async fn kill_9_loop(extra: &[&str], changes: usize, kills_wanted: usize) -> f64
 async fn nats_outage_with_writes_continuing_loses_nothing_and_memory_stays_bounded() {
     const WINDOW: f64 = 500.0;
     let (mut s, db) = kv_servers().await;
-    let mut args = kv_args(&s);
-    args.extra
-        .extend(["--max-inflight".to_string(), "500".to_string()]);
-    let mut w = Walcast::spawn(args);
-    w.wait_ready().await;
+    let mut w = Walcast::start(kv_args(&s).args(&["--max-inflight", "500"])).await;
     let pid = w.child.id().unwrap();
     // Ten times what fits in the window and the channel, written through the outage.
     let writer = tokio::spawn(workload(
@@ -350,12 +301,13 @@ async fn nats_outage_with_writes_continuing_loses_nothing_and_memory_stays_bound
         0xBEEF,
         Duration::from_micros(500),
     ));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    w.wait_metric("walcast_published_total", 2000.0, WAIT).await;
     let rss_before = rss_kib(pid);
     s.nats.kill();
     let mut rss_max = rss_before;
     let mut rss_half = 0;
     let mut inflight_max: f64 = 0.0;
+    // Sample for 12 s of outage: the time is the point.
     let outage = Instant::now();
     while outage.elapsed() < Duration::from_secs(12) {
         rss_max = rss_max.max(rss_kib(pid));
@@ -387,7 +339,7 @@ async fn nats_outage_with_writes_continuing_loses_nothing_and_memory_stays_bound
         "walcast exited during the outage:\n{}",
         w.log()
     );
-    wait_caught_up(&db, &w).await;
+    wait_caught_up(&db, &w, WAIT).await;
     rss_max = rss_max.max(rss_kib(pid));
     let (checked, holes) = check_stream_against_db(&s.nats.url(), &db).await;
     println!(
@@ -404,8 +356,7 @@ async fn nats_outage_with_writes_continuing_loses_nothing_and_memory_stays_bound
 async fn hot_standby_takes_over_under_load() {
     let (s, db) = kv_servers().await;
     let mut live = Collector::new(&s.nats.url(), "walcast.public.kv.*").await;
-    let mut active = Walcast::spawn(kv_args(&s));
-    active.wait_ready().await;
+    let mut active = Walcast::start(kv_args(&s)).await;
     let mut standby = Walcast::spawn(kv_args(&s));
     let writer = tokio::spawn(workload(
         s.pg.url(),
@@ -414,15 +365,18 @@ async fn hot_standby_takes_over_under_load() {
         0xFACE,
         Duration::from_millis(2),
     ));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(matches!(standby.http_get("/readyz").await, Some((503, _))));
+    // Under load, with the standby up and waiting for the slot.
+    active
+        .wait_metric("walcast_published_total", 500.0, WAIT)
+        .await;
+    standby.wait_standing_by(WAIT).await;
     active.child.start_kill().unwrap();
     active.wait_exit(WAIT).await;
     standby.wait_ready().await;
     let written = writer
         .await
         .unwrap_or_else(|e| panic!("the writer failed: {e}"));
-    wait_caught_up(&db, &standby).await;
+    wait_caught_up(&db, &standby, WAIT).await;
     let (checked, holes) = check_stream_against_db(&s.nats.url(), &db).await;
     drain_collector(&mut live, Duration::from_millis(500)).await;
     let dups = duplicates(&live.received);
@@ -433,8 +387,7 @@ async fn hot_standby_takes_over_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_crash_under_load_resumes_from_the_right_position() {
     let (mut s, _db) = kv_servers().await;
-    let mut w = Walcast::spawn(kv_args(&s));
-    w.wait_ready().await;
+    let w = Walcast::start(kv_args(&s)).await;
     // Crash (immediate shutdown) while the writer runs and walcast streams, then
     // more writes.
     let writer = tokio::spawn(workload(
@@ -444,18 +397,19 @@ async fn postgres_crash_under_load_resumes_from_the_right_position() {
         0xAB,
         Duration::ZERO,
     ));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    w.wait_metric("walcast_published_total", 1000.0, WAIT).await;
     s.pg.crash();
     let first = writer.await.unwrap();
     assert!(
         first > 0 && first < 1_000_000,
         "the crash came mid-workload"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // PostgreSQL comes back once walcast has seen it gone.
+    w.wait_metric("walcast_reconnects_total", 1.0, WAIT).await;
     s.pg.start_again().unwrap();
     let db = s.pg.client().await;
     let second = workload(s.pg.url(), 3_000, 200..400, 0xCD, Duration::ZERO).await;
-    wait_caught_up(&db, &w).await;
+    wait_caught_up(&db, &w, WAIT).await;
     let (checked, holes) = check_stream_against_db(&s.nats.url(), &db).await;
     println!(
         "postgres crash: changes {}, envelopes checked {checked}, holes {holes}, reconnects {}",

@@ -17,16 +17,13 @@ fn big(c: char) -> String {
 
 /// `t(id, small, big)` with `big` stored out of line, in the publication.
 async fn toast_table(opts: PgOptions) -> (Servers, tokio_postgres::Client) {
-    let s = servers_with(opts);
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    with_sql(
+        servers_with(opts),
         "CREATE TABLE t (id int PRIMARY KEY, small int, big text);
          ALTER TABLE t ALTER big SET STORAGE EXTERNAL;
          CREATE PUBLICATION walcast FOR TABLE t;",
     )
-    .await;
-    (s, db)
+    .await
 }
 
 fn column_str(e: &Envelope, name: &str) -> Option<String> {
@@ -39,18 +36,20 @@ fn is_unavailable(e: &Envelope, name: &str) -> bool {
         .is_some_and(|m| m.iter().any(|(k, _)| k.as_str() == Some(UNAVAILABLE_KEY)))
 }
 
+/// Before a crash: the initial snapshot (of no rows) recorded complete, and the flush
+/// position past the inserts.
+async fn settle(db: &tokio_postgres::Client, w: &Walcast) {
+    w.wait_for_log("snapshot complete", 1, WAIT).await;
+    wait_caught_up(db, w, WAIT).await;
+}
+
 /// The issue's reproduction: rows written, walcast killed, unchanged-TOAST updates and
 /// a delete while it is down, walcast started again.
 async fn crash_with_toast_updates(extra: &[&str]) -> Vec<Envelope> {
     let (s, db) = toast_table(PgOptions::default()).await;
     let mut c = Collector::new(&s.nats.url(), "walcast.public.t.*").await;
-    let args = || {
-        let mut a = RunArgs::new(&s, "walcast", "walcast");
-        a.extra = extra.iter().map(|x| x.to_string()).collect();
-        a
-    };
-    let mut w = Walcast::spawn(args());
-    w.wait_ready().await;
+    let args = || RunArgs::new(&s, "walcast", "walcast").args(extra);
+    let mut w = Walcast::start(args()).await;
     exec(
         &db,
         &format!(
@@ -60,8 +59,7 @@ async fn crash_with_toast_updates(extra: &[&str]) -> Vec<Envelope> {
     )
     .await;
     c.until(2, WAIT).await;
-    // Let the flush position pass the inserts before the crash.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    settle(&db, &w).await;
     w.child.start_kill().unwrap();
     w.wait_exit(WAIT).await;
     // One transaction each, as the issue's reproduction runs them.
@@ -73,8 +71,7 @@ async fn crash_with_toast_updates(extra: &[&str]) -> Vec<Envelope> {
     ] {
         exec(&db, &sql).await;
     }
-    let mut w = Walcast::spawn(args());
-    w.wait_ready().await;
+    let w = Walcast::start(args()).await;
     let got = c.until(6, WAIT).await;
     // In commit order: key 1's two updates, key 2's update and delete.
     let after: Vec<Envelope> = got[2..].iter().map(|(_, e, _)| e.clone()).collect();
@@ -124,19 +121,14 @@ async fn unchanged_toast_without_an_exact_source_is_marked_unavailable() {
 #[tokio::test]
 async fn unchanged_toast_read_from_the_table_while_it_is_current() {
     let (s, db) = toast_table(PgOptions::default()).await;
-    let mut args = RunArgs::new(&s, "walcast", "walcast");
-    args.extra = [
+    let args = RunArgs::new(&s, "walcast", "walcast").args(&[
         "--delivery",
         "core",
         "--volatile-sequences",
         "--toast-cache-bytes",
         "16",
-    ]
-    .iter()
-    .map(|x| x.to_string())
-    .collect();
-    let mut w = Walcast::spawn(args);
-    w.wait_ready().await;
+    ]);
+    let w = Walcast::start(args).await;
     let mut c = Collector::new(&s.nats.url(), "walcast.public.t.*").await;
     exec(&db, &format!("INSERT INTO t VALUES (1, 0, '{}')", big('C'))).await;
     c.until(1, WAIT).await;
@@ -155,16 +147,14 @@ async fn unchanged_toast_read_from_the_table_while_it_is_current() {
 async fn key_change_carries_unchanged_toast_over() {
     let (s, db) = toast_table(PgOptions::default()).await;
     let mut c = Collector::new(&s.nats.url(), "walcast.public.t.*").await;
-    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
-    w.wait_ready().await;
+    let mut w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
     exec(&db, &format!("INSERT INTO t VALUES (1, 0, '{}')", big('K'))).await;
     c.until(1, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    settle(&db, &w).await;
     w.child.start_kill().unwrap();
     w.wait_exit(WAIT).await;
     exec(&db, "UPDATE t SET id = 10 WHERE id = 1").await;
-    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
-    w.wait_ready().await;
+    let _w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
     let got = c.until(3, WAIT).await;
     let (old, new) = (&got[1].1, &got[2].1);
     assert_eq!(
@@ -181,19 +171,16 @@ async fn key_change_carries_unchanged_toast_over() {
 /// DDL while walcast is down, replayed: every change gets the schema version it had.
 #[tokio::test]
 async fn ddl_while_down_keeps_each_change_at_its_schema_version() {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    let (s, db) = with_sql(
+        servers(),
         "CREATE TABLE d (id int PRIMARY KEY, a int, b text); CREATE PUBLICATION walcast FOR TABLE d;",
     )
     .await;
     let mut c = Collector::new(&s.nats.url(), "walcast.public.d.*").await;
-    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
-    w.wait_ready().await;
+    let mut w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
     exec(&db, "INSERT INTO d VALUES (1, 1, 'x')").await;
     c.until(1, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    settle(&db, &w).await;
     w.child.start_kill().unwrap();
     w.wait_exit(WAIT).await;
     for sql in [
@@ -207,8 +194,7 @@ async fn ddl_while_down_keeps_each_change_at_its_schema_version() {
     ] {
         exec(&db, sql).await;
     }
-    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
-    w.wait_ready().await;
+    let w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
     let got = c.until(5, WAIT).await;
     let seen: Vec<(u64, i64, String, bool, bool)> = got
         .iter()
@@ -240,17 +226,10 @@ async fn ddl_while_down_keeps_each_change_at_its_schema_version() {
 async fn volatile_sequences_restart_at_one() {
     let (s, db) = servers_with_table(PgOptions::default()).await;
     let args = || {
-        let mut a = RunArgs::new(&s, "walcast", "walcast");
-        a.extra = vec![
-            "--delivery".into(),
-            "core".into(),
-            "--volatile-sequences".into(),
-        ];
-        a
+        RunArgs::new(&s, "walcast", "walcast").args(&["--delivery", "core", "--volatile-sequences"])
     };
     let mut c = Collector::new(&s.nats.url(), "walcast.public.t.*").await;
-    let mut w = Walcast::spawn(args());
-    w.wait_ready().await;
+    let mut w = Walcast::start(args()).await;
     exec(
         &db,
         "INSERT INTO t VALUES (1); DELETE FROM t WHERE id = 1; INSERT INTO t VALUES (1)",
@@ -259,8 +238,7 @@ async fn volatile_sequences_restart_at_one() {
     c.until(3, WAIT).await;
     w.sigterm();
     assert!(w.wait_exit(WAIT).await.success());
-    let mut w = Walcast::spawn(args());
-    w.wait_ready().await;
+    let w = Walcast::start(args()).await;
     exec(&db, "DELETE FROM t WHERE id = 1").await;
     let got = c.until(4, WAIT).await;
     let seqs: Vec<(Op, u64)> = got.iter().map(|(_, e, _)| (e.op, e.sequence)).collect();
@@ -280,10 +258,9 @@ async fn volatile_sequences_restart_at_one() {
 #[tokio::test]
 async fn duplicate_window_is_the_streams() {
     let (s, _db) = servers_with_table(PgOptions::default()).await;
-    let mut args = RunArgs::new(&s, "walcast", "walcast");
-    args.extra = vec!["--duplicate-window".into(), "37".into()];
-    let mut w = Walcast::spawn(args);
-    w.wait_ready().await;
+    let w =
+        Walcast::start(RunArgs::new(&s, "walcast", "walcast").args(&["--duplicate-window", "37"]))
+            .await;
     let js = async_nats::jetstream::new(async_nats::connect(s.nats.url()).await.unwrap());
     let mut stream = js.get_stream("WALCAST").await.unwrap();
     let info = stream.info().await.unwrap();
@@ -297,14 +274,12 @@ async fn duplicate_window_is_the_streams() {
 async fn subject_filter_spares_loads_for_new_keys_across_restarts() {
     let (s, db) = servers_with_table(PgOptions::default()).await;
     let mut c = Collector::new(&s.nats.url(), "walcast.public.t.*").await;
-    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
-    w.wait_ready().await;
+    let mut w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
     exec(&db, "INSERT INTO t SELECT g FROM generate_series(1, 20) g").await;
     c.until(20, WAIT).await;
     w.sigterm();
     assert!(w.wait_exit(WAIT).await.success());
-    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
-    w.wait_ready().await;
+    let w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
     exec(
         &db,
         "INSERT INTO t SELECT g FROM generate_series(21, 120) g",

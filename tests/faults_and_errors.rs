@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use walcast::testing::{free_port, PgOptions};
@@ -12,63 +12,29 @@ use walcast::wire::Lsn;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn confirmed_flush(db: &tokio_postgres::Client, slot: &str) -> Lsn {
-    let row = db
-        .query_one(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .unwrap();
-    row.get::<_, String>(0).parse().unwrap()
-}
+/// `t (id int PRIMARY KEY, v int)` in the publication `walcast`.
+const T_ID_V: &str =
+    "CREATE TABLE t (id int PRIMARY KEY, v int); CREATE PUBLICATION walcast FOR TABLE t;";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_lsn_advances_only_after_nats_confirmed() {
-    let mut s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    let (mut s, db) = with_sql(
+        servers(),
         "CREATE TABLE t (id int PRIMARY KEY, v text);
          CREATE PUBLICATION walcast FOR TABLE t;",
     )
     .await;
-    let mut args = RunArgs::new(&s, "walcast", "walcast");
-    args.extra = vec!["--confirm-timeout".into(), "1".into()];
-    let mut w = Walcast::spawn(args);
-    w.wait_ready().await;
+    let w =
+        Walcast::start(RunArgs::new(&s, "walcast", "walcast").args(&["--confirm-timeout", "1"]))
+            .await;
     exec(&db, "INSERT INTO t VALUES (1, 'before')").await;
-    let deadline = Instant::now() + WAIT;
-    let lsn_before_outage = loop {
-        let current: Lsn = db
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await
-            .unwrap()
-            .get::<_, String>(0)
-            .parse()
-            .unwrap();
-        let flushed = confirmed_flush(&db, "walcast").await;
-        if flushed >= current {
-            break flushed;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "slot never caught up:\n{}",
-            w.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let lsn_before_outage = wait_caught_up(&db, &w, WAIT).await;
 
     s.nats.kill();
     exec(&db, "INSERT INTO t VALUES (2, 'during outage')").await;
-    let commit_lsn: Lsn = db
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get::<_, String>(0)
-        .parse()
-        .unwrap();
-    // For several confirmation timeouts, the slot must not move past the change.
+    let commit_lsn = walcast::testing::current_wal_lsn(&db).await;
+    // For several confirmation timeouts, the slot must not move past the change: the
+    // time is the point here.
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let flushed = confirmed_flush(&db, "walcast").await;
@@ -80,15 +46,7 @@ async fn flush_lsn_advances_only_after_nats_confirmed() {
     assert!(confirmed_flush(&db, "walcast").await >= lsn_before_outage);
 
     s.nats.start_again().unwrap();
-    let deadline = Instant::now() + WAIT;
-    while confirmed_flush(&db, "walcast").await < commit_lsn {
-        assert!(
-            Instant::now() < deadline,
-            "flush never advanced after NATS returned:\n{}",
-            w.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_confirmed(&db, &w, commit_lsn, WAIT).await;
     // What the slot confirmed did reach NATS: walcast's stream holds it.
     let nats = async_nats::connect(s.nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(nats);
@@ -112,8 +70,8 @@ async fn idle_connection_survives_wal_sender_timeout() {
     })
     .await;
     let mut collector = Collector::new(&s.nats.url(), "walcast.>").await;
-    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
-    w.wait_ready().await;
+    let w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
+    // Idle for several wal_sender_timeouts: the time is the point.
     tokio::time::sleep(Duration::from_secs(7)).await;
     exec(&db, "INSERT INTO t VALUES (1)").await;
     collector.until(1, WAIT).await;
@@ -128,16 +86,9 @@ async fn idle_connection_survives_wal_sender_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_by_itself_when_postgres_restarts() {
-    let mut s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
-        "CREATE TABLE t (id int PRIMARY KEY, v int); CREATE PUBLICATION walcast FOR TABLE t;",
-    )
-    .await;
+    let (mut s, db) = with_sql(servers(), T_ID_V).await;
     let mut collector = Collector::new(&s.nats.url(), "walcast.>").await;
-    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
-    w.wait_ready().await;
+    let w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
     exec(&db, "INSERT INTO t VALUES (1, 1)").await;
     collector.until(1, WAIT).await;
     s.pg.crash();
@@ -168,10 +119,8 @@ async fn reconnects_by_itself_when_postgres_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authenticates_with_scram_md5_cleartext_and_unix_sockets() {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    let (s, _db) = with_sql(
+        servers(),
         "CREATE ROLE scram_user LOGIN REPLICATION PASSWORD 'pw-scram';
          SET password_encryption = 'md5';
          CREATE ROLE md5_user LOGIN REPLICATION PASSWORD 'pw-md5';
@@ -218,10 +167,8 @@ fn error_line(stderr: &str) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_a_clear_one_line_error_and_a_non_zero_exit() {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    let (s, db) = with_sql(
+        servers(),
         "CREATE ROLE pw_user LOGIN REPLICATION PASSWORD 'right';
          CREATE TABLE keyed (id int PRIMARY KEY);
          CREATE TABLE nokey (a int, b text);
@@ -335,50 +282,25 @@ async fn non_logical_wal_level_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_walcast_waits_for_the_slot_and_takes_over() {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
-        "CREATE TABLE t (id int PRIMARY KEY, v int); CREATE PUBLICATION walcast FOR TABLE t;",
-    )
-    .await;
+    let (s, db) = with_sql(servers(), T_ID_V).await;
     let mut collector = Collector::new(&s.nats.url(), "walcast.>").await;
-    let mut active = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
-    active.wait_ready().await;
-    let standby = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
+    let mut active = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
+    let mut standby = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
     // The standby is alive but not ready, and says why.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some((503, body)) = standby.http_get("/readyz").await {
-            if body.contains("active") {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "standby never reported the busy slot:\n{}",
-            standby.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    standby.wait_standing_by(WAIT).await;
     exec(&db, "INSERT INTO t VALUES (1, 1)").await;
     collector.until(1, WAIT).await;
     active.child.start_kill().unwrap();
     active.wait_exit(WAIT).await;
     exec(&db, "INSERT INTO t VALUES (2, 2)").await;
-    let mut standby = standby;
     standby.wait_ready().await;
     // At-least-once: the standby may replay what the killed one published but had not
     // yet reported as flushed; a replay is byte-identical, never a different change.
-    let mut n = 2;
-    while !collector
-        .until(n, WAIT)
-        .await
-        .iter()
-        .any(|(_, e, _)| e.key == "public.t:2")
-    {
-        n += 1;
-    }
+    collector
+        .until_with("public.t:2 from the standby", WAIT, |got| {
+            got.iter().any(|(_, e, _)| e.key == "public.t:2")
+        })
+        .await;
     let mut seen: std::collections::HashMap<(String, u64), Vec<u8>> = Default::default();
     for (_, env, bytes) in &collector.received {
         let prev = seen

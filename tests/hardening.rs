@@ -32,14 +32,15 @@ async fn insert_range(db: &tokio_postgres::Client, from: i64, to: i64) {
 #[tokio::test]
 async fn clean_postgres_restart_mid_stream_loses_nothing() {
     let (mut s, db) = servers_with_table(PgOptions::default()).await;
-    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
-    w.wait_ready().await;
+    let mut w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
     let mut c = Collector::new(&s.nats.url(), "walcast.public.t.*").await;
     insert_range(&db, 1, 50).await;
     c.until(50, Duration::from_secs(30)).await;
     drop(db);
-    s.pg.stop(); // SIGINT: fast shutdown
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A fast shutdown (SIGINT); PostgreSQL comes back once walcast has seen it gone.
+    s.pg.stop();
+    w.wait_metric("walcast_reconnects_total", 1.0, Duration::from_secs(30))
+        .await;
     s.pg.start_again().unwrap();
     let db = s.pg.client().await;
     insert_range(&db, 51, 100).await;
@@ -72,8 +73,7 @@ async fn nats_credentials_in_the_url_are_used() {
         let url = format!("nats://{user_info}@127.0.0.1:{}", s.nats.port);
         let mut args = RunArgs::new(&s, "walcast", "walcast");
         args.nats_url = url.clone();
-        let mut w = Walcast::spawn(args);
-        w.wait_ready().await;
+        let w = Walcast::start(args).await;
         let mut c = Collector::new(&url, "walcast.public.t.*").await;
         insert_range(&db, 1, 3).await;
         assert_eq!(ids(c.until(3, Duration::from_secs(30)).await).len(), 3);
@@ -113,17 +113,19 @@ async fn nats_credentials_in_the_url_are_used() {
 #[tokio::test]
 async fn readiness_follows_nats() {
     let (mut s, _db) = servers_with_table(PgOptions::default()).await;
-    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
-    w.wait_ready().await;
+    let mut w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
     s.nats.kill();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let body = loop {
-        match w.http_get("/readyz").await {
-            Some((503, body)) => break body,
-            _ if Instant::now() > deadline => panic!("/readyz still ready 5 s after NATS died"),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
+    let body = poll_until(
+        "/readyz to answer 503 after NATS died",
+        Duration::from_secs(5),
+        || async {
+            match w.http_get("/readyz").await {
+                Some((503, body)) => Ok(body),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
     assert!(body.contains("NATS"), "{body}");
     s.nats.start_again().unwrap();
     w.wait_ready().await;
@@ -233,6 +235,7 @@ async fn no_output_carries_a_password() {
     args.nats_url = nats.clone();
     let mut w = Walcast::spawn_with_env(args, &[("WALCAST_LOG", "trace")]);
     w.wait_ready().await;
+    let before = subscriptions_to(&s.nats, "walcast.>").await;
     let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
         .args(["tail", "walcast.>", "--nats-url", &nats, "--count", "1"])
         .env("WALCAST_LOG", "trace")
@@ -240,7 +243,7 @@ async fn no_output_carries_a_password() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_subscribed(&s.nats, "walcast.>", before + 1).await;
     insert_range(&db, 1, 1).await;
     let out = tokio::time::timeout(Duration::from_secs(30), async {
         tail.wait().await.unwrap();
@@ -276,10 +279,8 @@ async fn no_output_carries_a_password() {
 /// Defect 5: per-table settings naming a table or column that does not exist.
 #[tokio::test]
 async fn table_setting_typos_are_refused() {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    let (s, _db) = with_sql(
+        servers(),
         "CREATE TABLE users (id int PRIMARY KEY, email text); CREATE PUBLICATION walcast FOR TABLE users;",
     )
     .await;
@@ -338,8 +339,7 @@ async fn table_setting_typos_are_refused() {
 #[tokio::test]
 async fn keyless_table_added_mid_stream_does_not_stop_the_others() {
     let (s, db) = servers_with_table(PgOptions::default()).await;
-    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
-    w.wait_ready().await;
+    let mut w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
     let mut c = Collector::new(&s.nats.url(), "walcast.public.t.*").await;
     exec(
         &db,
@@ -387,14 +387,15 @@ async fn startup_waits_for_postgres_and_nats() {
     drop(db);
     s.pg.stop();
     s.nats.kill();
-    let mut args = RunArgs::new(&s, "walcast", "walcast");
-    args.extra = vec!["--connect-timeout".into(), "30".into()];
-    let mut w = Walcast::spawn(args);
+    let mut w =
+        Walcast::spawn(RunArgs::new(&s, "walcast", "walcast").args(&["--connect-timeout", "30"]));
+    // Still waiting after 5 s without either, and 5 s without NATS: the time is the
+    // point.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(w.child.try_wait().unwrap().is_none(), "{}", w.log());
+    w.assert_running();
     s.pg.start_again().unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(w.child.try_wait().unwrap().is_none(), "{}", w.log());
+    w.assert_running();
     s.nats.start_again().unwrap();
     w.wait_ready().await;
     let log = w.log();
@@ -406,13 +407,17 @@ async fn startup_waits_for_postgres_and_nats() {
 #[tokio::test]
 async fn shutdown_during_a_nats_outage_is_bounded_and_fails() {
     let (mut s, db) = servers_with_table(PgOptions::default()).await;
-    let mut args = RunArgs::new(&s, "walcast", "walcast");
-    args.extra = vec!["--shutdown-timeout".into(), "4".into()];
-    let mut w = Walcast::spawn(args);
-    w.wait_ready().await;
+    let mut w =
+        Walcast::start(RunArgs::new(&s, "walcast", "walcast").args(&["--shutdown-timeout", "4"]))
+            .await;
+    // Its start-up work done (the initial snapshot needs NATS too).
+    w.wait_for_log("snapshot complete", 1, Duration::from_secs(30))
+        .await;
     s.nats.kill();
     insert_range(&db, 1, 100).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The changes are in walcast, unconfirmed.
+    w.wait_metric("walcast_transactions_total", 1.0, Duration::from_secs(30))
+        .await;
     w.sigterm();
     let started = Instant::now();
     let status = w.wait_exit(Duration::from_secs(30)).await;
@@ -434,8 +439,7 @@ async fn shutdown_during_a_nats_outage_is_bounded_and_fails() {
 #[tokio::test]
 async fn a_foreign_message_in_the_stream_is_a_clear_error() {
     let (s, db) = servers_with_table(PgOptions::default()).await;
-    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
-    w.wait_ready().await;
+    let mut w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
     w.sigterm();
     w.wait_exit(Duration::from_secs(30)).await;
     let client = async_nats::connect(s.nats.url()).await.unwrap();
@@ -500,22 +504,23 @@ async fn logs_are_plain_or_json_line_by_line() {
 #[tokio::test]
 async fn progress_is_logged_while_busy() {
     let (s, db) = servers_with_table(PgOptions::default()).await;
-    let mut args = RunArgs::new(&s, "walcast", "walcast");
-    args.extra = vec!["--progress-interval".into(), "1".into()];
-    let mut w = Walcast::spawn(args);
-    w.wait_ready().await;
+    let w =
+        Walcast::start(RunArgs::new(&s, "walcast", "walcast").args(&["--progress-interval", "1"]))
+            .await;
     let mut c = Collector::new(&s.nats.url(), "walcast.public.t.*").await;
     insert_range(&db, 1, 2000).await;
     c.until(2000, Duration::from_secs(60)).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !w.log().contains("progress") && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let log = w.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("progress"))
-        .unwrap_or_else(|| panic!("no progress line:\n{log}"));
+    let line = poll_until(
+        w.with_log("a progress line"),
+        Duration::from_secs(10),
+        || async {
+            w.log()
+                .lines()
+                .find(|l| l.contains("progress"))
+                .map(str::to_string)
+        },
+    )
+    .await;
     assert!(line.contains("changes_per_s"), "{line}");
     assert!(line.contains("lag"), "{line}");
 }
@@ -525,9 +530,10 @@ async fn progress_is_logged_while_busy() {
 async fn metrics_host_names_and_tail_patterns() {
     let (s, _db) = servers_with_table(PgOptions::default()).await;
     let port = free_port();
-    let mut args = RunArgs::new(&s, "walcast", "walcast");
-    args.extra = vec!["--metrics-addr".into(), format!("localhost:{port}")];
-    let mut w = Walcast::spawn(args);
+    let mut w = Walcast::spawn(
+        RunArgs::new(&s, "walcast", "walcast")
+            .args(&["--metrics-addr", &format!("localhost:{port}")]),
+    );
     w.metrics_port = port;
     w.wait_ready().await;
     for bad in ["walcast.>.x", "walcast..t", "walcast. t", ""] {
@@ -541,17 +547,15 @@ async fn metrics_host_names_and_tail_patterns() {
 /// and a metric, the stream goes on.
 #[tokio::test]
 async fn a_setting_column_dropped_while_running_is_a_warning() {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    let (s, db) = with_sql(
+        servers(),
         "CREATE TABLE users (id int PRIMARY KEY, email text, name text); CREATE PUBLICATION walcast FOR TABLE users;",
     )
     .await;
-    let mut args = RunArgs::new(&s, "walcast", "walcast");
-    args.extra = vec!["--exclude-column".into(), "public.users=email".into()];
-    let mut w = Walcast::spawn(args);
-    w.wait_ready().await;
+    let mut w = Walcast::start(
+        RunArgs::new(&s, "walcast", "walcast").args(&["--exclude-column", "public.users=email"]),
+    )
+    .await;
     let mut c = Collector::new(&s.nats.url(), "walcast.public.users.*").await;
     exec(&db, "INSERT INTO users VALUES (1, 'a@b', 'ada')").await;
     let got = c.until(1, Duration::from_secs(30)).await;
@@ -586,8 +590,7 @@ async fn a_setting_column_dropped_while_running_is_a_warning() {
 #[tokio::test]
 async fn teardown_removes_the_slot_streams_and_publication() {
     let (s, db) = servers_with_table(PgOptions::default()).await;
-    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "trial_slot"));
-    w.wait_ready().await;
+    let mut w = Walcast::start(RunArgs::new(&s, "walcast", "trial_slot")).await;
     w.sigterm();
     assert!(w.wait_exit(Duration::from_secs(30)).await.success());
     let base = [
@@ -655,6 +658,7 @@ async fn teardown_removes_the_slot_streams_and_publication() {
 #[tokio::test]
 async fn tail_drops_replays() {
     let s = servers();
+    let before = subscriptions_to(&s.nats, "walcast.>").await;
     let tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
         .args([
             "tail",
@@ -669,7 +673,7 @@ async fn tail_drops_replays() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_subscribed(&s.nats, "walcast.>", before + 1).await;
     let client = async_nats::connect(s.nats.url()).await.unwrap();
     let env = |seq: u64| walcast::wire::Envelope {
         key: "public.t:1".into(),

@@ -33,10 +33,8 @@ fn line<'a>(report: &'a str, start: &str) -> &'a str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_passes_on_a_good_setup_and_names_each_problem_with_its_fix() {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    let (s, _db) = with_sql(
+        servers(),
         "CREATE TABLE good (id int PRIMARY KEY, body text);
          ALTER TABLE good REPLICA IDENTITY FULL;
          CREATE TABLE nokey (a int);
@@ -97,10 +95,8 @@ async fn check_fails_on_wal_level_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_health_and_no_secrets_in_logs() {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    let (s, db) = with_sql(
+        servers(),
         "CREATE ROLE walcast LOGIN REPLICATION PASSWORD 's3cret-pw';
          CREATE TABLE t (id int PRIMARY KEY, v text);
          GRANT SELECT ON t TO walcast;
@@ -109,8 +105,7 @@ async fn metrics_health_and_no_secrets_in_logs() {
     .await;
     let mut args = RunArgs::new(&s, "walcast", "walcast");
     args.pg_url = s.pg.url_for("walcast", Some("s3cret-pw"), "postgres");
-    let mut w = Walcast::spawn(args);
-    w.wait_ready().await;
+    let mut w = Walcast::start(args).await;
     exec(
         &db,
         "INSERT INTO t VALUES (1, 'a'); UPDATE t SET v = 'b'; DELETE FROM t;",
@@ -121,9 +116,32 @@ async fn metrics_health_and_no_secrets_in_logs() {
         "ALTER TABLE t ADD COLUMN n int; INSERT INTO t VALUES (2, 'c', 1);",
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(11)).await; // one slot-monitor round
-    let (code, body) = w.http_get("/metrics").await.unwrap();
-    assert_eq!(code, 200);
+    // Until the traffic is confirmed and the slot monitor (every 10 s) has seen the
+    // slot active.
+    let body = poll_until(
+        "the traffic published and a slot-monitor round",
+        Duration::from_secs(30),
+        || async {
+            let (code, body) = w.http_get("/metrics").await.unwrap();
+            assert_eq!(code, 200);
+            let reached = |sample: &str, at_least: f64| {
+                body.lines()
+                    .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+                    .is_some_and(|v: f64| v >= at_least)
+            };
+            if body.contains("walcast_slot_active 1")
+                && body.contains(r#"walcast_slot_wal_status{status="reserved"} 1"#)
+                && reached("walcast_published_total", 4.0)
+                && reached("walcast_commit_to_publish_seconds_count", 2.0)
+                && reached("walcast_confirmed_flush_lsn", 1.0)
+            {
+                Ok(body)
+            } else {
+                Err(body)
+            }
+        },
+    )
+    .await;
     let families: std::collections::BTreeSet<&str> = body
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -209,10 +227,8 @@ async fn metrics_health_and_no_secrets_in_logs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_file_with_table_settings_and_precedence() {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    let (s, db) = with_sql(
+        servers(),
         "CREATE TABLE acc (id int PRIMARY KEY, balance int, secret text);
          CREATE PUBLICATION walcast FOR TABLE acc;",
     )
@@ -230,40 +246,36 @@ async fn config_file_with_table_settings_and_precedence() {
     )
     .unwrap();
     let mut collector = Collector::new(&s.nats.url(), "walcast.public.acc.*").await;
-    let log = dir.path().join("log");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("WALCAST_SLOT", "fromenv")
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("err")).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let slots: i64 = db
-            .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'fromenv' AND active",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if slots == 1 {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "{}",
-            std::fs::read_to_string(dir.path().join("err")).unwrap()
-        );
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the environment's slot name was not used"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let run = |flags: &[&str]| {
+        let argv: Vec<String> = ["run", "--config", path.to_str().unwrap()]
+            .iter()
+            .chain(flags)
+            .map(|a| a.to_string())
+            .collect();
+        Walcast::spawn_argv(&argv, &[("WALCAST_SLOT", "fromenv")], metrics_port)
+    };
+    // The name of the active slot, once there is one.
+    let active_slot = async |w: &mut Walcast| -> String {
+        poll_until("a slot to become active", Duration::from_secs(30), || {
+            w.assert_running();
+            async {
+                db.query_opt(
+                    "SELECT slot_name::text FROM pg_replication_slots WHERE active",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .map(|r| r.get::<_, String>(0))
+            }
+        })
+        .await
+    };
+    let mut w = run(&[]);
+    assert_eq!(
+        active_slot(&mut w).await,
+        "fromenv",
+        "the environment's slot name was not used"
+    );
     exec(
         &db,
         "INSERT INTO acc VALUES (1, 10, 'hidden');
@@ -294,45 +306,33 @@ async fn config_file_with_table_settings_and_precedence() {
     );
     assert!(got.iter().all(|(_, e, _)| e.column("secret").is_none()));
     collector.assert_quiet(Duration::from_millis(500)).await;
-    child.start_kill().unwrap();
-    child.wait().await.unwrap();
+    w.child.start_kill().unwrap();
+    w.wait_exit(Duration::from_secs(30)).await;
+    poll_until(
+        "PostgreSQL to release the slot of the killed walcast",
+        Duration::from_secs(30),
+        || async {
+            let active: i64 = db
+                .query_one(
+                    "SELECT count(*) FROM pg_replication_slots WHERE active",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            active == 0
+        },
+    )
+    .await;
 
     // A flag wins over its variable.
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
-        .args(["run", "--slot", "fromflag", "--config"])
-        .arg(&path)
-        .env("WALCAST_SLOT", "fromenv")
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("err")).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let active: Option<String> = db
-            .query_opt(
-                "SELECT slot_name::text FROM pg_replication_slots WHERE active",
-                &[],
-            )
-            .await
-            .unwrap()
-            .map(|r| r.get(0));
-        if let Some(name) = active {
-            assert_eq!(name, "fromflag", "the variable won over the flag");
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "{}",
-            std::fs::read_to_string(dir.path().join("err")).unwrap()
-        );
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no slot became active"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    child.start_kill().unwrap();
+    let mut w = run(&["--slot", "fromflag"]);
+    assert_eq!(
+        active_slot(&mut w).await,
+        "fromflag",
+        "the variable won over the flag"
+    );
+    w.child.start_kill().unwrap();
 
     // A bad file: a clear error naming the file and the key.
     std::fs::write(&path, "postgress_url = \"x\"\n").unwrap();

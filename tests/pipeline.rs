@@ -33,17 +33,14 @@ fn replay(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_reach_nats_and_equal_what_postgres_holds() {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    let (s, db) = with_sql(
+        servers(),
         "CREATE TABLE users (id int PRIMARY KEY, name text NOT NULL, score float8, active bool);
          CREATE PUBLICATION walcast FOR TABLE users;",
     )
     .await;
     let mut collector = Collector::new(&s.nats.url(), "walcast.public.users.*").await;
-    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
-    w.wait_ready().await;
+    let mut w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
     // The default on nats-server 2.14+: fast-ingest batches.
     assert!(w.log().contains("fast-ingest batches"), "{}", w.log());
 
@@ -119,10 +116,8 @@ async fn changes_reach_nats_and_equal_what_postgres_holds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_type_maps_exactly() {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    let (s, db) = with_sql(
+        servers(),
         "CREATE TYPE mood AS ENUM ('sad', 'happy');
          CREATE DOMAIN posint AS int CHECK (VALUE > 0);
          CREATE TABLE types (
@@ -135,8 +130,7 @@ async fn every_type_maps_exactly() {
     )
     .await;
     let mut collector = Collector::new(&s.nats.url(), "walcast.public.types.*").await;
-    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
-    w.wait_ready().await;
+    let _w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
     let big = format!("-{}.{}", "9".repeat(120), "1".repeat(30));
     exec(
         &db,
@@ -251,18 +245,15 @@ async fn every_type_maps_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn awkward_and_composite_keys_give_valid_reversible_subjects() {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    let (s, db) = with_sql(
+        servers(),
         "CREATE TABLE \"odd.table\" (k text PRIMARY KEY, v int);
          CREATE TABLE items (order_id int, line text, qty int, PRIMARY KEY (order_id, line));
          CREATE PUBLICATION walcast FOR TABLE \"odd.table\", items;",
     )
     .await;
     let mut collector = Collector::new(&s.nats.url(), "walcast.>").await;
-    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
-    w.wait_ready().await;
+    let w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
     let keys = [
         "a.b",
         "with space",
@@ -327,17 +318,14 @@ async fn awkward_and_composite_keys_give_valid_reversible_subjects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_key_sequences_are_dense_and_in_commit_order() {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    let (s, db) = with_sql(
+        servers(),
         "CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL);
          CREATE PUBLICATION walcast FOR TABLE counters;",
     )
     .await;
     let mut collector = Collector::new(&s.nats.url(), "walcast.public.counters.*").await;
-    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
-    w.wait_ready().await;
+    let _w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
     exec(
         &db,
         "INSERT INTO counters SELECT g, 0 FROM generate_series(1, 5) g",
@@ -392,17 +380,14 @@ async fn per_key_sequences_are_dense_and_in_commit_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_version_bumps_on_add_and_drop_column() {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    let (s, db) = with_sql(
+        servers(),
         "CREATE TABLE docs (id int PRIMARY KEY, title text, body text);
          CREATE PUBLICATION walcast FOR TABLE docs;",
     )
     .await;
     let mut collector = Collector::new(&s.nats.url(), "walcast.public.docs.*").await;
-    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
-    w.wait_ready().await;
+    let _w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
     exec(&db, "INSERT INTO docs VALUES (1, 'a', 'x')").await;
     exec(&db, "ALTER TABLE docs ADD COLUMN tags text[]").await;
     exec(&db, "INSERT INTO docs VALUES (2, 'b', 'y', '{t}')").await;
@@ -422,10 +407,8 @@ async fn schema_version_bumps_on_add_and_drop_column() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_toast_values_are_published_whole() {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    let (s, db) = with_sql(
+        servers(),
         "CREATE TABLE blobs (id int PRIMARY KEY, big text, n int);
          CREATE TABLE blobs_full (id int PRIMARY KEY, big text, n int);
          ALTER TABLE blobs_full REPLICA IDENTITY FULL;
@@ -438,10 +421,8 @@ async fn unchanged_toast_values_are_published_whole() {
     let mut collector = Collector::new(&s.nats.url(), "walcast.public.*.*").await;
     // Without a snapshot, row 1 (inserted before walcast ran) was never seen: its big
     // value must be fetched.
-    let mut args = RunArgs::new(&s, "walcast", "walcast");
-    args.extra = vec!["--snapshot".into(), "never".into()];
-    let mut w = Walcast::spawn(args);
-    w.wait_ready().await;
+    let w =
+        Walcast::start(RunArgs::new(&s, "walcast", "walcast").args(&["--snapshot", "never"])).await;
     exec(&db, "UPDATE blobs SET n = 1 WHERE id = 1").await;
     // Row 2's big value is seen at insert, then reused from memory.
     exec(&db, "INSERT INTO blobs VALUES (2, repeat('y', 9000), 0)").await;
@@ -471,19 +452,15 @@ async fn unchanged_toast_values_are_published_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_larger_than_the_inflight_window_flows_through() {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    let (s, db) = with_sql(
+        servers(),
         "CREATE TABLE big (id int PRIMARY KEY, v int);
          CREATE PUBLICATION walcast FOR TABLE big;",
     )
     .await;
     let mut collector = Collector::new(&s.nats.url(), "walcast.public.big.*").await;
-    let mut args = RunArgs::new(&s, "walcast", "walcast");
-    args.extra = vec!["--max-inflight".into(), "100".into()];
-    let mut w = Walcast::spawn(args);
-    w.wait_ready().await;
+    let w = Walcast::start(RunArgs::new(&s, "walcast", "walcast").args(&["--max-inflight", "100"]))
+        .await;
     exec(
         &db,
         "INSERT INTO big SELECT g, g FROM generate_series(1, 5000) g",
@@ -492,16 +469,5 @@ async fn a_transaction_larger_than_the_inflight_window_flows_through() {
     let got = collector.until(5000, WAIT).await;
     assert!(got.iter().all(|(_, e, _)| e.sequence == 1));
     // Every envelope is confirmed by the broker, window after window.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let confirmed = w.metric("walcast_published_total").await.unwrap_or(0.0);
-        if confirmed >= 5000.0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {confirmed} confirmed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    w.wait_metric("walcast_published_total", 5000.0, WAIT).await;
 }

@@ -101,8 +101,7 @@ async fn streams_with(s: &Servers, db: &tokio_postgres::Client, url: String, id:
     let slot = format!("slot_{id}");
     let mut args = RunArgs::new(s, "walcast", &slot);
     args.pg_url = url;
-    let mut w = Walcast::spawn(args);
-    w.wait_ready().await;
+    let mut w = Walcast::start(args).await;
     let mut c = Collector::new(&s.nats.url(), &format!("walcast.public.t.{id}")).await;
     exec(db, &format!("INSERT INTO t VALUES ({id})")).await;
     c.until(1, Duration::from_secs(30)).await;
@@ -304,19 +303,22 @@ async fn publishes_through(
     let mut args = RunArgs::new(s, "walcast", &slot);
     args.nats_url = url.to_string();
     args.extra = nats_args.to_vec();
-    let mut w = Walcast::spawn(args);
-    w.wait_ready().await;
+    let mut w = Walcast::start(args).await;
     let before = stream_messages(url, auth).await;
     exec(db, &format!("INSERT INTO t VALUES ({id})")).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while stream_messages(url, auth).await <= before {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing published:\n{}",
-            w.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    poll_until(
+        w.with_log(format!("more than {before} messages in the stream")),
+        Duration::from_secs(30),
+        || async {
+            let n = stream_messages(url, auth).await;
+            if n > before {
+                Ok(())
+            } else {
+                Err(n)
+            }
+        },
+    )
+    .await;
     w.sigterm();
     w.wait_exit(Duration::from_secs(30)).await;
     exec(db, &format!("SELECT pg_drop_replication_slot('nats_{id}')")).await;
@@ -426,42 +428,42 @@ async fn least_privilege_nats_user_runs_walcast() {
     let url = format!("nats://walcast:Least-Priv-77@127.0.0.1:{}", s.nats.port);
     let mut args = RunArgs::new(&s, "walcast", "walcast");
     args.nats_url = url.clone();
-    let mut w = Walcast::spawn(args);
-    w.wait_ready().await;
+    let w = Walcast::start(args).await;
     exec(
         &db,
         "INSERT INTO t VALUES (1); UPDATE t SET id = 2 WHERE id = 1",
     )
     .await;
     // An admin-free check: the stream holds both keys' envelopes.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let log = w.log();
-        assert!(!log.contains("Permissions Violation"), "{log}");
-        let admin = async_nats::ConnectOptions::new()
-            .user_and_password("walcast".into(), "Least-Priv-77".into())
-            .connect(format!("127.0.0.1:{}", s.nats.port))
-            .await
-            .unwrap();
-        let js = async_nats::jetstream::new(admin);
-        let n = js
-            .get_stream("WALCAST")
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .state
-            .messages;
-        if n >= 2 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {n} envelopes:\n{log}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let admin = async_nats::ConnectOptions::new()
+        .user_and_password("walcast".into(), "Least-Priv-77".into())
+        .connect(format!("127.0.0.1:{}", s.nats.port))
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(admin);
+    poll_until(
+        w.with_log("2 envelopes in the stream"),
+        Duration::from_secs(30),
+        || async {
+            let log = w.log();
+            assert!(!log.contains("Permissions Violation"), "{log}");
+            let n = js
+                .get_stream("WALCAST")
+                .await
+                .unwrap()
+                .info()
+                .await
+                .unwrap()
+                .state
+                .messages;
+            if n >= 2 {
+                Ok(())
+            } else {
+                Err(n)
+            }
+        },
+    )
+    .await;
 }
 
 /// A 2 MB row against a server whose max_payload is 1 MB: a clear error naming the
@@ -475,8 +477,7 @@ async fn oversize_rows_stop_clearly_or_become_markers() {
         "CREATE TABLE blob (id int PRIMARY KEY, b text); ALTER PUBLICATION walcast ADD TABLE blob;",
     )
     .await;
-    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
-    w.wait_ready().await;
+    let mut w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
     exec(&db, "INSERT INTO blob VALUES (1, repeat('x', 2000000))").await;
     let status = w.wait_exit(Duration::from_secs(30)).await;
     assert!(!status.success());
@@ -485,10 +486,8 @@ async fn oversize_rows_stop_clearly_or_become_markers() {
     assert!(log.contains("max_payload of 1048576"), "{log}");
 
     let mut c = Collector::new(&s.nats.url(), "walcast.public.blob.*").await;
-    let mut args = RunArgs::new(&s, "walcast", "walcast");
-    args.extra = vec!["--oversize".into(), "marker".into()];
-    let mut w = Walcast::spawn(args);
-    w.wait_ready().await;
+    let w = Walcast::start(RunArgs::new(&s, "walcast", "walcast").args(&["--oversize", "marker"]))
+        .await;
     exec(&db, "INSERT INTO blob VALUES (2, 'small')").await;
     let got = c.until(2, Duration::from_secs(30)).await;
     let (big, small) = (&got[0].1, &got[1].1);

@@ -16,8 +16,7 @@ const WAIT: Duration = Duration::from_secs(30);
 async fn restart(w: &mut Walcast, args: RunArgs<'_>) -> Walcast {
     w.sigterm();
     assert!(w.wait_exit(WAIT).await.success(), "{}", w.log());
-    let mut next = Walcast::spawn(args);
-    next.wait_ready().await;
+    let next = Walcast::start(args).await;
     next
 }
 
@@ -39,8 +38,8 @@ async fn column_mode_works_on_core_nats_and_tracked_mode_refuses_without_jetstre
     .await;
 
     // A tracked table without JetStream: refused, naming the table and the ways out.
-    let mut args = RunArgs::new(&s, "mixed", "s_mixed");
-    args.extra = vec!["--column-sequence".into(), "public.acct=walcast_seq".into()];
+    let args = RunArgs::new(&s, "mixed", "s_mixed")
+        .args(&["--column-sequence", "public.acct=walcast_seq"]);
     let mut refused = Walcast::spawn(args);
     let status = refused.wait_exit(WAIT).await;
     assert!(!status.success());
@@ -55,10 +54,9 @@ async fn column_mode_works_on_core_nats_and_tracked_mode_refuses_without_jetstre
     );
 
     let mut collector = Collector::new(&s.nats.url(), "walcast.public.acct.*").await;
-    let mut args = RunArgs::new(&s, "colpub", "s_col");
-    args.extra = vec!["--column-sequence".into(), "public.acct=walcast_seq".into()];
-    let mut w = Walcast::spawn(args);
-    w.wait_ready().await;
+    let args =
+        RunArgs::new(&s, "colpub", "s_col").args(&["--column-sequence", "public.acct=walcast_seq"]);
+    let mut w = Walcast::start(args).await;
     exec(&db, "INSERT INTO acct VALUES (1, 10)").await;
     exec(&db, "UPDATE acct SET balance = 20 WHERE id = 1").await;
     exec(&db, "UPDATE acct SET balance = 30 WHERE id = 1").await;
@@ -85,17 +83,14 @@ async fn column_mode_works_on_core_nats_and_tracked_mode_refuses_without_jetstre
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracked_sequences_and_schema_versions_survive_restarts() {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    let (s, db) = with_sql(
+        servers(),
         "CREATE TABLE t (id int PRIMARY KEY, a text);
          CREATE PUBLICATION walcast FOR TABLE t;",
     )
     .await;
     let mut collector = Collector::new(&s.nats.url(), "walcast.public.t.*").await;
-    let mut w = Walcast::spawn(RunArgs::new(&s, "walcast", "walcast"));
-    w.wait_ready().await;
+    let mut w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
     exec(&db, "INSERT INTO t VALUES (1, 'x'), (2, 'y')").await;
     exec(&db, "UPDATE t SET a = 'x2' WHERE id = 1").await;
     exec(&db, "ALTER TABLE t ADD COLUMN b int").await;
@@ -136,10 +131,8 @@ async fn tracked_sequences_and_schema_versions_survive_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_change_always_encodes_to_the_same_bytes() {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    let (s, db) = with_sql(
+        servers(),
         "CREATE TABLE t (id int PRIMARY KEY, v text, n numeric, j jsonb, ts timestamptz);
          CREATE PUBLICATION walcast FOR TABLE t;",
     )
@@ -165,16 +158,13 @@ async fn the_same_change_always_encodes_to_the_same_bytes() {
     let mut b_sub = Collector::new(&s.nats.url(), "second.>").await;
     let mut runs = Vec::new();
     for name in ["first", "second"] {
-        let mut args = RunArgs::new(&s, "walcast", name);
-        args.extra = vec![
-            "--subject-prefix".into(),
-            name.into(),
-            "--stream".into(),
-            name.to_uppercase(),
-        ];
-        let mut w = Walcast::spawn(args);
-        w.wait_ready().await;
-        runs.push(w);
+        let args = RunArgs::new(&s, "walcast", name).args(&[
+            "--subject-prefix",
+            name,
+            "--stream",
+            &name.to_uppercase(),
+        ]);
+        runs.push(Walcast::start(args).await);
     }
     let a = a_sub.until(100, WAIT).await.to_vec();
     let b = b_sub.until(100, WAIT).await.to_vec();

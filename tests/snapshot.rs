@@ -5,7 +5,9 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use common::*;
 use walcast::wire::{codec, Envelope, Op};
@@ -14,10 +16,13 @@ const WAIT: Duration = Duration::from_secs(120);
 
 /// A table of `rows` rows with a per-row version, and the publication.
 async fn table_with_rows(rows: i64) -> (Servers, tokio_postgres::Client) {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    table_in(servers(), rows).await
+}
+
+/// [`table_with_rows`] on these servers.
+async fn table_in(s: Servers, rows: i64) -> (Servers, tokio_postgres::Client) {
+    with_sql(
+        s,
         &format!(
             "CREATE TABLE s (id bigint PRIMARY KEY, version bigint NOT NULL, pad text);
              INSERT INTO s SELECT g, 0, 'row ' || g FROM generate_series(1, {rows}) g;
@@ -25,17 +30,18 @@ async fn table_with_rows(rows: i64) -> (Servers, tokio_postgres::Client) {
              CREATE PUBLICATION walcast FOR TABLE s;"
         ),
     )
-    .await;
-    (s, db)
+    .await
 }
 
 /// About `per_s` changes a second until `stop`: version bumps of random rows, new
-/// rows above `rows`, a few deletes. Returns the changes written.
+/// rows above `rows`, a few deletes. Counts the changes written in `written`, and
+/// returns their number.
 async fn writer(
     url: String,
     rows: i64,
     per_s: u64,
     stop: tokio::sync::watch::Receiver<bool>,
+    written: Arc<AtomicU64>,
 ) -> u64 {
     let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
@@ -43,7 +49,6 @@ async fn writer(
     tokio::spawn(conn);
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next_new = rows + 1;
-    let mut written = 0;
     let pause = Duration::from_micros(1_000_000 / per_s.max(1));
     while !*stop.borrow() {
         x ^= x << 13;
@@ -59,10 +64,28 @@ async fn writer(
             _ => format!("UPDATE s SET version = version + 1 WHERE id = {id}"),
         };
         db.batch_execute(&sql).await.unwrap();
-        written += 1;
+        written.fetch_add(1, Ordering::SeqCst);
+        // The rate is the point.
         tokio::time::sleep(pause).await;
     }
-    written
+    written.load(Ordering::SeqCst)
+}
+
+/// Wait until the writer has written `more` changes after the `now`th.
+async fn wait_writes(written: &AtomicU64, now: u64, more: u64) -> u64 {
+    poll_until(
+        format!("{more} more changes from the writer"),
+        WAIT,
+        || async {
+            let n = written.load(Ordering::SeqCst);
+            if n >= now + more {
+                Ok(n)
+            } else {
+                Err(n)
+            }
+        },
+    )
+    .await
 }
 
 /// Every envelope in the stream, in stream order.
@@ -137,42 +160,10 @@ async fn check_against_db(nats_url: &str, db: &tokio_postgres::Client) -> (usize
     (all.len(), snapshots, doubled)
 }
 
-async fn wait_for_log(w: &Walcast, text: &str) {
-    let deadline = Instant::now() + WAIT;
-    while !w.log().contains(text) {
-        assert!(Instant::now() < deadline, "no {text:?} in:\n{}", w.log());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn wait_caught_up(db: &tokio_postgres::Client, w: &Walcast) {
-    let target = walcast::testing::current_wal_lsn(db).await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let flushed: String = db
-            .query_one(
-                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'walcast'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if flushed.parse::<walcast::wire::Lsn>().unwrap() >= target {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not caught up:\n{}", w.log());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn args(s: &Servers, extra: &[&str]) -> RunArgs<'static> {
-    let mut a = RunArgs::new(s, "walcast", "walcast");
-    a.extra = ["--stream-history", "1000000", "--status-interval", "0.2"]
-        .iter()
-        .chain(extra)
-        .map(|x| x.to_string())
-        .collect();
-    a
+    RunArgs::new(s, "walcast", "walcast")
+        .args(&["--stream-history", "1000000", "--status-interval", "0.2"])
+        .args(extra)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,15 +171,16 @@ async fn initial_snapshot_hands_off_to_the_stream_while_writing() {
     let rows = 20_000;
     let (s, db) = table_with_rows(rows).await;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let writing = tokio::spawn(writer(s.pg.url(), rows, 1000, stopped));
-    tokio::time::sleep(Duration::from_millis(500)).await; // writes before the slot exists
-    let mut w = Walcast::spawn(args(&s, &["--snapshot-chunk-rows", "1000"]));
-    w.wait_ready().await;
-    wait_for_log(&w, "snapshot complete").await;
-    tokio::time::sleep(Duration::from_secs(1)).await; // writes after the hand-off
+    let count = Arc::new(AtomicU64::new(0));
+    let writing = tokio::spawn(writer(s.pg.url(), rows, 1000, stopped, count.clone()));
+    wait_writes(&count, 0, 300).await; // writes before the slot exists
+    let w = Walcast::start(args(&s, &["--snapshot-chunk-rows", "1000"])).await;
+    w.wait_for_log("snapshot complete", 1, WAIT).await;
+    let handed_off = count.load(Ordering::SeqCst);
+    wait_writes(&count, handed_off, 500).await; // writes after the hand-off
     stop.send(true).unwrap();
     let written = writing.await.unwrap();
-    wait_caught_up(&db, &w).await;
+    wait_caught_up(&db, &w, WAIT).await;
     let (checked, snapshots, doubled) = check_against_db(&s.nats.url(), &db).await;
     println!("snapshot under writes: {written} changes, {checked} envelopes, {snapshots} snapshot envelopes");
     assert!(
@@ -209,34 +201,26 @@ async fn kill_9_mid_snapshot_resumes_without_missing_or_doubling() {
     let rows = 30_000;
     let (s, db) = table_with_rows(rows).await;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let writing = tokio::spawn(writer(s.pg.url(), rows, 300, stopped));
-    let mut w = Walcast::spawn(args(&s, &["--snapshot-chunk-rows", "500"]));
-    w.wait_ready().await;
+    let count = Arc::new(AtomicU64::new(0));
+    let writing = tokio::spawn(writer(s.pg.url(), rows, 300, stopped, count));
+    let mut w = Walcast::start(args(&s, &["--snapshot-chunk-rows", "500"])).await;
     // Kill once part of the table is out.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (_, m) = w.http_get("/metrics").await.unwrap_or((0, String::new()));
-        let done = m
-            .lines()
-            .find_map(|l| l.strip_prefix("walcast_snapshot_rows_total{table=\"public.s\"} "))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        if done >= 3000.0 {
-            assert!(done < rows as f64, "the snapshot finished before the kill");
-            break;
-        }
-        assert!(Instant::now() < deadline, "{}", w.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let done = w
+        .wait_metric(
+            "walcast_snapshot_rows_total{table=\"public.s\"}",
+            3000.0,
+            WAIT,
+        )
+        .await;
+    assert!(done < rows as f64, "the snapshot finished before the kill");
     w.child.start_kill().unwrap();
     w.wait_exit(WAIT).await;
-    let mut w = Walcast::spawn(args(&s, &["--snapshot-chunk-rows", "500"]));
-    w.wait_ready().await;
-    wait_for_log(&w, "snapshot complete").await;
+    let w = Walcast::start(args(&s, &["--snapshot-chunk-rows", "500"])).await;
+    w.wait_for_log("snapshot complete", 1, WAIT).await;
     assert!(w.log().contains("resumed=true"), "{}", w.log());
     stop.send(true).unwrap();
     writing.await.unwrap();
-    wait_caught_up(&db, &w).await;
+    wait_caught_up(&db, &w, WAIT).await;
     let (checked, snapshots, doubled) = check_against_db(&s.nats.url(), &db).await;
     println!("snapshot resumed after kill -9: {checked} envelopes, {snapshots} snapshot envelopes, {doubled} doubled");
     assert_eq!(doubled, 0, "keys published twice with the same value");
@@ -258,8 +242,7 @@ async fn snapshot_only_exits_and_never_publishes_no_existing_row() {
 
     let (s, db) = table_with_rows(50).await;
     let mut c = Collector::new(&s.nats.url(), "walcast.public.s.*").await;
-    let mut w = Walcast::spawn(args(&s, &["--snapshot", "never"]));
-    w.wait_ready().await;
+    let _w = Walcast::start(args(&s, &["--snapshot", "never"])).await;
     exec(&db, "UPDATE s SET version = 1 WHERE id = 7").await;
     let got = c.until(1, WAIT).await;
     assert_eq!((got[0].1.op, got[0].1.sequence), (Op::Update, 1));
@@ -270,24 +253,26 @@ async fn snapshot_only_exits_and_never_publishes_no_existing_row() {
 #[tokio::test]
 async fn heartbeat_age_moves() {
     let (s, _db) = table_with_rows(1).await;
-    let mut w = Walcast::spawn(args(&s, &["--heartbeat-interval", "0.5"]));
-    w.wait_ready().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let first = loop {
-        if let Some(age) = w
-            .metric("walcast_heartbeat_age_seconds")
-            .await
-            .filter(|a| *a > 0.0)
-        {
-            break age;
-        }
-        assert!(Instant::now() < deadline, "no heartbeat:\n{}", w.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    tokio::time::sleep(Duration::from_millis(1300)).await;
-    let later = w.metric("walcast_heartbeat_age_seconds").await.unwrap();
+    let w = Walcast::start(args(&s, &["--heartbeat-interval", "0.5"])).await;
+    let age = || w.metric("walcast_heartbeat_age_seconds");
+    let first = poll_until(
+        w.with_log("a heartbeat"),
+        Duration::from_secs(30),
+        || async { age().await.filter(|a| *a > 0.0) },
+    )
+    .await;
+    let later = poll_until(
+        w.with_log(format!("the heartbeat age to move from {first}")),
+        Duration::from_millis(1300),
+        || async {
+            match age().await {
+                Some(later) if later != first => Ok(later),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
     assert!(first < 5.0 && later < 5.0, "{first} {later}");
-    assert_ne!(first, later, "the age does not move");
 }
 
 /// A slot walcast streamed from, dropped while it was stopped: a clear error, not a
@@ -297,9 +282,8 @@ async fn heartbeat_age_moves() {
 #[tokio::test]
 async fn a_lost_slot_is_an_error_until_recreated() {
     let (s, db) = table_with_rows(10).await;
-    let mut w = Walcast::spawn(args(&s, &[]));
-    w.wait_ready().await;
-    wait_for_log(&w, "snapshot complete").await;
+    let mut w = Walcast::start(args(&s, &[])).await;
+    w.wait_for_log("snapshot complete", 1, WAIT).await;
     w.sigterm();
     assert!(w.wait_exit(WAIT).await.success());
     exec(&db, "SELECT pg_drop_replication_slot('walcast')").await;
@@ -319,10 +303,9 @@ async fn a_lost_slot_is_an_error_until_recreated() {
         "{log}"
     );
     assert!(log.contains("--recreate-slot"), "{log}");
-    let mut w = Walcast::spawn(args(&s, &["--recreate-slot"]));
-    w.wait_ready().await;
-    wait_for_log(&w, "snapshot complete").await;
-    wait_caught_up(&db, &w).await;
+    let w = Walcast::start(args(&s, &["--recreate-slot"])).await;
+    w.wait_for_log("snapshot complete", 1, WAIT).await;
+    wait_caught_up(&db, &w, WAIT).await;
     check_against_db(&s.nats.url(), &db).await;
     let all = stream_envelopes(&s.nats.url()).await;
     let of = |key: &str| -> Vec<(Op, u64)> {
@@ -354,12 +337,12 @@ async fn a_lost_slot_is_an_error_until_recreated() {
 async fn resnapshot_while_writing_repairs_what_the_stream_missed() {
     let rows = 5_000;
     let (s, db) = table_with_rows(rows).await;
-    let mut w = Walcast::spawn(args(&s, &["--snapshot-chunk-rows", "700"]));
-    w.wait_ready().await;
-    wait_for_log(&w, "snapshot complete").await;
+    let w = Walcast::start(args(&s, &["--snapshot-chunk-rows", "700"])).await;
+    w.wait_for_log("snapshot complete", 1, WAIT).await;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let writing = tokio::spawn(writer(s.pg.url(), rows, 500, stopped));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let count = Arc::new(AtomicU64::new(0));
+    let writing = tokio::spawn(writer(s.pg.url(), rows, 500, stopped, count.clone()));
+    let n = wait_writes(&count, 0, 100).await;
     exec(&db, "ALTER PUBLICATION walcast DROP TABLE s").await;
     exec(
         &db,
@@ -367,7 +350,8 @@ async fn resnapshot_while_writing_repairs_what_the_stream_missed() {
          UPDATE s SET version = version + 100 WHERE id BETWEEN 21 AND 40;",
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Writes the stream never carries, too.
+    wait_writes(&count, n, 100).await;
     exec(&db, "ALTER PUBLICATION walcast ADD TABLE s").await;
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
@@ -384,15 +368,12 @@ async fn resnapshot_while_writing_repairs_what_the_stream_missed() {
     assert!(!out.status.success(), "an unknown table fails the command");
     assert!(stdout.contains("queued   public.s"), "{stdout}");
     assert!(stdout.contains("unknown  public.nope"), "{stdout}");
-    let deadline = Instant::now() + WAIT;
-    while w.log().matches("snapshot complete").count() < 2 {
-        assert!(Instant::now() < deadline, "{}", w.log());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.wait_for_log("snapshot complete", 2, WAIT).await;
+    // Writes after the re-snapshot.
+    wait_writes(&count, count.load(Ordering::SeqCst), 200).await;
     stop.send(true).unwrap();
     let written = writing.await.unwrap();
-    wait_caught_up(&db, &w).await;
+    wait_caught_up(&db, &w, WAIT).await;
     let (checked, snapshots, doubled) = check_against_db(&s.nats.url(), &db).await;
     let deletes = w
         .metric("walcast_snapshot_deletes_total{table=\"public.s\"}")
@@ -413,28 +394,22 @@ async fn resnapshot_while_writing_repairs_what_the_stream_missed() {
 /// row deleted meanwhile gets its delete.
 #[tokio::test]
 async fn an_invalidated_slot_is_an_error_until_recreated() {
-    let s = servers_with(walcast::testing::PgOptions {
-        extra_conf: vec!["max_slot_wal_keep_size = '1MB'".into()],
-        ..Default::default()
-    });
-    let db = s.pg.client().await;
-    exec(
-        &db,
-        "CREATE TABLE s (id bigint PRIMARY KEY, version bigint NOT NULL, pad text);
-         INSERT INTO s SELECT g, 0, 'row ' || g FROM generate_series(1, 10) g;
-         CREATE PUBLICATION walcast FOR TABLE s;",
+    let (s, db) = table_in(
+        servers_with(walcast::testing::PgOptions {
+            extra_conf: vec!["max_slot_wal_keep_size = '1MB'".into()],
+            ..Default::default()
+        }),
+        10,
     )
     .await;
-    let mut w = Walcast::spawn(args(&s, &[]));
-    w.wait_ready().await;
-    wait_for_log(&w, "snapshot complete").await;
+    let mut w = Walcast::start(args(&s, &[])).await;
+    w.wait_for_log("snapshot complete", 1, WAIT).await;
     w.sigterm();
     assert!(w.wait_exit(WAIT).await.success());
     // While walcast is stopped: a delete the slot will lose, and WAL enough to
     // invalidate it.
     exec(&db, "DELETE FROM s WHERE id = 1").await;
-    let deadline = Instant::now() + WAIT;
-    loop {
+    poll_until("the slot to be invalidated", WAIT, || async {
         exec(
             &db,
             "CREATE TABLE IF NOT EXISTS filler (g int, x text);
@@ -451,19 +426,20 @@ async fn an_invalidated_slot_is_an_error_until_recreated() {
             .unwrap()
             .get(0);
         if status.as_deref() == Some("lost") {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{status:?}"))
         }
-        assert!(Instant::now() < deadline, "the slot is still {status:?}");
-    }
+    })
+    .await;
     let mut w = Walcast::spawn(args(&s, &[]));
     assert!(!w.wait_exit(WAIT).await.success());
     let log = w.log();
     assert!(log.contains("lost WAL it needs"), "{log}");
     assert!(log.contains("--recreate-slot"), "{log}");
-    let mut w = Walcast::spawn(args(&s, &["--recreate-slot"]));
-    w.wait_ready().await;
-    wait_for_log(&w, "snapshot complete").await;
-    wait_caught_up(&db, &w).await;
+    let w = Walcast::start(args(&s, &["--recreate-slot"])).await;
+    w.wait_for_log("snapshot complete", 1, WAIT).await;
+    wait_caught_up(&db, &w, WAIT).await;
     check_against_db(&s.nats.url(), &db).await;
     let all = stream_envelopes(&s.nats.url()).await;
     let one: Vec<(Op, u64)> = all

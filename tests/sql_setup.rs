@@ -22,10 +22,8 @@ fn psql(s: &Servers, file: &str, vars: &[(&str, &str)]) -> std::process::Output 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setup_runs_walcast_least_privilege_and_teardown_removes_the_slot() {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    let (s, db) = with_sql(
+        servers(),
         "CREATE TABLE users (id int PRIMARY KEY, name text);
          CREATE TABLE secrets (id int PRIMARY KEY, token text);",
     )
@@ -59,8 +57,7 @@ async fn setup_runs_walcast_least_privilege_and_teardown_removes_the_slot() {
     let mut collector = Collector::new(&s.nats.url(), "walcast.public.users.*").await;
     let mut args = RunArgs::new(&s, "walcast", "walcast");
     args.pg_url = s.pg.url_for("walcast", Some("pw-setup"), "postgres");
-    let mut w = Walcast::spawn(args);
-    w.wait_ready().await;
+    let mut w = Walcast::start(args).await;
     exec(&db, "INSERT INTO users VALUES (1, 'least privilege')").await;
     let got = collector.until(1, Duration::from_secs(30)).await;
     assert_eq!(got[0].1.key, "public.users:1");

@@ -1,13 +1,77 @@
 //! Shared test harness: real servers (see `walcast::testing`) and the real binary.
 #![allow(dead_code)]
 
+use std::fmt::Display;
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use walcast::testing::{free_port, NatsServer, PgOptions, PgServer};
-use walcast::wire::Envelope;
+use walcast::wire::{Envelope, Lsn};
+
+/// How often [`poll_until`] asks again.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// What a [`poll_until`] condition answers: `true`, `Some(v)` or `Ok(v)` once the
+/// awaited state is there; `false`, `None`, or `Err(seen)` with what it observed, while
+/// it is not.
+pub trait Awaited {
+    type Value;
+    fn reached(self) -> Result<Self::Value, Option<String>>;
+}
+
+impl Awaited for bool {
+    type Value = ();
+    fn reached(self) -> Result<(), Option<String>> {
+        if self {
+            Ok(())
+        } else {
+            Err(None)
+        }
+    }
+}
+
+impl<T> Awaited for Option<T> {
+    type Value = T;
+    fn reached(self) -> Result<T, Option<String>> {
+        self.ok_or(None)
+    }
+}
+
+impl<T, E: Display> Awaited for Result<T, E> {
+    type Value = T;
+    fn reached(self) -> Result<T, Option<String>> {
+        self.map_err(|seen| Some(seen.to_string()))
+    }
+}
+
+/// Ask `condition` every few milliseconds until it answers that `what` has come about,
+/// and return its answer; after `timeout`, panic naming `what` and the last value the
+/// condition observed. `what` is formatted only then (see [`Walcast::with_log`]).
+pub async fn poll_until<A: Awaited, F: Future<Output = A>>(
+    what: impl Display,
+    timeout: Duration,
+    mut condition: impl FnMut() -> F,
+) -> A::Value {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let seen = match condition().await.reached() {
+            Ok(value) => return value,
+            Err(seen) => seen,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            match seen {
+                Some(seen) => {
+                    panic!("timed out after {timeout:?} (last seen: {seen}) waiting for {what}")
+                }
+                None => panic!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
 
 pub struct Servers {
     pub pg: PgServer,
@@ -20,13 +84,17 @@ pub fn servers() -> Servers {
 
 /// Servers with a one-column table `t` and the publication `walcast` over it.
 pub async fn servers_with_table(opts: PgOptions) -> (Servers, tokio_postgres::Client) {
-    let s = servers_with(opts);
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    with_sql(
+        servers_with(opts),
         "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION walcast FOR TABLE t;",
     )
-    .await;
+    .await
+}
+
+/// `s`, a client of its PostgreSQL, and `sql` (tables, publications, roles) run there.
+pub async fn with_sql(s: Servers, sql: &str) -> (Servers, tokio_postgres::Client) {
+    let db = s.pg.client().await;
+    exec(&db, sql).await;
     (s, db)
 }
 
@@ -62,6 +130,12 @@ impl<'a> RunArgs<'a> {
             extra: vec![],
         }
     }
+
+    /// These flags after the others.
+    pub fn args(mut self, extra: &[&str]) -> Self {
+        self.extra.extend(extra.iter().map(|a| a.to_string()));
+        self
+    }
 }
 
 impl Walcast {
@@ -69,27 +143,46 @@ impl Walcast {
         Self::spawn_with_env(args, &[])
     }
 
+    /// Spawn, then wait until it is ready.
+    pub async fn start(args: RunArgs<'_>) -> Walcast {
+        let mut w = Self::spawn(args);
+        w.wait_ready().await;
+        w
+    }
+
     /// Spawn with extra environment variables (they win over the defaults here).
     pub fn spawn_with_env(args: RunArgs<'_>, env: &[(&str, &str)]) -> Walcast {
+        let metrics_port = free_port();
+        let mut argv: Vec<String> = [
+            "run",
+            "--postgres-url",
+            &args.pg_url,
+            "--nats-url",
+            &args.nats_url,
+            "--publication",
+            args.publication,
+            "--slot",
+            args.slot,
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        if !args.extra.iter().any(|a| a == "--metrics-addr") {
+            argv.push("--metrics-addr".into());
+            argv.push(format!("127.0.0.1:{metrics_port}"));
+        }
+        argv.extend(args.extra);
+        Self::spawn_argv(&argv, env, metrics_port)
+    }
+
+    /// Spawn `walcast` with exactly these arguments; `metrics_port` is where it serves
+    /// its metrics (for [`Walcast::http_get`]).
+    pub fn spawn_argv(argv: &[String], env: &[(&str, &str)], metrics_port: u16) -> Walcast {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("walcast.log");
-        let metrics_port = free_port();
         let file = std::fs::File::create(&log).unwrap();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
-            .arg("run")
-            .args(["--postgres-url", &args.pg_url])
-            .args(["--nats-url", &args.nats_url])
-            .args(["--publication", args.publication])
-            .args(["--slot", args.slot])
-            .args(if args.extra.iter().any(|a| a == "--metrics-addr") {
-                vec![]
-            } else {
-                vec![
-                    "--metrics-addr".to_string(),
-                    format!("127.0.0.1:{metrics_port}"),
-                ]
-            })
-            .args(&args.extra)
+            .args(argv)
             .env("WALCAST_LOG", "info,walcast=debug")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -110,37 +203,49 @@ impl Walcast {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// `what`, followed by this walcast's log read when it is formatted: the `what` of a
+    /// [`poll_until`] whose failure should show the log.
+    pub fn with_log(&self, what: impl Display) -> impl Display {
+        struct WithLog<W>(W, PathBuf);
+        impl<W: Display> Display for WithLog<W> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let log = std::fs::read_to_string(&self.1).unwrap_or_default();
+                write!(f, "{}; walcast's log:\n{log}", self.0)
+            }
+        }
+        WithLog(what, self.log.clone())
+    }
+
+    /// Panic (with the log) if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("walcast exited with {status}:\n{}", self.log());
+        }
+    }
+
     pub async fn http_get(&self, path: &str) -> Option<(u16, String)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
-            .await
-            .ok()?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.ok()?;
-        let code = out.split_whitespace().nth(1)?.parse().ok()?;
-        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-        Some((code, body))
+        http_get(self.metrics_port, path).await
     }
 
     /// Wait until `/readyz` answers 200 (streaming and NATS connected).
     pub async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
+        let what = self.with_log("walcast to be ready");
+        let port = self.metrics_port;
+        poll_until(what, Duration::from_secs(60), || {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
                     "walcast exited with {status} before becoming ready:\n{}",
-                    self.log()
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
                 );
             }
-            if let Some((200, _)) = self.http_get("/readyz").await {
-                return;
+            async move {
+                match http_get(port, "/readyz").await {
+                    Some((200, _)) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("walcast not ready within 60 s:\n{}", self.log());
+        })
+        .await;
     }
 
     /// The value of a metric line without labels.
@@ -149,6 +254,48 @@ impl Walcast {
         body.lines()
             .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
             .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+    }
+
+    /// Wait until the log holds `text` `times` times.
+    pub async fn wait_for_log(&self, text: &str, times: usize, timeout: Duration) {
+        poll_until(
+            self.with_log(format!("{times} × {text:?} in the log")),
+            timeout,
+            || async { self.log().matches(text).count() >= times },
+        )
+        .await;
+    }
+
+    /// Wait until the metric `name` (a line as [`Walcast::metric`] reads it) is at least
+    /// `at_least`; returns its value then.
+    pub async fn wait_metric(&self, name: &str, at_least: f64, timeout: Duration) -> f64 {
+        poll_until(
+            self.with_log(format!("{name} >= {at_least}")),
+            timeout,
+            || async {
+                match self.metric(name).await {
+                    Some(v) if v >= at_least => Ok(v),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await
+    }
+
+    /// Wait until `/readyz` answers that this process is standing by: not ready, the
+    /// slot active in another process.
+    pub async fn wait_standing_by(&self, timeout: Duration) {
+        poll_until(
+            self.with_log("the standby to report the busy slot"),
+            timeout,
+            || async {
+                match self.http_get("/readyz").await {
+                    Some((503, body)) if body.contains("active") => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
     }
 
     pub fn sigterm(&self) {
@@ -163,6 +310,22 @@ impl Walcast {
             .unwrap_or_else(|_| panic!("walcast did not exit within {timeout:?}:\n{}", self.log()))
             .unwrap()
     }
+}
+
+/// A plain HTTP GET of walcast's metrics server: (status, body).
+async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
 }
 
 /// Run `walcast run` with these arguments to its end; (exit code, stderr).
@@ -204,8 +367,19 @@ impl Collector {
 
     /// Wait until `n` envelopes in all have arrived.
     pub async fn until(&mut self, n: usize, timeout: Duration) -> &[(String, Envelope, Vec<u8>)] {
+        self.until_with(&format!("{n} envelopes"), timeout, |got| got.len() >= n)
+            .await
+    }
+
+    /// Wait until what has arrived in all satisfies `done` (`what` names that).
+    pub async fn until_with(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&[(String, Envelope, Vec<u8>)]) -> bool,
+    ) -> &[(String, Envelope, Vec<u8>)] {
         let deadline = tokio::time::Instant::now() + timeout;
-        while self.received.len() < n {
+        while !done(&self.received) {
             match tokio::time::timeout_at(deadline, self.sub.next()).await {
                 Ok(Some(msg)) => {
                     let env = msg
@@ -216,7 +390,7 @@ impl Collector {
                 }
                 Ok(None) => panic!("subscription closed"),
                 Err(_) => panic!(
-                    "got {} of {n} envelopes within {timeout:?}: {:#?}",
+                    "no {what} within {timeout:?}; got {} envelopes: {:#?}",
                     self.received.len(),
                     self.received
                         .iter()
@@ -263,4 +437,88 @@ pub async fn install_sequence_helper(db: &tokio_postgres::Client) {
     ))
     .unwrap();
     exec(db, &sql).await;
+}
+
+/// The confirmed flush position of `slot`.
+pub async fn confirmed_flush(db: &tokio_postgres::Client, slot: &str) -> Lsn {
+    db.query_one(
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .unwrap()
+    .get::<_, String>(0)
+    .parse()
+    .unwrap()
+}
+
+/// Wait until `w`'s slot `walcast` has confirmed `target`; returns its position then.
+pub async fn wait_confirmed(
+    db: &tokio_postgres::Client,
+    w: &Walcast,
+    target: Lsn,
+    timeout: Duration,
+) -> Lsn {
+    poll_until(
+        w.with_log(format!("the slot to confirm {target}")),
+        timeout,
+        || async {
+            let flushed = confirmed_flush(db, "walcast").await;
+            if flushed >= target {
+                Ok(flushed)
+            } else {
+                Err(flushed)
+            }
+        },
+    )
+    .await
+}
+
+/// Wait until `w`'s slot `walcast` has confirmed everything written so far.
+pub async fn wait_caught_up(db: &tokio_postgres::Client, w: &Walcast, timeout: Duration) -> Lsn {
+    let target = walcast::testing::current_wal_lsn(db).await;
+    wait_confirmed(db, w, target, timeout).await
+}
+
+/// A JSON page of nats-server's monitoring endpoint (`/subsz`, `/connz`, ...).
+pub async fn nats_monitor(nats: &NatsServer, path: &str) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", nats.monitor_port))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let body = out.split_once("\r\n\r\n").unwrap().1;
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+/// How many subscriptions to exactly `subject` the server holds, its own included (a
+/// JetStream stream subscribes to its subjects).
+pub async fn subscriptions_to(nats: &NatsServer, subject: &str) -> usize {
+    let subs = nats_monitor(nats, "/subsz?subs=1").await;
+    subs["subscriptions_list"]
+        .as_array()
+        .map_or(0, |l| l.iter().filter(|s| s["subject"] == subject).count())
+}
+
+/// Wait until the server holds `n` subscriptions to exactly `subject` (a subscriber
+/// started elsewhere, such as `walcast tail`, is listening): `n` is what
+/// [`subscriptions_to`] counted before it started, plus its subscriptions.
+pub async fn wait_subscribed(nats: &NatsServer, subject: &str, n: usize) {
+    poll_until(
+        format!("{n} subscriptions to {subject}"),
+        Duration::from_secs(30),
+        || async {
+            let found = subscriptions_to(nats, subject).await;
+            if found >= n {
+                Ok(())
+            } else {
+                Err(found)
+            }
+        },
+    )
+    .await;
 }
