@@ -16,10 +16,8 @@ const WAIT: Duration = Duration::from_secs(120);
 /// `wide`: `rows` pre-existing rows with a ~4 kB out-of-line text (`STORAGE EXTERNAL`,
 /// so an update of `version` leaves it unchanged TOAST), default replica identity.
 async fn wide_table(rows: i64) -> (Servers, tokio_postgres::Client) {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
+    with_sql(
+        servers(),
         &format!(
             "CREATE TABLE wide (id bigint PRIMARY KEY, version bigint NOT NULL, doc text NOT NULL);
              ALTER TABLE wide ALTER COLUMN doc SET STORAGE EXTERNAL;
@@ -29,8 +27,7 @@ async fn wide_table(rows: i64) -> (Servers, tokio_postgres::Client) {
              CREATE PUBLICATION walcast FOR TABLE wide;"
         ),
     )
-    .await;
-    (s, db)
+    .await
 }
 
 /// About `per_s` version bumps a second of random rows (the TOASTed column left
@@ -130,31 +127,6 @@ async fn check_wide(nats_url: &str, db: &tokio_postgres::Client) -> (usize, usiz
     (all.len(), snapshots, marked)
 }
 
-/// The slot has confirmed everything written so far.
-async fn wait_caught_up(db: &tokio_postgres::Client, w: &Walcast) {
-    let target = walcast::testing::current_wal_lsn(db).await;
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let flushed: String = db
-            .query_one(
-                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'walcast'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if flushed.parse::<walcast::wire::Lsn>().unwrap() >= target {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not caught up:\n{}",
-            w.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_made_slot_is_snapshotted_and_no_marker_stays() {
     let rows = 5_000;
@@ -174,21 +146,12 @@ async fn an_operator_made_slot_is_snapshotted_and_no_marker_stays() {
         .chain(&["--snapshot-chunk-rows", "500"])
         .map(|x| x.to_string())
         .collect();
-    let mut w = Walcast::spawn(a);
-    w.wait_ready().await;
-    let deadline = std::time::Instant::now() + WAIT;
-    while !w.log().contains("snapshot complete") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no snapshot:\n{}",
-            w.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let w = Walcast::start(a).await;
+    w.wait_for_log("snapshot complete", 1, WAIT).await;
     tokio::time::sleep(Duration::from_millis(500)).await; // writes after the hand-off
     stop.send(true).unwrap();
     let written = writing.await.unwrap();
-    wait_caught_up(&db, &w).await;
+    wait_caught_up(&db, &w, WAIT).await;
     // Markers published meanwhile are repaired: wait until the stream is quiet.
     let deadline = std::time::Instant::now() + WAIT;
     let (envelopes, snapshots, marked) = loop {
@@ -204,4 +167,70 @@ async fn an_operator_made_slot_is_snapshotted_and_no_marker_stays() {
         "operator-made slot: {written} changes, {envelopes} envelopes, {snapshots} snapshot envelopes, {marked} marked on the way"
     );
     assert!(snapshots >= 1, "no snapshot envelope");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_on_a_warm_stream_loads_key_states_in_batches() {
+    let keys = 20_000;
+    let (s, db) = with_sql(
+        servers(),
+        &format!(
+            "CREATE TABLE kv (id bigint PRIMARY KEY, v bigint NOT NULL);
+             INSERT INTO kv SELECT g, 0 FROM generate_series(1, {keys}) g;
+             CREATE PUBLICATION walcast FOR TABLE kv;"
+        ),
+    )
+    .await;
+    let args = |cache: &str| {
+        let mut a = RunArgs::new(&s, "walcast", "walcast");
+        a.extra = ["--stream-history", "10", "--key-cache", cache]
+            .map(str::to_string)
+            .to_vec();
+        a
+    };
+    // Every key in the stream (the initial snapshot), then walcast stops.
+    let mut w = Walcast::start(args("100000")).await;
+    w.wait_for_log("snapshot complete", 1, WAIT).await;
+    wait_caught_up(&db, &w, WAIT).await;
+    w.sigterm();
+    assert!(w.wait_exit(WAIT).await.success(), "{}", w.log());
+    // A backlog touching every key, written while walcast is down.
+    for first in (1..=keys).step_by(1000) {
+        exec(
+            &db,
+            &format!(
+                "UPDATE kv SET v = v + 1 WHERE id BETWEEN {first} AND {}",
+                first + 999
+            ),
+        )
+        .await;
+    }
+    // Restarted with a key cache far smaller than the key set.
+    let w = Walcast::start(args("1000")).await;
+    wait_caught_up(&db, &w, WAIT).await;
+    let loads = w.metric("walcast_key_state_loads_total").await.unwrap();
+    let requests = w.metric("walcast_key_state_requests_total").await.unwrap();
+    println!("warm restart: {keys} keys, {loads} key states loaded in {requests} requests");
+    assert!(loads >= keys as f64, "{loads} loads for {keys} keys");
+    assert!(
+        requests * 10.0 <= loads,
+        "{requests} requests for {loads} loads: not batched"
+    );
+    // 0 holes: every key dense from 1, its last envelope the update.
+    let all = stream_envelopes(&s.nats.url()).await;
+    let mut per_key: BTreeMap<String, Vec<&Envelope>> = BTreeMap::new();
+    for e in &all {
+        per_key.entry(e.key.clone()).or_default().push(e);
+    }
+    assert_eq!(per_key.len(), keys as usize);
+    for (key, list) in &per_key {
+        let seqs: Vec<u64> = list.iter().map(|e| e.sequence).collect();
+        assert_eq!(seqs, [1, 2], "{key}");
+        assert_eq!(list[1].op, Op::Update, "{key}");
+        assert_eq!(
+            list[1].column("v").and_then(|v| v.as_i64()),
+            Some(1),
+            "{key}"
+        );
+    }
 }

@@ -107,6 +107,9 @@ pub(super) struct ChangeReader {
     first_open: bool,
     /// This process streamed from the slot already.
     streamed_before: bool,
+    /// Messages of the read buffer that the last look ahead covered and that are not
+    /// worked through yet.
+    ahead_left: usize,
 }
 
 impl ChangeReader {
@@ -133,6 +136,7 @@ impl ChangeReader {
             tables,
             first_open: true,
             streamed_before: false,
+            ahead_left: 0,
             source,
             settings,
             metrics,
@@ -257,7 +261,7 @@ impl ChangeReader {
                 }
                 event = stream.next_event(), if reading => {
                     let event = event?;
-                    self.load_ahead(&event, &stream).await?;
+                    self.load_ahead(Some(&event), &stream).await?;
                     self.handle(event, &mut stream).await?;
                     self.handle_buffered(&mut stream, stop.requested()).await?;
                 }
@@ -326,6 +330,7 @@ impl ChangeReader {
         let mut budget = 4096;
         while !self.handover.is_blocked() && budget > 0 && (!stopping || self.in_transaction()) {
             budget -= 1;
+            self.load_ahead_when_due(stream).await?;
             match stream.buffered_event()? {
                 Some(event) => self.handle(event, stream).await?,
                 None => break,

@@ -44,11 +44,12 @@ impl Wanted {
 }
 
 impl ChangeReader {
-    /// Load the states of the keys that the first event and the rest of the read
-    /// buffer will ask for, when the last read had misses.
+    /// Load the states of the keys that the first event (if any) and the rest of the
+    /// read buffer will ask for, when unseen keys were met lately; remember how many
+    /// messages that covered, so the next look comes when they are worked through.
     pub(super) async fn load_ahead(
         &mut self,
-        first: &ReplicationEvent,
+        first: Option<&ReplicationEvent>,
         stream: &ReplicationStream,
     ) -> Result<(), PipelineError> {
         if self.envelopes.store.is_none() || !self.envelopes.take_missed() {
@@ -57,16 +58,31 @@ impl ChangeReader {
         let room = self.envelopes.builder.lookahead_room().min(AHEAD_MAX);
         let mut wanted = Wanted::new(room);
         let first = match first {
-            ReplicationEvent::XLogData { data, .. } => Some(&data[..]),
+            Some(ReplicationEvent::XLogData { data, .. }) => Some(&data[..]),
             _ => None,
         };
+        let mut covered = 0;
         for data in first.into_iter().chain(stream.buffered_messages()) {
             if wanted.full() {
                 break;
             }
             look_at(&self.envelopes, data, &mut wanted);
+            covered += 1;
         }
+        self.ahead_left = covered;
         self.envelopes.load_keys(wanted).await
+    }
+
+    /// A message was worked through: when the looked-at ones are done, look again.
+    pub(super) async fn load_ahead_when_due(
+        &mut self,
+        stream: &ReplicationStream,
+    ) -> Result<(), PipelineError> {
+        if self.ahead_left > 0 {
+            self.ahead_left -= 1;
+            return Ok(());
+        }
+        self.load_ahead(None, stream).await
     }
 }
 
