@@ -234,3 +234,100 @@ async fn a_restart_on_a_warm_stream_loads_key_states_in_batches() {
         );
     }
 }
+
+/// About `per_s` version bumps a second of random rows with the TOASTed column left
+/// unchanged (a new row version, so an earlier change's TOAST read fails), until `stop`.
+async fn bumper(
+    url: String,
+    rows: i64,
+    per_s: u64,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> u64 {
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (mut x, mut written) = (0x9E37_79B9_7F4A_7C15_u64, 0);
+    while !*stop.borrow() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let id = (x % rows as u64) as i64 + 1;
+        db.batch_execute(&format!(
+            "UPDATE wide SET version = version + 1000 WHERE id = {id}"
+        ))
+        .await
+        .unwrap();
+        written += 1;
+        tokio::time::sleep(Duration::from_micros(1_000_000 / per_s)).await;
+    }
+    written
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unseen_unchanged_toast_is_read_in_batches_and_no_marker_stays() {
+    let rows = 2_000;
+    let (s, db) = wide_table(rows).await;
+    let mut a = RunArgs::new(&s, "walcast", "walcast");
+    a.extra = ["--stream-history", "1000000", "--snapshot", "never"]
+        .map(str::to_string)
+        .to_vec();
+    // The slot exists; walcast never saw the rows (no snapshot).
+    let mut w = Walcast::start(a).await;
+    w.sigterm();
+    assert!(w.wait_exit(WAIT).await.success(), "{}", w.log());
+    // A backlog of updates leaving the TOASTed column unchanged on every row.
+    for first in (1..=rows).step_by(500) {
+        exec(
+            &db,
+            &format!(
+                "UPDATE wide SET version = version + 1 WHERE id BETWEEN {first} AND {}",
+                first + 499
+            ),
+        )
+        .await;
+    }
+    // Rows bumped again while walcast catches up: some TOAST reads find a newer row.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let bumping = tokio::spawn(bumper(s.pg.url(), rows, 400, stopped));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut a = RunArgs::new(&s, "walcast", "walcast");
+    a.extra = [
+        "--stream-history",
+        "1000000",
+        "--snapshot",
+        "never",
+        "--status-interval",
+        "0.2",
+    ]
+    .map(str::to_string)
+    .to_vec();
+    let w = Walcast::start(a).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // bumps during the catch-up
+    stop.send(true).unwrap();
+    let bumped = bumping.await.unwrap();
+    wait_caught_up(&db, &w, WAIT).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    let (envelopes, _, marked) = loop {
+        let before = stream_envelopes(&s.nats.url()).await.len();
+        tokio::time::sleep(Duration::from_millis(1500)).await; // quiet for this long
+        if before == stream_envelopes(&s.nats.url()).await.len() {
+            break check_wide(&s.nats.url(), &db).await;
+        }
+        assert!(std::time::Instant::now() < deadline, "never quiet");
+    };
+    let fetches = w.metric("walcast_toast_fetches_total").await.unwrap();
+    let queries = w.metric("walcast_toast_fetch_queries_total").await.unwrap();
+    let repairs = w.metric("walcast_toast_repairs_total").await.unwrap();
+    println!(
+        "unseen TOAST: {bumped} bumps, {envelopes} envelopes, {marked} marked on the way, {repairs} repaired; {fetches} values read from the table in {queries} queries"
+    );
+    assert!(
+        fetches >= rows as f64,
+        "{fetches} TOAST reads for {rows} unseen rows"
+    );
+    assert!(
+        queries * 10.0 <= fetches,
+        "{queries} queries for {fetches} reads: not batched"
+    );
+}

@@ -200,6 +200,11 @@ impl EnvelopeBuilder {
         self.tx.is_some()
     }
 
+    /// The open transaction's id, if one is open.
+    pub fn transaction_xid(&self) -> Option<u32> {
+        self.tx.as_ref().map(|t| t.xid)
+    }
+
     /// The state of a key loaded from the stream: its last envelope's sequence and the
     /// `Walcast-Position` of that change; `None` when the subject has no message.
     pub fn provide_key_state(&mut self, key: String, loaded: Option<KeyState>) {
@@ -213,6 +218,13 @@ impl EnvelopeBuilder {
         if self.keys.lookup(key) == Lookup::Missing {
             self.keys.loaded(key.to_string(), Some(state));
         }
+    }
+
+    /// `schema.table` of a relation described so far.
+    pub fn relation_name(&self, relation_id: u32) -> Option<String> {
+        self.relations
+            .get(&relation_id)
+            .map(Relation::qualified_name)
     }
 
     /// Whether a Relation message (or the catalog) described `relation_id` already.

@@ -42,6 +42,7 @@ pub use error::EnvelopeError;
 pub use need::{Need, RowVersion, ToastNeeded, ToastSource};
 pub use relation::{Relation, RelationUpdate};
 pub use settings::{EnvelopeSettings, Oversize, TableSettings};
+pub use toast_fill::marked_in;
 
 /// The key of the value that replaces a too-large envelope's row (`--oversize
 /// marker`): `{"$walcast_too_large": <encoded size>}`.

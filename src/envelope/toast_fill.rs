@@ -11,6 +11,22 @@ use crate::decode::pgoutput::{OldTuple, TupleValue};
 use crate::decode::value::parse_text;
 use crate::wire::Value;
 
+/// Whether a published column value is the unavailable marker
+/// (`{"$walcast_unavailable": "unchanged-toast"}`).
+pub fn is_unavailable_marker(v: &rmpv::Value) -> bool {
+    v.as_map()
+        .is_some_and(|m| m.len() == 1 && m[0].0.as_str() == Some(crate::wire::UNAVAILABLE_KEY))
+}
+
+/// Whether a published row carries the unavailable marker in one of `columns`.
+pub fn marked_in(row: &rmpv::Value, columns: &[String]) -> bool {
+    row.as_map().is_some_and(|m| {
+        m.iter().any(|(k, v)| {
+            k.as_str().is_some_and(|k| columns.iter().any(|c| c == k)) && is_unavailable_marker(v)
+        })
+    })
+}
+
 /// The full old row, when the table has `REPLICA IDENTITY FULL`.
 pub(super) fn full_old<'t, 'a>(old: Option<&'t OldTuple<'a>>) -> Option<&'t [TupleValue<'a>]> {
     match old {
@@ -167,7 +183,10 @@ impl EnvelopeBuilder {
                     .find(|(k, _)| k.as_str() == Some(name))
                     .map(|(_, v)| v.clone())
             });
-            vals.push((idx, found.map_or(Value::Unavailable, Value::Raw)));
+            // A value published as unavailable stays unavailable (never copied on as
+            // if it were the value).
+            let value = found.filter(|v| !is_unavailable_marker(v));
+            vals.push((idx, value.map_or(Value::Unavailable, Value::Raw)));
         }
         Ok(self.set_pending_toast(needed, vals))
     }

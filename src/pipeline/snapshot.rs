@@ -110,8 +110,6 @@ pub(super) struct Snapshot {
     pub progress: Progress,
     /// Progress to store once NATS confirmed everything up to the position.
     unstored: VecDeque<(Position, Progress)>,
-    /// Where the next snapshot envelope sits.
-    next: Position,
     /// Tables resumed after a crash: rows equal to the stream's are not published again.
     pub verify: HashSet<String>,
     pub started: Instant,
@@ -140,7 +138,6 @@ impl Snapshot {
             pending: None,
             progress,
             unstored: VecDeque::new(),
-            next: Position::default(),
             verify,
             started: Instant::now(),
             rows_total: 0,
@@ -227,31 +224,14 @@ impl Snapshot {
         self.queue.is_empty() && self.current.is_none() && self.pending.is_none()
     }
 
-    /// The position of the chunk's first envelope: just before its high watermark,
-    /// numbered on from the previous chunk at the same watermark.
-    pub fn chunk_position(&self, high: Lsn) -> Position {
-        let commit_lsn = Lsn(high.0.saturating_sub(1));
-        let ordinal = if self.next.commit_lsn == commit_lsn {
-            self.next.ordinal
-        } else {
-            0
-        };
-        Position {
-            commit_lsn,
-            ordinal,
-        }
-    }
-
-    /// The pending chunk was published: envelopes up to `last` (position of the next
-    /// one: `next`), `published` rows. Returns the log line when one is due.
+    /// The pending chunk was published: envelopes up to `last`, `published` rows.
+    /// Returns the log line when one is due.
     pub fn chunk_done(
         &mut self,
         chunk: Chunk,
-        next: Position,
         last: Option<Position>,
         published: u64,
     ) -> Option<String> {
-        self.next = next;
         self.rows_total += published;
         let table = self.progress.tables.entry(chunk.table.clone()).or_default();
         table.rows += published;
@@ -363,14 +343,6 @@ mod tests {
         );
         assert_eq!(s.next_table().as_deref(), Some("public.a"));
         s.start_table(info("a"));
-        let p = s.chunk_position(Lsn(800));
-        assert_eq!(
-            p,
-            Position {
-                commit_lsn: Lsn(799),
-                ordinal: 0
-            }
-        );
         let chunk = |last| Chunk {
             table: "public.a".into(),
             relation_id: 1,
@@ -381,22 +353,14 @@ mod tests {
             last_key: Some(vec!["2".into()]),
             last,
         };
-        let next = Position {
-            commit_lsn: Lsn(799),
-            ordinal: 2,
-        };
         s.chunk_done(
             chunk(false),
-            next,
             Some(Position {
                 commit_lsn: Lsn(799),
                 ordinal: 1,
             }),
             2,
         );
-        // A second chunk at the same watermark numbers on.
-        assert_eq!(s.chunk_position(Lsn(800)).ordinal, 2);
-        assert_eq!(s.chunk_position(Lsn(900)).ordinal, 0);
         assert!(s
             .confirmed_progress(Position {
                 commit_lsn: Lsn(799),
@@ -413,7 +377,7 @@ mod tests {
             stored.tables["public.a"].last_key,
             Some(vec!["2".to_string()])
         );
-        s.chunk_done(chunk(true), next, None, 0);
+        s.chunk_done(chunk(true), None, 0);
         assert_eq!(s.next_table().as_deref(), Some("public.b"));
         // Resuming: done tables are skipped, the interrupted one is verified.
         let mut progress = Progress::default();

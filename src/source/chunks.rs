@@ -31,6 +31,9 @@ impl TableInfo {
     }
 }
 
+/// Rows read by key: key column texts → (column texts, version text).
+pub type RowsByKey = std::collections::HashMap<Vec<String>, (Vec<Option<String>>, Option<String>)>;
+
 /// `'text'` as an SQL literal.
 fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
@@ -91,6 +94,57 @@ impl Catalog {
             key,
             estimated_rows: row.get(4),
         })
+    }
+
+    /// Some columns of the rows with these keys (key column texts in key order), and
+    /// beside them the text of `version` (an SQL expression), in one statement: by key
+    /// texts, the column texts and the version text.
+    pub async fn read_rows_columns(
+        &self,
+        table: &TableInfo,
+        keys: &[Vec<String>],
+        columns: &[String],
+        version: &str,
+    ) -> Result<RowsByKey, SourceError> {
+        if keys.is_empty() {
+            return Ok(RowsByKey::new());
+        }
+        let key_cols: Vec<String> = table
+            .key
+            .iter()
+            .map(|&i| quote_ident(&table.columns[i].0))
+            .collect();
+        let select: Vec<String> = key_cols
+            .iter()
+            .chain(&columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>())
+            .map(|c| format!("{c}::text"))
+            .chain([version.to_string()])
+            .collect();
+        let tuples: Vec<String> = keys
+            .iter()
+            .map(|values| format!("({})", typed_key(table, values).join(", ")))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {}.{} WHERE ({}) IN ({})",
+            select.join(", "),
+            quote_ident(&table.schema),
+            quote_ident(&table.name),
+            key_cols.join(", "),
+            tuples.join(", "),
+        );
+        let (k, n) = (key_cols.len(), columns.len());
+        Ok(self
+            .text_rows(&sql)
+            .await?
+            .into_iter()
+            .map(|mut row| {
+                let version = row.pop().flatten();
+                let texts = row.split_off(k);
+                let key = row.into_iter().map(Option::unwrap_or_default).collect();
+                debug_assert_eq!(texts.len(), n);
+                (key, (texts, version))
+            })
+            .collect())
     }
 
     /// A heartbeat: a non-transactional logical decoding message holding the time.

@@ -120,10 +120,13 @@ impl StateStore {
     }
 }
 
-/// The end of a batch: status 204 (`EOB`). Any other status is an error of the
-/// request (never "no messages": a subject without one is only left out).
+/// The end of a batch: status 204 (`EOB`), or 404 (`No Results`: none of the subjects
+/// has a message; one without a message is otherwise only left out). Any other
+/// status is an error of the request.
 fn is_end_of_batch(reply: &async_nats::Message) -> bool {
-    reply.status.is_some_and(|s| s.as_u16() == 204)
+    reply
+        .status
+        .is_some_and(|s| matches!(s.as_u16(), 204 | 404))
 }
 
 /// Whether a server of this version answers `multi_last` requests (2.11+).

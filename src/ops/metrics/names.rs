@@ -85,6 +85,14 @@ pub(super) const TOAST_FETCHES: Metric = Metric {
     name: "walcast_toast_fetches_total",
     help: "Unchanged TOAST values fetched from the table (no FULL replica identity, not cached)",
 };
+pub(super) const TOAST_FETCH_QUERIES: Metric = Metric {
+    name: "walcast_toast_fetch_queries_total",
+    help: "Queries that fetched unchanged TOAST values from a table (one reads many keys)",
+};
+pub(super) const TOAST_REPAIRS: Metric = Metric {
+    name: "walcast_toast_repairs_total",
+    help: "Keys published with an unavailable TOAST value, then read again and published exact",
+};
 pub(super) const REPLAYS_SKIPPED: Metric = Metric {
     name: "walcast_replayed_changes_skipped_total",
     help: "Changes recognised after a restart as already published (no new sequence)",

@@ -204,6 +204,8 @@ impl ChangeReader {
         let new_envelopes = &self.handover.built[before..];
         self.snapshot.live_changes(new_envelopes);
         self.envelopes.published(new_envelopes);
+        let maybe_marked = self.envelopes.take_unavailable();
+        self.repairs.built(relation_id, new_envelopes, maybe_marked);
         let n = new_envelopes.len() as u64;
         self.progress.count(n);
         self.envelopes.count(relation_id, op, n);
@@ -212,6 +214,7 @@ impl ChangeReader {
 
     async fn truncate(&mut self, relation_ids: &[u32]) -> Result<(), PipelineError> {
         self.snapshot.truncated(relation_ids);
+        self.repairs.truncated(relation_ids);
         self.envelopes
             .build(&mut self.handover.built, |b, out| {
                 b.truncate(relation_ids, out)

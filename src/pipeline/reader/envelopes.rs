@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use prometheus::IntCounter;
 
-use super::prefetch::Wanted;
+use super::prefetch::FetchedRow;
 use crate::client::StoredEnvelope;
 use crate::decode::pgoutput::RelationColumn;
 use crate::decode::relation::{self, ResolvedRelation};
 use crate::decode::types::TypeRegistry;
-use crate::envelope::{EnvelopeBuilder, EnvelopeError, Need, Outgoing, ToastNeeded};
+use crate::envelope::{marked_in, EnvelopeBuilder, EnvelopeError, Need, Outgoing, ToastNeeded};
 use crate::ops::metrics::Metrics;
 use crate::pipeline::PipelineError;
 use crate::source::catalog::Catalog;
@@ -48,14 +48,21 @@ pub(super) struct Envelopes {
     /// through JetStream.
     pub(super) store: Option<StateStore>,
     types: TypeRegistry,
-    metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<Metrics>,
     counters: HashMap<u32, TableCounters, foldhash::fast::RandomState>,
     /// Unseen keys were met since the last look ahead (loaded alone, or found ahead):
     /// look ahead at the next read too.
-    missed: bool,
+    pub(super) missed: bool,
+    /// A TOAST value was published as unavailable since the last look.
+    unavailable_seen: bool,
     /// Last envelopes loaded ahead, by subject, for the unchanged-TOAST values of
     /// their keys (dropped once used or once the key is published again).
-    ahead: HashMap<String, StoredEnvelope, foldhash::fast::RandomState>,
+    /// (`None`: the stream has none).
+    pub(super) ahead: HashMap<String, Option<StoredEnvelope>, foldhash::fast::RandomState>,
+    /// Table rows read ahead for unchanged-TOAST values, by key.
+    pub(super) toast_rows: HashMap<String, FetchedRow, foldhash::fast::RandomState>,
+    /// Tables TOAST fills read, by relation id.
+    pub(super) table_infos: HashMap<u32, TableInfo>,
 }
 
 impl Envelopes {
@@ -73,50 +80,16 @@ impl Envelopes {
             metrics,
             counters: HashMap::default(),
             missed: true,
+            unavailable_seen: false,
             ahead: HashMap::default(),
+            toast_rows: HashMap::default(),
+            table_infos: HashMap::new(),
         }
     }
 
-    /// Whether unseen keys were met since the last call.
-    pub(super) fn take_missed(&mut self) -> bool {
-        std::mem::take(&mut self.missed)
-    }
-
-    /// Load the states of `wanted` keys together (batched gets) and keep their last
-    /// envelopes for the TOAST values of their next changes.
-    pub(super) async fn load_keys(&mut self, wanted: Wanted) -> Result<(), PipelineError> {
-        let Some(store) = &self.store else {
-            return Ok(());
-        };
-        self.ahead.clear();
-        if wanted.keys.is_empty() {
-            return Ok(());
-        }
-        // Keys were unseen: the next reads are looked at too.
-        self.missed = true;
-        let subjects: Vec<String> = wanted.keys.iter().map(|(_, s)| s.clone()).collect();
-        let loaded = store.last_envelopes(&subjects).await?;
-        let metrics = &self.metrics.envelope;
-        metrics.key_state_loads.inc_by(subjects.len() as u64);
-        metrics.key_state_requests.inc_by(loaded.requests);
-        for (key, subject) in wanted.keys {
-            let state = match loaded.by_subject.get(&subject) {
-                Some(last) => Some(store.key_state_of(&subject, last)?),
-                None => None,
-            };
-            self.builder.provide_key_state(key, state);
-        }
-        self.ahead.extend(loaded.by_subject);
-        Ok(())
-    }
-
-    /// Envelopes of these subjects were built: what was loaded ahead for them is stale.
-    pub(super) fn published(&mut self, built: &[Outgoing]) {
-        if !self.ahead.is_empty() {
-            for o in built {
-                self.ahead.remove(&o.subject);
-            }
-        }
+    /// Whether a TOAST value was published as unavailable since the last call.
+    pub(super) fn take_unavailable(&mut self) -> bool {
+        std::mem::take(&mut self.unavailable_seen)
     }
 
     /// Run one step of the builder until it needs nothing more, loading what it asks
@@ -164,6 +137,7 @@ impl Envelopes {
             None => self.toast_from_table(&needed).await?,
         };
         if unavailable > 0 {
+            self.unavailable_seen = true;
             let table = format!("{}.{}", needed.schema, needed.table);
             self.metrics
                 .envelope
@@ -185,7 +159,8 @@ impl Envelopes {
             return Ok(None);
         };
         let last = match self.ahead.remove(subject) {
-            Some(last) => last,
+            Some(Some(last)) => last,
+            Some(None) => return Ok(None), // read ahead: the stream has none
             None => {
                 self.metrics.envelope.toast_stream_loads.inc();
                 let Some(last) = store.last_envelope(subject).await? else {
@@ -196,14 +171,25 @@ impl Envelopes {
         };
         let state = store.key_state_of(subject, &last)?;
         self.builder.offer_key_state(&last.envelope.key, state);
+        if marked_in(&last.envelope.value, &needed.columns) {
+            return Ok(None); // published as unavailable: the table may still have it
+        }
         let row = Some(&last.envelope.value);
         Ok(Some(self.builder.provide_toast_from_envelope(needed, row)?))
     }
 
-    /// From the table, if its row is still this change's version.
+    /// From the table, if its row is still this change's version (read ahead, or
+    /// now).
     async fn toast_from_table(&mut self, needed: &ToastNeeded) -> Result<usize, PipelineError> {
         self.metrics.envelope.toast_fetches.inc();
         let (check, expected) = needed.source.version.check();
+        let ahead = self.toast_rows.remove(&needed.key);
+        if let Some((row, texts)) = ahead.and_then(|r| r.pick(&needed.columns).map(|t| (r, t))) {
+            let same = row.version.as_deref() == Some(expected.as_str());
+            return Ok(self.builder.provide_toast(needed, &texts, same)?);
+        }
+        self.missed = true;
+        self.metrics.envelope.toast_fetch_queries.inc();
         let (texts, found) = self
             .catalog
             .fetch_row_columns(
@@ -229,6 +215,7 @@ impl Envelopes {
         replica_identity: u8,
         columns: &[RelationColumn<'_>],
     ) -> Result<(), PipelineError> {
+        self.table_infos.remove(&relation_id);
         let resolved = self
             .resolve_relation(relation_id, replica_identity, columns)
             .await?;

@@ -11,6 +11,7 @@
 //! - [`handover`]: batches for the sink, with the linger;
 //! - [`status`]: the checkpoint, the unconfirmed transactions, status updates, lag;
 //! - [`snapshot_driver`] (with [`snapshot_read`]): existing rows between watermarks;
+//! - [`repair`]: keys published with an unavailable TOAST value, read again;
 //! - [`answerer`]: refetch and re-snapshot requests;
 //! - [`progress`]: the progress line and the heartbeat's age.
 
@@ -20,6 +21,7 @@ mod envelopes;
 mod handover;
 mod prefetch;
 mod progress;
+mod repair;
 mod snapshot_driver;
 mod snapshot_read;
 mod status;
@@ -48,6 +50,7 @@ use changes::Transactions;
 use envelopes::Envelopes;
 use handover::Handover;
 use progress::{HeartbeatAge, Progress};
+use repair::Repairs;
 use snapshot_driver::{SlotStart, SnapshotDriver};
 use status::StatusReporter;
 
@@ -98,6 +101,7 @@ pub(super) struct ChangeReader {
     status: StatusReporter,
     txn: Transactions,
     snapshot: SnapshotDriver,
+    repairs: Repairs,
     answerer: RequestAnswerer,
     progress: Progress,
     heartbeat: HeartbeatAge,
@@ -129,6 +133,7 @@ impl ChangeReader {
                 source.slot.clone(),
                 metrics.clone(),
             ),
+            repairs: Repairs::default(),
             answerer: RequestAnswerer::default(),
             progress: Progress::new(settings.progress_interval),
             heartbeat: HeartbeatAge::new(metrics.clone()),
@@ -152,6 +157,8 @@ impl ChangeReader {
             .start_replication(&self.source.slot, Lsn(0), &self.source.publication)
             .await?;
         self.forget_if_others_wrote().await?;
+        self.envelopes.forget_ahead();
+        self.ahead_left = 0;
         self.first_open = false;
         self.status.resume(start);
         // An open transaction's envelopes built so far stay: the stream starts again
@@ -159,6 +166,7 @@ impl ChangeReader {
         self.txn.skipping = false;
         tracing::info!(slot = %self.source.slot, from = %start, "streaming");
         self.snapshot.forget_pending();
+        self.repairs.forget_pending();
         let store = self.envelopes.store.as_ref();
         self.snapshot.plan(slot, &self.tables, store).await?;
         self.metrics.source.streaming.set(1);
@@ -239,7 +247,7 @@ impl ChangeReader {
                     break;
                 }
                 _ = status.tick() => self.on_status_tick(&mut stream, &mut stop).await?,
-                _ = std::future::ready(()), if reading && idle && self.snapshot.wants_chunk() => {
+                _ = std::future::ready(()), if reading && idle && self.wants_chunk() => {
                     self.start_chunk(&mut stream).await?;
                 }
                 changed = confirmed_rx.changed() => {
@@ -307,6 +315,9 @@ impl ChangeReader {
         stop: &mut Stop,
     ) -> Result<(), PipelineError> {
         self.status.send(stream, false).await?;
+        // A waiting chunk goes out once the stream passed its watermark, also when
+        // no transaction follows (a quiet database).
+        self.emit_chunk_if_passed(self.status.cp.received()).await?;
         self.progress
             .log_if_due(&self.status.cp, self.txn.commit_ts);
         self.heartbeat.update();
@@ -336,6 +347,7 @@ impl ChangeReader {
                 None => break,
             }
         }
+        self.emit_chunk_if_passed(self.status.cp.received()).await?;
         self.handover.batch_completed();
         Ok(())
     }

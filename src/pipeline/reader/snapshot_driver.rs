@@ -35,6 +35,24 @@ pub(super) struct SnapshotDriver {
     planned: bool,
     /// `--snapshot only` and the snapshot is complete: stop.
     only_done: bool,
+    /// Where the next chunk's first envelope sits, when its high watermark is the
+    /// previous chunk's (snapshot and repair chunks are numbered on together).
+    next: Position,
+}
+
+/// The position of a chunk's first envelope: just before its high watermark, numbered
+/// on from the previous chunk at the same watermark (`next`).
+fn position_at(next: Position, high: Lsn) -> Position {
+    let commit_lsn = Lsn(high.0.saturating_sub(1));
+    let ordinal = if next.commit_lsn == commit_lsn {
+        next.ordinal
+    } else {
+        0
+    };
+    Position {
+        commit_lsn,
+        ordinal,
+    }
 }
 
 /// Store a snapshot's progress in the meta stream (JetStream only).
@@ -58,6 +76,7 @@ impl SnapshotDriver {
             snapshot: None,
             planned: false,
             only_done: false,
+            next: Position::default(),
         }
     }
 
@@ -161,9 +180,14 @@ impl SnapshotDriver {
         }
     }
 
-    /// Whether a chunk is to be read now (the reader is between transactions).
+    /// Whether a snapshot chunk is to be read now (the reader is between transactions).
     pub(super) fn wants_chunk(&self) -> bool {
         self.snapshot.as_ref().is_some_and(Snapshot::wants_chunk)
+    }
+
+    /// Whether a snapshot chunk waits for the stream to pass its high watermark.
+    pub(super) fn chunk_waiting(&self) -> bool {
+        self.snapshot.as_ref().is_some_and(|s| s.pending.is_some())
     }
 
     /// A stream opened again: a chunk read before is read again.
@@ -216,7 +240,7 @@ impl SnapshotDriver {
     ) -> Result<(), PipelineError> {
         let snapshot = self.snapshot.as_mut().expect("a chunk is pending");
         let chunk = snapshot.pending.take().expect("a chunk is pending");
-        let position = snapshot.chunk_position(chunk.high);
+        let position = position_at(self.next, chunk.high);
         let verify = snapshot.verify.contains(&chunk.table);
         env.builder.begin_snapshot(position, Timestamp::now());
         let before = handover.built.len();
@@ -232,8 +256,9 @@ impl SnapshotDriver {
             handover.batch();
         }
         self.count_chunk(&chunk.table, published, deleted);
+        self.next = next;
         let snapshot = self.snapshot.as_mut().expect("planned");
-        if let Some(line) = snapshot.chunk_done(chunk, next, last, published) {
+        if let Some(line) = snapshot.chunk_done(chunk, last, published) {
             tracing::info!("{line}");
         }
         self.show();
@@ -342,19 +367,45 @@ impl ChangeReader {
         &mut self,
         stream: &mut ReplicationStream,
     ) -> Result<(), PipelineError> {
-        if self.snapshot.read_chunk(&mut self.envelopes).await? {
+        let read = if self.snapshot.wants_chunk() {
+            self.snapshot.read_chunk(&mut self.envelopes).await?
+        } else {
+            let limit = self.settings.snapshot.chunk_rows;
+            self.repairs.read_chunk(&mut self.envelopes, limit).await?;
+            true
+        };
+        if read {
             self.status.send(stream, true).await?;
         }
         Ok(())
     }
 
+    /// Whether a chunk (of a snapshot, or of keys to repair) is to be read now: one
+    /// chunk waits for the stream at a time.
+    pub(super) fn wants_chunk(&self) -> bool {
+        let snapshot_waits = self.snapshot.chunk_waiting();
+        let repair_waits = self.repairs.chunk_waiting();
+        (self.snapshot.wants_chunk() && !repair_waits)
+            || (self.repairs.wants_chunk() && !snapshot_waits)
+    }
+
     /// The stream reached `at` at a transaction boundary: publish the waiting chunk
     /// when `at` is past its high watermark.
     pub(super) async fn emit_chunk_if_passed(&mut self, at: Lsn) -> Result<(), PipelineError> {
-        if self.snapshot.chunk_passed(at) && !self.in_transaction() && !self.handover.is_blocked() {
+        if self.in_transaction() || self.handover.is_blocked() {
+            return Ok(());
+        }
+        if self.snapshot.chunk_passed(at) {
             self.snapshot
                 .emit(&mut self.envelopes, &mut self.handover)
                 .await?;
+        } else if let Some(high) = self.repairs.chunk_passed(at) {
+            let position = position_at(self.snapshot.next, high);
+            let next = self
+                .repairs
+                .emit(&mut self.envelopes, &mut self.handover, position)
+                .await?;
+            self.snapshot.next = next;
         }
         Ok(())
     }
@@ -365,5 +416,22 @@ impl ChangeReader {
         self.snapshot
             .store_confirmed(self.envelopes.store.as_ref(), confirmed)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_sits_before_its_watermark_numbered_on_at_the_same_one() {
+        let first = position_at(Position::default(), Lsn(800));
+        assert_eq!((first.commit_lsn, first.ordinal), (Lsn(799), 0));
+        let next = Position {
+            commit_lsn: Lsn(799),
+            ordinal: 2,
+        };
+        assert_eq!(position_at(next, Lsn(800)).ordinal, 2);
+        assert_eq!(position_at(next, Lsn(900)).ordinal, 0);
     }
 }
