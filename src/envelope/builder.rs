@@ -41,6 +41,8 @@ pub struct EnvelopeBuilder {
     /// Unchanged-TOAST values just provided for the next change of a key.
     pub(super) pending_toast: Option<(String, Vec<(usize, Value<'static>)>)>,
     pub(super) tx: Option<Transaction>,
+    /// See [`EnvelopeBuilder::set_catalog_position`].
+    pub(super) catalog_position: Lsn,
     pub(super) replays_skipped: u64,
     /// Subjects that may have a message in the stream (tracked mode): a key outside it
     /// is new and needs no load.
@@ -71,6 +73,7 @@ impl EnvelopeBuilder {
             toast: ToastCache::new(settings.toast_cache_bytes),
             pending_toast: None,
             tx: None,
+            catalog_position: Lsn(0),
             replays_skipped: 0,
             subject_filter: None,
             key_cache,
@@ -128,7 +131,7 @@ impl EnvelopeBuilder {
         let missing_setting_columns = settings.missing_columns(&columns);
         let shape = TableShape { columns, key };
         let previous = self.relations.get(&id).map(|r| r.version);
-        let at = self.tx.map(|t| t.commit_lsn).unwrap_or_default();
+        let at = self.tx.map_or(self.catalog_position, |t| t.commit_lsn);
         let history = self.histories.entry(qualified.clone()).or_default();
         let (version, added) = history.version_for(&shape, at);
         let history_to_store = added.then(|| history.clone());
@@ -194,6 +197,12 @@ impl EnvelopeBuilder {
     /// The Commit message: the transaction is closed.
     pub fn commit(&mut self) {
         self.tx = None;
+    }
+
+    /// Where the WAL was when the catalog described the tables described next outside
+    /// a transaction (a snapshot, a refetch): their shape is the one in force there.
+    pub fn set_catalog_position(&mut self, at: Lsn) {
+        self.catalog_position = at;
     }
 
     pub fn in_transaction(&self) -> bool {

@@ -304,6 +304,9 @@ impl Envelopes {
         &mut self,
         info: &TableInfo,
     ) -> Result<(), PipelineError> {
+        // The catalog's shape is the one in force now (not at the start of the WAL).
+        let now = self.catalog.current_wal_lsn().await?;
+        self.builder.set_catalog_position(now);
         let columns: Vec<RelationColumn<'_>> = info
             .columns
             .iter()

@@ -169,6 +169,7 @@ impl ChangeReader {
         self.repairs.forget_pending();
         let store = self.envelopes.store.as_ref();
         self.snapshot.plan(slot, &self.tables, store).await?;
+        self.snapshot.start_after = self.envelopes.catalog.current_wal_lsn().await?;
         self.metrics.source.streaming.set(1);
         self.metrics.set_ready(true, "");
         Ok(stream)
@@ -314,7 +315,9 @@ impl ChangeReader {
         stream: &mut ReplicationStream,
         stop: &mut Stop,
     ) -> Result<(), PipelineError> {
-        self.status.send(stream, false).await?;
+        // Waiting to catch up before a snapshot chunk: ask where the server is.
+        let behind = self.status.cp.received() < self.snapshot.start_after;
+        self.status.send(stream, behind).await?;
         // A waiting chunk goes out once the stream passed its watermark, also when
         // no transaction follows (a quiet database).
         self.emit_chunk_if_passed(self.status.cp.received()).await?;

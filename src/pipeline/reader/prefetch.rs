@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use super::envelopes::Envelopes;
 use super::ChangeReader;
 use crate::decode::pgoutput::{self, PgOutput};
-use crate::envelope::{Outgoing, ToastNeeded};
+use crate::envelope::{marked_in, Outgoing, ToastNeeded};
 use crate::pipeline::PipelineError;
 use crate::source::chunks::TableInfo;
 use crate::source::{ReplicationEvent, ReplicationStream};
@@ -189,8 +189,10 @@ impl Envelopes {
         let from_table: Vec<ToastNeeded> = toast
             .into_iter()
             .filter(|n| {
+                // From the table unless the stream has the exact values.
                 let subject = n.source.stream_subject.as_ref();
-                subject.is_none_or(|s| !matches!(self.ahead.get(s), Some(Some(_))))
+                let last = subject.and_then(|s| self.ahead.get(s)).and_then(Option::as_ref);
+                last.is_none_or(|e| marked_in(&e.envelope.value, &n.columns))
             })
             .collect();
         self.fetch_toast_rows(from_table).await

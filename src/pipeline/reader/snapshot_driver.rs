@@ -35,6 +35,10 @@ pub(super) struct SnapshotDriver {
     planned: bool,
     /// `--snapshot only` and the snapshot is complete: stop.
     only_done: bool,
+    /// Chunks are read once the stream got here (the WAL's end when the stream
+    /// opened): the tables' shapes replayed before are known by then, so a table
+    /// described from the catalog numbers its version after them.
+    pub(super) start_after: Lsn,
     /// Where the next chunk's first envelope sits, when its high watermark is the
     /// previous chunk's (snapshot and repair chunks are numbered on together).
     next: Position,
@@ -77,6 +81,7 @@ impl SnapshotDriver {
             planned: false,
             only_done: false,
             next: Position::default(),
+            start_after: Lsn(0),
         }
     }
 
@@ -383,6 +388,9 @@ impl ChangeReader {
     /// Whether a chunk (of a snapshot, or of keys to repair) is to be read now: one
     /// chunk waits for the stream at a time.
     pub(super) fn wants_chunk(&self) -> bool {
+        if self.status.cp.received() < self.snapshot.start_after {
+            return false;
+        }
         let snapshot_waits = self.snapshot.chunk_waiting();
         let repair_waits = self.repairs.chunk_waiting();
         (self.snapshot.wants_chunk() && !repair_waits)
