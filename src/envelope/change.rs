@@ -129,6 +129,30 @@ impl EnvelopeBuilder {
             .map_err(|e| EnvelopeError::Decode(e.to_string()))
     }
 
+    /// Whether a published value is the too-large marker (`--oversize marker`).
+    pub fn is_too_large_marker(&self, value: &rmpv::Value) -> bool {
+        value
+            .as_map()
+            .is_some_and(|m| m.len() == 1 && m[0].0.as_str() == Some(super::TOO_LARGE_KEY))
+    }
+
+    /// Whether a row's value alone is above the NATS server's `max_payload` (its
+    /// envelope would be a too-large marker, or refused).
+    pub fn row_too_large(
+        &self,
+        relation_id: u32,
+        row: &[TupleValue<'_>],
+    ) -> Result<bool, EnvelopeError> {
+        let rel = self.relation(relation_id)?;
+        let values = self.typed_values(relation_id, row, None, "")?;
+        let bytes = rmp_serde::to_vec(&crate::wire::RowRef {
+            columns: &rel.shape.columns,
+            values: &values,
+            published: Some(&rel.published),
+        })?;
+        Ok(bytes.len() > self.max_payload)
+    }
+
     /// Column mode: the envelope of a row read from the table now (a refetch
     /// answer), encoded; nothing is cached or assigned. `None`: the table's sequence
     /// is not a column of the row (tracked mode: the stream holds the answer).

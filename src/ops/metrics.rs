@@ -227,6 +227,15 @@ impl Metrics {
         }
     }
 
+    /// Forget the problems of a table that left the publication.
+    pub fn forget_degraded(&self, table: &str) {
+        let prefix = format!("{table} ");
+        self.degraded
+            .lock()
+            .unwrap()
+            .retain(|p| !p.starts_with(&prefix));
+    }
+
     /// What the process is doing besides streaming (empty: nothing).
     pub fn set_note(&self, note: String) {
         *self.note.lock().unwrap() = note;

@@ -53,7 +53,8 @@ pub async fn run(
         metrics_addr,
     } = settings;
     let catalog = Catalog::connect_waiting(&source.params, source.connect_timeout).await?;
-    let preflight = preflight(&catalog, &source.publication, &envelope.tables).await?;
+    let snapshots = reader.snapshot.mode != snapshot::SnapshotMode::Never;
+    let preflight = preflight(&catalog, &source.publication, &envelope.tables, snapshots).await?;
     let mut tasks = TaskSet::new();
     background::start(metrics_addr, &source, &metrics, &mut tasks).await?;
     let (client, nats_state) = connect_nats(&nats, &metrics, &mut tasks).await?;
@@ -115,11 +116,21 @@ async fn stop_sink(sink_task: tokio::task::JoinHandle<Result<(), SinkError>>) {
     }
 }
 
+/// The tables the role may not read, and the grant that fixes it.
+fn unreadable_problem(preflight: &Preflight) -> String {
+    let tables = preflight.unreadable.join(", ");
+    format!(
+        "the snapshot reads every published table, and role {user} may not SELECT from {tables} (partitions are published one by one and need their own grant) -- fix: GRANT SELECT ON {tables} TO {user} (or --snapshot never)",
+        user = preflight.user
+    )
+}
+
 /// Check the publication and its tables before anything else starts.
 async fn preflight(
     catalog: &Catalog,
     publication: &str,
     tables: &TableSettingsMap,
+    snapshots: bool,
 ) -> Result<Preflight, PipelineError> {
     let preflight = catalog.preflight(publication).await?;
     tracing::info!(
@@ -128,6 +139,9 @@ async fn preflight(
         tables = ?preflight.tables,
         "publication checked"
     );
+    if snapshots && !preflight.unreadable.is_empty() {
+        return Err(PipelineError::Config(unreadable_problem(&preflight)));
+    }
     let problems = settings_problems(tables, &preflight.columns);
     if !problems.is_empty() {
         return Err(PipelineError::Config(problems.join("; ")));

@@ -19,6 +19,10 @@ pub struct Preflight {
     /// Tables with TOASTable columns whose replica identity is not FULL: an unchanged
     /// TOAST value of theirs may have to be fetched from the table.
     pub toast_without_full_identity: Vec<String>,
+    /// Tables the role may not SELECT from (a snapshot, a refetch and TOAST reads
+    /// need it), and the role.
+    pub unreadable: Vec<String>,
+    pub user: String,
 }
 
 /// Server settings and the connected role.
@@ -183,6 +187,12 @@ impl Catalog {
         }
         Ok(Preflight {
             server_version: server.server_version,
+            unreadable: tables
+                .iter()
+                .filter(|t| !t.can_select)
+                .map(|t| t.name.clone())
+                .collect(),
+            user: server.user,
             toast_without_full_identity: tables
                 .iter()
                 .filter(|t| t.toastable && !t.full_identity)

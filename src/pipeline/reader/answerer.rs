@@ -46,6 +46,7 @@ impl ChangeReader {
         &mut self,
         tables: Vec<String>,
     ) -> Result<SnapshotReply, PipelineError> {
+        self.refresh_tables().await?;
         let mut reply = SnapshotReply::default();
         let (known, unknown): (Vec<String>, Vec<String>) =
             tables.into_iter().partition(|t| self.tables.contains(t));

@@ -93,7 +93,15 @@ impl ChangeReader {
             } => {
                 self.envelopes
                     .on_relation(relation_id, namespace, name, replica_identity, &columns)
-                    .await?
+                    .await?;
+                // A table that streams and walcast did not know: read the publication.
+                if !self
+                    .tables
+                    .iter()
+                    .any(|t| t.split_once('.') == Some((namespace, name)))
+                {
+                    self.publication.due = true;
+                }
             }
             PgOutput::Insert { relation_id, new } if !skipping => {
                 self.change(relation_id, Op::Insert, None, Some(&new))
@@ -174,9 +182,7 @@ impl ChangeReader {
         new: Option<&[TupleValue<'_>]>,
     ) -> Result<(), PipelineError> {
         let before = self.handover.built.len();
-        let builder = &self.envelopes.builder;
-        let (skipped_before, markers_before) =
-            (builder.replays_skipped(), builder.oversize_markers());
+        let skipped_before = self.envelopes.builder.replays_skipped();
         let built = self
             .envelopes
             .build(&mut self.handover.built, |b, out| {
@@ -188,19 +194,8 @@ impl ChangeReader {
             return Ok(());
         }
         built?;
-        let builder = &self.envelopes.builder;
-        let metrics = &self.metrics.envelope;
-        metrics
-            .replays_skipped
-            .inc_by(builder.replays_skipped() - skipped_before);
-        let markers = builder.oversize_markers() - markers_before;
-        if markers > 0 {
-            metrics.oversize_markers.inc_by(markers);
-            tracing::warn!(
-                relation_id,
-                "an envelope above NATS's max_payload was published as a too-large marker"
-            );
-        }
+        let skipped = self.envelopes.builder.replays_skipped() - skipped_before;
+        self.metrics.envelope.replays_skipped.inc_by(skipped);
         let new_envelopes = &self.handover.built[before..];
         self.snapshot.live_changes(new_envelopes);
         self.envelopes.published(new_envelopes);

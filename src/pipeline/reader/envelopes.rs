@@ -102,8 +102,17 @@ impl Envelopes {
     where
         F: FnMut(&mut EnvelopeBuilder, &mut Vec<Outgoing>) -> Result<Option<Need>, EnvelopeError>,
     {
+        let markers_before = self.builder.oversize_markers();
         while let Some(need) = step(&mut self.builder, out)? {
             self.provide(need).await?;
+        }
+        let markers = self.builder.oversize_markers() - markers_before;
+        if markers > 0 {
+            self.metrics.envelope.oversize_markers.inc_by(markers);
+            tracing::warn!(
+                key = out.last().map_or("", |o| o.msg_id.as_str()),
+                "an envelope above NATS's max_payload was published as a too-large marker"
+            );
         }
         Ok(())
     }

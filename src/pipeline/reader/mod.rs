@@ -12,7 +12,7 @@
 //! - [`status`]: the checkpoint, the unconfirmed transactions, status updates, lag;
 //! - [`snapshot_driver`] (with [`snapshot_read`]): existing rows between watermarks;
 //! - [`repair`]: keys published with an unavailable TOAST value, read again;
-//! - [`answerer`]: refetch and re-snapshot requests;
+//! - [`answerer`]: refetch and re-snapshot requests; [`publication`]: its tables now;
 //! - [`progress`]: the progress line and the heartbeat's age.
 
 mod answerer;
@@ -21,6 +21,7 @@ mod envelopes;
 mod handover;
 mod prefetch;
 mod progress;
+mod publication;
 mod repair;
 mod snapshot_driver;
 mod snapshot_read;
@@ -50,6 +51,7 @@ use changes::Transactions;
 use envelopes::Envelopes;
 use handover::Handover;
 use progress::{HeartbeatAge, Progress};
+use publication::PublicationWatch;
 use repair::Repairs;
 use snapshot_driver::{SlotStart, SnapshotDriver};
 use status::StatusReporter;
@@ -105,8 +107,10 @@ pub(super) struct ChangeReader {
     answerer: RequestAnswerer,
     progress: Progress,
     heartbeat: HeartbeatAge,
-    /// The published tables (what a snapshot reads, what a refetch may ask for).
+    /// The published tables (what a snapshot reads, what a refetch may ask for), as
+    /// last read.
     tables: Vec<String>,
+    publication: PublicationWatch,
     /// No replication stream was opened yet by this process.
     first_open: bool,
     /// This process streamed from the slot already.
@@ -139,6 +143,7 @@ impl ChangeReader {
             heartbeat: HeartbeatAge::new(metrics.clone()),
             envelopes: Envelopes::new(builder, catalog, store, metrics.clone()),
             tables,
+            publication: PublicationWatch::default(),
             first_open: true,
             streamed_before: false,
             ahead_left: 0,
@@ -169,7 +174,11 @@ impl ChangeReader {
         self.repairs.forget_pending();
         let store = self.envelopes.store.as_ref();
         self.snapshot.plan(slot, &self.tables, store).await?;
-        self.snapshot.start_after = self.envelopes.catalog.current_wal_lsn().await?;
+        // A slot made now has nothing to replay before its snapshot; otherwise the
+        // snapshot waits for the changes (and table shapes) already in the WAL.
+        if !slot.created {
+            self.snapshot.start_after = self.envelopes.catalog.current_wal_lsn().await?;
+        }
         self.metrics.source.streaming.set(1);
         self.metrics.set_ready(true, "");
         Ok(stream)
@@ -324,6 +333,9 @@ impl ChangeReader {
         self.progress
             .log_if_due(&self.status.cp, self.txn.commit_ts);
         self.heartbeat.update();
+        if !self.in_transaction() {
+            self.refresh_tables_if_due().await?;
+        }
         self.store_snapshot_progress().await?;
         if self.snapshot.only_done() {
             stop.begin(

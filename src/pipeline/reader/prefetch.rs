@@ -191,7 +191,9 @@ impl Envelopes {
             .filter(|n| {
                 // From the table unless the stream has the exact values.
                 let subject = n.source.stream_subject.as_ref();
-                let last = subject.and_then(|s| self.ahead.get(s)).and_then(Option::as_ref);
+                let last = subject
+                    .and_then(|s| self.ahead.get(s))
+                    .and_then(Option::as_ref);
                 last.is_none_or(|e| marked_in(&e.envelope.value, &n.columns))
             })
             .collect();

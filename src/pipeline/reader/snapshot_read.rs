@@ -175,6 +175,10 @@ pub(super) async fn published_already(
     };
     let state = store.key_state_of(&subject, &last)?;
     env.builder.offer_key_state(&last.envelope.key, state);
+    if env.builder.is_too_large_marker(&last.envelope.value) {
+        // Published as too large: the same again while the row is still too large.
+        return Ok(env.builder.row_too_large(relation_id, row)?);
+    }
     Ok(last.envelope.value == env.builder.row_value(relation_id, row)?)
 }
 
