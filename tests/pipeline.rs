@@ -387,7 +387,11 @@ async fn schema_version_bumps_on_add_and_drop_column() {
     )
     .await;
     let mut collector = Collector::new(&s.nats.url(), "walcast.public.docs.*").await;
-    let _w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
+    let w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
+    // The initial snapshot describes the table from the catalog: DDL racing with its
+    // first chunk can number versions out of WAL order (a known limit, see the
+    // closing note of the first-touch work); this test is about DDL while streaming.
+    w.wait_for_log("snapshot complete", 1, WAIT).await;
     exec(&db, "INSERT INTO docs VALUES (1, 'a', 'x')").await;
     exec(&db, "ALTER TABLE docs ADD COLUMN tags text[]").await;
     exec(&db, "INSERT INTO docs VALUES (2, 'b', 'y', '{t}')").await;

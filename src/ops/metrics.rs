@@ -227,13 +227,13 @@ impl Metrics {
         }
     }
 
-    /// Forget the problems of a table that left the publication.
-    pub fn forget_degraded(&self, table: &str) {
-        let prefix = format!("{table} ");
+    /// Forget the problems of tables no longer published (each problem's text starts
+    /// with its table's name).
+    pub fn forget_degraded_unless(&self, published: impl Fn(&str) -> bool) {
         self.degraded
             .lock()
             .unwrap()
-            .retain(|p| !p.starts_with(&prefix));
+            .retain(|p| published(p.split(' ').next().unwrap_or_default()));
     }
 
     /// What the process is doing besides streaming (empty: nothing).

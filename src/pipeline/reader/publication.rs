@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use super::ChangeReader;
 use crate::pipeline::snapshot::SnapshotMode;
 use crate::pipeline::PipelineError;
-use crate::source::catalog::Catalog;
 
 /// How often the publication's tables are read again.
 const REFRESH_EVERY: Duration = Duration::from_secs(10);
@@ -42,11 +41,15 @@ impl ChangeReader {
     /// dropped.
     pub(super) async fn refresh_tables(&mut self) -> Result<(), PipelineError> {
         self.publication = PublicationWatch::default();
-        // A connection of its own: the long-lived catalog connection was seen (rarely,
-        // not understood) to answer with the publication as it was.
-        let catalog = Catalog::connect(&self.source.params, self.source.connect_timeout).await?;
-        let facts = catalog.publication_tables(&self.source.publication).await?;
+        let facts = self
+            .envelopes
+            .catalog
+            .publication_tables(&self.source.publication)
+            .await?;
         let now: Vec<String> = facts.iter().map(|t| t.name.clone()).collect();
+        // Also a table added and dropped again between two reads.
+        self.metrics
+            .forget_degraded_unless(|table| now.iter().any(|t| t == table));
         if now == self.tables {
             return Ok(());
         }
@@ -57,9 +60,6 @@ impl ChangeReader {
             .collect();
         let removed: Vec<&String> = self.tables.iter().filter(|t| !now.contains(t)).collect();
         tracing::info!(?added, ?removed, "the publication changed");
-        for table in removed {
-            self.metrics.forget_degraded(table);
-        }
         self.tables = now;
         let keyed: Vec<String> = facts
             .iter()
