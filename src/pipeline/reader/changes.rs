@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 use super::ChangeReader;
-use crate::decode::pgoutput::{self, OldTuple, PgOutput, TupleValue};
+use crate::decode::pgoutput::{self, OldTuple, PgOutput, RelationColumn, TupleValue};
 use crate::envelope::EnvelopeError;
 use crate::pipeline::PipelineError;
 use crate::source::{ReplicationEvent, ReplicationStream, SourceError};
@@ -91,17 +91,8 @@ impl ChangeReader {
                 replica_identity,
                 columns,
             } => {
-                self.envelopes
-                    .on_relation(relation_id, namespace, name, replica_identity, &columns)
-                    .await?;
-                // A table that streams and walcast did not know: read the publication.
-                if !self
-                    .tables
-                    .iter()
-                    .any(|t| t.split_once('.') == Some((namespace, name)))
-                {
-                    self.publication.due = true;
-                }
+                self.on_relation(relation_id, namespace, name, replica_identity, &columns)
+                    .await?
             }
             PgOutput::Insert { relation_id, new } if !skipping => {
                 self.change(relation_id, Op::Insert, None, Some(&new))
@@ -129,6 +120,29 @@ impl ChangeReader {
             _ => {}
         }
         self.handover.batch_if_full();
+        Ok(())
+    }
+
+    /// A Relation message: the table's shape for the envelope stage; a table that
+    /// streams and walcast did not know makes it read the publication.
+    async fn on_relation(
+        &mut self,
+        relation_id: u32,
+        namespace: &str,
+        name: &str,
+        replica_identity: u8,
+        columns: &[RelationColumn<'_>],
+    ) -> Result<(), PipelineError> {
+        self.envelopes
+            .on_relation(relation_id, namespace, name, replica_identity, columns)
+            .await?;
+        if !self
+            .tables
+            .iter()
+            .any(|t| t.split_once('.') == Some((namespace, name)))
+        {
+            self.publication.due = true;
+        }
         Ok(())
     }
 

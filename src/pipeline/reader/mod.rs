@@ -5,6 +5,7 @@
 //! makes PostgreSQL drop the connection (`wal_sender_timeout`).
 //!
 //! [`ChangeReader::stream`] is a `select!` that dispatches to small owned parts:
+//! - [`open`]: the slot and the replication stream opened (again);
 //! - [`changes`]: the change loop (pgoutput messages into the envelope stage);
 //! - [`envelopes`]: the envelope builder and its loaders (key states, TOAST, catalog);
 //! - [`prefetch`]: the key states the read buffer will ask for, loaded in batches;
@@ -19,6 +20,7 @@ mod answerer;
 mod changes;
 mod envelopes;
 mod handover;
+mod open;
 mod prefetch;
 mod progress;
 mod publication;
@@ -42,9 +44,8 @@ use crate::ops::shutdown::Shutdown;
 use crate::sink::{Confirmed, SinkBatch};
 use crate::source::catalog::Catalog;
 use crate::source::SourceSettings;
-use crate::source::{slot, ReplicationConnection, ReplicationEvent, ReplicationStream};
+use crate::source::{ReplicationEvent, ReplicationStream};
 use crate::state::StateStore;
-use crate::wire::Lsn;
 
 use answerer::RequestAnswerer;
 use changes::Transactions;
@@ -53,7 +54,7 @@ use handover::Handover;
 use progress::{HeartbeatAge, Progress};
 use publication::PublicationWatch;
 use repair::Repairs;
-use snapshot_driver::{SlotStart, SnapshotDriver};
+use snapshot_driver::SnapshotDriver;
 use status::StatusReporter;
 
 /// How the reader hands over, reports and stops (`config/` builds it from the flags).
@@ -151,80 +152,6 @@ impl ChangeReader {
             settings,
             metrics,
         }
-    }
-
-    /// Connect, make sure the slot exists, and start streaming from it.
-    pub(super) async fn open(&mut self) -> Result<ReplicationStream, PipelineError> {
-        let mut conn = ReplicationConnection::connect(&self.source.params).await?;
-        let (start, slot) = self.ensure_slot(&mut conn).await?;
-        self.streamed_before = true;
-        let stream = conn
-            .start_replication(&self.source.slot, Lsn(0), &self.source.publication)
-            .await?;
-        self.forget_if_others_wrote().await?;
-        self.envelopes.forget_ahead();
-        self.ahead_left = 0;
-        self.first_open = false;
-        self.status.resume(start);
-        // An open transaction's envelopes built so far stay: the stream starts again
-        // at or before its Begin, recognises them as already built, and goes on.
-        self.txn.skipping = false;
-        tracing::info!(slot = %self.source.slot, from = %start, "streaming");
-        self.snapshot.forget_pending();
-        self.repairs.forget_pending();
-        let store = self.envelopes.store.as_ref();
-        self.snapshot.plan(slot, &self.tables, store).await?;
-        // A slot made now has nothing to replay before its snapshot; otherwise the
-        // snapshot waits for the changes (and table shapes) already in the WAL.
-        if !slot.created {
-            self.snapshot.start_after = self.envelopes.catalog.current_wal_lsn().await?;
-        }
-        self.metrics.source.streaming.set(1);
-        self.metrics.set_ready(true, "");
-        Ok(stream)
-    }
-
-    /// The slot, created when missing (only when this slot was never streamed from,
-    /// or `--recreate-slot`); where streaming starts, and how new the slot is to walcast.
-    async fn ensure_slot(
-        &mut self,
-        conn: &mut ReplicationConnection,
-    ) -> Result<(Lsn, SlotStart), PipelineError> {
-        let slot = &self.source.slot;
-        let known = match &self.envelopes.store {
-            Some(store) => store.slot_known(slot).await?,
-            None => false,
-        };
-        let may_create = self.source.recreate_slot || !(known || self.streamed_before);
-        let (start, created) =
-            slot::ensure_slot(conn, &self.envelopes.catalog, slot, may_create).await?;
-        if let (true, Some(store)) = (created || !known, &self.envelopes.store) {
-            store.record_slot(slot, &start.to_string()).await?;
-        }
-        let unrecorded = !created && !known && self.envelopes.store.is_some();
-        Ok((
-            start,
-            SlotStart {
-                created,
-                unrecorded,
-            },
-        ))
-    }
-
-    /// We hold the slot now: nobody else publishes. If somebody did since this process
-    /// last wrote (a standby that took over meanwhile), what we hold in memory may be
-    /// stale: start again from the stream.
-    async fn forget_if_others_wrote(&mut self) -> Result<(), PipelineError> {
-        let Some(store) = &self.envelopes.store else {
-            return Ok(());
-        };
-        if self.first_open || store.written_by_others().await? {
-            let filter = store.subject_filter().await?;
-            self.envelopes.builder.reset_key_state(Some(filter));
-            self.handover.discard();
-            self.txn.last_handed_commit = Lsn(0);
-        }
-        Ok(())
     }
 
     /// Stream until shutdown (then drain, report and end cleanly) or an error.
