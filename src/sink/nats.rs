@@ -21,6 +21,11 @@ pub struct NatsState {
     pub permission_denied: std::sync::Mutex<Option<String>>,
 }
 
+/// Whether the client is connected (not between a disconnect and the reconnect).
+pub(crate) fn connected(client: &Client) -> bool {
+    client.connection_state() != async_nats::connection::State::Disconnected
+}
+
 /// Connect to NATS, waiting for it up to `timeout` (a server that is down or
 /// restarting is retried with back-off; refused credentials are not); afterwards the
 /// client reconnects by itself forever.
