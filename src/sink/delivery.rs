@@ -118,7 +118,7 @@ pub async fn build(
     .map_err(|e| SinkError::Delivery(format!("{e} (NATS at {shown})")))?;
     tracing::info!(delivery = ?delivery, sequences = ?mode, "delivery chosen");
     if delivery != Delivery::Jetstream {
-        let sink = CoreSink::new(client, nats_state, &settings.sink, metrics.clone()).await?;
+        let sink = CoreSink::new(client, &settings.sink, metrics.clone()).await?;
         return Ok(Delivered {
             sink: Sink::Core(sink),
             store: None,

@@ -1,7 +1,7 @@
 //! The NATS connection the sinks publish on: connected once, reconnecting by itself
-//! forever, its state shared with the health endpoints and the core sink.
+//! forever, its state shared with the health endpoints and the permission check.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +14,6 @@ use crate::client::{NatsAuth, NatsUrl};
 #[derive(Debug, Default)]
 pub struct NatsState {
     pub connected: AtomicBool,
-    /// Bumped on every disconnect: a confirmation round-trip is only valid if the
-    /// generation did not change since the batch was published.
-    pub generation: AtomicU64,
     /// The last permissions violation the server reported.
     pub permission_denied: std::sync::Mutex<Option<String>>,
 }
@@ -99,7 +96,6 @@ fn options(
                         tracing::info!("NATS connected");
                     }
                     async_nats::Event::Disconnected => {
-                        state.generation.fetch_add(1, Ordering::SeqCst);
                         state.connected.store(false, Ordering::SeqCst);
                         tracing::warn!("NATS disconnected; reconnecting");
                     }
