@@ -93,13 +93,13 @@ fn op_of(payload: &[u8]) -> Option<String> {
         .and_then(|(_, v)| v.as_str().map(String::from))
 }
 
-/// Wait until nothing new arrived for `quiet`; the number received.
-async fn settle(received: &Received, quiet: Duration) -> usize {
+/// Wait until nothing new arrived for `quiet`.
+async fn settle(received: &Received, quiet: Duration) {
     let mut last = usize::MAX;
     loop {
         let now = received.lock().unwrap().len();
         if now == last {
-            return now;
+            return;
         }
         last = now;
         tokio::time::sleep(quiet).await;
@@ -152,9 +152,9 @@ async fn changes(db: &tokio_postgres::Client, from: i64) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plain_subscriber_of_the_prefix_receives_only_envelopes() {
-    let s = servers();
+/// Two tables, `orders` (tracked) with rows before walcast starts, and `acct` in
+/// column mode.
+async fn two_tables(s: &Servers) -> tokio_postgres::Client {
     let db = s.pg.client().await;
     install_sequence_helper(&db).await;
     exec(
@@ -166,89 +166,95 @@ async fn a_plain_subscriber_of_the_prefix_receives_only_envelopes() {
          CREATE PUBLICATION walcast FOR TABLE orders, acct;",
     )
     .await;
-    let received = plain_subscriber(&s.nats.url()).await;
-    let args = || {
-        let mut a = RunArgs::new(&s, "walcast", "walcast");
-        a.extra = [
-            "--heartbeat-interval",
-            "1",
-            "--status-interval",
-            "0.2",
-            "--column-sequence",
-            "public.acct=walcast_seq",
-        ]
-        .map(String::from)
-        .to_vec();
-        a
-    };
+    db
+}
 
-    // A start (with its initial snapshot), changes, kill -9, a restart, more changes.
-    let mut w = Walcast::spawn(args());
-    w.wait_ready().await;
-    changes(&db, 1).await;
-    wait_caught_up(&db, &w).await;
-    w.child.start_kill().unwrap();
-    w.wait_exit(WAIT).await;
-    let mut w = Walcast::spawn(args());
-    w.wait_ready().await;
-    changes(&db, 100).await;
-    exec(&db, "TRUNCATE orders").await;
-    changes(&db, 200).await;
+fn spawn(s: &Servers) -> Walcast {
+    let mut a = RunArgs::new(s, "walcast", "walcast");
+    a.extra = [
+        "--heartbeat-interval",
+        "1",
+        "--status-interval",
+        "0.2",
+        "--column-sequence",
+        "public.acct=walcast_seq",
+    ]
+    .map(String::from)
+    .to_vec();
+    Walcast::spawn(a)
+}
 
-    // Heartbeats come back through the stream (one a second).
-    poll_until("a heartbeat", || async {
-        w.metric("walcast_heartbeat_age_seconds")
-            .await
-            .unwrap_or(0.0)
-            > 0.0
-    })
-    .await;
-
-    // A re-snapshot, as `walcast snapshot` asks for it.
-    let snapshots_before = w.log().matches("snapshot complete").count();
+/// A re-snapshot of `orders`, as `walcast snapshot` asks for it, until it is done.
+async fn resnapshot(s: &Servers, w: &Walcast) {
+    let before = w.log().matches("snapshot complete").count();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
         .args(["snapshot", "public.orders", "--nats-url", &s.nats.url()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
     poll_until("the re-snapshot", || async {
-        w.log().matches("snapshot complete").count() > snapshots_before
+        w.log().matches("snapshot complete").count() > before
     })
     .await;
+}
 
-    // A refetch in column mode: answered on the requester's inbox.
+/// Column-mode refetches (a row, a missing one): answered on the requester's inbox.
+async fn refetch(s: &Servers) {
     let client = async_nats::connect(s.nats.url()).await.unwrap();
-    let fetched =
-        walcast::client::refetch_from_walcast(&client, "walcast", "public.acct:100", WAIT)
-            .await
-            .unwrap();
-    assert_eq!(fetched.key, "public.acct:100");
-    let missing =
-        walcast::client::refetch_from_walcast(&client, "walcast", "public.acct:99999", WAIT).await;
-    assert!(missing.is_err());
+    let ask = |key| walcast::client::refetch_from_walcast(&client, "walcast", key, WAIT);
+    assert_eq!(ask("public.acct:100").await.unwrap().key, "public.acct:100");
+    assert!(ask("public.acct:99999").await.is_err());
+}
 
-    wait_caught_up(&db, &w).await;
-    let count = settle(&received, Duration::from_millis(500)).await;
-    let received = received.lock().unwrap();
+/// Every message received is an envelope; how many, and how many snapshot ones.
+fn check_all_envelopes(received: &[(String, Vec<u8>)]) -> (usize, usize) {
     let bad: Vec<String> = received
         .iter()
         .filter_map(|(subject, payload)| {
             not_an_envelope(payload).map(|why| format!("{subject}: {why}"))
         })
         .collect();
-    let snapshots = received
-        .iter()
-        .filter(|(_, p)| op_of(p).as_deref() == Some("snapshot"))
-        .count();
-    println!("plain subscriber of walcast.>: {count} messages, {snapshots} snapshot envelopes, {} not envelopes", bad.len());
     assert!(
         bad.is_empty(),
         "messages under walcast.> that are no envelope: {bad:#?}"
     );
+    let snapshots = received
+        .iter()
+        .filter(|(_, p)| op_of(p).as_deref() == Some("snapshot"))
+        .count();
+    (received.len(), snapshots)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_subscriber_of_the_prefix_receives_only_envelopes() {
+    let s = servers();
+    let db = two_tables(&s).await;
+    let received = plain_subscriber(&s.nats.url()).await;
+    // A start (with its initial snapshot), changes, kill -9, a restart, more changes.
+    let mut w = spawn(&s);
+    w.wait_ready().await;
+    changes(&db, 1).await;
+    wait_caught_up(&db, &w).await;
+    w.child.start_kill().unwrap();
+    w.wait_exit(WAIT).await;
+    let mut w = spawn(&s);
+    w.wait_ready().await;
+    changes(&db, 100).await;
+    exec(&db, "TRUNCATE orders").await;
+    changes(&db, 200).await;
+    // Heartbeats come back through the stream (one a second).
+    poll_until("a heartbeat", || async {
+        let age = w.metric("walcast_heartbeat_age_seconds").await;
+        age.unwrap_or(0.0) > 0.0
+    })
+    .await;
+    resnapshot(&s, &w).await;
+    refetch(&s).await;
+    wait_caught_up(&db, &w).await;
+    settle(&received, Duration::from_millis(500)).await;
+    let (count, snapshots) = check_all_envelopes(&received.lock().unwrap());
+    println!("plain subscriber of walcast.>: {count} messages, all envelopes, {snapshots} of them snapshot ones");
     assert!(count >= 150, "only {count} messages");
     assert!(snapshots >= 20, "only {snapshots} snapshot envelopes");
 }
