@@ -227,8 +227,8 @@ async fn outage(extra: &[&str], max_inflight: usize, outage: Duration) -> Counts
 /// connection is down, and afterwards only what the stream did not store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_repeats_at_most_one_window_to_plain_subscribers() {
-    const WINDOW: usize = 2_000;
-    let c = outage(&[], WINDOW, Duration::from_secs(8)).await;
+    const WINDOW: usize = 10_000;
+    let c = outage(&[], WINDOW, Duration::from_secs(10)).await;
     let duplicates = c.received - c.distinct;
     assert!(
         duplicates <= WINDOW,
@@ -240,9 +240,9 @@ async fn an_outage_repeats_at_most_one_window_to_plain_subscribers() {
 /// The same with one PubAck per message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_repeats_at_most_one_window_with_per_message_pubacks() {
-    const WINDOW: usize = 2_000;
+    const WINDOW: usize = 10_000;
     let per_message = ["--publish-mode", "per-message"];
-    let c = outage(&per_message, WINDOW, Duration::from_secs(8)).await;
+    let c = outage(&per_message, WINDOW, Duration::from_secs(10)).await;
     let duplicates = c.received - c.distinct;
     assert!(
         duplicates <= WINDOW,
