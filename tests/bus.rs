@@ -8,7 +8,7 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use futures::StreamExt;
@@ -106,38 +106,8 @@ async fn settle(received: &Received, quiet: Duration) {
     }
 }
 
-async fn wait_caught_up(db: &tokio_postgres::Client, w: &Walcast) {
-    let target = walcast::testing::current_wal_lsn(db).await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let row = db
-            .query_one(
-                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'walcast'",
-                &[],
-            )
-            .await
-            .unwrap();
-        let flushed: walcast::wire::Lsn = row.get::<_, String>(0).parse().unwrap();
-        if flushed >= target {
-            return;
-        }
-        assert!(Instant::now() < deadline, "slot stuck:\n{}", w.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Poll `cond` every 100 ms until it holds.
-async fn poll_until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    mut cond: impl FnMut() -> F,
-) {
-    let deadline = Instant::now() + WAIT;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
+/// Changes of both tables: 50 orders from `from` inserted, every third updated, one
+/// deleted; 10 accounts inserted and one updated.
 async fn changes(db: &tokio_postgres::Client, from: i64) {
     exec(
         db,
@@ -193,7 +163,7 @@ async fn resnapshot(s: &Servers, w: &Walcast) {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    poll_until("the re-snapshot", || async {
+    poll_until("the re-snapshot", WAIT, || async {
         w.log().matches("snapshot complete").count() > before
     })
     .await;
@@ -235,7 +205,7 @@ async fn a_plain_subscriber_of_the_prefix_receives_only_envelopes() {
     let mut w = spawn(&s);
     w.wait_ready().await;
     changes(&db, 1).await;
-    wait_caught_up(&db, &w).await;
+    wait_caught_up(&db, &w, WAIT).await;
     w.child.start_kill().unwrap();
     w.wait_exit(WAIT).await;
     let mut w = spawn(&s);
@@ -244,14 +214,14 @@ async fn a_plain_subscriber_of_the_prefix_receives_only_envelopes() {
     exec(&db, "TRUNCATE orders").await;
     changes(&db, 200).await;
     // Heartbeats come back through the stream (one a second).
-    poll_until("a heartbeat", || async {
+    poll_until("a heartbeat", WAIT, || async {
         let age = w.metric("walcast_heartbeat_age_seconds").await;
         age.unwrap_or(0.0) > 0.0
     })
     .await;
     resnapshot(&s, &w).await;
     refetch(&s).await;
-    wait_caught_up(&db, &w).await;
+    wait_caught_up(&db, &w, WAIT).await;
     settle(&received, Duration::from_millis(500)).await;
     let (count, snapshots) = check_all_envelopes(&received.lock().unwrap());
     println!("plain subscriber of walcast.>: {count} messages, all envelopes, {snapshots} of them snapshot ones");
@@ -285,7 +255,7 @@ async fn a_user_that_may_not_ask_for_its_permissions_still_runs() {
     let mut w = Walcast::spawn(args);
     w.wait_ready().await;
     exec(&db, "INSERT INTO t VALUES (1)").await;
-    wait_caught_up(&db, &w).await;
+    wait_caught_up(&db, &w, WAIT).await;
     let log = w.log();
     assert!(
         log.contains("cannot read walcast's NATS permissions"),

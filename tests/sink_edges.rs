@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures::StreamExt;
 use walcast::wire::codec::{self, Envelope};
-use walcast::wire::Lsn;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -106,31 +105,6 @@ async fn workload(url: String, changes: usize, keys: u64, pause: Duration) -> us
     written
 }
 
-async fn slot_flushed(db: &tokio_postgres::Client) -> Lsn {
-    db.query_one(
-        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'walcast'",
-        &[],
-    )
-    .await
-    .unwrap()
-    .get::<_, String>(0)
-    .parse()
-    .unwrap()
-}
-
-/// Wait until the slot confirmed `target`.
-async fn wait_flushed(db: &tokio_postgres::Client, target: Lsn, w: &Walcast) {
-    let deadline = Instant::now() + WAIT;
-    while slot_flushed(db).await < target {
-        assert!(
-            Instant::now() < deadline,
-            "slot never reached {target}:\n{}",
-            w.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Keys whose sequences in walcast's stream are not 1..n in stream order.
 async fn stream_holes(nats_url: &str) -> usize {
     let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.unwrap());
@@ -149,15 +123,9 @@ async fn stream_holes(nats_url: &str) -> usize {
 }
 
 async fn kv_servers() -> (Servers, tokio_postgres::Client) {
-    let s = servers();
-    let db = s.pg.client().await;
-    exec(
-        &db,
-        "CREATE TABLE kv (id bigint PRIMARY KEY, v bigint NOT NULL);
-         CREATE PUBLICATION walcast FOR TABLE kv;",
-    )
-    .await;
-    (s, db)
+    let sql = "CREATE TABLE kv (id bigint PRIMARY KEY, v bigint NOT NULL);
+               CREATE PUBLICATION walcast FOR TABLE kv;";
+    with_sql(servers(), sql).await
 }
 
 /// What a plain subscriber saw of a run.
@@ -195,7 +163,7 @@ async fn outage(extra: &[&str], max_inflight: usize, outage: Duration) -> Counts
     s.nats.start_again().unwrap();
     let written = writer.await.unwrap();
     let end = walcast::testing::current_wal_lsn(&db).await;
-    wait_flushed(&db, end, &w).await;
+    wait_confirmed(&db, &w, end, WAIT).await;
     settle(&seen, Duration::from_secs(1)).await;
     assert!(
         w.child.try_wait().unwrap().is_none(),
@@ -294,7 +262,7 @@ async fn a_transaction_of_whole_batches_is_confirmed_without_waiting_for_the_tim
         let end = walcast::testing::current_wal_lsn(&db).await;
         let started = Instant::now();
         let mut w = Walcast::spawn(args());
-        wait_flushed(&db, end, &w).await;
+        wait_confirmed(&db, &w, end, WAIT).await;
         waits.push((rows, started.elapsed()));
         retries += w
             .metric("walcast_publish_retries_total")
