@@ -111,20 +111,13 @@ pub struct Received {
     pub payload: Bytes,
 }
 
-/// The messages of a NATS subscription on walcast subjects, each decoded once;
-/// walcast's own start-up probe (an empty message on `<prefix>._walcast_probe`) is
-/// skipped.
+/// The messages of a NATS subscription on walcast subjects, each decoded once (every
+/// message under walcast's prefix is an envelope; anything else shows as a decoding
+/// error).
 pub fn envelopes(sub: async_nats::Subscriber) -> impl Stream<Item = Received> + Send + Unpin {
-    sub.filter(|msg| futures::future::ready(!is_walcast_probe(&msg.subject, &msg.payload)))
-        .map(|msg| Received {
-            envelope: codec::decode(&msg.payload),
-            subject: msg.subject,
-            payload: msg.payload,
-        })
-}
-
-/// Whether a message is walcast's start-up permission probe (never an envelope: an
-/// envelope is never empty).
-pub fn is_walcast_probe(subject: &str, payload: &[u8]) -> bool {
-    payload.is_empty() && subject.ends_with("._walcast_probe")
+    sub.map(|msg| Received {
+        envelope: codec::decode(&msg.payload),
+        subject: msg.subject,
+        payload: msg.payload,
+    })
 }

@@ -1,11 +1,13 @@
 //! Core NATS delivery: publishes are pipelined; every batch waiting in the channel is
 //! written out, then one confirmation round-trip (a message to walcast's own inbox,
 //! which the server delivers only after everything this connection published before
-//! it) confirms them all. Batches not confirmed (a timeout, or a reconnect in between,
-//! which may have lost buffered writes) are published again: at-least-once, and a
-//! replay carries the same bytes, so consumers drop it as stale.
+//! it) confirms them all. It confirms only what went out on the connection it used:
+//! the connection (the server's id and the id the server gave this client) is read
+//! before the first write and after the round trip, and a change means writes may
+//! have been lost with the old one. Batches not confirmed (a timeout, or a reconnect
+//! in between) are published again: at-least-once, and a replay carries the same
+//! bytes, so consumers drop it as stale.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,14 +16,12 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
-use super::nats::NatsState;
 use super::{confirm, Confirmed, Retry, SinkBatch, SinkError, SinkSettings};
 use crate::ops::metrics::Metrics;
 
 /// Publishes batches and reports confirmed transaction ends.
 pub struct CoreSink {
     client: Client,
-    state: Arc<NatsState>,
     sync_subject: Subject,
     sync_sub: async_nats::Subscriber,
     round: u64,
@@ -32,7 +32,6 @@ pub struct CoreSink {
 impl CoreSink {
     pub async fn new(
         client: Client,
-        state: Arc<NatsState>,
         settings: &SinkSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, SinkError> {
@@ -40,7 +39,6 @@ impl CoreSink {
         let sync_sub = client.subscribe(sync_subject.clone()).await?;
         Ok(CoreSink {
             client,
-            state,
             sync_subject,
             sync_sub,
             round: 0,
@@ -110,7 +108,7 @@ impl CoreSink {
         pending: &[SinkBatch],
         items: usize,
     ) -> Result<(), &'static str> {
-        let generation = self.state.generation.load(Ordering::SeqCst);
+        let before = ConnectionId::of(&self.client);
         let outcome = if !self.write_all(pending).await {
             Err("publish failed")
         } else if items == 0 {
@@ -118,11 +116,7 @@ impl CoreSink {
         } else {
             self.round_trip().await
         };
-        let same_connection = self.state.generation.load(Ordering::SeqCst) == generation;
-        match outcome {
-            Ok(()) if !same_connection => Err("the connection changed before confirmation"),
-            outcome => outcome,
-        }
+        confirmation(outcome, &before, &ConnectionId::of(&self.client))
     }
 
     /// Run until the channel closes and everything received was confirmed.
@@ -176,3 +170,43 @@ impl CoreSink {
         }
     }
 }
+
+/// The connection a client publishes on: the server's id (new at every server start)
+/// and the id the server gave this client (never reused by that server). The client
+/// records both from the server's INFO when it connects, before it writes anything
+/// on the new connection; no event callback is involved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ConnectionId {
+    server: String,
+    client: u64,
+}
+
+impl ConnectionId {
+    fn of(client: &Client) -> Self {
+        Self::from_info(&client.server_info())
+    }
+
+    fn from_info(info: &async_nats::ServerInfo) -> Self {
+        ConnectionId {
+            server: info.server_id.clone(),
+            client: info.client_id,
+        }
+    }
+}
+
+/// A round trip's outcome confirms the writes before it only if they all went out on
+/// the connection it used (`before` the first write, `after` the round trip).
+fn confirmation(
+    outcome: Result<(), &'static str>,
+    before: &ConnectionId,
+    after: &ConnectionId,
+) -> Result<(), &'static str> {
+    match outcome {
+        Ok(()) if before != after => Err("the connection changed before confirmation"),
+        outcome => outcome,
+    }
+}
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;

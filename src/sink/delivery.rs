@@ -51,7 +51,7 @@ pub struct DeliverySettings {
     pub volatile_sequences: bool,
     /// What every publisher is handed.
     pub sink: SinkSettings,
-    /// The envelope subjects' prefix (the permission probe's subject).
+    /// The envelope subjects' prefix (checked against walcast's publish permissions).
     pub subject_prefix: String,
     pub stream: StreamSettings,
 }
@@ -118,7 +118,7 @@ pub async fn build(
     .map_err(|e| SinkError::Delivery(format!("{e} (NATS at {shown})")))?;
     tracing::info!(delivery = ?delivery, sequences = ?mode, "delivery chosen");
     if delivery != Delivery::Jetstream {
-        let sink = CoreSink::new(client, nats_state, &settings.sink, metrics.clone()).await?;
+        let sink = CoreSink::new(client, &settings.sink, metrics.clone()).await?;
         return Ok(Delivered {
             sink: Sink::Core(sink),
             store: None,
@@ -133,7 +133,7 @@ pub async fn build(
     })
 }
 
-/// The JetStream context, walcast's streams, the permission probe, and the publisher
+/// The JetStream context, walcast's streams, the permission check, and the publisher
 /// the stream allows (fast-ingest batches, else one PubAck per message).
 async fn build_jetstream(
     settings: &DeliverySettings,
@@ -151,8 +151,8 @@ async fn build_jetstream(
         .build(client);
     let stream = state::ensure_stream(&context, &settings.stream).await?;
     let meta = state::ensure_meta_stream(&context, &settings.stream).await?;
-    // After the stream exists: it captures the probe and answers at once.
-    super::probe_publish(&context.client(), &settings.subject_prefix, nats_state).await?;
+    super::check_publish_permission(&context.client(), &settings.subject_prefix, nats_state)
+        .await?;
     let batched = settings.publish_mode == PublishMode::Batched && state::takes_batches(&stream);
     tracing::info!(
         publish = if batched {

@@ -7,7 +7,8 @@
 //! confirmed by round-trips). All three take [`SinkBatch`]es from the reader, report
 //! what is confirmed through a watch channel, and share the [`SinkSettings`], the retry
 //! back-off and the metrics here; the two JetStream publishers share the chain of
-//! expected stream sequences (`window`). [`nats`] holds the connection.
+//! expected stream sequences (`window`). [`nats`] holds the connection,
+//! [`permissions`] the start-up check of walcast's publish permissions.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,12 +26,14 @@ pub mod delivery;
 pub mod fast_batch;
 pub mod jetstream;
 pub mod nats;
+pub mod permissions;
 mod window;
 
 pub use self::core::CoreSink;
 pub use self::fast_batch::FastBatchSink;
 pub use self::jetstream::JetStreamSink;
-pub use self::nats::{connect, probe_publish, NatsState};
+pub use self::nats::{connect, NatsState};
+pub use self::permissions::check_publish_permission;
 
 /// How the sink publishes: built once from the flags (`config/`), handed to the sink alone.
 #[derive(Debug, Clone)]

@@ -1,7 +1,7 @@
 //! The NATS connection the sinks publish on: connected once, reconnecting by itself
-//! forever, its state shared with the health endpoints and the core sink.
+//! forever, its state shared with the health endpoints and the permission check.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,48 +14,13 @@ use crate::client::{NatsAuth, NatsUrl};
 #[derive(Debug, Default)]
 pub struct NatsState {
     pub connected: AtomicBool,
-    /// Bumped on every disconnect: a confirmation round-trip is only valid if the
-    /// generation did not change since the batch was published.
-    pub generation: AtomicU64,
     /// The last permissions violation the server reported.
     pub permission_denied: std::sync::Mutex<Option<String>>,
 }
 
-/// At start: can walcast publish under its prefix? An empty request on
-/// `<prefix>._walcast_probe` (a subject walcast reserves: consumers skip
-/// `<prefix>._walcast*`), expecting a stream that does not exist so JetStream never
-/// stores it. Run once walcast's stream (over `<prefix>.>`) exists: a permitted
-/// publish is answered at once (JetStream refuses it); a user that may not publish
-/// gets a permissions-violation error from the server instead, and no answer.
-pub async fn probe_publish(
-    client: &Client,
-    prefix: &str,
-    state: &NatsState,
-) -> Result<(), SinkError> {
-    let subject = format!("{prefix}._walcast_probe");
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Expected-Stream", "walcast-permission-probe");
-    let denied = |detail: String| SinkError::Permission {
-        subject: subject.clone(),
-        detail,
-    };
-    let answer = client.request_with_headers(subject.clone(), headers, bytes::Bytes::new());
-    tokio::pin!(answer);
-    let mut check = tokio::time::interval(Duration::from_millis(10));
-    let deadline = tokio::time::sleep(Duration::from_secs(2));
-    tokio::pin!(deadline);
-    loop {
-        // The error event is delivered on the client's own task: looked at every 10 ms.
-        if let Some(e) = state.permission_denied.lock().unwrap().take() {
-            return Err(denied(e));
-        }
-        tokio::select! {
-            _ = &mut answer => return Ok(()),
-            _ = check.tick() => {}
-            // No answer and no error (a server slower than that): as before the probe.
-            _ = &mut deadline => return Ok(()),
-        }
-    }
+/// Whether the client is connected (not between a disconnect and the reconnect).
+pub(crate) fn connected(client: &Client) -> bool {
+    client.connection_state() != async_nats::connection::State::Disconnected
 }
 
 /// Connect to NATS, waiting for it up to `timeout` (a server that is down or
@@ -131,7 +96,6 @@ fn options(
                         tracing::info!("NATS connected");
                     }
                     async_nats::Event::Disconnected => {
-                        state.generation.fetch_add(1, Ordering::SeqCst);
                         state.connected.store(false, Ordering::SeqCst);
                         tracing::warn!("NATS disconnected; reconnecting");
                     }
@@ -141,7 +105,12 @@ fn options(
                     async_nats::Event::ServerError(async_nats::ServerError::Other(e))
                         if e.to_lowercase().contains("permissions violation") =>
                     {
-                        tracing::error!(error = %e, "NATS refused a message: the user lacks a permission (see docs/security.md)");
+                        if e.contains(super::permissions::USER_INFO_SUBJECT) {
+                            // The optional start-up check: it says so itself.
+                            tracing::debug!(error = %e, "NATS refused the permissions question");
+                        } else {
+                            tracing::error!(error = %e, "NATS refused a message: the user lacks a permission (see docs/security.md)");
+                        }
                         *state.permission_denied.lock().unwrap() = Some(e);
                     }
                     other => tracing::info!(event = %other, "NATS event"),
