@@ -43,11 +43,13 @@ test-ts: deps
 	@test -x target/debug/walcast || $(CARGO) build --bin walcast
 	cd clients/ts && npm ci --no-audit --no-fund --loglevel=error && WALCAST_BIN=$(CURDIR)/target/debug/walcast npm test
 
-## bench: walcast against the physical limit (pg_recvlogical, a minimal Rust drain),
-## the bare JetStream publishers and the Python and Node peers, side by side, plus
-## latency and memory; writes docs/benchmarks.json.
+## bench: walcast against the limit (the better of pg_recvlogical and a minimal drain
+## whose read pacing is swept first), the bare JetStream publishers and the Python and
+## Node peers, interleaved, each timed by one rule; latency against a bare consumer in
+## the same run; memory. Writes docs/benchmarks.json (BENCH_* variables: see
+## benches/pipeline/main.rs; they are recorded with the command).
 bench: deps bench-peers
-	$(CARGO) bench --bench pipeline
+	BENCH_COMMAND="make bench" $(CARGO) bench --bench pipeline
 
 ## bench-peers: the peers' Python virtual environment and Node modules (bench/peers).
 bench-peers:

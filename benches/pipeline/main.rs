@@ -1,0 +1,170 @@
+//! `make bench`: walcast against the limit, bare JetStream publishers and the Python
+//! and Node peers, side by side in one run, plus latency against a bare consumer and
+//! memory.
+//!
+//! Starts its own PostgreSQL and nats-server (the test fixtures). Each scenario's
+//! backlog is generated once after one slot per contender and repetition was created
+//! at the same LSN; every repetition then runs every contender once, one after the
+//! other (interleaved, the order rotating), each on its own slot. Every contender is
+//! timed by one rule (`watch`): from the moment its walsender holds the slot (the
+//! first byte asked for) to the moment the slot's confirmed position reached the
+//! backlog's end and, for a publisher, its subscriber counted everything; interpreter
+//! and process start-up are outside. **The limit** is the better of `pg_recvlogical`
+//! and a minimal drain (`drain`) whose read pacing is swept first and the best kept;
+//! a contender faster than the limit in a repetition is reported loudly.
+//!
+//! Files: `setup` (servers, schema, the bench's handles), `scenarios` (what is
+//! drained, in which order), `contenders` (one run of each kind), `walcast_run`,
+//! `drain` (the limit's drain and its sweep), `watch` (the timing rule), `bare` (bare
+//! JetStream publishers), `report` (table, ratios, the limit's check), `targets`, `latency` and `consumer`
+//! (walcast against a bare `pg_recvlogical` in the same run), `memory`, `machine`.
+//!
+//! Environment: `BENCH_RUNS` (3), `BENCH_SCALE` (1.0, multiplies the row counts),
+//! `BENCH_LATENCY_SECS` (30), `BENCH_OUT` (docs/benchmarks.json), `BENCH_ONLY`
+//! (`a,b,c,d,lat,linger,mem`; also `ceil`), `BENCH_CONTENDERS` (substrings of
+//! contender names; the limit always runs), `BENCH_DRAIN_SWEEP`
+//! (`nap_us:floor:below,...`), `BENCH_COMMAND` (recorded in the JSON after the `BENCH_*`
+//! variables set; `make bench` sets it),
+//! `BENCH_WALCAST_WRAPPER` (e.g. `valgrind --tool=callgrind`), `BENCH_WALCAST_LOG`.
+
+mod bare;
+mod consumer;
+mod contenders;
+mod drain;
+mod latency;
+mod machine;
+mod memory;
+mod report;
+mod scenarios;
+mod setup;
+mod targets;
+mod walcast_run;
+mod watch;
+
+type DynError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the environment asks of this run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub runs: usize,
+    pub scale: f64,
+    pub latency_secs: u64,
+    only: String,
+    pub contenders: Option<String>,
+    pub sweep: Vec<drain::Pacing>,
+    pub out: String,
+    pub command: String,
+}
+
+fn env_f64(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The command that made this run: the `BENCH_*` variables set, then `BENCH_COMMAND`
+/// (`make bench` sets it) or `cargo bench --bench pipeline`.
+fn command() -> String {
+    let base =
+        std::env::var("BENCH_COMMAND").unwrap_or_else(|_| "cargo bench --bench pipeline".into());
+    let mut vars: Vec<String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("BENCH_") && k != "BENCH_COMMAND")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    vars.sort();
+    vars.push(base);
+    vars.join(" ")
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let out = std::env::var("BENCH_OUT").unwrap_or_else(|_| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/docs/benchmarks.json").to_string()
+        });
+        Settings {
+            runs: (env_f64("BENCH_RUNS", 3.0) as usize).max(1),
+            scale: env_f64("BENCH_SCALE", 1.0),
+            latency_secs: env_f64("BENCH_LATENCY_SECS", 30.0) as u64,
+            only: std::env::var("BENCH_ONLY").unwrap_or_else(|_| "a,b,c,d,lat,linger,mem".into()),
+            contenders: std::env::var("BENCH_CONTENDERS").ok(),
+            sweep: drain::Pacing::sweep_from_env(),
+            out,
+            command: command(),
+        }
+    }
+
+    /// Whether `BENCH_ONLY` asks for this part.
+    pub fn want(&self, part: &str) -> bool {
+        self.only.split(',').any(|o| o.trim() == part)
+    }
+
+    /// A row count at this run's scale.
+    pub fn rows(&self, at_scale_one: f64) -> u64 {
+        ((at_scale_one * self.scale).round() as u64).max(1)
+    }
+}
+
+fn main() -> Result<(), DynError> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("drain") {
+        return drain::child_main(&args[2..]);
+    }
+    if !args.iter().any(|a| a == "--bench") {
+        eprintln!("the benchmark runs under `cargo bench --bench pipeline` (make bench)");
+        return Ok(());
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(bench(Settings::from_env()))
+}
+
+async fn bench(settings: Settings) -> Result<(), DynError> {
+    let started = std::time::Instant::now();
+    let b = setup::Bench::start(settings.clone()).await?;
+    let mut outcomes = Vec::new();
+    for scenario in scenarios::all(&settings) {
+        if settings.want(scenario.part) {
+            outcomes.push(scenarios::run(&b, &scenario).await);
+        }
+    }
+    if settings.want("ceil") {
+        bare::alone(&b).await;
+    }
+    let throughput = report::Throughput::new(outcomes);
+    println!("\n{}", throughput.table());
+    println!("{}", throughput.violations_text());
+    let latency = latency::all(&b).await;
+    let memory = if settings.want("mem") {
+        memory::run(&b).await
+    } else {
+        serde_json::Value::Null
+    };
+    let targets = targets::all(&throughput, &latency, &memory);
+    println!("\n{}", targets::table(&targets));
+    let report = serde_json::json!({
+        "machine": machine::describe(),
+        "command": settings.command,
+        "date": machine::today(),
+        "duration_seconds": started.elapsed().as_secs_f64(),
+        "runs": settings.runs,
+        "scale": settings.scale,
+        "only": settings.only,
+        "contenders_filter": settings.contenders,
+        "throughput": throughput.json(),
+        "limit_violations": throughput.violations(),
+        "latency": latency.json(),
+        "memory": memory,
+        "targets": targets,
+        "tables_markdown": {
+            "throughput": throughput.table(),
+            "latency": latency.table(),
+            "targets": targets::table(&targets),
+        },
+    });
+    std::fs::write(&settings.out, serde_json::to_string_pretty(&report)?)?;
+    println!("raw numbers written to {}", settings.out);
+    Ok(())
+}
