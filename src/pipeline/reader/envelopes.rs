@@ -194,8 +194,10 @@ impl Envelopes {
         let (check, expected) = needed.source.version.check();
         let ahead = self.toast_rows.remove(&needed.key);
         if let Some((row, texts)) = ahead.and_then(|r| r.pick(&needed.columns).map(|t| (r, t))) {
-            let same = row.version.as_deref() == Some(expected.as_str());
-            return Ok(self.builder.provide_toast(needed, &texts, same)?);
+            // Read ahead at this change's version: exact. Otherwise ask again now.
+            if row.version.as_deref() == Some(expected.as_str()) {
+                return Ok(self.builder.provide_toast(needed, &texts, true)?);
+            }
         }
         self.missed = true;
         self.metrics.envelope.toast_fetch_queries.inc();
