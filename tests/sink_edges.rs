@@ -274,11 +274,10 @@ async fn a_transaction_of_whole_batches_is_confirmed_without_waiting_for_the_tim
     println!(
         "transactions of whole batches from a backlog: confirmed after {waits:?} (from the start), publish retries {retries}"
     );
-    for (rows, waited) in &waits {
-        assert!(
-            *waited < Duration::from_secs(8),
-            "{rows} rows waited {waited:?} for their confirmation (retries {retries})"
-        );
-    }
-    assert_eq!(retries, 0.0);
+    // A stalled batch is confirmed only by the republish after --confirm-timeout: a
+    // retry is the sign (the waits are printed; on a busy machine they say little).
+    assert_eq!(
+        retries, 0.0,
+        "a batch waited for the confirm timeout: {waits:?}"
+    );
 }
