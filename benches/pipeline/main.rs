@@ -25,7 +25,8 @@
 //! contender names; the limit always runs), `BENCH_DRAIN_SWEEP`
 //! (`nap_us:floor:below,...`), `BENCH_COMMAND` (recorded in the JSON after the `BENCH_*`
 //! variables set; `make bench` sets it),
-//! `BENCH_WALCAST_WRAPPER` (e.g. `valgrind --tool=callgrind`), `BENCH_WALCAST_LOG`.
+//! `BENCH_WALCAST_WRAPPER` (e.g. `valgrind --tool=callgrind`), `BENCH_WALCAST_LOG`
+//! (`error`), `BENCH_WALCAST_BIN` (another walcast build, to compare commits).
 
 mod bare;
 mod consumer;
