@@ -148,6 +148,7 @@ async fn bench(settings: Settings) -> Result<(), DynError> {
     let report = serde_json::json!({
         "machine": machine::describe(),
         "command": settings.command,
+        "commit": machine::commit(),
         "date": machine::today(),
         "duration_seconds": started.elapsed().as_secs_f64(),
         "runs": settings.runs,
