@@ -38,11 +38,12 @@ impl Pacing {
         below: 0,
     };
 
-    /// The default sweep: never nap; naps of 50, 200 and 1,000 µs after reads in
-    /// walcast's window (4–32 KiB), under 32 KiB, and under a full read.
+    /// The default sweep: never nap; naps of 50, 200, 1,000 and 3,000 µs after reads
+    /// in walcast's window (4–32 KiB), under 32 KiB, and under a full read (the
+    /// longest naps let the walsender fill the socket: its sends get fewer and larger).
     pub fn default_sweep() -> Vec<Pacing> {
         let mut out = vec![Pacing::NONE];
-        for nap_us in [50, 200, 1000] {
+        for nap_us in [50, 200, 1000, 3000] {
             for (floor, below) in [(4096, 32768), (0, 32768), (0, READ_CHUNK)] {
                 out.push(Pacing {
                     nap_us,

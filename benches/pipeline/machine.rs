@@ -1,5 +1,6 @@
-//! The machine the bench ran on: its description, the date, and the busy and stolen
-//! shares of all cores' time over an interval (a latency tail can be starvation).
+//! The machine the bench ran on: its description, the date, the commit built, and the
+//! busy and stolen shares of all cores' time over an interval (a latency tail can be
+//! starvation).
 
 /// "N cores (model), M GiB RAM".
 pub fn describe() -> String {
@@ -21,6 +22,22 @@ pub fn describe() -> String {
         })
         .unwrap_or(0);
     format!("{cores} cores ({cpu}), {} GiB RAM", mem_kib / 1024 / 1024)
+}
+
+/// The commit the bench was built from (`+dirty` with uncommitted changes).
+pub fn commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(env!("CARGO_MANIFEST_DIR"))
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let head = git(&["rev-parse", "--short", "HEAD"]);
+    let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    format!("{head}{}", if dirty { "+dirty" } else { "" })
 }
 
 /// Today's date (UTC), `YYYY-MM-DD`.

@@ -25,7 +25,8 @@
 //! contender names; the limit always runs), `BENCH_DRAIN_SWEEP`
 //! (`nap_us:floor:below,...`), `BENCH_COMMAND` (recorded in the JSON after the `BENCH_*`
 //! variables set; `make bench` sets it),
-//! `BENCH_WALCAST_WRAPPER` (e.g. `valgrind --tool=callgrind`), `BENCH_WALCAST_LOG`.
+//! `BENCH_WALCAST_WRAPPER` (e.g. `valgrind --tool=callgrind`), `BENCH_WALCAST_LOG`
+//! (`error`), `BENCH_WALCAST_BIN` (another walcast build, to compare commits).
 
 mod bare;
 mod consumer;
@@ -147,6 +148,7 @@ async fn bench(settings: Settings) -> Result<(), DynError> {
     let report = serde_json::json!({
         "machine": machine::describe(),
         "command": settings.command,
+        "commit": machine::commit(),
         "date": machine::today(),
         "duration_seconds": started.elapsed().as_secs_f64(),
         "runs": settings.runs,

@@ -109,7 +109,9 @@ impl Bench {
             nats,
             db,
             watch_db,
-            walcast_bin: env!("CARGO_BIN_EXE_walcast").to_string(),
+            // BENCH_WALCAST_BIN: another build of walcast (to compare two commits).
+            walcast_bin: std::env::var("BENCH_WALCAST_BIN")
+                .unwrap_or_else(|_| env!("CARGO_BIN_EXE_walcast").to_string()),
             settings,
         };
         b.exec(SCHEMA).await;
