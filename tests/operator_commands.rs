@@ -1,6 +1,6 @@
 //! The operator commands tell the truth: `walcast check` fails where `walcast run` will
 //! refuse, `walcast teardown --dry-run` predicts what the run does, and the run checks
-//! its rights before it removes anything.
+//! its rights before it removes anything; their output is their own.
 
 mod common;
 
@@ -174,6 +174,59 @@ async fn teardown_dry_run_while_walcast_runs_predicts_the_refusal() {
     let js = async_nats::jetstream::new(async_nats::connect(&nats).await.unwrap());
     assert!(js.get_stream("WALCAST").await.is_ok(), "the stream stays");
     assert_eq!(slots(&db).await, ["walcast"]);
+    drop(w);
+}
+
+/// `check`, `tail`, `snapshot` and `teardown` print their own lines, not the NATS
+/// client's; a misspelled `WALCAST_*` variable is warned about; `walcast snapshot t`
+/// means `public.t`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_print_their_own_output() {
+    let (s, db) = servers_with_table(PgOptions::default()).await;
+    let w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
+    let (pg, nats) = (s.pg.url(), s.nats.url());
+    let typo = [("WALCAST_SLTO", "other")];
+    let (_, report, stderr) = walcast(&with_urls("check", &pg, &nats, &[]), &typo).await;
+    assert!(
+        stderr.contains("WALCAST_SLTO is not one walcast reads (did you mean WALCAST_SLOT?)"),
+        "{stderr}"
+    );
+    let mut outputs = vec![report + &stderr];
+    let (code, said, stderr) = walcast(&["snapshot", "t", "--nats-url", &nats], &[]).await;
+    assert_eq!(code, 0, "{said}{stderr}");
+    assert!(
+        said.contains("queued   public.t") || said.contains("already  public.t"),
+        "{said}"
+    );
+    outputs.push(said + &stderr);
+    let subscribers = subscriptions_to(&s.nats, "walcast.public.t.*").await;
+    let tail_args = [
+        "tail",
+        "walcast.public.t.*",
+        "--count",
+        "1",
+        "--nats-url",
+        &nats,
+    ]
+    .map(String::from);
+    let tail = tokio::spawn(async move {
+        let args: Vec<&str> = tail_args.iter().map(String::as_str).collect();
+        walcast(&args, &[]).await
+    });
+    wait_subscribed(&s.nats, "walcast.public.t.*", subscribers + 1).await;
+    exec(&db, "INSERT INTO t VALUES (7)").await;
+    let (code, said, stderr) = tokio::time::timeout(Duration::from_secs(30), tail)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(said.contains("walcast.public.t.7 insert"), "{said}");
+    outputs.push(said + &stderr);
+    let (_, said, stderr) = walcast(&with_urls("teardown", &pg, &nats, &["--dry-run"]), &[]).await;
+    outputs.push(said + &stderr);
+    for output in outputs {
+        assert!(!output.contains("async_nats"), "{output}");
+    }
     drop(w);
 }
 
