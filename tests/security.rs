@@ -482,6 +482,10 @@ async fn oversize_rows_stop_clearly_or_become_markers() {
     let log = w.log();
     assert!(log.contains("public.blob:1"), "{log}");
     assert!(log.contains("max_payload of 1048576"), "{log}");
+    assert!(
+        log.contains("--exclude-column public.blob=<column>"),
+        "{log}"
+    );
 
     let mut c = Collector::new(&s.nats.url(), "walcast.public.blob.*").await;
     let w = Walcast::start(RunArgs::new(&s, "walcast", "walcast").args(&["--oversize", "marker"]))

@@ -81,3 +81,75 @@ async fn setup_runs_walcast_least_privilege_and_teardown_removes_the_slot() {
         .get(0);
     assert_eq!(left, 0);
 }
+
+/// The role `cdc` and the publication `cdc_pub` (0, 1 or 2 of them).
+const CREATED: &str = "SELECT (SELECT count(*) FROM pg_roles WHERE rolname = 'cdc')
+                            + (SELECT count(*) FROM pg_publication WHERE pubname = 'cdc_pub')";
+const NAMES: [(&str, &str); 2] = [("role", "cdc"), ("publication", "cdc_pub")];
+
+async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// A table without a key is refused before anything is created: PostgreSQL would
+/// refuse its UPDATEs and DELETEs once it is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_refuses_a_keyless_table_before_creating_anything() {
+    let (s, db) = with_sql(
+        servers(),
+        "CREATE TABLE users (id int PRIMARY KEY); CREATE TABLE events (at timestamptz, what text);",
+    )
+    .await;
+    let tables = ("tables", "public.users, public.events");
+    let refused = psql(&s, "sql/setup.sql", &[NAMES[0], NAMES[1], tables]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("public.events cannot be published"),
+        "{stderr}"
+    );
+    assert_eq!(count(&db, CREATED).await, 0, "nothing is created");
+}
+
+/// Role and publication names are psql variables (for `sql/teardown.sql` too); the
+/// partitions of a partitioned table are granted; without `walcast_password` the role
+/// gets none (set with `\password`, never on a command line).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_and_teardown_take_their_names_from_variables() {
+    let (s, db) = with_sql(
+        servers(),
+        "CREATE TABLE users (id int PRIMARY KEY);
+         CREATE TABLE orders (id int, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+         CREATE TABLE orders_eu PARTITION OF orders FOR VALUES IN ('eu');",
+    )
+    .await;
+    let tables = ("tables", "public.users, public.orders");
+    let out = psql(&s, "sql/setup.sql", &[NAMES[0], NAMES[1], tables]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\\password cdc"));
+    assert_eq!(count(&db, CREATED).await, 2);
+    let row = db
+        .query_one(
+            "SELECT rolreplication, rolpassword IS NULL,
+                    has_table_privilege('cdc', 'public.orders_eu', 'SELECT')
+             FROM pg_authid WHERE rolname = 'cdc'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((row.get(0), row.get(1), row.get(2)), (true, true, true));
+
+    let out = psql(
+        &s,
+        "sql/teardown.sql",
+        &[NAMES[0], NAMES[1], ("slot", "cdc")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        count(&db, CREATED).await,
+        0,
+        "role and publication are dropped"
+    );
+}

@@ -3,13 +3,14 @@
 
 use std::fmt;
 
-use crate::client::{redact_url, NatsUrl};
+mod nats;
+
 use crate::config::tables::{settings_problems, table_settings, tracked_tables, TableSettingsMap};
 use crate::config::RunConfig;
-use crate::sink::delivery::{choose_delivery, default_sequence_mode, Delivery};
-use crate::source::catalog::{missing_publication, Catalog, ServerFacts, SlotInfo, TableFacts};
+use crate::source::catalog::{
+    missing_publication, Catalog, ServerFacts, SlotHealth, SlotInfo, TableFacts, TOAST_NOTE,
+};
 use crate::source::slot::slot_problem;
-use crate::state::inspect_stream;
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +71,11 @@ pub async fn run(cfg: &RunConfig) -> Vec<Check> {
     let mut r = Report::default();
     let mut tables = Vec::new();
     let settings = table_settings(cfg);
+    let nats = nats::connect(cfg).await;
+    let recorded = match &nats {
+        Ok(client) => nats::slot_recorded(cfg, client).await,
+        Err(_) => None,
+    };
     let connected = match cfg.source_settings() {
         Ok(source) => Catalog::connect(&source.params, cfg.connect_timeout).await,
         Err(e) => Err(e),
@@ -83,20 +89,22 @@ pub async fn run(cfg: &RunConfig) -> Vec<Check> {
         ),
         Ok(catalog) => {
             r.ok("postgres connection", "connected");
-            tables = postgres_checks(&catalog, cfg, &settings, &mut r).await;
+            tables = postgres_checks(&catalog, cfg, &settings, recorded, &mut r).await;
         }
     }
     let tracked = tracked_tables(&tables, &settings);
-    nats_checks(cfg, &mut r, &tracked).await;
+    nats::checks(cfg, nats, &mut r, &tracked).await;
     r.0
 }
 
-/// The server, the role, the publication, its tables and the slot; the names of the
+/// The server, the role, the publication, its tables and the slot (`recorded`: whether
+/// walcast's meta stream records streaming from it, when known); the names of the
 /// published tables.
 async fn postgres_checks(
     catalog: &Catalog,
     cfg: &RunConfig,
     settings: &TableSettingsMap,
+    recorded: Option<bool>,
     r: &mut Report,
 ) -> Vec<String> {
     let server = match catalog.server_facts().await {
@@ -126,7 +134,12 @@ async fn postgres_checks(
             );
         }
     }
-    slot_checks(catalog, cfg, slot, server.database.as_deref(), r).await;
+    let slot = SlotFound {
+        info: slot,
+        database: server.database.as_deref(),
+        recorded,
+    };
+    slot_checks(catalog, cfg, slot, r).await;
     tables.into_iter().map(|t| t.name).collect()
 }
 
@@ -249,12 +262,7 @@ fn table_checks(t: &TableFacts, server: &ServerFacts, r: &mut Report) {
         ),
     );
     if t.toastable && !t.full_identity {
-        r.push(
-            Outcome::Warn,
-            &name,
-            "has TOASTable columns without REPLICA IDENTITY FULL: an unchanged large value not seen before is read from the table",
-            Some(&format!("ALTER TABLE {} REPLICA IDENTITY FULL", t.name)),
-        );
+        r.ok(&name, TOAST_NOTE);
     }
     if !t.can_select {
         r.push(
@@ -266,26 +274,21 @@ fn table_checks(t: &TableFacts, server: &ServerFacts, r: &mut Report) {
     }
 }
 
-/// The slot fits (same rule as at start) and has not lost WAL.
-async fn slot_checks(
-    catalog: &Catalog,
-    cfg: &RunConfig,
-    slot: Option<SlotInfo>,
-    database: Option<&str>,
-    r: &mut Report,
-) {
-    let Some(s) = slot else {
-        r.ok(
-            "slot",
-            format!(
-                "\"{}\" does not exist yet: walcast creates it at start and snapshots the existing rows (--snapshot {})",
-                cfg.slot,
-                snapshot_mode(cfg)
-            ),
-        );
-        return;
+/// The slot as found: `pg_replication_slots`' row, the database connected to, and
+/// whether walcast's meta stream records streaming from it (`None`: not known).
+struct SlotFound<'a> {
+    info: Option<SlotInfo>,
+    database: Option<&'a str>,
+    recorded: Option<bool>,
+}
+
+/// The slot fits (same rule as at start) and has not lost WAL; a missing slot is a
+/// failure where `run` refuses to create it (the streams record streaming from it).
+async fn slot_checks(catalog: &Catalog, cfg: &RunConfig, slot: SlotFound<'_>, r: &mut Report) {
+    let Some(s) = slot.info else {
+        return missing_slot(cfg, slot.recorded == Some(true), r);
     };
-    let problem = slot_problem(&s, database);
+    let problem = slot_problem(&s, slot.database);
     r.check(
         problem.is_none(),
         "slot",
@@ -303,18 +306,67 @@ async fn slot_checks(
         "drop the slot or choose another --slot",
     );
     if let Ok(Some(h)) = catalog.slot_health(&cfg.slot).await {
-        let lost = matches!(h.wal_status.as_deref(), Some("lost" | "unreserved"));
-        r.check(
-            !lost,
+        slot_wal(cfg, &h, slot.recorded == Some(true), r);
+    }
+}
+
+/// The slot's WAL: `run` refuses a slot that lost WAL once walcast streamed from it
+/// (without --recreate-slot), and drops and creates again one it never streamed from.
+fn slot_wal(cfg: &RunConfig, h: &SlotHealth, recorded: bool, r: &mut Report) {
+    let status = h.wal_status.as_deref().unwrap_or("?");
+    let detail = format!(
+        "wal_status {status}, {} MiB retained",
+        h.retained_bytes.unwrap_or(0) / (1024 * 1024)
+    );
+    match status {
+        "lost" if recorded && !cfg.recreate_slot => r.push(
+            Outcome::Fail,
             "slot WAL",
+            format!("{detail}: the slot lost WAL walcast needs (changes may be gone), so `walcast run` refuses to start"),
+            Some("start once with --recreate-slot (creates the slot again and snapshots every table again); raise max_slot_wal_keep_size"),
+        ),
+        "lost" => r.push(
+            Outcome::Warn,
+            "slot WAL",
+            format!("{detail}: walcast drops the slot and creates it again at start, then snapshots every table"),
+            Some("raise max_slot_wal_keep_size"),
+        ),
+        "unreserved" => r.push(
+            Outcome::Fail,
+            "slot WAL",
+            format!("{detail}: the slot may lose WAL it needs"),
+            Some("let walcast catch up, or raise max_slot_wal_keep_size"),
+        ),
+        _ => r.ok("slot WAL", detail),
+    }
+}
+
+/// No slot: `run` creates it, unless walcast streamed from it before (the meta stream
+/// says so) and --recreate-slot is not given: then it refuses, as changes may be gone.
+fn missing_slot(cfg: &RunConfig, recorded: bool, r: &mut Report) {
+    let slot = &cfg.slot;
+    let meta = cfg.stream_settings().meta_name();
+    if !recorded {
+        return r.ok(
+            "slot",
             format!(
-                "wal_status {}, {} MiB retained",
-                h.wal_status.as_deref().unwrap_or("?"),
-                h.retained_bytes.unwrap_or(0) / (1024 * 1024)
+                "\"{slot}\" does not exist yet: walcast creates it at start and snapshots the existing rows (--snapshot {})",
+                snapshot_mode(cfg)
             ),
-            "the slot lost or may lose WAL it needs: drop it (sql/teardown.sql) and start again; raise max_slot_wal_keep_size",
         );
     }
+    if cfg.recreate_slot {
+        return r.ok(
+            "slot",
+            format!("\"{slot}\" is gone although walcast streamed from it (stream {meta} records it): walcast creates it again (--recreate-slot) and snapshots every table again"),
+        );
+    }
+    r.push(
+        Outcome::Fail,
+        "slot",
+        format!("\"{slot}\" does not exist, but walcast streamed from it (stream {meta} records it): changes made since it went may be lost, so `walcast run` refuses to start"),
+        Some("start once with --recreate-slot (creates the slot again and snapshots every table again: changed rows published, vanished keys deleted), or choose another --slot"),
+    );
 }
 
 /// `--snapshot` as written on the command line.
@@ -323,97 +375,4 @@ fn snapshot_mode(cfg: &RunConfig) -> String {
     cfg.snapshot
         .to_possible_value()
         .map_or_else(String::new, |v| v.get_name().to_string())
-}
-
-async fn nats_checks(cfg: &RunConfig, r: &mut Report, tracked: &[&String]) {
-    let shown = redact_url(&cfg.nats.url);
-    let connected = match NatsUrl::parse(&cfg.nats.url) {
-        Ok(url) => match url.options_with(&cfg.nats.auth()).await {
-            Ok(options) => url
-                .connect_with(options.connection_timeout(cfg.connect_timeout))
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        },
-        Err(e) => Err(e.to_string()),
-    };
-    let client = match connected {
-        Ok(c) => c,
-        Err(e) => {
-            r.push(
-                Outcome::Fail,
-                "nats connection",
-                format!("{shown}: {e}"),
-                Some("check --nats-url and that nats-server runs"),
-            );
-            return;
-        }
-    };
-    let info = client.server_info();
-    r.ok(
-        "nats connection",
-        format!("{shown} (server {})", info.version),
-    );
-    if jetstream_checks(cfg, &info, r, tracked) {
-        stream_checks(cfg, client, r).await;
-    }
-}
-
-/// Whether JetStream is used (and a durable sequence possible for every table);
-/// `true` when the stream is to be checked.
-fn jetstream_checks(
-    cfg: &RunConfig,
-    info: &async_nats::ServerInfo,
-    r: &mut Report,
-    tracked: &[&String],
-) -> bool {
-    let delivery = choose_delivery(cfg.delivery, info.jetstream);
-    if delivery != Ok(Delivery::Jetstream) {
-        let mode = delivery.and_then(|d| {
-            default_sequence_mode(d, info.jetstream, cfg.volatile_sequences, tracked)
-        });
-        r.push(
-            if mode.is_err() {
-                Outcome::Fail
-            } else {
-                Outcome::Warn
-            },
-            "jetstream",
-            if info.jetstream {
-                "available, not used (--delivery core)".to_string()
-            } else {
-                "not available".to_string()
-            },
-            mode.err().as_deref(),
-        );
-        return false;
-    }
-    r.ok("jetstream", "available");
-    true
-}
-
-/// The stream exists and fits, or does not exist yet.
-async fn stream_checks(cfg: &RunConfig, client: async_nats::Client, r: &mut Report) {
-    let js = async_nats::jetstream::new(client);
-    let stream = cfg.stream_settings();
-    match inspect_stream(&js, &stream).await {
-        Ok(None) => r.ok(
-            "stream",
-            format!(
-                "\"{}\" does not exist yet: walcast creates it at start",
-                stream.name
-            ),
-        ),
-        Ok(Some(problems)) => r.check(
-            problems.is_empty(),
-            "stream",
-            if problems.is_empty() {
-                format!("\"{}\" fits", stream.name)
-            } else {
-                format!("\"{}\": {}", stream.name, problems.join("; "))
-            },
-            "fix or delete the stream, or choose another --stream",
-        ),
-        Err(e) => r.push(Outcome::Fail, "stream", e.to_string(), None),
-    }
 }

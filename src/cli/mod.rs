@@ -24,7 +24,10 @@ pub fn main() -> ExitCode {
         }
     };
     let format = cli.log_format;
-    init_tracing(format);
+    // Only `run` logs the NATS client's connection events: the other commands' output
+    // is their report.
+    init_tracing(format, matches!(cli.command, Command::Run(_)));
+    warn_unknown_variables();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -101,10 +104,26 @@ fn report_error(e: &anyhow::Error, format: LogFormat) {
     }
 }
 
+/// A `WALCAST_*` variable no option reads (a misspelling would be ignored silently).
+fn warn_unknown_variables() {
+    let names = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
+    for (name, meant) in crate::config::names::unknown_variables(names) {
+        match meant {
+            Some(meant) => tracing::warn!(
+                "environment variable {name} is not one walcast reads (did you mean {meant}?): ignored"
+            ),
+            None => tracing::warn!(
+                "environment variable {name} is not one walcast reads: ignored"
+            ),
+        }
+    }
+}
+
 /// Logs on stderr: `WALCAST_LOG` filters (default `info`); colour only on a terminal;
 /// the NATS client never below `debug` (its `trace` lines carry the CONNECT options,
-/// credentials included); PostgreSQL notices only from `warn`, unless asked for.
-fn init_tracing(format: LogFormat) {
+/// credentials included), and only from `warn` unless `nats_events` (or asked for);
+/// PostgreSQL notices only from `warn`, unless asked for.
+fn init_tracing(format: LogFormat, nats_events: bool) {
     use std::io::IsTerminal;
     let spec = std::env::var("WALCAST_LOG").unwrap_or_else(|_| "info".into());
     let mut filter = tracing_subscriber::EnvFilter::try_new(&spec)
@@ -114,6 +133,8 @@ fn init_tracing(format: LogFormat) {
     }
     if spec.contains("trace") {
         filter = filter.add_directive("async_nats=debug".parse().expect("valid directive"));
+    } else if !nats_events && !spec.contains("async_nats") {
+        filter = filter.add_directive("async_nats=warn".parse().expect("valid directive"));
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

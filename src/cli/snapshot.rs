@@ -10,7 +10,8 @@ use crate::pipeline::requests::{snapshot_subject, SnapshotReply};
 pub(super) async fn snapshot(cfg: SnapshotConfig) -> anyhow::Result<()> {
     let client = crate::client::connect_with_auth(&cfg.nats.url, &cfg.nats.auth()).await?;
     let subject = snapshot_subject(&cfg.subject_prefix);
-    let request = client.request(subject.clone(), serde_json::to_vec(&cfg.tables)?.into());
+    let tables: Vec<String> = cfg.tables.iter().map(|t| qualified(t)).collect();
+    let request = client.request(subject.clone(), serde_json::to_vec(&tables)?.into());
     let reply = match tokio::time::timeout(cfg.timeout, request).await {
         Ok(reply) => reply.map_err(|e| {
             anyhow::anyhow!(
@@ -39,4 +40,22 @@ pub(super) async fn snapshot(cfg: SnapshotConfig) -> anyhow::Result<()> {
         bail!("{} table(s) unknown", answer.unknown.len());
     }
     Ok(())
+}
+
+/// `schema.table` as given, or a bare table name in the schema `public`.
+fn qualified(table: &str) -> String {
+    if table.contains('.') {
+        table.to_string()
+    } else {
+        format!("public.{table}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_bare_table_name_is_in_public() {
+        assert_eq!(super::qualified("orders"), "public.orders");
+        assert_eq!(super::qualified("sales.orders"), "sales.orders");
+    }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use super::names::closest;
 use super::Cli;
 
 /// A configuration file that could not be used.
@@ -56,21 +57,13 @@ fn read_defaults(path: &str) -> Result<Defaults, ConfigFileError> {
     for (key, value) in &table {
         match key.as_str() {
             "config" => {}
-            "tables" => table_sections(value, &mut defaults).map_err(err)?,
+            "tables" => table_sections(value, &mut defaults).map_err(|(path, problem)| {
+                let path: Vec<&str> = path.iter().map(String::as_str).collect();
+                err(at_line(&text, &path, problem))
+            })?,
             _ => {
-                let Some((long, multiple)) = known
-                    .iter()
-                    .find(|(long, _)| long.replace('-', "_") == *key)
-                else {
-                    let mut names: Vec<String> = known
-                        .iter()
-                        .map(|(long, _)| long.replace('-', "_"))
-                        .collect();
-                    names.dedup();
-                    return Err(err(format!(
-                        "unknown key {key:?}; known keys: {}",
-                        names.join(", ")
-                    )));
+                let Some((long, multiple)) = known_flag(&known, key) else {
+                    return Err(err(at_line(&text, &[key], unknown_key(&known, key))));
                 };
                 let values = scalar(key, value, *multiple).map_err(err)?;
                 defaults.entry(long.clone()).or_default().extend(values);
@@ -78,6 +71,70 @@ fn read_defaults(path: &str) -> Result<Defaults, ConfigFileError> {
         }
     }
     Ok(defaults)
+}
+
+/// Top-level keys accepted for a flag besides its own name: the names the table
+/// sections use (`exclude_columns` there and here; the README shows these).
+const KEY_ALIASES: &[(&str, &str)] = &[
+    ("exclude_columns", "exclude-column"),
+    ("include_columns", "include-column"),
+    ("sequence_column", "column-sequence"),
+];
+
+/// The flag a top-level key stands for: its long name with `_`, or an alias.
+fn known_flag<'a>(known: &'a [(String, bool)], key: &str) -> Option<&'a (String, bool)> {
+    let long = KEY_ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == key)
+        .map_or_else(|| key.replace('_', "-"), |(_, long)| long.to_string());
+    known.iter().find(|(l, _)| *l == long)
+}
+
+/// An unknown top-level key: the known key it most likely meant, else every key.
+fn unknown_key(known: &[(String, bool)], key: &str) -> String {
+    let mut names: Vec<String> = known
+        .iter()
+        .map(|(long, _)| long.replace('-', "_"))
+        .chain(KEY_ALIASES.iter().map(|(alias, _)| alias.to_string()))
+        .chain(["tables".to_string()])
+        .collect();
+    names.sort();
+    names.dedup();
+    match closest(key, names.iter().map(String::as_str)) {
+        Some(meant) => format!("unknown key {key:?} (did you mean {meant:?}?)"),
+        None => format!("unknown key {key:?}; known keys: {}", names.join(", ")),
+    }
+}
+
+/// `problem`, prefixed with the line of the key at `path` (a top-level key, or
+/// `["tables", "schema.table", key]`) when the file has it.
+fn at_line(text: &str, path: &[&str], problem: String) -> String {
+    match key_line(text, path) {
+        Some(line) => format!("line {line}: {problem}"),
+        None => problem,
+    }
+}
+
+/// The line (from 1) where the key at `path` is written.
+fn key_line(text: &str, path: &[&str]) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let doc = DeTable::parse(text).ok()?;
+    let (last, parents) = path.split_last()?;
+    let mut table = doc.get_ref();
+    for parent in parents {
+        let (_, value) = table.iter().find(|(k, _)| k.get_ref() == parent)?;
+        match value.get_ref() {
+            DeValue::Table(t) => table = t,
+            _ => return None,
+        }
+    }
+    let (key, _) = table.iter().find(|(k, _)| k.get_ref() == last)?;
+    Some(
+        text[..key.span().start.min(text.len())]
+            .matches('\n')
+            .count()
+            + 1,
+    )
 }
 
 /// `command` with the file's values as the defaults of the flags they name, in every
@@ -151,25 +208,45 @@ fn list(v: &toml::Value) -> Vec<String> {
 }
 
 /// `[tables."schema.table"]` sections into `schema.table=value` values of the
-/// table-scoped flags.
-fn table_sections(value: &toml::Value, defaults: &mut Defaults) -> Result<(), String> {
+/// table-scoped flags; a problem comes with the path of the key it is about (for
+/// its line).
+fn table_sections(
+    value: &toml::Value,
+    defaults: &mut Defaults,
+) -> Result<(), (Vec<String>, String)> {
+    let path = |keys: &[&str]| keys.iter().map(|k| k.to_string()).collect::<Vec<_>>();
     let toml::Value::Table(tables) = value else {
-        return Err("tables: expected [tables.\"schema.table\"] sections".into());
+        let problem = "tables: expected [tables.\"schema.table\"] sections";
+        return Err((path(&["tables"]), problem.into()));
     };
     for (name, settings) in tables {
         let toml::Value::Table(settings) = settings else {
-            return Err(format!("tables.{name}: expected a table"));
+            let problem = format!("tables.{name}: expected a table");
+            return Err((path(&["tables", name]), problem));
         };
         for (k, v) in settings {
             let (flag, items): (&str, Vec<String>) = match k.as_str() {
-                "sequence_column" => ("column-sequence", list(v)),
-                "include_columns" => ("include-column", list(v)),
-                "exclude_columns" => ("exclude-column", list(v)),
+                "sequence_column" | "column_sequence" => ("column-sequence", list(v)),
+                "include_columns" | "include_column" => ("include-column", list(v)),
+                "exclude_columns" | "exclude_column" => ("exclude-column", list(v)),
                 "ops" => ("ops", vec![list(v).join("+")]),
                 other => {
-                    return Err(format!(
-                        "tables.{name}: unknown setting {other:?} (sequence_column, include_columns, exclude_columns, ops)"
-                    ))
+                    let known = [
+                        "sequence_column",
+                        "include_columns",
+                        "exclude_columns",
+                        "ops",
+                    ];
+                    let meant = closest(other, known)
+                        .map(|m| format!(" (did you mean {m:?}?)"))
+                        .unwrap_or_default();
+                    return Err((
+                        path(&["tables", name, other]),
+                        format!(
+                            "tables.\"{name}\": unknown setting {other:?}{meant}; settings: {}",
+                            known.join(", ")
+                        ),
+                    ));
                 }
             };
             defaults
@@ -220,10 +297,41 @@ mod tests {
     }
 
     #[test]
+    fn include_and_exclude_columns_have_one_name_at_both_levels() {
+        let toml = "postgres_url = \"postgres://u@h/db\"\n\
+                    exclude_columns = [\"public.a=x\"]\ninclude_column = [\"public.b=y\"]\n\
+                    [tables.\"public.t\"]\nexclude_column = \"secret\"\ninclude_columns = [\"id\"]\n";
+        let Command::Run(run) = parse_with_file(toml, &["run"]).unwrap().command else {
+            panic!("not run")
+        };
+        let pairs = |v: &[(String, String)]| {
+            let mut v: Vec<String> = v.iter().map(|(t, c)| format!("{t}={c}")).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            pairs(&run.exclude_columns),
+            ["public.a=x", "public.t=secret"]
+        );
+        assert_eq!(pairs(&run.include_columns), ["public.b=y", "public.t=id"]);
+    }
+
+    #[test]
     fn an_unknown_key_or_bad_toml_names_the_file_and_hides_the_line() {
-        let e = parse_with_file("postgress_url = \"x\"\n", &["run"]).unwrap_err();
+        let e = parse_with_file("slot = \"s\"\n\npostgress_url = \"x\"\n", &["run"]).unwrap_err();
         assert!(
-            e.to_string().contains("unknown key \"postgress_url\""),
+            e.to_string()
+                .contains("line 3: unknown key \"postgress_url\" (did you mean \"postgres_url\"?)"),
+            "{e}"
+        );
+        let e = parse_with_file("colour = 1\n", &["run"]).unwrap_err();
+        assert!(e.to_string().contains("known keys: "), "{e}");
+        let toml = "postgres_url = \"postgres://u@h/db\"\n[tables.\"public.t\"]\nops = [\"insert\"]\nexclude_colums = [\"a\"]\n";
+        let e = parse_with_file(toml, &["run"]).unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "line 4: tables.\"public.t\": unknown setting \"exclude_colums\" (did you mean \"exclude_columns\"?)"
+            ),
             "{e}"
         );
         assert!(e.to_string().contains("walcast.toml"), "{e}");

@@ -5,6 +5,7 @@
 //! - this file: the command line (`Cli`, one `Args` struct per command);
 //! - [`parse`]: the value parsers with their error messages;
 //! - [`file`]: the TOML file, as defaults of the command line;
+//! - [`names`]: "did you mean" for misspelled names, unknown `WALCAST_*` variables;
 //! - [`tables`]: the per-table settings, gathered into one map and checked;
 //! - [`settings`]: `RunConfig` resolved into each stage's settings.
 
@@ -12,6 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 mod file;
+pub mod names;
 mod parse;
 pub mod settings;
 pub mod tables;
@@ -74,7 +76,7 @@ pub enum Command {
 /// Settings of `walcast snapshot`.
 #[derive(Debug, Clone, Args)]
 pub struct SnapshotConfig {
-    /// Tables to snapshot again, as `schema.table`.
+    /// Tables to snapshot again, as `schema.table` (a bare name is in `public`).
     #[arg(required = true)]
     pub tables: Vec<String>,
     #[command(flatten)]
@@ -125,7 +127,7 @@ pub struct RunConfig {
     #[arg(long, env = "WALCAST_SUBJECT_PREFIX", default_value = "walcast", value_parser = parse_prefix)]
     pub subject_prefix: String,
     /// Address of the /metrics, /healthz and /readyz endpoints (`host:port`).
-    #[arg(long, env = "WALCAST_METRICS_ADDR", default_value = "127.0.0.1:9187", value_parser = parse_listen_addr)]
+    #[arg(long, env = "WALCAST_METRICS_ADDR", default_value = "127.0.0.1:8187", value_parser = parse_listen_addr)]
     pub metrics_addr: SocketAddr,
     /// Seconds between standby status updates sent to PostgreSQL.
     #[arg(long, env = "WALCAST_STATUS_INTERVAL", default_value = "1", value_parser = parse_seconds)]

@@ -41,7 +41,7 @@ pub enum EnvelopeError {
     },
     #[error("change outside a transaction (no Begin)")]
     NoTransaction,
-    #[error("the envelope of {key} is {bytes} bytes, above the NATS server's max_payload of {max}: raise max_payload in nats-server.conf, exclude the large column (--exclude-column), or publish a marker instead (--oversize marker)")]
+    #[error("the envelope of {key} is {bytes} bytes, above the NATS server's max_payload of {max}: raise max_payload in nats-server.conf, exclude the large column (--exclude-column {}=<column>), or publish a marker instead (--oversize marker)", table_of(key))]
     TooLarge {
         key: String,
         bytes: usize,
@@ -51,4 +51,9 @@ pub enum EnvelopeError {
     Decode(String),
     #[error("encoding the envelope failed: {0}")]
     Encode(#[from] rmp_serde::encode::Error),
+}
+
+/// The `schema.table` a key (`<schema>.<table>:<key token>`) belongs to.
+fn table_of(key: &str) -> &str {
+    key.split_once(':').map_or(key, |(table, _)| table)
 }

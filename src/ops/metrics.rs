@@ -5,6 +5,8 @@
 //! key. The names and help texts are in `names`, in one place.
 
 mod names;
+#[cfg(unix)]
+mod process;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,6 +56,8 @@ pub struct SourceMetrics {
 
 /// Changes turned into envelopes, and the state loaded for them.
 pub struct EnvelopeMetrics {
+    /// Row changes as PostgreSQL reports them, not envelopes: an update that changes
+    /// the key counts once under `update`, a truncate once per table.
     pub changes: IntCounterVec,
     pub transactions: IntCounter,
     pub last_commit_timestamp: IntGauge,
@@ -189,11 +193,9 @@ impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let registry = Registry::new();
         let r = Registrar(&registry);
-        #[cfg(target_os = "linux")]
+        #[cfg(unix)]
         registry
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ))
+            .register(Box::new(process::ProcessMetrics::new()))
             .expect("unique metric");
         Arc::new(Metrics {
             source: SourceMetrics::new(&r),

@@ -147,10 +147,7 @@ async fn preflight(
         return Err(PipelineError::Config(problems.join("; ")));
     }
     for table in &preflight.toast_without_full_identity {
-        tracing::warn!(
-            table = %table,
-            "table has TOASTable columns and no REPLICA IDENTITY FULL: an unchanged large value not seen before is fetched from the table (ALTER TABLE {table} REPLICA IDENTITY FULL avoids it)"
-        );
+        tracing::info!(table = %table, "{}", crate::source::catalog::TOAST_NOTE);
     }
     Ok(preflight)
 }

@@ -11,7 +11,7 @@ use super::conn::quote_ident;
 use super::params::ConnectParams;
 use super::SourceError;
 
-pub use super::preflight::{missing_publication, Preflight, ServerFacts, TableFacts};
+pub use super::preflight::{missing_publication, Preflight, ServerFacts, TableFacts, TOAST_NOTE};
 
 /// A row of `pg_type` as the resolver needs it.
 #[derive(Debug, Clone)]
@@ -41,6 +41,17 @@ pub struct SlotHealth {
     pub wal_status: Option<String>,
     pub safe_wal_size: Option<i64>,
     pub retained_bytes: Option<i64>,
+}
+
+/// What the connected role may drop of what walcast made (`walcast teardown`).
+#[derive(Debug, Clone)]
+pub struct DropRights {
+    pub user: String,
+    /// REPLICATION or superuser: it may drop replication slots.
+    pub slots: bool,
+    /// The publication's owner, and whether the role acts as it (a member of the
+    /// owning role, or a superuser): `None` when there is no such publication.
+    pub publication: Option<(String, bool)>,
 }
 
 /// A `tokio-postgres` connection for catalog questions.
@@ -186,6 +197,26 @@ impl Catalog {
             .execute("SELECT pg_drop_replication_slot($1)", &[&name])
             .await?;
         Ok(())
+    }
+
+    /// What the connected role may drop: slots, and the publication `publication`.
+    pub async fn drop_rights(&self, publication: &str) -> Result<DropRights, SourceError> {
+        let r = self
+            .client
+            .query_one(
+                "SELECT current_user::text, r.rolsuper OR r.rolreplication,
+                        p.pubowner::regrole::text, pg_has_role(p.pubowner, 'USAGE')
+                 FROM pg_roles r LEFT JOIN pg_publication p ON p.pubname = $1
+                 WHERE r.rolname = current_user",
+                &[&publication],
+            )
+            .await?;
+        let owner: Option<String> = r.get(2);
+        Ok(DropRights {
+            user: r.get(0),
+            slots: r.get(1),
+            publication: owner.map(|o| (o, r.get::<_, Option<bool>>(3).unwrap_or(false))),
+        })
     }
 
     /// Drop a publication.

@@ -206,3 +206,6 @@ impl Catalog {
         })
     }
 }
+
+/// What a table with TOASTable columns and no FULL identity costs (nothing to fix).
+pub const TOAST_NOTE: &str = "TOASTable columns without REPLICA IDENTITY FULL: an unchanged large value walcast has not seen is read exactly, from the key's last envelope or from the table (batched: one query per table and read), so FULL is not needed; FULL would carry it in the WAL instead, at the cost of the whole old row written to the WAL and streamed for every UPDATE and DELETE";

@@ -60,6 +60,31 @@ pub async fn next_subjects(
     Ok(subjects)
 }
 
+/// The meta stream's subject of the record that walcast streamed from `slot`.
+fn slot_subject(meta_prefix: &str, slot: &str) -> String {
+    format!("{meta_prefix}.slot.{}", key::name_token(slot))
+}
+
+/// Whether the meta stream records that walcast streamed from `slot` (as
+/// [`StateStore::slot_known`], without creating anything: `walcast check`).
+pub async fn slot_recorded(
+    js: &Context,
+    settings: &StreamSettings,
+    slot: &str,
+) -> Result<bool, StateError> {
+    let meta = match js.get_stream(settings.meta_name()).await {
+        Ok(meta) => meta,
+        Err(e) if stream::not_found(&e) => return Ok(false),
+        Err(e) => return Err(js_err("looking up the meta stream", e)),
+    };
+    let subject = slot_subject(&settings.meta_prefix(), slot);
+    match meta.direct_get_last_for_subject(&subject).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(false),
+        Err(e) => Err(js_err(&format!("loading {subject}"), e)),
+    }
+}
+
 /// Reads and writes walcast's state in the stream.
 #[derive(Clone)]
 pub struct StateStore {
@@ -247,7 +272,7 @@ impl StateStore {
     }
 
     fn slot_subject(&self, slot: &str) -> String {
-        format!("{}.slot.{}", self.meta_prefix, key::name_token(slot))
+        slot_subject(&self.meta_prefix, slot)
     }
 
     /// Whether walcast recorded streaming from `slot` before.

@@ -89,6 +89,12 @@ pub fn stream_problems(c: &Config, settings: &StreamSettings) -> Vec<String> {
     problems
 }
 
+/// A stream looked up that does not exist.
+pub(crate) fn not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
+    matches!(e.kind(), GetStreamErrorKind::JetStream(ref j)
+        if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
 /// The stream's problems, or `None` when it does not exist yet.
 pub async fn inspect_stream(
     js: &Context,
@@ -102,12 +108,7 @@ pub async fn inspect_stream(
                 .map_err(|e| js_err("reading the stream config", e))?;
             Ok(Some(stream_problems(&info.config, settings)))
         }
-        Err(e)
-            if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j)
-                if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-        {
-            Ok(None)
-        }
+        Err(e) if not_found(&e) => Ok(None),
         Err(e) => Err(js_err("looking up the stream", e)),
     }
 }

@@ -67,7 +67,7 @@ pub(super) const SLOT_RETAINED_WAL: Metric = Metric {
 // Changes turned into envelopes (`EnvelopeMetrics`).
 pub(super) const CHANGES: Metric = Metric {
     name: "walcast_changes_total",
-    help: "Row changes turned into envelopes, by table and op",
+    help: "Row changes published, by table and op (insert, update, delete, truncate): one per change PostgreSQL reports (an update that changes the primary key counts once, under update, though it publishes a delete of the old key and an update of the new one; a TRUNCATE once per table)",
 };
 pub(super) const TRANSACTIONS: Metric = Metric {
     name: "walcast_transactions_total",

@@ -224,10 +224,14 @@ impl ChangeReader {
     async fn truncate(&mut self, relation_ids: &[u32]) -> Result<(), PipelineError> {
         self.snapshot.truncated(relation_ids);
         self.repairs.truncated(relation_ids);
+        let before = self.handover.built.len();
         self.envelopes
             .build(&mut self.handover.built, |b, out| {
                 b.truncate(relation_ids, out)
             })
-            .await
+            .await?;
+        let built = &self.handover.built[before..];
+        self.envelopes.count_truncates(relation_ids, built);
+        Ok(())
     }
 }

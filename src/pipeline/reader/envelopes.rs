@@ -27,6 +27,7 @@ struct TableCounters {
     insert: IntCounter,
     update: IntCounter,
     delete: IntCounter,
+    truncate: IntCounter,
 }
 
 impl TableCounters {
@@ -36,6 +37,7 @@ impl TableCounters {
             insert: c.with_label_values(&[table, "insert"]),
             update: c.with_label_values(&[table, "update"]),
             delete: c.with_label_values(&[table, "delete"]),
+            truncate: c.with_label_values(&[table, "truncate"]),
         }
     }
 }
@@ -350,14 +352,30 @@ impl Envelopes {
         Ok(info)
     }
 
-    /// Count `n` envelopes of a change of `op` on a relation.
-    pub(super) fn count(&self, relation_id: u32, op: Op, n: u64) {
-        if let Some(c) = self.counters.get(&relation_id) {
-            match op {
-                Op::Insert => c.insert.inc_by(n),
-                Op::Update => c.update.inc_by(n),
-                _ => c.delete.inc_by(n),
-            }
+    /// Count a change of `op` on a relation that was published as `envelopes`
+    /// envelopes: once, whatever their number (a key change publishes two), and not
+    /// at all when none was (a replay, an op filtered out).
+    pub(super) fn count(&self, relation_id: u32, op: Op, envelopes: u64) {
+        let Some(c) = self.counters.get(&relation_id).filter(|_| envelopes > 0) else {
+            return;
+        };
+        match op {
+            Op::Insert => c.insert.inc(),
+            Op::Update => c.update.inc(),
+            Op::Delete => c.delete.inc(),
+            Op::Truncate => c.truncate.inc(),
+            Op::Snapshot => {}
+        }
+    }
+
+    /// Count a truncate of each of `relation_ids` whose envelope is among `built`.
+    pub(super) fn count_truncates(&self, relation_ids: &[u32], built: &[Outgoing]) {
+        let Ok(keys) = self.builder.truncate_keys(relation_ids) else {
+            return;
+        };
+        for (&id, (_, subject)) in relation_ids.iter().zip(keys) {
+            let published = built.iter().filter(|o| o.subject == subject).count();
+            self.count(id, Op::Truncate, published as u64);
         }
     }
 
