@@ -284,6 +284,15 @@ async fn changes_behind_walcasts_back_are_reported_and_repaired() {
     let report = &stopped.tables()["public.s"];
     assert_eq!(counts(report)[2], 1, "{stopped}");
     assert_eq!(report["streaming"], false, "{stopped}");
+    // Nobody to repair it: said in the report, and an error.
+    let unrepaired = verify(&s, &["--repair"]).await;
+    assert_eq!(unrepaired.code, 2, "{unrepaired}");
+    assert!(
+        unrepaired
+            .stdout
+            .contains("repair     failed: no running walcast answers on walcast_snapshot"),
+        "{unrepaired}"
+    );
 }
 
 /// Changes to random rows (updates, inserts, deletes; half of them on the first 1,000
@@ -329,7 +338,7 @@ async fn writer(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_writer_during_verify_gives_no_false_difference() {
+async fn a_writer_during_verify_gives_no_false_difference_and_repairs_go_through() {
     let rows = 20_000;
     let (s, db) = with_sql(
         servers(),
@@ -374,6 +383,38 @@ async fn a_writer_during_verify_gives_no_false_difference() {
         rechecked > 0,
         "no key was looked at twice: the race was not exercised"
     );
+
+    // Writes the stream never carries (the table out of the publication for a while),
+    // repaired by key while the writer goes on.
+    exec(&db, "ALTER PUBLICATION walcast DROP TABLE s").await;
+    let now = written.load(Ordering::SeqCst);
+    poll_until("writes while unpublished", WAIT, || async {
+        written.load(Ordering::SeqCst) >= now + 100
+    })
+    .await;
+    exec(&db, "ALTER PUBLICATION walcast ADD TABLE s").await;
+    wait_caught_up(&db, &w, WAIT).await;
+    let found = verify(&s, &["--json", "--repair"]).await;
+    println!("{found}");
+    assert_eq!(found.code, 1, "{found}");
+    let report = &found.tables()["public.s"];
+    let [_, _, differing, missing, gone, _] = counts(report);
+    assert!(differing + missing + gone > 0, "{found}");
+    let queued = format!("{} keys queued for re-snapshot", differing + missing + gone);
+    assert_eq!(report["repair"], queued.as_str(), "{found}");
+    poll_until(
+        w.with_log("a verify exiting 0 after the repair"),
+        WAIT,
+        || async {
+            let v = verify(&s, &["--chunk-rows", "500"]).await;
+            if v.code == 0 {
+                Ok(())
+            } else {
+                Err(v.to_string())
+            }
+        },
+    )
+    .await;
     stop.send(true).unwrap();
     writing.await.unwrap();
 }

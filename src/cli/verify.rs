@@ -43,22 +43,35 @@ use crate::wire::Position;
 use compare::{on_bus, verdict, Verdict};
 use report::TableReport;
 
-/// `walcast verify`: the report of each table; exit status 1 when any differs.
+/// `walcast verify`: the report of each table; exit status 1 when any differs. A
+/// repair that fails is said in the table's report, and is the command's error once
+/// every table is reported.
 pub(super) async fn verify(cfg: VerifyConfig) -> anyhow::Result<ExitCode> {
     let mut v = Verifier::open(&cfg).await?;
     let tables = v.tables_to_verify(&cfg).await?;
-    let mut differs = false;
+    let (mut differs, mut repair_failed) = (false, None);
     for table in &tables {
         let mut report = v.verify_table(table).await?;
         differs |= report.differs();
-        if cfg.repair && (report.differs() || report.repair_keys().is_some_and(|k| !k.is_empty())) {
-            report.repair = Some(repair::repair(&v.client, &v.prefix, &report).await?);
+        let to_repair = report.differs() || report.repair_keys().is_some_and(|k| !k.is_empty());
+        if cfg.repair && to_repair {
+            report.repair = Some(match repair::repair(&v.client, &v.prefix, &report).await {
+                Ok(done) => done,
+                Err(e) => {
+                    let said = format!("failed: {e:#}");
+                    repair_failed.get_or_insert(e.context(format!("repairing {table}")));
+                    said
+                }
+            });
         }
         if cfg.json {
             println!("{}", report.json());
         } else {
             println!("{}", report.text());
         }
+    }
+    if let Some(e) = repair_failed {
+        return Err(e);
     }
     Ok(if differs {
         ExitCode::from(1)

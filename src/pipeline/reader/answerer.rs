@@ -90,22 +90,15 @@ impl ChangeReader {
             Some(_) => return self.queue_resnapshot(vec![table]).await,
             None => {}
         }
-        let info = self.refetch_table(&table).await?;
+        // Described as a table snapshot describes it: the catalog's shape now.
+        let info = self.envelopes.catalog.table_info(&table).await?;
+        self.envelopes.register_relation(&info).await?;
         if values.iter().any(|v| v.len() != info.key.len()) {
             let why = format!("{table}'s key has {} column(s)", info.key.len());
             return Ok(SnapshotReply::refused(&why));
         }
         let chunk = self.read_keys(&info, &values).await?;
-        let store = self.envelopes.store.as_ref();
-        let stored: Progress = match store {
-            Some(store) => store.load_snapshot(&self.source.slot).await?,
-            None => Progress::default(),
-        };
-        let progress = progress_for_keys(stored, &self.tables);
-        let mut snapshot = Snapshot::new(&[], progress, self.settings.snapshot.chunk_rows);
-        snapshot.verify.insert(table.clone());
-        snapshot.pending = Some(chunk);
-        self.snapshot.snapshot = Some(snapshot);
+        self.pend_key_chunk(chunk).await?;
         // The chunk goes out once the server says the stream passed its watermark.
         self.status.send(stream, true).await?;
         tracing::info!(table = %table, keys = values.len(), "key re-snapshot requested");
@@ -115,6 +108,22 @@ impl ChangeReader {
             keys: Some(values.len()),
             ..Default::default()
         })
+    }
+
+    /// A key chunk becomes the pending chunk of a snapshot of no table, which carries
+    /// the stored progress (stored again once the chunk is confirmed) and compares
+    /// each row with its key's last envelope.
+    async fn pend_key_chunk(&mut self, chunk: Chunk) -> Result<(), PipelineError> {
+        let stored: Progress = match &self.envelopes.store {
+            Some(store) => store.load_snapshot(&self.source.slot).await?,
+            None => Progress::default(),
+        };
+        let progress = progress_for_keys(stored, &self.tables);
+        let mut snapshot = Snapshot::new(&[], progress, self.settings.snapshot.chunk_rows);
+        snapshot.verify.insert(chunk.table.clone());
+        snapshot.pending = Some(chunk);
+        self.snapshot.snapshot = Some(snapshot);
+        Ok(())
     }
 
     /// The rows of these keys as a snapshot chunk; keys without a row are its vanished
