@@ -22,7 +22,9 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             report_error(&anyhow::Error::from(e), log_format_of(&args));
-            return ExitCode::FAILURE;
+            // `verify` exits 1 only when something differs.
+            let verify = args.iter().any(|a| a == "verify");
+            return ExitCode::from(if verify { 2 } else { 1 });
         }
     };
     let format = cli.log_format;
