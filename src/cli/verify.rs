@@ -198,6 +198,7 @@ impl Verifier {
             bail!("{name} has no primary key or replica identity index: walcast publishes none of its rows");
         }
         self.register(&info).await?;
+        self.slot_confirmed().await?;
         let truncate_subject = format!(
             "{}.{}.{}.{TRUNCATE_TOKEN}",
             self.prefix,

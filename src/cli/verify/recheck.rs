@@ -90,16 +90,7 @@ impl Verifier {
     async fn wait_confirmed(&mut self, lsn: Lsn) -> anyhow::Result<()> {
         let deadline = Instant::now() + CONFIRM_WITHIN;
         loop {
-            let slot = self.catalog.slot(&self.slot).await?;
-            let confirmed = slot
-                .filter(|s| s.active)
-                .and_then(|s| s.confirmed_flush_lsn)
-                .and_then(|text| text.parse::<Lsn>().ok());
-            let Some(confirmed) = confirmed else {
-                if self.streaming {
-                    tracing::warn!(slot = %self.slot, "walcast's slot is not streaming: the stream is compared as it is (changes still in the slot show as differences)");
-                }
-                self.streaming = false;
+            let Some(confirmed) = self.slot_confirmed().await? else {
                 return Ok(());
             };
             if confirmed >= lsn {
@@ -113,5 +104,20 @@ impl Verifier {
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// What walcast's slot confirmed, while it streams (`None`: the slot is missing or
+    /// inactive; said once, and remembered for the report).
+    pub(super) async fn slot_confirmed(&mut self) -> anyhow::Result<Option<Lsn>> {
+        let slot = self.catalog.slot(&self.slot).await?;
+        let confirmed = slot
+            .filter(|s| s.active)
+            .and_then(|s| s.confirmed_flush_lsn)
+            .and_then(|text| text.parse::<Lsn>().ok());
+        if confirmed.is_none() && self.streaming {
+            tracing::warn!(slot = %self.slot, "walcast's slot is not streaming: the stream is compared as it is (changes still in the slot show as differences)");
+        }
+        self.streaming = confirmed.is_some();
+        Ok(confirmed)
     }
 }
