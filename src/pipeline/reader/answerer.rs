@@ -14,6 +14,9 @@ use crate::source::ReplicationStream;
 use crate::wire::key::{make_key, parse_key};
 use crate::wire::Timestamp;
 
+/// The answer to a key request while another chunk is under way.
+const BUSY: &str = "busy: another chunk waits for the stream; retry";
+
 /// What the answerer keeps between requests.
 #[derive(Default)]
 pub(super) struct RequestAnswerer {
@@ -63,7 +66,7 @@ impl ChangeReader {
     /// its high watermark; rows equal to the key's last envelope are not, keys without
     /// a row get a `delete`). Not stored: a restart before it is published drops it.
     /// While a table snapshot runs, the whole table is queued instead; while another
-    /// key chunk waits, the answer is "busy; retry".
+    /// chunk waits (keys, or marked keys read again), the answer is "busy; retry".
     async fn queue_key_resnapshot(
         &mut self,
         keys: &[String],
@@ -74,6 +77,7 @@ impl ChangeReader {
                 "expected walcast keys, all of one table",
             ));
         };
+        self.refresh_tables().await?;
         if !self.tables.contains(&table) {
             let unknown = vec![table];
             return Ok(SnapshotReply {
@@ -82,13 +86,14 @@ impl ChangeReader {
             });
         }
         match &self.snapshot.snapshot {
-            Some(s) if s.tables_remaining() == 0 => {
-                return Ok(SnapshotReply::refused(
-                    "busy: a re-snapshot is finishing; retry",
-                ))
-            }
-            Some(_) => return self.queue_resnapshot(vec![table]).await,
+            Some(s) if s.tables_remaining() > 0 => return self.queue_resnapshot(vec![table]).await,
+            Some(_) => return Ok(SnapshotReply::refused(BUSY)),
             None => {}
+        }
+        // One chunk waits for the stream at a time, and none is read before the
+        // stream caught up with the WAL's end at open.
+        if self.repairs.chunk_waiting() || self.status.cp.received() < self.snapshot.start_after {
+            return Ok(SnapshotReply::refused(BUSY));
         }
         // Described as a table snapshot describes it: the catalog's shape now.
         let info = self.envelopes.catalog.table_info(&table).await?;
