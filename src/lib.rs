@@ -36,7 +36,8 @@
 //!   hand-over, status reporter, snapshot driver, request answerer); the snapshot's
 //!   plan and progress; refetch and re-snapshot requests over NATS.
 //! - [`config`]: flags, environment and config file, resolved once into each stage's
-//!   settings (`RunSettings`); [`cli`]: `run`, `tail`, `check`, `teardown`, `snapshot`.
+//!   settings (`RunSettings`); [`cli`]: `run`, `tail`, `check`, `teardown`, `snapshot`,
+//!   `verify` (the tables against the stream, key by key).
 //!
 //! The consumer side, [`client`] (transports with local fan-out and subscriber GC, a
 //! reconciling replica, refetch from the stream), depends on [`wire`] only: services

@@ -1,11 +1,13 @@
 //! The `walcast` command line: `run` streams PostgreSQL changes to NATS, `tail`
-//! prints the envelopes of a subject pattern, `check` reports what walcast needs.
+//! prints the envelopes of a subject pattern, `check` reports what walcast needs,
+//! `verify` compares the tables with the stream key by key.
 //! Errors are reported here, once, with their causes.
 
 pub mod check;
 mod snapshot;
 mod tail;
 mod teardown;
+mod verify;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -20,7 +22,9 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             report_error(&anyhow::Error::from(e), log_format_of(&args));
-            return ExitCode::FAILURE;
+            // `verify` exits 1 only when something differs.
+            let verify = args.iter().any(|a| a == "verify");
+            return ExitCode::from(if verify { 2 } else { 1 });
         }
     };
     let format = cli.log_format;
@@ -39,20 +43,27 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result: anyhow::Result<()> = runtime.block_on(async {
-        match cli.command {
+    // `verify` tells "it differs" (1) from "it could not tell" (2).
+    let error_code = match cli.command {
+        Command::Verify(_) => ExitCode::from(2),
+        _ => ExitCode::FAILURE,
+    };
+    let result: anyhow::Result<ExitCode> = runtime.block_on(async {
+        let done = match cli.command {
             Command::Run(cfg) => run(cfg).await,
             Command::Tail(cfg) => tail::tail(cfg).await,
             Command::Check(cfg) => check_command(&cfg).await,
             Command::Teardown(cfg) => teardown::teardown(&cfg).await,
             Command::Snapshot(cfg) => snapshot::snapshot(cfg).await,
-        }
+            Command::Verify(cfg) => return verify::verify(cfg).await,
+        };
+        done.map(|()| ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             report_error(&e, format);
-            ExitCode::FAILURE
+            error_code
         }
     }
 }

@@ -71,6 +71,34 @@ pub enum Command {
     /// rows that differ from their key's last envelope are published, keys without a
     /// row any more get a delete; progress shows in its log, metrics and /readyz.
     Snapshot(SnapshotConfig),
+    /// Compare every row of the tables with its key's last envelope in walcast's
+    /// stream, key by key, read-only: keys equal, differing, missing on the bus, on the
+    /// bus but gone from the table, and markers, per table. Exit status 1 when anything
+    /// differs, 2 on an error; --repair asks the running instance to re-snapshot what
+    /// differs.
+    Verify(VerifyConfig),
+}
+
+/// Settings of `walcast verify`: those of `run` (give it the running instance's flags
+/// or file: the per-table column settings shape the compared values), plus what to
+/// verify and how.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyConfig {
+    /// Tables to verify, as `schema.table` (none: every table of the publication).
+    pub tables: Vec<String>,
+    #[command(flatten)]
+    pub run: RunConfig,
+    /// Print one JSON object per table (one line each) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Ask the running instance (over NATS, `<prefix>_snapshot`) to re-snapshot the
+    /// keys that differ (the whole table when a snapshot is under way or too many
+    /// keys differ).
+    #[arg(long)]
+    pub repair: bool,
+    /// Rows read and compared per chunk.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub chunk_rows: u32,
 }
 
 /// Settings of `walcast snapshot`.

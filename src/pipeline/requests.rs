@@ -12,6 +12,9 @@
 //! - **Re-snapshot** (`<prefix>_snapshot`, what `walcast snapshot` sends): the payload
 //!   is a JSON list of `schema.table` names; the reply a JSON object
 //!   `{"queued": [...], "already": [...], "unknown": [...]}` (see [`SnapshotReply`]).
+//!   Or (what `walcast verify --repair` sends) `{"keys": [...]}`, keys of one table:
+//!   only those keys are read again (the reply then has `"keys": <n>`; without it the
+//!   whole table was queued, a snapshot being under way).
 
 use std::time::Duration;
 
@@ -38,6 +41,19 @@ pub(super) enum Request {
         tables: Vec<String>,
         reply: oneshot::Sender<SnapshotReply>,
     },
+    /// Re-snapshot these keys (of one table) only.
+    SnapshotKeys {
+        keys: Vec<String>,
+        reply: oneshot::Sender<SnapshotReply>,
+    },
+}
+
+/// What a re-snapshot request asks for: tables (a JSON list) or keys of one table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SnapshotRequest {
+    Tables(Vec<String>),
+    Keys { keys: Vec<String> },
 }
 
 /// The answer to a re-snapshot request.
@@ -52,7 +68,16 @@ pub struct SnapshotReply {
     /// Why the request could not be taken (the other lists are then empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A key request: how many keys of the table in `queued` were queued. Absent: the
+    /// whole table was queued (or the request named tables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<usize>,
 }
+
+/// The refusal of a payload that is neither form of [`SnapshotRequest`] (an older
+/// walcast refuses a key request with a text starting the same way).
+pub const NOT_A_SNAPSHOT_REQUEST: &str =
+    "the request is not a JSON list of tables, nor {\"keys\": [...]}";
 
 /// The subject `walcast snapshot` asks a running instance on.
 pub fn snapshot_subject(prefix: &str) -> String {
@@ -193,11 +218,14 @@ fn ask_snapshot(
     payload: &[u8],
 ) -> impl std::future::Future<Output = Reply> {
     let (reply, rx) = oneshot::channel();
-    let queued = match serde_json::from_slice::<Vec<String>>(payload) {
-        Ok(tables) => requests
+    let queued = match serde_json::from_slice::<SnapshotRequest>(payload) {
+        Ok(SnapshotRequest::Tables(tables)) => requests
             .try_send(Request::Snapshot { tables, reply })
             .map_err(|_| "busy; retry".to_string()),
-        Err(e) => Err(format!("the request is not a JSON list of tables: {e}")),
+        Ok(SnapshotRequest::Keys { keys }) => requests
+            .try_send(Request::SnapshotKeys { keys, reply })
+            .map_err(|_| "busy; retry".to_string()),
+        Err(_) => Err(NOT_A_SNAPSHOT_REQUEST.to_string()),
     };
     async move {
         let answer = answer_of(queued, rx, |why| SnapshotReply::refused(&why)).await;
@@ -235,4 +263,34 @@ fn error_headers(value: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(REFETCH_ERROR_HEADER, value);
     headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_forms_of_a_snapshot_request_parse() {
+        let tables: SnapshotRequest = serde_json::from_str(r#"["public.a"]"#).unwrap();
+        assert_eq!(tables, SnapshotRequest::Tables(vec!["public.a".into()]));
+        let keys: SnapshotRequest = serde_json::from_str(r#"{"keys": ["public.a:1"]}"#).unwrap();
+        assert_eq!(
+            keys,
+            SnapshotRequest::Keys {
+                keys: vec!["public.a:1".into()]
+            }
+        );
+        assert!(serde_json::from_str::<SnapshotRequest>(r#"{"tables": []}"#).is_err());
+        // An older client reads a reply with a key count.
+        let reply = SnapshotReply {
+            queued: vec!["public.a".into()],
+            keys: Some(3),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&reply).unwrap();
+        assert_eq!(
+            json,
+            r#"{"queued":["public.a"],"already":[],"unknown":[],"keys":3}"#
+        );
+    }
 }

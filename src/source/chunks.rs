@@ -227,6 +227,33 @@ impl Catalog {
             .collect())
     }
 
+    /// The rows of `keys` (key column texts, in key order) that exist, each column in
+    /// its text form, in no particular order.
+    pub async fn read_rows(
+        &self,
+        table: &TableInfo,
+        keys: &[Vec<String>],
+    ) -> Result<Vec<Vec<Option<String>>>, SourceError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.0)).collect();
+        let key: Vec<&str> = table.key.iter().map(|&i| cols[i].as_str()).collect();
+        let tuples: Vec<String> = keys
+            .iter()
+            .map(|values| format!("({})", typed_key(table, values).join(", ")))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {}.{} WHERE ({}) IN ({})",
+            cols.join(", "),
+            quote_ident(&table.schema),
+            quote_ident(&table.name),
+            key.join(", "),
+            tuples.join(", ")
+        );
+        self.text_rows(&sql).await
+    }
+
     /// The rows of a simple query, each column in its text form.
     async fn text_rows(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, SourceError> {
         let mut rows = Vec::new();

@@ -197,7 +197,7 @@ impl ChangeReader {
                 _ = sleep_until(status_due), if status_due.is_some() => {
                     self.status.send(&mut stream, false).await?;
                 }
-                Some(request) = requests.next(), if idle => self.answer(request).await?,
+                Some(request) = requests.next(), if idle => self.answer(request, &mut stream).await?,
                 permit = tx.reserve(), if !reading => {
                     let permit = permit.map_err(|_| PipelineError::SinkGone)?;
                     if let Some(b) = self.handover.take_ready() {
