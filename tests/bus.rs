@@ -226,7 +226,10 @@ async fn a_plain_subscriber_of_the_prefix_receives_only_envelopes() {
     let (count, snapshots) = check_all_envelopes(&received.lock().unwrap());
     println!("plain subscriber of walcast.>: {count} messages, all envelopes, {snapshots} of them snapshot ones");
     assert!(count >= 150, "only {count} messages");
-    assert!(snapshots >= 20, "only {snapshots} snapshot envelopes");
+    // The initial snapshot's 20 rows, less the (at most 6) the first changes' update
+    // overtakes while it reads; the re-snapshot publishes only rows whose key's last
+    // envelope differs, which after the writes above may be none.
+    assert!(snapshots >= 14, "only {snapshots} snapshot envelopes");
 }
 
 /// A least-privilege user from before the permission check asked the server (no

@@ -1,7 +1,9 @@
 //! The hand-over to the sink: envelopes built by the reader are gathered into
 //! [`SinkBatch`]es; completed small transactions may linger a moment (`--publish-linger`)
-//! so that one publish burst and one confirmation serve several of them. No I/O: the
-//! reader sends what [`Handover::take_ready`] gives it.
+//! so that one publish burst and one confirmation serve several of them, but only
+//! while an earlier batch is still unconfirmed: with nothing in flight a completed
+//! transaction goes at once (the linger never adds latency to a stream the sink keeps
+//! up with). No I/O: the reader sends what [`Handover::take_ready`] gives it.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +31,9 @@ pub(super) struct Handover {
     completed_since: Option<Instant>,
     /// When transactions were last put in a batch.
     last_batch: Instant,
+    /// The end of the last transaction put in a batch: while the sink has not
+    /// confirmed it, a batch is in flight.
+    batched_end: Lsn,
 }
 
 impl Handover {
@@ -41,6 +46,7 @@ impl Handover {
             completed_times: Vec::new(),
             completed_since: None,
             last_batch: Instant::now(),
+            batched_end: Lsn(0),
         }
     }
 
@@ -75,10 +81,15 @@ impl Handover {
         }
     }
 
-    /// Completed transactions go when their linger is over and the sink took the
-    /// previous batch.
-    pub(super) fn batch_completed(&mut self) {
-        if self.ready.is_none() && self.completed_end.is_some() && self.linger_over() {
+    /// Completed transactions go when the sink took the previous batch and either it
+    /// confirmed everything batched (`confirmed`: the end it confirmed) or their
+    /// linger is over.
+    pub(super) fn batch_completed(&mut self, confirmed: Lsn) {
+        let in_flight = confirmed < self.batched_end;
+        if self.ready.is_none()
+            && self.completed_end.is_some()
+            && (!in_flight || self.linger_over())
+        {
             self.batch();
         }
     }
@@ -113,6 +124,7 @@ impl Handover {
         debug_assert!(self.ready.is_none());
         self.completed_since = None;
         self.last_batch = Instant::now();
+        self.batched_end = self.batched_end.max(self.completed_end.unwrap_or(Lsn(0)));
         let items = std::mem::take(&mut self.built)
             .into_iter()
             .map(|o| Publish {
@@ -165,14 +177,20 @@ mod tests {
     #[test]
     fn completed_transactions_linger_then_go_together() {
         let mut h = Handover::new(Duration::from_secs(3600));
-        // A batch was just made: a dense stream lingers.
-        h.batch();
-        assert!(h.take_ready().unwrap().items.is_empty());
+        // A batch was just made and is not confirmed: a dense stream lingers.
+        h.built.push(outgoing(0));
+        h.transaction_completed(Lsn(5), ts());
+        h.batch_completed(Lsn(0));
+        assert_eq!(
+            h.take_ready().unwrap().items.len(),
+            1,
+            "nothing in flight: at once"
+        );
         h.built.push(outgoing(1));
         h.transaction_completed(Lsn(10), ts());
         h.built.push(outgoing(2));
         h.transaction_completed(Lsn(20), ts());
-        h.batch_completed();
+        h.batch_completed(Lsn(0));
         assert!(!h.is_blocked(), "within the linger nothing goes");
         assert!(h.linger_deadline().is_some());
         h.batch_completed_now();
@@ -184,11 +202,29 @@ mod tests {
     }
 
     #[test]
+    fn lingering_transactions_go_once_the_batch_in_flight_is_confirmed() {
+        let mut h = Handover::new(Duration::from_secs(3600));
+        h.built.push(outgoing(1));
+        h.transaction_completed(Lsn(10), ts());
+        h.batch_completed(Lsn(0));
+        h.take_ready().expect("the first goes at once");
+        h.built.push(outgoing(2));
+        h.transaction_completed(Lsn(20), ts());
+        h.batch_completed(Lsn(0));
+        assert!(
+            !h.is_blocked(),
+            "the first batch is in flight: the second lingers"
+        );
+        h.batch_completed(Lsn(10));
+        assert_eq!(h.take_ready().unwrap().commit_end, Some(Lsn(20)));
+    }
+
+    #[test]
     fn without_linger_a_completed_transaction_goes_at_once() {
         let mut h = Handover::new(Duration::ZERO);
         h.built.push(outgoing(1));
         h.transaction_completed(Lsn(10), ts());
-        h.batch_completed();
+        h.batch_completed(Lsn(0));
         assert_eq!(h.take_ready().unwrap().commit_end, Some(Lsn(10)));
     }
 

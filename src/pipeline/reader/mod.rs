@@ -224,7 +224,7 @@ impl ChangeReader {
                 Err(mpsc::error::TrySendError::Closed(_)) => return Err(PipelineError::SinkGone),
             }
         }
-        self.handover.batch_completed();
+        self.handover.batch_completed(self.status.cp.confirmed());
         Ok(())
     }
 
@@ -290,7 +290,7 @@ impl ChangeReader {
             }
         }
         self.emit_chunk_if_passed(self.status.cp.received()).await?;
-        self.handover.batch_completed();
+        self.handover.batch_completed(self.status.cp.confirmed());
         Ok(())
     }
 
