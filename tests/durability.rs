@@ -1,9 +1,12 @@
 //! Crash and outage tests with a multi-key workload: kill -9 walcast again and again,
 //! take NATS away for seconds, and check what a consumer of the stream sees: per key,
-//! sequences 1..n dense, one value per (key, sequence), final values equal to the
-//! database; replays byte-identical; memory bounded.
+//! sequences 1..n dense, at least as many as the changes written to it, one value per
+//! (key, sequence), final values equal to the database; replays byte-identical;
+//! memory bounded.
 
 mod common;
+#[path = "durability/workload.rs"]
+mod workload;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -11,74 +14,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use walcast::testing::rss_kib;
 use walcast::wire::codec::{self, Envelope, Op};
+use workload::{workload, Rng, Written};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// A deterministic random source.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// Write `changes` row changes over the keys in `keys` in transactions of 1 to 20 changes:
-/// inserts, updates (v + 1) and deletes. Returns the number of changes written.
-async fn workload(
-    url: String,
-    changes: usize,
-    keys: std::ops::Range<u64>,
-    seed: u64,
-    pause: Duration,
-) -> usize {
-    // Connect, riding out a server busy with the other tests for a few seconds.
-    let (db, conn) = poll_until(
-        "the workload's connection",
-        Duration::from_secs(10),
-        || async { tokio_postgres::connect(&url, tokio_postgres::NoTls).await },
-    )
-    .await;
-    tokio::spawn(conn);
-    let mut rng = Rng(seed);
-    let mut exists: HashMap<u64, bool> = HashMap::new();
-    let mut written = 0;
-    while written < changes {
-        let n = 1 + rng.below(20) as usize;
-        let mut sql = String::from("BEGIN;");
-        for _ in 0..n {
-            let k = keys.start + rng.below(keys.end - keys.start);
-            let e = exists.entry(k).or_insert(false);
-            if !*e {
-                sql.push_str(&format!("INSERT INTO kv VALUES ({k}, 0, 'p{k}');"));
-                *e = true;
-            } else if rng.below(10) < 8 {
-                sql.push_str(&format!("UPDATE kv SET v = v + 1 WHERE id = {k};"));
-            } else {
-                sql.push_str(&format!("DELETE FROM kv WHERE id = {k};"));
-                *e = false;
-            }
-        }
-        sql.push_str("COMMIT;");
-        if let Err(e) = db.batch_execute(&sql).await {
-            // The server went away (a crash test): stop; what committed is what the
-            // final check compares with.
-            println!("workload stopped after {written} changes: {e}");
-            return written;
-        }
-        written += n;
-        if !pause.is_zero() {
-            // The rate is the point.
-            tokio::time::sleep(pause).await;
-        }
-    }
-    written
-}
 
 /// Every envelope in walcast's stream, in stream order.
 async fn read_stream(nats_url: &str) -> Vec<Envelope> {
@@ -98,12 +36,18 @@ async fn read_stream(nats_url: &str) -> Vec<Envelope> {
 
 /// The checks of a consumer reading the stream; returns (envelopes checked, keys whose
 /// sequences are not dense 1..n in stream order). The caller asserts the count.
-async fn check_stream_against_db(nats_url: &str, db: &tokio_postgres::Client) -> (usize, usize) {
+/// Every change `written` is there: per key, at least as many distinct sequences.
+async fn check_stream_against_db(
+    nats_url: &str,
+    db: &tokio_postgres::Client,
+    written: &Written,
+) -> (usize, usize) {
     let envelopes = read_stream(nats_url).await;
     let mut per_key: BTreeMap<String, Vec<&Envelope>> = BTreeMap::new();
     for e in &envelopes {
         per_key.entry(e.key.clone()).or_default().push(e);
     }
+    assert_all_received(&per_key, written);
     let mut holes = 0;
     for (key, list) in &per_key {
         let seqs: Vec<u64> = list.iter().map(|e| e.sequence).collect();
@@ -151,6 +95,26 @@ async fn check_stream_against_db(nats_url: &str, db: &tokio_postgres::Client) ->
         );
     }
     (envelopes.len(), holes)
+}
+
+/// Per key, at least as many distinct sequences in the stream as changes written.
+fn assert_all_received(per_key: &BTreeMap<String, Vec<&Envelope>>, written: &Written) {
+    let short: Vec<(u64, usize, usize)> = written
+        .per_key
+        .iter()
+        .filter_map(|(&k, &n)| {
+            let list = per_key.get(&format!("public.kv:{k}"));
+            let got: std::collections::HashSet<u64> =
+                list.into_iter().flatten().map(|e| e.sequence).collect();
+            (got.len() < n).then_some((k, n, got.len()))
+        })
+        .collect();
+    assert!(
+        short.is_empty(),
+        "{} keys got fewer envelopes than changes written, (id, written, received): {:?}",
+        short.len(),
+        &short[..short.len().min(5)]
+    );
 }
 
 /// Same (key, sequence) seen twice by a live subscriber: must be the same bytes.
@@ -266,21 +230,18 @@ async fn kill_9_loop(extra: &[&str], changes: usize, kills_wanted: usize) -> f64
     let written = writer
         .await
         .unwrap_or_else(|e| panic!("the writer failed: {e}"));
-    assert!(written >= changes);
+    assert!(written.total >= changes);
     w.wait_ready().await;
     wait_caught_up(&db, &w, WAIT).await;
-    let (checked, holes) = check_stream_against_db(&s.nats.url(), &db).await;
+    let (checked, holes) = check_stream_against_db(&s.nats.url(), &db, &written).await;
     drain_collector(&mut live, Duration::from_millis(500)).await;
     let dups = duplicates(&live.received);
     println!(
-        "kill -9: kills survived {kills}, changes written {written}, envelopes checked {checked}, duplicates seen live {dups}, holes {holes}, replays recognised {}",
+        "kill -9: kills survived {kills}, changes written {}, envelopes checked {checked}, duplicates seen live {dups}, holes {holes}, replays recognised {}",
+        written.total,
         w.metric("walcast_replayed_changes_skipped_total").await.unwrap_or(0.0)
     );
     assert_eq!(holes, 0, "keys with holes or rebinds");
-    assert!(
-        checked >= written,
-        "{checked} envelopes for {written} changes"
-    );
     loads
         + w.metric("walcast_key_state_loads_total")
             .await
@@ -341,9 +302,10 @@ async fn nats_outage_with_writes_continuing_loses_nothing_and_memory_stays_bound
     );
     wait_caught_up(&db, &w, WAIT).await;
     rss_max = rss_max.max(rss_kib(pid));
-    let (checked, holes) = check_stream_against_db(&s.nats.url(), &db).await;
+    let (checked, holes) = check_stream_against_db(&s.nats.url(), &db, &written).await;
     println!(
-        "NATS outage 12 s: changes written {written}, envelopes checked {checked}, holes {holes}, in flight at most {inflight_max}, RSS before {} MiB, mid-outage {} MiB, max {} MiB",
+        "NATS outage 12 s: changes written {}, envelopes checked {checked}, holes {holes}, in flight at most {inflight_max}, RSS before {} MiB, mid-outage {} MiB, max {} MiB",
+        written.total,
         rss_before / 1024,
         rss_half / 1024,
         rss_max / 1024
@@ -377,10 +339,10 @@ async fn hot_standby_takes_over_under_load() {
         .await
         .unwrap_or_else(|e| panic!("the writer failed: {e}"));
     wait_caught_up(&db, &standby, WAIT).await;
-    let (checked, holes) = check_stream_against_db(&s.nats.url(), &db).await;
+    let (checked, holes) = check_stream_against_db(&s.nats.url(), &db, &written).await;
     drain_collector(&mut live, Duration::from_millis(500)).await;
     let dups = duplicates(&live.received);
-    println!("hot standby: changes {written}, envelopes checked {checked}, duplicates live {dups}, holes {holes}");
+    println!("hot standby: changes {}, envelopes checked {checked}, duplicates live {dups}, holes {holes}", written.total);
     assert_eq!(holes, 0);
 }
 
@@ -401,19 +363,19 @@ async fn postgres_crash_under_load_resumes_from_the_right_position() {
     s.pg.crash();
     let first = writer.await.unwrap();
     assert!(
-        first > 0 && first < 1_000_000,
+        first.total > 0 && first.total < 1_000_000,
         "the crash came mid-workload"
     );
     // PostgreSQL comes back once walcast has seen it gone.
     w.wait_metric("walcast_reconnects_total", 1.0, WAIT).await;
     s.pg.start_again().unwrap();
     let db = s.pg.client().await;
-    let second = workload(s.pg.url(), 3_000, 200..400, 0xCD, Duration::ZERO).await;
+    let written = first.and(workload(s.pg.url(), 3_000, 200..400, 0xCD, Duration::ZERO).await);
     wait_caught_up(&db, &w, WAIT).await;
-    let (checked, holes) = check_stream_against_db(&s.nats.url(), &db).await;
+    let (checked, holes) = check_stream_against_db(&s.nats.url(), &db, &written).await;
     println!(
         "postgres crash: changes {}, envelopes checked {checked}, holes {holes}, reconnects {}",
-        first + second,
+        written.total,
         w.metric("walcast_reconnects_total").await.unwrap_or(0.0)
     );
     assert_eq!(holes, 0);

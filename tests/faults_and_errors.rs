@@ -16,6 +16,27 @@ const WAIT: Duration = Duration::from_secs(30);
 const T_ID_V: &str =
     "CREATE TABLE t (id int PRIMARY KEY, v int); CREATE PUBLICATION walcast FOR TABLE t;";
 
+/// The end LSN of the one transaction (of the publication `walcast`) that the
+/// throwaway slot `probe` has seen: the end LSN field of pgoutput's Commit message,
+/// what walcast receives for the transaction and reports as flushed once it is
+/// confirmed. Exact: unlike `pg_current_wal_lsn()` read after the commit, WAL written
+/// after it (a heartbeat) does not move it, so a flush position at or past it means
+/// the transaction was reported flushed.
+async fn commit_end_lsn(db: &tokio_postgres::Client, probe: &str) -> Lsn {
+    let row = db
+        .query_one(
+            "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
+                 'proto_version', '1', 'publication_names', 'walcast')
+             WHERE get_byte(data, 0) = ascii('C')",
+            &[&probe],
+        )
+        .await
+        .expect("one commit in the probe slot");
+    // Commit: 'C', flags (1 byte), commit LSN (8), end LSN (8), time (8).
+    let data: Vec<u8> = row.get(0);
+    Lsn(u64::from_be_bytes(data[10..18].try_into().unwrap()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_lsn_advances_only_after_nats_confirmed() {
     let (mut s, db) = with_sql(
@@ -31,22 +52,28 @@ async fn flush_lsn_advances_only_after_nats_confirmed() {
     let lsn_before_outage = wait_caught_up(&db, &w, WAIT).await;
 
     s.nats.kill();
+    exec(
+        &db,
+        "SELECT pg_create_logical_replication_slot('probe', 'pgoutput')",
+    )
+    .await;
     exec(&db, "INSERT INTO t VALUES (2, 'during outage')").await;
-    let commit_lsn = walcast::testing::current_wal_lsn(&db).await;
+    let commit_end = commit_end_lsn(&db, "probe").await;
+    exec(&db, "SELECT pg_drop_replication_slot('probe')").await;
     // For several confirmation timeouts, the slot must not move past the change: the
     // time is the point here.
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let flushed = confirmed_flush(&db, "walcast").await;
         assert!(
-            flushed < commit_lsn,
-            "flush {flushed} moved past {commit_lsn} while NATS was down"
+            flushed < commit_end,
+            "flush {flushed} reached the commit's end {commit_end} while NATS was down"
         );
     }
     assert!(confirmed_flush(&db, "walcast").await >= lsn_before_outage);
 
     s.nats.start_again().unwrap();
-    wait_confirmed(&db, &w, commit_lsn, WAIT).await;
+    wait_confirmed(&db, &w, commit_end, WAIT).await;
     // What the slot confirmed did reach NATS: walcast's stream holds it.
     let nats = async_nats::connect(s.nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(nats);

@@ -433,6 +433,18 @@ async fn shutdown_during_a_nats_outage_is_bounded_and_fails() {
         w.log()
     );
     assert!(w.log().contains("safe in the slot"), "{}", w.log());
+    // Safe indeed: with NATS and walcast back, all 100 rows arrive.
+    s.nats.start_again().unwrap();
+    let mut c = Collector::new(&s.nats.url(), "walcast.public.t.*").await;
+    let _w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
+    let got = c
+        .until_with("rows 1..=100", Duration::from_secs(60), |got| {
+            ids(got) == (1..=100).collect()
+        })
+        .await;
+    assert!(got
+        .iter()
+        .all(|(_, e, _)| e.op == walcast::wire::Op::Insert));
 }
 
 /// Defect 9: a message in walcast's stream that walcast did not publish.

@@ -78,26 +78,25 @@ async fn wait_writes(written: &AtomicU64, now: u64, more: u64) -> u64 {
         WAIT,
         || async {
             let n = written.load(Ordering::SeqCst);
-            if n >= now + more {
-                Ok(n)
-            } else {
-                Err(n)
-            }
+            (n >= now + more).then_some(n).ok_or(n)
         },
     )
     .await
 }
 
-/// Every envelope in the stream, in stream order.
+/// Every envelope in the stream, in stream order: any other message fails the test.
 async fn stream_envelopes(nats_url: &str) -> Vec<Envelope> {
     let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.unwrap());
     let mut stream = js.get_stream("WALCAST").await.unwrap();
     let state = stream.info().await.unwrap().state.clone();
     let mut out = Vec::new();
-    for seq in state.first_sequence..=state.last_sequence {
-        if let Ok(msg) = stream.get_raw_message(seq).await {
-            out.push(codec::decode(&msg.payload).unwrap());
-        }
+    for seq in (state.first_sequence..=state.last_sequence).filter(|_| state.messages > 0) {
+        let msg = stream
+            .get_raw_message(seq)
+            .await
+            .expect("a message of the stream");
+        let env = codec::decode(&msg.payload).map_err(|e| (seq, msg.subject, e));
+        out.push(env.expect("an envelope"));
     }
     out
 }
