@@ -339,7 +339,8 @@ impl EnvelopeBuilder {
         }
         for (&id, (k, subject)) in relation_ids.iter().zip(keys) {
             self.toast.remove_prefix(&k);
-            self.emit(id, Op::Truncate, k, subject, None, None, out)?;
+            let rows = Default::default();
+            self.emit(id, Op::Truncate, (k, subject), rows, None, out)?;
         }
         Ok(None)
     }

@@ -2,6 +2,7 @@
 //! the sequence. An update that changes the primary key is a `delete` of the old key
 //! and an `insert` of the new one.
 
+use super::emit::Rows;
 use super::sequence::Lookup;
 use super::toast_fill::{effective, full_old};
 use super::{EnvelopeBuilder, EnvelopeError, Need, Outgoing, Relation};
@@ -26,8 +27,7 @@ impl EnvelopeBuilder {
             return Ok(None);
         }
         if matches!(op, Op::Delete | Op::Truncate) {
-            let old_values = old.map(|o| o.values()).unwrap_or_default();
-            return self.delete(relation_id, old_values, out);
+            return self.delete(relation_id, old, out);
         }
         self.upsert(relation_id, op, old, new.unwrap_or_default(), out)
     }
@@ -89,7 +89,8 @@ impl EnvelopeBuilder {
             _ => return Ok(None),
         }
         self.toast.remove(&k);
-        self.emit(relation_id, Op::Delete, k, subject, None, None, out)?;
+        let rows = Rows::default();
+        self.emit(relation_id, Op::Delete, (k, subject), rows, None, out)?;
         Ok(None)
     }
 
@@ -182,6 +183,9 @@ impl EnvelopeBuilder {
             sequence,
             lsn: lsn.0,
             commit_ts,
+            xid: None,
+            tx_index: None,
+            before: None,
         };
         Ok(Some(codec::encode(&envelope)?))
     }
@@ -189,9 +193,10 @@ impl EnvelopeBuilder {
     fn delete(
         &mut self,
         relation_id: u32,
-        old_values: &[TupleValue<'_>],
+        old: Option<&OldTuple<'_>>,
         out: &mut Vec<Outgoing>,
     ) -> Result<Option<Need>, EnvelopeError> {
+        let old_values = old.map(|o| o.values()).unwrap_or_default();
         let rel = &self.relations[&relation_id];
         let tracked = self.tracked(rel);
         let (k, subject) = rel.key_of(old_values, "delete")?;
@@ -200,9 +205,29 @@ impl EnvelopeBuilder {
         }
         let rel = &self.relations[&relation_id];
         let column_seq = self.column_sequence(rel, old_values, true, "delete")?;
+        let before = self.before_values(relation_id, old)?;
+        let rows = Rows {
+            value: None,
+            before: before.as_deref(),
+        };
         self.toast.remove(&k);
-        self.emit(relation_id, Op::Delete, k, subject, None, column_seq, out)?;
+        self.emit(relation_id, Op::Delete, (k, subject), rows, column_seq, out)?;
         Ok(None)
+    }
+
+    /// The row before an update or delete when the table has `REPLICA IDENTITY FULL`
+    /// (pgoutput's old tuple `O`, TOASTed values included); `None` otherwise.
+    fn before_values<'a>(
+        &self,
+        relation_id: u32,
+        old: Option<&OldTuple<'a>>,
+    ) -> Result<Option<Vec<Value<'a>>>, EnvelopeError> {
+        match full_old(old) {
+            Some(o) if !o.contains(&TupleValue::UnchangedToast) => {
+                self.typed_values(relation_id, o, None, "").map(Some)
+            }
+            _ => Ok(None),
+        }
     }
 
     fn upsert(
@@ -247,18 +272,34 @@ impl EnvelopeBuilder {
         let values = self.typed_values(relation_id, new, full_old, &toast_key)?;
         let rel = &self.relations[&relation_id];
         let column_seq = self.column_sequence(rel, new, false, op.as_str())?;
+        let before = self.before_values(relation_id, old)?;
+        let mut rows = Rows {
+            value: Some(&values),
+            before: before.as_deref(),
+        };
         let mut op = op;
-        if let Some((old_key, old_subject)) = &moved_from {
+        if let Some((old_key, old_subject)) = moved_from.clone() {
             let old_values = old.map(|o| o.values()).unwrap_or_default();
             let old_seq = self.column_sequence(rel, old_values, true, "delete")?;
-            self.toast.remove(old_key);
-            let (key, subject) = (old_key.clone(), old_subject.clone());
-            self.emit(relation_id, Op::Delete, key, subject, None, old_seq, out)?;
-            op = Op::Insert;
+            self.toast.remove(&old_key);
+            let gone = Rows {
+                value: None,
+                ..rows
+            };
+            self.emit(
+                relation_id,
+                Op::Delete,
+                (old_key, old_subject),
+                gone,
+                old_seq,
+                out,
+            )?;
+            // The new key's row had no "before": it is an insert.
+            (op, rows.before) = (Op::Insert, None);
         }
         self.cache_toast(relation_id, &k, new, &values, moved_from.is_some());
         self.pending_toast = None;
-        self.emit(relation_id, op, k, subject, Some(&values), column_seq, out)?;
+        self.emit(relation_id, op, (k, subject), rows, column_seq, out)?;
         Ok(None)
     }
 

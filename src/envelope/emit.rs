@@ -5,7 +5,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::sequence::{KeyState, Lookup, Position};
-use super::size::{fit_size, message_id};
+use super::size::{fit_size, fits, message_id};
 use super::{EnvelopeBuilder, EnvelopeError};
 use crate::wire::codec::{self, EnvelopeRef, Op, RowRef};
 use crate::wire::Value;
@@ -19,6 +19,14 @@ pub struct Outgoing {
     pub msg_id: String,
     /// Where the change sits in the WAL (`Walcast-Position`).
     pub position: Position,
+}
+
+/// The row values of one envelope: after the change (`None`: a delete or truncate)
+/// and before it (`REPLICA IDENTITY FULL` tables' updates and deletes only).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Rows<'v, 'a> {
+    pub(super) value: Option<&'v [Value<'a>]>,
+    pub(super) before: Option<&'v [Value<'a>]>,
 }
 
 /// The size of the blocks envelopes are encoded into.
@@ -61,15 +69,15 @@ impl EncodeBuffer {
 impl EnvelopeBuilder {
     /// Publish one change of `key` (unless its table's settings filter its op out or
     /// it is a replay): `column_seq` is its sequence in column mode, else the key's
-    /// next one is assigned. The envelope goes to `out`.
-    #[allow(clippy::too_many_arguments)]
+    /// next one is assigned. `row` holds the row after the change and, for a
+    /// `REPLICA IDENTITY FULL` table's update or delete, the row before it. The
+    /// envelope goes to `out`.
     pub(super) fn emit(
         &mut self,
         relation_id: u32,
         op: Op,
-        key: String,
-        subject: String,
-        values: Option<&[Value<'_>]>,
+        (key, subject): (String, String),
+        row: Rows<'_, '_>,
         column_seq: Option<u64>,
         out: &mut Vec<Outgoing>,
     ) -> Result<(), EnvelopeError> {
@@ -89,21 +97,32 @@ impl EnvelopeBuilder {
             return Ok(()); // a replay: already published before a restart
         };
         let rel = &self.relations[&relation_id];
-        let envelope = EnvelopeRef {
+        let row_ref = |values| RowRef {
+            columns: &rel.shape.columns,
+            values,
+            published: Some(&rel.published),
+        };
+        // A snapshot row (xid 0: no transaction) carries neither xid nor index.
+        let in_tx = tx.xid != 0;
+        let mut envelope = EnvelopeRef {
             key: &key,
             op,
-            value: values.map(|values| RowRef {
-                columns: &rel.shape.columns,
-                values,
-                published: Some(&rel.published),
-            }),
+            value: row.value.map(row_ref),
             schema_version: &rel.version_text,
             sequence,
             lsn: tx.commit_lsn.0,
             commit_ts: tx.commit_ts,
+            xid: in_tx.then_some(tx.xid),
+            tx_index: in_tx.then_some(position.ordinal),
+            before: row.before.map(row_ref),
         };
-        let payload = self.encode_buffer.encode(&envelope)?;
         let msg_id = message_id(&key, sequence);
+        let mut payload = self.encode_buffer.encode(&envelope)?;
+        if envelope.before.is_some() && !fits(self.max_payload, &payload, &msg_id) {
+            // The row before is a courtesy: left out rather than make the change fail.
+            envelope.before = None;
+            payload = self.encode_buffer.encode(&envelope)?;
+        }
         let (payload, marked) = fit_size(
             self.max_payload,
             self.oversize_marker,

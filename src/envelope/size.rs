@@ -23,6 +23,12 @@ impl serde::Serialize for MarkerRow<'_> {
     }
 }
 
+/// Whether an encoded envelope and its headers (id, position, expected sequence)
+/// fit the NATS server's `max_payload`.
+pub(super) fn fits(max_payload: usize, payload: &[u8], msg_id: &str) -> bool {
+    payload.len() + msg_id.len() + HEADER_ALLOWANCE <= max_payload
+}
+
 /// The envelope as published: itself, or (too large for NATS) an error or a
 /// marker, as `--oversize` says. `true`: replaced by a marker.
 pub(super) fn fit_size<V: serde::Serialize>(
@@ -32,11 +38,10 @@ pub(super) fn fit_size<V: serde::Serialize>(
     envelope: &EnvelopeRef<'_, V>,
     msg_id: &str,
 ) -> Result<(Bytes, bool), EnvelopeError> {
-    // Headers travel in the same message: id, position, expected sequence.
-    let size = payload.len() + msg_id.len() + HEADER_ALLOWANCE;
-    if size <= max_payload {
+    if fits(max_payload, &payload, msg_id) {
         return Ok((payload, false));
     }
+    let size = payload.len() + msg_id.len() + HEADER_ALLOWANCE;
     if !oversize_marker {
         return Err(EnvelopeError::TooLarge {
             key: envelope.key.to_string(),
@@ -53,6 +58,9 @@ pub(super) fn fit_size<V: serde::Serialize>(
         sequence: envelope.sequence,
         lsn: envelope.lsn,
         commit_ts: envelope.commit_ts,
+        xid: envelope.xid,
+        tx_index: envelope.tx_index,
+        before: None,
     })?;
     Ok((Bytes::from(marked), true))
 }
