@@ -307,6 +307,10 @@ pub struct TailConfig {
     /// Exit after this many envelopes.
     #[arg(long)]
     pub count: Option<u64>,
+    /// Print what the stream holds (the last envelope of each matching subject, read
+    /// from JetStream) and exit, instead of following new envelopes.
+    #[arg(long)]
+    pub stored: bool,
 }
 
 #[cfg(test)]
