@@ -280,7 +280,10 @@ async fn tail_stored_prints_the_last_envelope_of_each_subject() {
          CREATE PUBLICATION walcast FOR TABLE accounts, other;",
     )
     .await;
+    let mut snapshot = Collector::new(&s.nats.url(), "walcast.public.accounts.*").await;
     let w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
+    // After the snapshot (a change before its row's chunk would replace the row).
+    snapshot.until(1500, Duration::from_secs(60)).await;
     exec(&db, "UPDATE accounts SET owner = 'ada' WHERE id = 1").await;
     exec(&db, "DELETE FROM accounts WHERE id = 2").await;
     wait_caught_up(&db, &w, Duration::from_secs(60)).await;
