@@ -152,6 +152,7 @@ impl EnvelopeBuilder {
             sequence_column,
             published,
             ops: settings.ops,
+            delete_ttl: settings.delete_ttl,
             shape,
         };
         self.relations.insert(id, rel);

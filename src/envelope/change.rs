@@ -3,6 +3,7 @@
 //! and an `insert` of the new one.
 
 use super::emit::Rows;
+use super::relation::Keyed;
 use super::sequence::Lookup;
 use super::toast_fill::{effective, full_old};
 use super::{EnvelopeBuilder, EnvelopeError, Need, Outgoing, Relation};
@@ -10,6 +11,22 @@ use crate::decode::pgoutput::{OldTuple, TupleValue};
 use crate::decode::value::parse_text;
 use crate::wire::codec::{self, EnvelopeRef, RowRef};
 use crate::wire::{Lsn, Op, Timestamp, Value};
+
+/// An update's old key and subject when it changed the key.
+fn moved_from(
+    rel: &Relation,
+    op: Op,
+    old: Option<&OldTuple<'_>>,
+    key: &str,
+) -> Result<Option<Keyed>, EnvelopeError> {
+    match (op, old) {
+        (Op::Update, Some(old)) => {
+            let (old_key, old_subject) = rel.key_of(old.values(), "update")?;
+            Ok((old_key != key).then_some((old_key, old_subject)))
+        }
+        _ => Ok(None),
+    }
+}
 
 impl EnvelopeBuilder {
     /// Build the envelope(s) of one Insert, Update or Delete. Returns what must be
@@ -242,13 +259,7 @@ impl EnvelopeBuilder {
         let tracked = self.tracked(rel);
         let (k, subject) = rel.key_of(new, op.as_str())?;
         // A key change: the old key's row is gone.
-        let moved_from = match (op, old) {
-            (Op::Update, Some(old)) => {
-                let (old_key, old_subject) = rel.key_of(old.values(), "update")?;
-                (old_key != k).then_some((old_key, old_subject))
-            }
-            _ => None,
-        };
+        let moved_from = moved_from(rel, op, old, &k)?;
         let full_old = full_old(old);
         // Unchanged TOAST columns: from the full old row, else from the cache (under
         // the old key when the key changed).
@@ -278,22 +289,8 @@ impl EnvelopeBuilder {
             before: before.as_deref(),
         };
         let mut op = op;
-        if let Some((old_key, old_subject)) = moved_from.clone() {
-            let old_values = old.map(|o| o.values()).unwrap_or_default();
-            let old_seq = self.column_sequence(rel, old_values, true, "delete")?;
-            self.toast.remove(&old_key);
-            let gone = Rows {
-                value: None,
-                ..rows
-            };
-            self.emit(
-                relation_id,
-                Op::Delete,
-                (old_key, old_subject),
-                gone,
-                old_seq,
-                out,
-            )?;
+        if let Some(from) = moved_from.clone() {
+            self.emit_moved_delete(relation_id, from, old, rows.before, out)?;
             // The new key's row had no "before": it is an insert.
             (op, rows.before) = (Op::Insert, None);
         }
@@ -301,6 +298,34 @@ impl EnvelopeBuilder {
         self.pending_toast = None;
         self.emit(relation_id, op, (k, subject), rows, column_seq, out)?;
         Ok(None)
+    }
+
+    /// The `delete` of the old key of an update that changed the key, with the old
+    /// row as its `before` (`REPLICA IDENTITY FULL`).
+    fn emit_moved_delete(
+        &mut self,
+        relation_id: u32,
+        (old_key, old_subject): Keyed,
+        old: Option<&OldTuple<'_>>,
+        before: Option<&[Value<'_>]>,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), EnvelopeError> {
+        let rel = &self.relations[&relation_id];
+        let old_values = old.map(|o| o.values()).unwrap_or_default();
+        let old_seq = self.column_sequence(rel, old_values, true, "delete")?;
+        self.toast.remove(&old_key);
+        let rows = Rows {
+            value: None,
+            before,
+        };
+        self.emit(
+            relation_id,
+            Op::Delete,
+            (old_key, old_subject),
+            rows,
+            old_seq,
+            out,
+        )
     }
 
     /// The row's typed values (unchanged TOAST from the old row or the cache).

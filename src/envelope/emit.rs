@@ -15,10 +15,13 @@ use crate::wire::Value;
 pub struct Outgoing {
     pub subject: String,
     pub payload: Bytes,
-    /// `<key>:<sequence>`: the JetStream de-duplication id (`Nats-Msg-Id`).
+    /// `<key>:<sequence>` (column mode: `<key>:<sequence>@<commit lsn>`): the
+    /// JetStream de-duplication id (`Nats-Msg-Id`).
     pub msg_id: String,
     /// Where the change sits in the WAL (`Walcast-Position`).
     pub position: Position,
+    /// How long the stream keeps it (`Nats-TTL`; `None`: until the key's next one).
+    pub ttl: Option<std::time::Duration>,
 }
 
 /// The row values of one envelope: after the change (`None`: a delete or truncate)
@@ -66,6 +69,23 @@ impl EncodeBuffer {
     }
 }
 
+/// An envelope encoded as it is published: without its `before` when only that makes
+/// it too large for NATS (a courtesy is left out rather than fail the change), then
+/// as `--oversize` says (`limit`: `max_payload` and whether to mark; `true`: marked).
+fn encode_fitted<V: serde::Serialize>(
+    buffer: &mut EncodeBuffer,
+    (max_payload, marker): (usize, bool),
+    mut envelope: EnvelopeRef<'_, V>,
+    msg_id: &str,
+) -> Result<(Bytes, bool), EnvelopeError> {
+    let mut payload = buffer.encode(&envelope)?;
+    if envelope.before.is_some() && !fits(max_payload, &payload, msg_id) {
+        envelope.before = None;
+        payload = buffer.encode(&envelope)?;
+    }
+    fit_size(max_payload, marker, payload, &envelope, msg_id)
+}
+
 impl EnvelopeBuilder {
     /// Publish one change of `key` (unless its table's settings filter its op out or
     /// it is a replay): `column_seq` is its sequence in column mode, else the key's
@@ -104,7 +124,7 @@ impl EnvelopeBuilder {
         };
         // A snapshot row (xid 0: no transaction) carries neither xid nor index.
         let in_tx = tx.xid != 0;
-        let mut envelope = EnvelopeRef {
+        let envelope = EnvelopeRef {
             key: &key,
             op,
             value: row.value.map(row_ref),
@@ -116,26 +136,19 @@ impl EnvelopeBuilder {
             tx_index: in_tx.then_some(position.ordinal),
             before: row.before.map(row_ref),
         };
-        let msg_id = message_id(&key, sequence);
-        let mut payload = self.encode_buffer.encode(&envelope)?;
-        if envelope.before.is_some() && !fits(self.max_payload, &payload, &msg_id) {
-            // The row before is a courtesy: left out rather than make the change fail.
-            envelope.before = None;
-            payload = self.encode_buffer.encode(&envelope)?;
-        }
-        let (payload, marked) = fit_size(
-            self.max_payload,
-            self.oversize_marker,
-            payload,
-            &envelope,
-            &msg_id,
-        )?;
+        // Column mode repeats a key's sequences after a delete: the id names the commit
+        // too, so only a replay (same commit) is a duplicate.
+        let msg_id = message_id(&key, sequence, column_seq.map(|_| tx.commit_lsn));
+        let limit = (self.max_payload, self.oversize_marker);
+        let (payload, marked) = encode_fitted(&mut self.encode_buffer, limit, envelope, &msg_id)?;
         self.oversize_markers += u64::from(marked);
+        let ttl = rel.delete_ttl.filter(|_| op == Op::Delete);
         out.push(Outgoing {
             subject,
             payload,
             msg_id,
             position,
+            ttl,
         });
         Ok(())
     }

@@ -5,6 +5,7 @@ use bytes::Bytes;
 
 use super::{EnvelopeError, TOO_LARGE_KEY};
 use crate::wire::codec::{self, EnvelopeRef};
+use crate::wire::Lsn;
 
 /// Bytes counted for an envelope's headers beside its message id.
 const HEADER_ALLOWANCE: usize = 160;
@@ -65,13 +66,18 @@ pub(super) fn fit_size<V: serde::Serialize>(
     Ok((Bytes::from(marked), true))
 }
 
-/// The `Nats-Msg-Id` of a key's envelope: `<key>:<sequence>`.
-pub(super) fn message_id(key: &str, sequence: u64) -> String {
+/// The `Nats-Msg-Id` of a key's envelope: `<key>:<sequence>`, and `@<commit lsn>`
+/// (decimal) when given (column mode).
+pub(super) fn message_id(key: &str, sequence: u64, commit: Option<Lsn>) -> String {
     let mut digits = itoa::Buffer::new();
     let sequence = digits.format(sequence);
-    let mut id = String::with_capacity(key.len() + 1 + sequence.len());
+    let mut id = String::with_capacity(key.len() + 1 + sequence.len() + 21);
     id.push_str(key);
     id.push(':');
     id.push_str(sequence);
+    if let Some(lsn) = commit {
+        id.push('@');
+        id.push_str(itoa::Buffer::new().format(lsn.0));
+    }
     id
 }

@@ -62,6 +62,12 @@ pub async fn next_subjects(
     Ok(subjects)
 }
 
+/// Whether a server of this version keeps per-message TTLs (`Nats-TTL`, 2.11+: the
+/// release that brought batched gets too).
+pub fn server_has_message_ttl(version: &str) -> bool {
+    batch::server_has_multi_last(version)
+}
+
 /// The meta stream's subject of the record that walcast streamed from `slot`.
 fn slot_subject(meta_prefix: &str, slot: &str) -> String {
     format!("{meta_prefix}.slot.{}", key::name_token(slot))
