@@ -120,3 +120,26 @@ async fn xid_is_one_per_transaction_and_tx_index_counts_within_it() {
     assert_eq!(json["xid"], serde_json::json!(next.xid.unwrap()));
     assert_eq!(json["tx_index"], serde_json::json!(0));
 }
+
+/// `before` is left out where the envelope with it would exceed NATS's `max_payload`
+/// (1 MB): a 640 kB row's update is published whole, without it, not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_is_left_out_rather_than_make_an_envelope_too_large() {
+    let (s, db) = with_sql(servers_with(PgOptions::default()), TABLES).await;
+    let mut collector = Collector::new(&s.nats.url(), "walcast.public.full_t.*").await;
+    let w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
+    collector.until(1, Duration::from_secs(30)).await; // the snapshot row
+    exec(
+        &db,
+        "INSERT INTO full_t SELECT 1, 'a', string_agg(md5(g::text), '') FROM generate_series(1, 20000) g;
+         UPDATE full_t SET name = 'b' WHERE id = 1;",
+    )
+    .await;
+    let got = collector.until(3, Duration::from_secs(30)).await;
+    let update = &got[2].1;
+    assert_eq!(update.op, Op::Update);
+    assert_eq!(update.before, None, "640 kB twice does not fit 1 MB");
+    let secret = update.column("secret").and_then(|v| v.as_str()).unwrap();
+    assert_eq!(secret.len(), 640_000);
+    w.http_get("/healthz").await.expect("still running");
+}
