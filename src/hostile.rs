@@ -158,6 +158,9 @@ mod tests {
             sequence: 7,
             lsn: 42,
             commit_ts: crate::wire::Timestamp::INFINITY,
+            xid: Some(750),
+            tx_index: Some(0),
+            before: None,
         }
         .to_bytes();
         for i in 0..100_000u32 {

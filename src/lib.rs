@@ -26,7 +26,8 @@
 //!   encoded envelope per change. Synchronous: what it lacks it asks for (`Need`);
 //!   `EnvelopeSettings` with the per-table settings.
 //! - `state`: the durable state in JetStream (each key's last envelope, schema
-//!   histories, snapshot progress, the streams); `StreamSettings`.
+//!   histories, snapshot progress, the streams, what they hold for `tail --stored`);
+//!   `StreamSettings`.
 //! - `sink`: one `Sink`, three publishers (JetStream fast batches, JetStream one
 //!   PubAck each, core NATS) with one sequence window and shared back-off;
 //!   `delivery`: which of them, the streams set up for it, `SinkSettings`.

@@ -42,6 +42,9 @@ fn envelope(key: &str, seq: u64, version: &str, balance: rmpv::Value) -> Envelop
             seconds: 1_700_000_000,
             nanos: 0,
         },
+        xid: None,
+        tx_index: None,
+        before: None,
     }
 }
 

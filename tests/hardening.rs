@@ -698,6 +698,9 @@ async fn tail_drops_replays() {
             seconds: 1,
             nanos: 0,
         },
+        xid: None,
+        tx_index: None,
+        before: None,
     };
     for seq in [1, 1, 1, 2] {
         client

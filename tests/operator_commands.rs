@@ -265,3 +265,82 @@ fn psql_file(s: &Servers, file: &str, vars: &[(&str, &str)]) -> std::process::Ou
         .output()
         .unwrap()
 }
+
+/// `walcast tail --stored` prints what the stream holds under the pattern, the last
+/// envelope of each subject (a deleted key's `delete`), more subjects than one
+/// batched get answers, then exits; where no stream holds the pattern it says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_stored_prints_the_last_envelope_of_each_subject() {
+    let (s, db) = with_sql(
+        servers(),
+        "CREATE TABLE accounts (id int PRIMARY KEY, owner text);
+         CREATE TABLE other (id int PRIMARY KEY);
+         INSERT INTO accounts SELECT i, 'o' || i FROM generate_series(1, 1500) i;
+         INSERT INTO other VALUES (1);
+         CREATE PUBLICATION walcast FOR TABLE accounts, other;",
+    )
+    .await;
+    let mut snapshot = Collector::new(&s.nats.url(), "walcast.public.accounts.*").await;
+    let w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
+    // After the snapshot (a change before its row's chunk would replace the row).
+    snapshot.until(1500, Duration::from_secs(60)).await;
+    exec(&db, "UPDATE accounts SET owner = 'ada' WHERE id = 1").await;
+    exec(&db, "DELETE FROM accounts WHERE id = 2").await;
+    wait_caught_up(&db, &w, Duration::from_secs(60)).await;
+    let nats = s.nats.url();
+    let pattern = "walcast.public.accounts.*";
+    let (code, out, err) = walcast(&["tail", pattern, "--stored", "--nats-url", &nats], &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("1500 subjects"), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1500, "one line per stored subject");
+    let mut sorted = lines.clone();
+    sorted.sort_unstable();
+    assert_eq!(lines, sorted, "in subject order");
+    let line = |id: u32| {
+        let start = format!("walcast.public.accounts.{id} ");
+        lines
+            .iter()
+            .find(|l| l.starts_with(&start))
+            .copied()
+            .unwrap()
+    };
+    assert!(
+        line(1).contains(" update key=public.accounts:1 seq=2 "),
+        "{}",
+        line(1)
+    );
+    assert!(line(1).contains(r#""owner":"ada""#));
+    assert!(line(2).contains(" delete ") && line(2).ends_with("value=null"));
+    assert!(line(3).contains(" snapshot key=public.accounts:3 seq=1 "));
+    assert!(!out.contains("public.other"));
+
+    let args = [
+        "tail",
+        "walcast.public.accounts.1",
+        "--stored",
+        "--json",
+        "--nats-url",
+        &nats,
+    ];
+    let (code, out, err) = walcast(&args, &[]).await;
+    assert_eq!(code, 0, "{err}");
+    let obj: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (obj["op"].as_str(), obj["sequence"].as_u64()),
+        (Some("update"), Some(2))
+    );
+
+    // A NATS server whose JetStream holds no stream of the pattern.
+    let empty = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let (code, _, err) = walcast(
+        &["tail", pattern, "--stored", "--nats-url", &empty.url()],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("no JetStream stream") && err.contains(pattern),
+        "{err}"
+    );
+}

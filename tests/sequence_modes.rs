@@ -178,3 +178,121 @@ async fn the_same_change_always_encodes_to_the_same_bytes() {
     assert_eq!(ia.len(), 100);
     assert_eq!(ia, ib);
 }
+
+/// `--delete-ttl` in column mode: a key's `delete` leaves the stream after its TTL
+/// (the subject then has no message), the key's other envelopes and other keys stay,
+/// and walcast publishes on after it (a re-inserted key starts at its column's 1).
+/// For a tracked table it is refused at start, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn column_mode_deletes_expire_and_tracked_tables_refuse_delete_ttl() {
+    let s = servers();
+    let db = s.pg.client().await;
+    install_sequence_helper(&db).await;
+    exec(
+        &db,
+        "CREATE TABLE acct (id int PRIMARY KEY, balance int);
+         SELECT walcast_install_sequence('acct');
+         CREATE TABLE other (id int PRIMARY KEY);
+         CREATE PUBLICATION colpub FOR TABLE acct;
+         CREATE PUBLICATION mixed FOR TABLE acct, other;",
+    )
+    .await;
+    let column = ["--column-sequence", "public.acct=walcast_seq"];
+
+    let args = RunArgs::new(&s, "mixed", "s_mixed")
+        .args(&column)
+        .args(&["--delete-ttl", "public.other=1"]);
+    let mut refused = Walcast::spawn(args);
+    assert!(!refused.wait_exit(WAIT).await.success());
+    let log = refused.log();
+    let error = log.lines().find(|l| l.starts_with("walcast: error:"));
+    let error = error.unwrap_or_default();
+    assert!(
+        error.contains("--delete-ttl public.other: refused")
+            && error.contains("tracked mode")
+            && error.contains("reuse"),
+        "{log}"
+    );
+
+    let mut collector = Collector::new(&s.nats.url(), "walcast.public.acct.*").await;
+    let args = RunArgs::new(&s, "colpub", "s_col")
+        .args(&column)
+        .args(&["--delete-ttl", "public.acct=2"]);
+    let mut w = Walcast::start(args).await;
+    exec(&db, "INSERT INTO acct VALUES (1, 10), (2, 20)").await;
+    exec(&db, "DELETE FROM acct WHERE id = 1").await;
+    exec(&db, "UPDATE acct SET balance = 21 WHERE id = 2").await;
+    collector.until(4, WAIT).await;
+    let client = async_nats::connect(s.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream("WALCAST").await.unwrap();
+    assert!(stream.cached_info().config.allow_message_ttl);
+    let last = |subject: &'static str| {
+        let stream = stream.clone();
+        async move {
+            stream
+                .direct_get_last_for_subject(subject)
+                .await
+                .ok()
+                .map(|m| walcast::wire::decode(&m.payload).unwrap())
+        }
+    };
+    // Without a TTL the delete would be the subject's last message for good.
+    poll_until("the delete to expire", WAIT, || async {
+        last("walcast.public.acct.1").await.is_none()
+    })
+    .await;
+    let kept = last("walcast.public.acct.2")
+        .await
+        .expect("an update has no TTL");
+    assert_eq!((kept.op, kept.sequence), (Op::Update, 2));
+    w.assert_running();
+
+    exec(&db, "INSERT INTO acct VALUES (1, 5)").await;
+    let got = collector.until(5, WAIT).await;
+    assert_eq!((got[4].1.op, got[4].1.sequence), (Op::Insert, 1));
+    poll_until("the new insert in the stream", WAIT, || async {
+        last("walcast.public.acct.1").await.is_some()
+    })
+    .await;
+    w.sigterm();
+    assert!(w.wait_exit(WAIT).await.success(), "{}", w.log());
+}
+
+/// Column mode on JetStream: a key deleted and inserted again repeats its sequences
+/// (1 again), and the stream keeps the new insert, not the delete: the message id
+/// names the commit, so the duplicate window does not take the insert for a replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn column_mode_keeps_a_key_inserted_again_after_its_delete() {
+    let s = servers();
+    let db = s.pg.client().await;
+    install_sequence_helper(&db).await;
+    exec(
+        &db,
+        "CREATE TABLE acct (id int PRIMARY KEY, balance int);
+         SELECT walcast_install_sequence('acct');
+         CREATE PUBLICATION walcast FOR TABLE acct;",
+    )
+    .await;
+    let mut collector = Collector::new(&s.nats.url(), "walcast.public.acct.*").await;
+    let args = RunArgs::new(&s, "walcast", "walcast")
+        .args(&["--column-sequence", "public.acct=walcast_seq"]);
+    let w = Walcast::start(args).await;
+    exec(&db, "INSERT INTO acct VALUES (1, 10)").await;
+    exec(&db, "DELETE FROM acct WHERE id = 1").await;
+    exec(&db, "INSERT INTO acct VALUES (1, 5)").await;
+    collector.until(3, WAIT).await;
+    wait_caught_up(&db, &w, WAIT).await;
+    let client = async_nats::connect(s.nats.url()).await.unwrap();
+    let stream = async_nats::jetstream::new(client)
+        .get_stream("WALCAST")
+        .await
+        .unwrap();
+    let msg = stream
+        .direct_get_last_for_subject("walcast.public.acct.1")
+        .await
+        .unwrap();
+    let last = walcast::wire::decode(&msg.payload).unwrap();
+    assert_eq!((last.op, last.sequence), (Op::Insert, 1), "{last:?}");
+    assert_eq!(last.column("balance").and_then(|v| v.as_i64()), Some(5));
+}

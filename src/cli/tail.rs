@@ -1,4 +1,6 @@
-//! `walcast tail`: the envelopes of a subject pattern, one line (or JSON object) each.
+//! `walcast tail`: the envelopes of a subject pattern, one line (or JSON object) each:
+//! as they are published, or (`--stored`) what the stream holds now, the last
+//! envelope of each matching subject, then exit.
 
 use std::collections::HashMap;
 
@@ -7,10 +9,14 @@ use futures::StreamExt;
 
 use crate::client::{envelopes, redact_url};
 use crate::config::TailConfig;
-use crate::wire::{codec, Lsn};
+use crate::state::{StateStore, STORED_PAGE};
+use crate::wire::{codec, Envelope, Lsn};
 
 pub(super) async fn tail(cfg: TailConfig) -> anyhow::Result<()> {
     let client = crate::client::connect_with_auth(&cfg.nats.url, &cfg.nats.auth()).await?;
+    if cfg.stored {
+        return stored(cfg, client).await;
+    }
     let sub = client
         .subscribe(cfg.pattern.clone())
         .await
@@ -32,18 +38,7 @@ pub(super) async fn tail(cfg: TailConfig) -> anyhow::Result<()> {
             *last = env.sequence;
         }
         match msg.envelope {
-            Ok(env) if cfg.json => println!("{}", env.to_json()),
-            Ok(env) => println!(
-                "{} {} key={} seq={} schema={} lsn={} at={} value={}",
-                msg.subject,
-                env.op.as_str(),
-                env.key,
-                env.sequence,
-                env.schema_version,
-                Lsn(env.lsn),
-                env.commit_ts.to_rfc3339(),
-                codec::to_json(&env.value)
-            ),
+            Ok(env) => print(&msg.subject, &env, cfg.json),
             Err(e) => eprintln!("{}: not an envelope: {e}", msg.subject),
         }
         seen += 1;
@@ -52,4 +47,52 @@ pub(super) async fn tail(cfg: TailConfig) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--stored`: the last envelope of every subject matching the pattern in walcast's
+/// stream (a deleted key's is its `delete`), in subject order, read with batched
+/// direct gets; then exit.
+async fn stored(cfg: TailConfig, client: async_nats::Client) -> anyhow::Result<()> {
+    let js = async_nats::jetstream::new(client);
+    let Some(store) = StateStore::reading(js, &cfg.pattern).await? else {
+        anyhow::bail!(
+            "no JetStream stream on {} holds {}: --stored reads walcast's stream (none with --delivery core; check --subject-prefix)",
+            redact_url(&cfg.nats.url),
+            cfg.pattern
+        );
+    };
+    let subjects = store.stored_subjects(&cfg.pattern).await?;
+    let limit = cfg.count.map_or(usize::MAX, |c| c as usize);
+    eprintln!(
+        "{} subjects of {} stored in stream {} on {}",
+        subjects.len(),
+        cfg.pattern,
+        store.stream_name(),
+        redact_url(&cfg.nats.url)
+    );
+    for page in subjects[..subjects.len().min(limit)].chunks(STORED_PAGE) {
+        for (subject, stored) in store.stored_page(page).await? {
+            print(&subject, &stored.envelope, cfg.json);
+        }
+    }
+    Ok(())
+}
+
+/// One envelope: a JSON object, or a line for people.
+fn print(subject: &str, env: &Envelope, json: bool) {
+    if json {
+        println!("{}", env.to_json());
+        return;
+    }
+    println!(
+        "{} {} key={} seq={} schema={} lsn={} at={} value={}",
+        subject,
+        env.op.as_str(),
+        env.key,
+        env.sequence,
+        env.schema_version,
+        Lsn(env.lsn),
+        env.commit_ts.to_rfc3339(),
+        codec::to_json(&env.value)
+    );
 }

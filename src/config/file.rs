@@ -19,7 +19,8 @@ pub struct ConfigFileError {
 /// `WALCAST_CONFIG`) as the defaults of the flags it names: clap then gives a flag
 /// precedence over its variable, and the variable over the file. Top-level keys are
 /// the flag names with `_` (`postgres_url = "..."`); `[tables."schema.table"]`
-/// sections take `sequence_column`, `include_columns`, `exclude_columns` and `ops`.
+/// sections take `sequence_column`, `include_columns`, `exclude_columns`, `ops` and
+/// `delete_ttl`.
 /// A bad command line exits the process with clap's message, as `Cli::parse` does.
 pub fn parse_command_line(args: &[std::ffi::OsString]) -> Result<Cli, ConfigFileError> {
     let mut command = <Cli as clap::CommandFactory>::command();
@@ -230,12 +231,14 @@ fn table_sections(
                 "include_columns" | "include_column" => ("include-column", list(v)),
                 "exclude_columns" | "exclude_column" => ("exclude-column", list(v)),
                 "ops" => ("ops", vec![list(v).join("+")]),
+                "delete_ttl" => ("delete-ttl", list(v)),
                 other => {
                     let known = [
                         "sequence_column",
                         "include_columns",
                         "exclude_columns",
                         "ops",
+                        "delete_ttl",
                     ];
                     let meant = closest(other, known)
                         .map(|m| format!(" (did you mean {m:?}?)"))

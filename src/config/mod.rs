@@ -30,7 +30,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::wire::Op;
 use parse::{
     parse_listen_addr, parse_millis, parse_prefix, parse_seconds, parse_seconds_or_off,
-    parse_slot_name, parse_subject_pattern, parse_table_ops, parse_table_value,
+    parse_slot_name, parse_subject_pattern, parse_table_ops, parse_table_seconds,
+    parse_table_value,
 };
 
 /// walcast: PostgreSQL logical replication to per-key MessagePack envelopes on NATS.
@@ -218,6 +219,11 @@ pub struct RunConfig {
     /// `schema.table=column` (repeatable, or comma-separated in the variable).
     #[arg(long = "column-sequence", env = "WALCAST_COLUMN_SEQUENCE", value_delimiter = ',', value_parser = parse_table_value)]
     pub column_sequences: Vec<(String, String)>,
+    /// Column-mode tables whose `delete` envelopes leave the stream after this many
+    /// seconds, as `schema.table=seconds` (repeatable; nats-server 2.11+ per-message
+    /// TTL). Refused for tracked tables: their last envelope is the key's sequence.
+    #[arg(long = "delete-ttl", env = "WALCAST_DELETE_TTL", value_delimiter = ',', value_parser = parse_table_seconds)]
+    pub delete_ttls: Vec<(String, Duration)>,
     /// Publish only these columns of a table, as `schema.table=column` (repeatable).
     #[arg(long = "include-column", env = "WALCAST_INCLUDE_COLUMN", value_delimiter = ',', value_parser = parse_table_value)]
     pub include_columns: Vec<(String, String)>,
@@ -307,6 +313,10 @@ pub struct TailConfig {
     /// Exit after this many envelopes.
     #[arg(long)]
     pub count: Option<u64>,
+    /// Print what the stream holds (the last envelope of each matching subject, read
+    /// from JetStream) and exit, instead of following new envelopes.
+    #[arg(long)]
+    pub stored: bool,
 }
 
 #[cfg(test)]

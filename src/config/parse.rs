@@ -74,6 +74,18 @@ pub(super) fn parse_table_value(s: &str) -> Result<(String, String), String> {
     Ok((table.to_string(), value.to_string()))
 }
 
+/// `schema.table=seconds`, whole seconds of at least 1 (`--delete-ttl`: NATS message
+/// TTLs count whole seconds).
+pub(super) fn parse_table_seconds(s: &str) -> Result<(String, Duration), String> {
+    let (table, secs) = parse_table_value(s)?;
+    match secs.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok((table, Duration::from_secs(n))),
+        _ => Err(format!(
+            "{s:?}: expected schema.table=<whole seconds, at least 1>"
+        )),
+    }
+}
+
 pub(super) fn parse_table_ops(s: &str) -> Result<(String, Vec<Op>), String> {
     let (table, ops) = parse_table_value(s)?;
     let ops = ops
@@ -132,6 +144,11 @@ mod tests {
         assert_eq!(parse_millis("2.5").unwrap(), Duration::from_micros(2500));
         for bad in ["-1", "1001", "soon", "NaN"] {
             assert!(parse_millis(bad).is_err(), "{bad}");
+        }
+        let ttl = parse_table_seconds("public.s=3600").unwrap();
+        assert_eq!(ttl, ("public.s".into(), Duration::from_secs(3600)));
+        for bad in ["public.s=0", "public.s=1.5", "public.s=", "s=60"] {
+            assert!(parse_table_seconds(bad).is_err(), "{bad}");
         }
     }
 }

@@ -91,6 +91,7 @@ impl RunConfig {
             prefix: self.subject_prefix.clone(),
             history: self.stream_history,
             duplicate_window: self.duplicate_window,
+            message_ttl: !self.delete_ttls.is_empty(),
         }
     }
 

@@ -1,5 +1,5 @@
 //! The per-table settings (`--column-sequence`, `--include-column`, `--exclude-column`,
-//! `--ops`, or `[tables."schema.table"]` in the file), gathered once into one map, and
+//! `--ops`, `--delete-ttl`, or `[tables."schema.table"]` in the file), gathered once into one map, and
 //! checked against the publication's tables and columns.
 
 use std::collections::HashMap;
@@ -28,6 +28,9 @@ pub fn table_settings(cfg: &RunConfig) -> TableSettingsMap {
             .or_default()
             .exclude_columns
             .push(c.clone());
+    }
+    for (t, ttl) in &cfg.delete_ttls {
+        out.entry(t.clone()).or_default().delete_ttl = Some(*ttl);
     }
     for (t, ops) in &cfg.ops {
         out.entry(t.clone())
@@ -72,6 +75,9 @@ pub fn settings_problems(
             continue;
         };
         let s = &settings[table];
+        if s.delete_ttl.is_some() && s.sequence_column.is_none() {
+            problems.push(tracked_delete_ttl(table));
+        }
         let named = s
             .sequence_column
             .iter()
@@ -87,6 +93,13 @@ pub fn settings_problems(
         }
     }
     problems
+}
+
+/// Why `--delete-ttl` is refused for a tracked table.
+fn tracked_delete_ttl(table: &str) -> String {
+    format!(
+        "--delete-ttl {table}: refused, {table} is in tracked mode: its keys' last envelopes in the stream are their sequence state, so an expired delete would let the key, inserted again, start again at sequence 1 and reuse numbers consumers have already seen; only tables in column mode (--column-sequence {table}=column, sql/sequence_column.sql), whose sequence is a column of the row, can let their deletes expire"
+    )
 }
 
 #[cfg(test)]
@@ -107,6 +120,26 @@ mod tests {
         assert_eq!(tracked_tables(&tables, &settings), vec![&tables[0]]);
         assert!(any_column_sequence(&settings));
         assert!(!any_column_sequence(&TableSettingsMap::new()));
+    }
+
+    #[test]
+    fn a_delete_ttl_is_refused_for_a_tracked_table_with_the_reason() {
+        let ttl = |sequence_column: Option<&str>| TableSettings {
+            sequence_column: sequence_column.map(str::to_string),
+            delete_ttl: Some(std::time::Duration::from_secs(60)),
+            ..Default::default()
+        };
+        let mut settings = TableSettingsMap::new();
+        settings.insert("public.col".into(), ttl(Some("seq")));
+        settings.insert("public.tracked".into(), ttl(None));
+        let columns = HashMap::from([
+            ("public.col".to_string(), vec!["id".into(), "seq".into()]),
+            ("public.tracked".to_string(), vec!["id".into()]),
+        ]);
+        let problems = settings_problems(&settings, &columns);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("--delete-ttl public.tracked: refused"));
+        assert!(problems[0].contains("reuse numbers"), "{}", problems[0]);
     }
 
     #[test]

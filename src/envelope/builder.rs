@@ -152,6 +152,7 @@ impl EnvelopeBuilder {
             sequence_column,
             published,
             ops: settings.ops,
+            delete_ttl: settings.delete_ttl,
             shape,
         };
         self.relations.insert(id, rel);
@@ -339,7 +340,8 @@ impl EnvelopeBuilder {
         }
         for (&id, (k, subject)) in relation_ids.iter().zip(keys) {
             self.toast.remove_prefix(&k);
-            self.emit(id, Op::Truncate, k, subject, None, None, out)?;
+            let rows = Default::default();
+            self.emit(id, Op::Truncate, (k, subject), rows, None, out)?;
         }
         Ok(None)
     }

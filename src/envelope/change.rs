@@ -2,6 +2,8 @@
 //! the sequence. An update that changes the primary key is a `delete` of the old key
 //! and an `insert` of the new one.
 
+use super::emit::Rows;
+use super::relation::Keyed;
 use super::sequence::Lookup;
 use super::toast_fill::{effective, full_old};
 use super::{EnvelopeBuilder, EnvelopeError, Need, Outgoing, Relation};
@@ -9,6 +11,22 @@ use crate::decode::pgoutput::{OldTuple, TupleValue};
 use crate::decode::value::parse_text;
 use crate::wire::codec::{self, EnvelopeRef, RowRef};
 use crate::wire::{Lsn, Op, Timestamp, Value};
+
+/// An update's old key and subject when it changed the key.
+fn moved_from(
+    rel: &Relation,
+    op: Op,
+    old: Option<&OldTuple<'_>>,
+    key: &str,
+) -> Result<Option<Keyed>, EnvelopeError> {
+    match (op, old) {
+        (Op::Update, Some(old)) => {
+            let (old_key, old_subject) = rel.key_of(old.values(), "update")?;
+            Ok((old_key != key).then_some((old_key, old_subject)))
+        }
+        _ => Ok(None),
+    }
+}
 
 impl EnvelopeBuilder {
     /// Build the envelope(s) of one Insert, Update or Delete. Returns what must be
@@ -26,8 +44,7 @@ impl EnvelopeBuilder {
             return Ok(None);
         }
         if matches!(op, Op::Delete | Op::Truncate) {
-            let old_values = old.map(|o| o.values()).unwrap_or_default();
-            return self.delete(relation_id, old_values, out);
+            return self.delete(relation_id, old, out);
         }
         self.upsert(relation_id, op, old, new.unwrap_or_default(), out)
     }
@@ -89,7 +106,8 @@ impl EnvelopeBuilder {
             _ => return Ok(None),
         }
         self.toast.remove(&k);
-        self.emit(relation_id, Op::Delete, k, subject, None, None, out)?;
+        let rows = Rows::default();
+        self.emit(relation_id, Op::Delete, (k, subject), rows, None, out)?;
         Ok(None)
     }
 
@@ -182,6 +200,9 @@ impl EnvelopeBuilder {
             sequence,
             lsn: lsn.0,
             commit_ts,
+            xid: None,
+            tx_index: None,
+            before: None,
         };
         Ok(Some(codec::encode(&envelope)?))
     }
@@ -189,9 +210,10 @@ impl EnvelopeBuilder {
     fn delete(
         &mut self,
         relation_id: u32,
-        old_values: &[TupleValue<'_>],
+        old: Option<&OldTuple<'_>>,
         out: &mut Vec<Outgoing>,
     ) -> Result<Option<Need>, EnvelopeError> {
+        let old_values = old.map(|o| o.values()).unwrap_or_default();
         let rel = &self.relations[&relation_id];
         let tracked = self.tracked(rel);
         let (k, subject) = rel.key_of(old_values, "delete")?;
@@ -200,9 +222,29 @@ impl EnvelopeBuilder {
         }
         let rel = &self.relations[&relation_id];
         let column_seq = self.column_sequence(rel, old_values, true, "delete")?;
+        let before = self.before_values(relation_id, old)?;
+        let rows = Rows {
+            value: None,
+            before: before.as_deref(),
+        };
         self.toast.remove(&k);
-        self.emit(relation_id, Op::Delete, k, subject, None, column_seq, out)?;
+        self.emit(relation_id, Op::Delete, (k, subject), rows, column_seq, out)?;
         Ok(None)
+    }
+
+    /// The row before an update or delete when the table has `REPLICA IDENTITY FULL`
+    /// (pgoutput's old tuple `O`, TOASTed values included); `None` otherwise.
+    fn before_values<'a>(
+        &self,
+        relation_id: u32,
+        old: Option<&OldTuple<'a>>,
+    ) -> Result<Option<Vec<Value<'a>>>, EnvelopeError> {
+        match full_old(old) {
+            Some(o) if !o.contains(&TupleValue::UnchangedToast) => {
+                self.typed_values(relation_id, o, None, "").map(Some)
+            }
+            _ => Ok(None),
+        }
     }
 
     fn upsert(
@@ -217,13 +259,7 @@ impl EnvelopeBuilder {
         let tracked = self.tracked(rel);
         let (k, subject) = rel.key_of(new, op.as_str())?;
         // A key change: the old key's row is gone.
-        let moved_from = match (op, old) {
-            (Op::Update, Some(old)) => {
-                let (old_key, old_subject) = rel.key_of(old.values(), "update")?;
-                (old_key != k).then_some((old_key, old_subject))
-            }
-            _ => None,
-        };
+        let moved_from = moved_from(rel, op, old, &k)?;
         let full_old = full_old(old);
         // Unchanged TOAST columns: from the full old row, else from the cache (under
         // the old key when the key changed).
@@ -247,19 +283,49 @@ impl EnvelopeBuilder {
         let values = self.typed_values(relation_id, new, full_old, &toast_key)?;
         let rel = &self.relations[&relation_id];
         let column_seq = self.column_sequence(rel, new, false, op.as_str())?;
+        let before = self.before_values(relation_id, old)?;
+        let mut rows = Rows {
+            value: Some(&values),
+            before: before.as_deref(),
+        };
         let mut op = op;
-        if let Some((old_key, old_subject)) = &moved_from {
-            let old_values = old.map(|o| o.values()).unwrap_or_default();
-            let old_seq = self.column_sequence(rel, old_values, true, "delete")?;
-            self.toast.remove(old_key);
-            let (key, subject) = (old_key.clone(), old_subject.clone());
-            self.emit(relation_id, Op::Delete, key, subject, None, old_seq, out)?;
-            op = Op::Insert;
+        if let Some(from) = moved_from.clone() {
+            self.emit_moved_delete(relation_id, from, old, rows.before, out)?;
+            // The new key's row had no "before": it is an insert.
+            (op, rows.before) = (Op::Insert, None);
         }
         self.cache_toast(relation_id, &k, new, &values, moved_from.is_some());
         self.pending_toast = None;
-        self.emit(relation_id, op, k, subject, Some(&values), column_seq, out)?;
+        self.emit(relation_id, op, (k, subject), rows, column_seq, out)?;
         Ok(None)
+    }
+
+    /// The `delete` of the old key of an update that changed the key, with the old
+    /// row as its `before` (`REPLICA IDENTITY FULL`).
+    fn emit_moved_delete(
+        &mut self,
+        relation_id: u32,
+        (old_key, old_subject): Keyed,
+        old: Option<&OldTuple<'_>>,
+        before: Option<&[Value<'_>]>,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), EnvelopeError> {
+        let rel = &self.relations[&relation_id];
+        let old_values = old.map(|o| o.values()).unwrap_or_default();
+        let old_seq = self.column_sequence(rel, old_values, true, "delete")?;
+        self.toast.remove(&old_key);
+        let rows = Rows {
+            value: None,
+            before,
+        };
+        self.emit(
+            relation_id,
+            Op::Delete,
+            (old_key, old_subject),
+            rows,
+            old_seq,
+            out,
+        )
     }
 
     /// The row's typed values (unchanged TOAST from the old row or the cache).

@@ -5,7 +5,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::sequence::{KeyState, Lookup, Position};
-use super::size::{fit_size, message_id};
+use super::size::{fit_size, fits, message_id};
 use super::{EnvelopeBuilder, EnvelopeError};
 use crate::wire::codec::{self, EnvelopeRef, Op, RowRef};
 use crate::wire::Value;
@@ -15,10 +15,21 @@ use crate::wire::Value;
 pub struct Outgoing {
     pub subject: String,
     pub payload: Bytes,
-    /// `<key>:<sequence>`: the JetStream de-duplication id (`Nats-Msg-Id`).
+    /// `<key>:<sequence>` (column mode: `<key>:<sequence>@<commit lsn>`): the
+    /// JetStream de-duplication id (`Nats-Msg-Id`).
     pub msg_id: String,
     /// Where the change sits in the WAL (`Walcast-Position`).
     pub position: Position,
+    /// How long the stream keeps it (`Nats-TTL`; `None`: until the key's next one).
+    pub ttl: Option<std::time::Duration>,
+}
+
+/// The row values of one envelope: after the change (`None`: a delete or truncate)
+/// and before it (`REPLICA IDENTITY FULL` tables' updates and deletes only).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Rows<'v, 'a> {
+    pub(super) value: Option<&'v [Value<'a>]>,
+    pub(super) before: Option<&'v [Value<'a>]>,
 }
 
 /// The size of the blocks envelopes are encoded into.
@@ -58,18 +69,35 @@ impl EncodeBuffer {
     }
 }
 
+/// An envelope encoded as it is published: without its `before` when only that makes
+/// it too large for NATS (a courtesy is left out rather than fail the change), then
+/// as `--oversize` says (`limit`: `max_payload` and whether to mark; `true`: marked).
+fn encode_fitted<V: serde::Serialize>(
+    buffer: &mut EncodeBuffer,
+    (max_payload, marker): (usize, bool),
+    mut envelope: EnvelopeRef<'_, V>,
+    msg_id: &str,
+) -> Result<(Bytes, bool), EnvelopeError> {
+    let mut payload = buffer.encode(&envelope)?;
+    if envelope.before.is_some() && !fits(max_payload, &payload, msg_id) {
+        envelope.before = None;
+        payload = buffer.encode(&envelope)?;
+    }
+    fit_size(max_payload, marker, payload, &envelope, msg_id)
+}
+
 impl EnvelopeBuilder {
     /// Publish one change of `key` (unless its table's settings filter its op out or
     /// it is a replay): `column_seq` is its sequence in column mode, else the key's
-    /// next one is assigned. The envelope goes to `out`.
-    #[allow(clippy::too_many_arguments)]
+    /// next one is assigned. `row` holds the row after the change and, for a
+    /// `REPLICA IDENTITY FULL` table's update or delete, the row before it. The
+    /// envelope goes to `out`.
     pub(super) fn emit(
         &mut self,
         relation_id: u32,
         op: Op,
-        key: String,
-        subject: String,
-        values: Option<&[Value<'_>]>,
+        (key, subject): (String, String),
+        row: Rows<'_, '_>,
         column_seq: Option<u64>,
         out: &mut Vec<Outgoing>,
     ) -> Result<(), EnvelopeError> {
@@ -89,34 +117,38 @@ impl EnvelopeBuilder {
             return Ok(()); // a replay: already published before a restart
         };
         let rel = &self.relations[&relation_id];
+        let row_ref = |values| RowRef {
+            columns: &rel.shape.columns,
+            values,
+            published: Some(&rel.published),
+        };
+        // A snapshot row (xid 0: no transaction) carries neither xid nor index.
+        let in_tx = tx.xid != 0;
         let envelope = EnvelopeRef {
             key: &key,
             op,
-            value: values.map(|values| RowRef {
-                columns: &rel.shape.columns,
-                values,
-                published: Some(&rel.published),
-            }),
+            value: row.value.map(row_ref),
             schema_version: &rel.version_text,
             sequence,
             lsn: tx.commit_lsn.0,
             commit_ts: tx.commit_ts,
+            xid: in_tx.then_some(tx.xid),
+            tx_index: in_tx.then_some(position.ordinal),
+            before: row.before.map(row_ref),
         };
-        let payload = self.encode_buffer.encode(&envelope)?;
-        let msg_id = message_id(&key, sequence);
-        let (payload, marked) = fit_size(
-            self.max_payload,
-            self.oversize_marker,
-            payload,
-            &envelope,
-            &msg_id,
-        )?;
+        // Column mode repeats a key's sequences after a delete: the id names the commit
+        // too, so only a replay (same commit) is a duplicate.
+        let msg_id = message_id(&key, sequence, column_seq.map(|_| tx.commit_lsn));
+        let limit = (self.max_payload, self.oversize_marker);
+        let (payload, marked) = encode_fitted(&mut self.encode_buffer, limit, envelope, &msg_id)?;
         self.oversize_markers += u64::from(marked);
+        let ttl = rel.delete_ttl.filter(|_| op == Op::Delete);
         out.push(Outgoing {
             subject,
             payload,
             msg_id,
             position,
+            ttl,
         });
         Ok(())
     }

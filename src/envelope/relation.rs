@@ -32,6 +32,8 @@ pub struct Relation {
     pub(super) published: Vec<bool>,
     /// Ops published (all when `None`).
     pub(super) ops: Option<Vec<Op>>,
+    /// How long its `delete` envelopes stay in the stream (`None`: for good).
+    pub(super) delete_ttl: Option<std::time::Duration>,
 }
 
 /// What a Relation message changed.

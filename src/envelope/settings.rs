@@ -44,6 +44,8 @@ pub struct TableSettings {
     pub exclude_columns: Vec<String>,
     /// Publish only these ops (all when `None`); filtered changes get no sequence.
     pub ops: Option<Vec<Op>>,
+    /// Column mode only: `delete` envelopes leave the stream after this long.
+    pub delete_ttl: Option<std::time::Duration>,
 }
 
 impl TableSettings {

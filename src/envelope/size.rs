@@ -5,6 +5,7 @@ use bytes::Bytes;
 
 use super::{EnvelopeError, TOO_LARGE_KEY};
 use crate::wire::codec::{self, EnvelopeRef};
+use crate::wire::Lsn;
 
 /// Bytes counted for an envelope's headers beside its message id.
 const HEADER_ALLOWANCE: usize = 160;
@@ -23,6 +24,12 @@ impl serde::Serialize for MarkerRow<'_> {
     }
 }
 
+/// Whether an encoded envelope and its headers (id, position, expected sequence)
+/// fit the NATS server's `max_payload`.
+pub(super) fn fits(max_payload: usize, payload: &[u8], msg_id: &str) -> bool {
+    payload.len() + msg_id.len() + HEADER_ALLOWANCE <= max_payload
+}
+
 /// The envelope as published: itself, or (too large for NATS) an error or a
 /// marker, as `--oversize` says. `true`: replaced by a marker.
 pub(super) fn fit_size<V: serde::Serialize>(
@@ -32,11 +39,10 @@ pub(super) fn fit_size<V: serde::Serialize>(
     envelope: &EnvelopeRef<'_, V>,
     msg_id: &str,
 ) -> Result<(Bytes, bool), EnvelopeError> {
-    // Headers travel in the same message: id, position, expected sequence.
-    let size = payload.len() + msg_id.len() + HEADER_ALLOWANCE;
-    if size <= max_payload {
+    if fits(max_payload, &payload, msg_id) {
         return Ok((payload, false));
     }
+    let size = payload.len() + msg_id.len() + HEADER_ALLOWANCE;
     if !oversize_marker {
         return Err(EnvelopeError::TooLarge {
             key: envelope.key.to_string(),
@@ -53,17 +59,25 @@ pub(super) fn fit_size<V: serde::Serialize>(
         sequence: envelope.sequence,
         lsn: envelope.lsn,
         commit_ts: envelope.commit_ts,
+        xid: envelope.xid,
+        tx_index: envelope.tx_index,
+        before: None,
     })?;
     Ok((Bytes::from(marked), true))
 }
 
-/// The `Nats-Msg-Id` of a key's envelope: `<key>:<sequence>`.
-pub(super) fn message_id(key: &str, sequence: u64) -> String {
+/// The `Nats-Msg-Id` of a key's envelope: `<key>:<sequence>`, and `@<commit lsn>`
+/// (decimal) when given (column mode).
+pub(super) fn message_id(key: &str, sequence: u64, commit: Option<Lsn>) -> String {
     let mut digits = itoa::Buffer::new();
     let sequence = digits.format(sequence);
-    let mut id = String::with_capacity(key.len() + 1 + sequence.len());
+    let mut id = String::with_capacity(key.len() + 1 + sequence.len() + 21);
     id.push_str(key);
     id.push(':');
     id.push_str(sequence);
+    if let Some(lsn) = commit {
+        id.push('@');
+        id.push_str(itoa::Buffer::new().format(lsn.0));
+    }
     id
 }

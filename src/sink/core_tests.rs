@@ -49,6 +49,7 @@ fn batch(n: u32) -> SinkBatch {
                     commit_lsn: Lsn(1),
                     ordinal: i,
                 },
+                ttl: None,
             })
             .collect(),
         commit_end: Some(Lsn(2)),

@@ -96,6 +96,23 @@ pub fn default_sequence_mode(
     }
 }
 
+/// `--delete-ttl` needs JetStream (it is the stream that keeps deletes) and
+/// per-message TTLs (nats-server 2.11+).
+pub fn delete_ttl_possible(delivery: Delivery, server_version: &str) -> Result<(), String> {
+    if delivery != Delivery::Jetstream {
+        return Err(
+            "--delete-ttl: refused on core NATS, where no stream keeps deletes (nothing to expire)"
+                .into(),
+        );
+    }
+    if !crate::state::server_has_message_ttl(server_version) {
+        return Err(format!(
+            "--delete-ttl needs per-message TTLs, which nats-server {server_version} lacks (2.11+)"
+        ));
+    }
+    Ok(())
+}
+
 /// Choose the delivery for this server and build its sink (and, with JetStream, the
 /// streams and the state store). `tracked`: the tables whose sequence walcast assigns.
 pub async fn build(
@@ -116,6 +133,10 @@ pub async fn build(
         tracked,
     )
     .map_err(|e| SinkError::Delivery(format!("{e} (NATS at {shown})")))?;
+    if settings.stream.message_ttl {
+        delete_ttl_possible(delivery, &client.server_info().version)
+            .map_err(|e| SinkError::Delivery(format!("{e} (NATS at {shown})")))?;
+    }
     tracing::info!(delivery = ?delivery, sequences = ?mode, "delivery chosen");
     if delivery != Delivery::Jetstream {
         let sink = CoreSink::new(client, &settings.sink, metrics.clone()).await?;

@@ -77,11 +77,14 @@ pub struct Publish {
     pub msg_id: String,
     /// `Walcast-Position`.
     pub position: Position,
+    /// `Nats-TTL`: the stream removes the message after this long (`--delete-ttl`).
+    pub ttl: Option<std::time::Duration>,
 }
 
 impl Publish {
     /// The headers of a JetStream publish expecting the stream's last sequence to be
-    /// `expected`: `Nats-Msg-Id`, `Walcast-Position`, `Nats-Expected-Last-Sequence`
+    /// `expected`: `Nats-Msg-Id`, `Walcast-Position`, `Nats-Expected-Last-Sequence`,
+    /// and `Nats-TTL` when the message expires
     /// (named by constants and given owned values: nothing parsed or copied twice).
     pub(crate) fn jetstream_headers(&self, expected: u64) -> async_nats::HeaderMap {
         use async_nats::header::{HeaderName, NATS_EXPECTED_LAST_SEQUENCE, NATS_MESSAGE_ID};
@@ -91,6 +94,10 @@ impl Publish {
         headers.insert(POSITION, self.position.to_header());
         let expected = itoa::Buffer::new().format(expected).to_string();
         headers.insert(NATS_EXPECTED_LAST_SEQUENCE, expected);
+        if let Some(ttl) = self.ttl {
+            let ttl = format!("{}s", ttl.as_secs().max(1));
+            headers.insert(async_nats::header::NATS_MESSAGE_TTL, ttl);
+        }
         headers
     }
 }

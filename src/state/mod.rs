@@ -4,6 +4,7 @@
 //! JetStream sink records what it wrote.
 
 mod batch;
+mod stored;
 pub mod stream;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use crate::client::StoredEnvelope;
 use crate::envelope::schema::SchemaHistory;
 use crate::envelope::sequence::{KeyState, SubjectFilter};
 use crate::wire::key;
+pub use stored::STORED_PAGE;
 use stream::js_err;
 pub use stream::{
     ensure_meta_stream, ensure_stream, inspect_stream, takes_batches, StreamSettings,
@@ -58,6 +60,12 @@ pub async fn next_subjects(
         }
     }
     Ok(subjects)
+}
+
+/// Whether a server of this version keeps per-message TTLs (`Nats-TTL`, 2.11+: the
+/// release that brought batched gets too).
+pub fn server_has_message_ttl(version: &str) -> bool {
+    batch::server_has_multi_last(version)
 }
 
 /// The meta stream's subject of the record that walcast streamed from `slot`.

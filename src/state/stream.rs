@@ -18,6 +18,9 @@ pub struct StreamSettings {
     /// Messages kept per subject (1: the last state of every key).
     pub history: i64,
     pub duplicate_window: Duration,
+    /// Per-message TTLs (`allow_msg_ttl`, nats-server 2.11+): some table's deletes
+    /// expire (`--delete-ttl`).
+    pub message_ttl: bool,
 }
 
 impl StreamSettings {
@@ -45,6 +48,7 @@ impl StreamSettings {
             allow_direct: true,
             // Fast-ingest batches (nats-server 2.14+; an older server ignores it).
             allow_batch_publish: true,
+            allow_message_ttl: self.message_ttl,
             storage: async_nats::jetstream::stream::StorageType::File,
             ..Default::default()
         }
@@ -136,6 +140,10 @@ pub async fn ensure_stream(js: &Context, settings: &StreamSettings) -> Result<St
                 .await
                 .map_err(|e| js_err("opening the stream", e))?;
             let config = stream.cached_info().config.clone();
+            if settings.message_ttl && !config.allow_message_ttl {
+                enable_message_ttl(js, &mut stream, config).await?;
+            }
+            let config = stream.cached_info().config.clone();
             if !config.allow_batch_publish {
                 enable_batches(js, &mut stream, config).await;
             }
@@ -168,6 +176,34 @@ async fn enable_batches(js: &Context, stream: &mut Stream, mut config: Config) {
             error = %e,
             "cannot enable fast-ingest batches on the stream (allow_batched): publishing with one PubAck per message"
         ),
+    }
+}
+
+/// Turn per-message TTLs on for an existing stream (`--delete-ttl`): an error when
+/// the server refuses (it cannot be turned off again, so walcast never does).
+async fn enable_message_ttl(
+    js: &Context,
+    stream: &mut Stream,
+    mut config: Config,
+) -> Result<(), StateError> {
+    let name = config.name.clone();
+    config.allow_message_ttl = true;
+    let refused = |e: String| {
+        StateError::JetStream(format!("--delete-ttl needs per-message TTLs (allow_msg_ttl) on stream {name}, and the server refused to turn them on: {e}"))
+    };
+    match js.update_stream(config).await {
+        Ok(info) if info.config.allow_message_ttl => {
+            tracing::info!(stream = %name, "per-message TTLs enabled on the stream (--delete-ttl)");
+            stream
+                .info()
+                .await
+                .map_err(|e| js_err("re-reading the stream", e))?;
+            Ok(())
+        }
+        Ok(_) => Err(refused(
+            "the setting did not stay (nats-server 2.11+ needed)".into(),
+        )),
+        Err(e) => Err(refused(e.to_string())),
     }
 }
 

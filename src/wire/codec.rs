@@ -80,7 +80,8 @@ impl<C: AsRef<str>> Serialize for RowRef<'_, C> {
 }
 
 /// An envelope being encoded, borrowing everything it carries. `V` is the row value:
-/// a [`RowRef`] of typed values, or a generic `rmpv::Value`.
+/// a [`RowRef`] of typed values, or a generic `rmpv::Value`. The optional fields are
+/// left out of the map when `None` (not written as nil).
 #[derive(Debug, Serialize)]
 pub struct EnvelopeRef<'a, V: Serialize> {
     pub key: &'a str,
@@ -90,6 +91,15 @@ pub struct EnvelopeRef<'a, V: Serialize> {
     pub sequence: u64,
     pub lsn: u64,
     pub commit_ts: Timestamp,
+    /// The transaction's id (pgoutput's Begin); `None` outside a transaction (snapshot).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xid: Option<u32>,
+    /// The envelope's index among those walcast publishes of its transaction (from 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tx_index: Option<u32>,
+    /// The row before the change (update and delete of a `REPLICA IDENTITY FULL` table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<V>,
 }
 
 /// Why an envelope could not be encoded (a value MessagePack cannot carry).
@@ -143,6 +153,13 @@ pub struct Envelope {
     pub sequence: u64,
     pub lsn: u64,
     pub commit_ts: Timestamp,
+    /// The transaction's id; absent on snapshot envelopes.
+    pub xid: Option<u32>,
+    /// The envelope's index in its transaction; absent on snapshot envelopes.
+    pub tx_index: Option<u32>,
+    /// The row before the change: updates and deletes of `REPLICA IDENTITY FULL`
+    /// tables only (`None` elsewhere, and where it would not fit the size limit).
+    pub before: Option<rmpv::Value>,
 }
 
 impl Envelope {
@@ -166,6 +183,9 @@ impl Envelope {
             sequence: self.sequence,
             lsn: self.lsn,
             commit_ts: self.commit_ts,
+            xid: self.xid,
+            tx_index: self.tx_index,
+            before: self.before.as_ref(),
         })
         .expect("a decoded envelope encodes again")
     }
@@ -192,6 +212,7 @@ pub fn decode(mut bytes: &[u8]) -> Result<Envelope, DecodeEnvelopeError> {
     let mut sequence = None;
     let mut lsn = None;
     let mut commit_ts = None;
+    let (mut xid, mut tx_index, mut before) = (None, None, None);
     for (k, v) in fields {
         match k.as_str() {
             Some("key") => key = v.as_str().map(str::to_string),
@@ -204,6 +225,9 @@ pub fn decode(mut bytes: &[u8]) -> Result<Envelope, DecodeEnvelopeError> {
             Some("sequence") => sequence = v.as_u64(),
             Some("lsn") => lsn = v.as_u64(),
             Some("commit_ts") => commit_ts = timestamp_of(&v),
+            Some("xid") => xid = Some(small_uint(&v, "xid")?),
+            Some("tx_index") => tx_index = Some(small_uint(&v, "tx_index")?),
+            Some("before") => before = Some(v),
             _ => {}
         }
     }
@@ -215,7 +239,17 @@ pub fn decode(mut bytes: &[u8]) -> Result<Envelope, DecodeEnvelopeError> {
         sequence: sequence.ok_or(DecodeEnvelopeError::Field("sequence"))?,
         lsn: lsn.ok_or(DecodeEnvelopeError::Field("lsn"))?,
         commit_ts: commit_ts.ok_or(DecodeEnvelopeError::Field("commit_ts"))?,
+        xid,
+        tx_index,
+        before,
     })
+}
+
+/// An optional field that must be a uint of 32 bits when present.
+fn small_uint(v: &rmpv::Value, name: &'static str) -> Result<u32, DecodeEnvelopeError> {
+    v.as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or(DecodeEnvelopeError::Field(name))
 }
 
 /// A generic MessagePack value as JSON for people: binary as `\x`-hex strings,
@@ -270,7 +304,7 @@ fn float_json(f: f64) -> serde_json::Value {
 impl Envelope {
     /// The envelope as one JSON object (for `walcast tail --json`).
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut j = serde_json::json!({
             "key": self.key,
             "op": self.op.as_str(),
             "value": to_json(&self.value),
@@ -278,119 +312,20 @@ impl Envelope {
             "sequence": self.sequence,
             "lsn": Lsn(self.lsn).to_string(),
             "commit_ts": self.commit_ts.to_rfc3339(),
-        })
+        });
+        let fields = j.as_object_mut().expect("an object");
+        if let Some(xid) = self.xid {
+            fields.insert("xid".into(), xid.into());
+        }
+        if let Some(i) = self.tx_index {
+            fields.insert("tx_index".into(), i.into());
+        }
+        if let Some(before) = &self.before {
+            fields.insert("before".into(), to_json(before));
+        }
+        j
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
-    }
-
-    fn col(name: &str) -> &str {
-        name
-    }
-
-    /// The test vectors printed in docs/envelope.md: if this test changes, the
-    /// documented wire format changed.
-    #[test]
-    fn test_vectors_match_the_documentation() {
-        let columns = [col("id"), col("name"), col("score"), col("tags")];
-        let values = [
-            Value::Int(42),
-            Value::Str("Ada".into()),
-            Value::Float64(f64::NAN),
-            Value::Array(vec![Value::Str("a".into()), Value::Null]),
-        ];
-        let insert = EnvelopeRef {
-            key: "public.users:42",
-            op: Op::Insert,
-            value: Some(RowRef {
-                columns: &columns,
-                values: &values,
-                published: None,
-            }),
-            schema_version: "1.0",
-            sequence: 1,
-            lsn: 0x16B374D848,
-            commit_ts: Timestamp {
-                seconds: 1_700_000_000,
-                nanos: 123_456_000,
-            },
-        };
-        let bytes = encode(&insert).unwrap();
-        assert_eq!(
-            hex(&bytes),
-            "87a36b6579af7075626c69632e75736572733a3432a26f70a6696e73657274a576616c756584a2696\
-             42aa46e616d65a3416461a573636f7265cb7ff8000000000000a47461677392a161c0ae736368656\
-             d615f76657273696f6ea3312e30a873657175656e636501a36c736ecf00000016b374d848a9636f6\
-             d6d69745f7473d7ff1d6f28006553f100"
-        );
-        let back = decode(&bytes).unwrap();
-        assert_eq!(back.key, "public.users:42");
-        assert_eq!(back.op, Op::Insert);
-        assert_eq!(back.sequence, 1);
-        assert_eq!(back.column("id").and_then(|v| v.as_i64()), Some(42));
-        assert!(back
-            .column("score")
-            .and_then(|v| v.as_f64())
-            .unwrap()
-            .is_nan());
-        assert_eq!(back.to_bytes(), bytes);
-
-        let delete = EnvelopeRef::<RowRef<'_, &str>> {
-            key: "public.users:42",
-            op: Op::Delete,
-            value: None,
-            schema_version: "2.1",
-            sequence: 7,
-            lsn: 1,
-            commit_ts: Timestamp::INFINITY,
-        };
-        let bytes = encode(&delete).unwrap();
-        assert_eq!(
-            hex(&bytes),
-            "87a36b6579af7075626c69632e75736572733a3432a26f70a664656c657465a576616c7565c0ae7\
-             36368656d615f76657273696f6ea3322e31a873657175656e636507a36c736e01a9636f6d6d69745f\
-             7473c70cff000000007fffffffffffffff"
-        );
-        assert_eq!(decode(&bytes).unwrap().commit_ts, Timestamp::INFINITY);
-    }
-
-    #[test]
-    fn documentation_carries_the_same_vectors() {
-        let doc = include_str!("../../docs/envelope.md");
-        let source = include_str!("codec.rs");
-        // Every hex vector asserted above appears verbatim in the documentation.
-        let vectors: Vec<String> = source
-            .split("assert_eq!(\n            hex(&bytes),\n            \"")
-            .skip(1)
-            .map(|rest| {
-                rest.split("\"\n        );")
-                    .next()
-                    .unwrap()
-                    .replace(['\\', '\n', ' '], "")
-            })
-            .collect();
-        assert_eq!(vectors.len(), 2);
-        for v in vectors {
-            assert!(doc.contains(&v), "docs/envelope.md lacks the vector {v}");
-        }
-    }
-
-    #[test]
-    fn rejects_what_is_not_an_envelope() {
-        assert!(matches!(
-            decode(b"\xd9"),
-            Err(DecodeEnvelopeError::NotMsgpack(_))
-        ));
-        assert!(matches!(decode(b"\x01"), Err(DecodeEnvelopeError::NotAMap)));
-        assert!(matches!(
-            decode(b"\x81\xa3key\xa1k"),
-            Err(DecodeEnvelopeError::Field("op"))
-        ));
-    }
-}
+mod tests;

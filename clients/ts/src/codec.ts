@@ -44,6 +44,15 @@ export interface Envelope {
   lsn: bigint;
   /** Commit time of the transaction. */
   commitTs: Timestamp;
+  /** The transaction's id (PostgreSQL's xid); absent on snapshot envelopes. */
+  xid?: number;
+  /** The envelope's index in its transaction (0, 1, 2 …); absent on snapshot envelopes. */
+  txIndex?: number;
+  /**
+   * The row before the change: updates and deletes of tables with `REPLICA IDENTITY
+   * FULL` only; absent elsewhere.
+   */
+  before?: Record<string, unknown>;
 }
 
 /**
@@ -128,7 +137,7 @@ export function decode(bytes: Uint8Array): Envelope {
   }
   if (!isPlainObject(v)) throw new DecodeError("envelope is not a map");
   const field = (name: string) => new DecodeError(`envelope field ${JSON.stringify(name)} is missing or has the wrong type`);
-  const { key, op, value, schema_version, sequence, lsn, commit_ts } = v;
+  const { key, op, value, schema_version, sequence, lsn, commit_ts, xid, tx_index, before } = v;
   if (typeof key !== "string") throw field("key");
   if (typeof op !== "string") throw field("op");
   if (!OPS.includes(op as Op)) throw new DecodeError(`unknown op ${JSON.stringify(op)}`);
@@ -141,7 +150,7 @@ export function decode(bytes: Uint8Array): Envelope {
   else if (typeof lsn === "bigint" && lsn >= 0n) lsnBig = lsn;
   else throw field("lsn");
   if (!(commit_ts instanceof Timestamp)) throw field("commit_ts");
-  return {
+  const env: Envelope = {
     key,
     op: op as Op,
     value: (value ?? null) as Record<string, unknown> | null,
@@ -150,14 +159,28 @@ export function decode(bytes: Uint8Array): Envelope {
     lsn: lsnBig,
     commitTs: commit_ts,
   };
+  // The optional fields: absent stays absent (not undefined-valued keys).
+  if (xid !== undefined) env.xid = uint32(xid, "xid");
+  if (tx_index !== undefined) env.txIndex = uint32(tx_index, "tx_index");
+  if (before !== undefined) {
+    if (!isPlainObject(before)) throw field("before");
+    env.before = before;
+  }
+  return env;
+}
+
+function uint32(v: unknown, name: string): number {
+  if (typeof v === "number" && Number.isInteger(v) && v >= 0 && v <= 0xffff_ffff) return v;
+  throw new DecodeError(`envelope field ${JSON.stringify(name)} is missing or has the wrong type`);
 }
 
 /**
- * Encode an envelope as walcast does: a map of the seven fields in wire order. The
- * row value follows ./msgpack.ts (use `Float32`/`Float64` to force float widths).
+ * Encode an envelope as walcast does: a map of the seven fields in wire order, then
+ * the optional ones present (`xid`, `tx_index`, `before`). The row values follow
+ * ./msgpack.ts (use `Float32`/`Float64` to force float widths).
  */
 export function encode(env: Envelope): Uint8Array {
-  return pack({
+  const fields: Record<string, unknown> = {
     key: env.key,
     op: env.op,
     value: env.value,
@@ -165,7 +188,11 @@ export function encode(env: Envelope): Uint8Array {
     sequence: env.sequence,
     lsn: env.lsn,
     commit_ts: env.commitTs,
-  });
+  };
+  if (env.xid !== undefined) fields.xid = env.xid;
+  if (env.txIndex !== undefined) fields.tx_index = env.txIndex;
+  if (env.before !== undefined) fields.before = env.before;
+  return pack(fields);
 }
 
 /** An LSN in PostgreSQL's text form, e.g. `16/B374D848`. */

@@ -140,6 +140,9 @@ mod tests {
                 sequence: 1,
                 lsn: at,
                 commit_ts: crate::wire::Timestamp::now(),
+                xid: None,
+                tx_index: None,
+                before: None,
             },
             position: Some(Position {
                 commit_lsn: Lsn(at),

@@ -132,6 +132,7 @@ impl Handover {
                 payload: o.payload,
                 msg_id: o.msg_id,
                 position: o.position,
+                ttl: o.ttl,
             })
             .collect();
         self.ready = Some(SinkBatch {
@@ -164,6 +165,7 @@ mod tests {
             payload: Bytes::from_static(b"x"),
             msg_id: format!("public.t:{n}:1"),
             position: Position::default(),
+            ttl: None,
         }
     }
 

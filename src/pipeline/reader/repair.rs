@@ -188,6 +188,7 @@ mod tests {
             payload: Bytes::from_static(payload),
             msg_id: format!("{key}:7"),
             position: Position::default(),
+            ttl: None,
         }
     }
 

@@ -22,6 +22,7 @@ fn batch(n: u32, commit: Option<u64>) -> SinkBatch {
                     commit_lsn: Lsn(100),
                     ordinal: i,
                 },
+                ttl: None,
             })
             .collect(),
         commit_end: commit.map(Lsn),

@@ -34,8 +34,30 @@ const INSERT_HEX =
 const DELETE_HEX =
   "87a36b6579af7075626c69632e75736572733a3432a26f70a664656c657465a576616c7565c0ae736368656d615f76657273696f6ea3322e31a873657175656e636507a36c736e01a9636f6d6d69745f7473c70cff000000007fffffffffffffff";
 
-test("the documentation carries exactly the two vectors checked here", () => {
-  assert.deepEqual(documentedVectors(), [INSERT_HEX, DELETE_HEX]);
+const UPDATE_FULL_HEX =
+  "8aa36b6579af7075626c69632e75736572733a3432a26f70a6757064617465a576616c756582a269642aa46e616d65a3416461ae736368656d615f76657273696f6ea3312e30a873657175656e636502a36c736ecf00000016b374d848a9636f6d6d69745f7473d7ff1d6f28006553f100a3786964cd02eea874785f696e64657803a66265666f726582a269642aa46e616d65a24164";
+
+test("the documentation carries exactly the three vectors checked here", () => {
+  assert.deepEqual(documentedVectors(), [INSERT_HEX, DELETE_HEX, UPDATE_FULL_HEX]);
+});
+
+test("optional fields vector: before, xid and tx_index decode and encode back byte for byte", () => {
+  const env = decode(bytes(UPDATE_FULL_HEX));
+  assert.equal(env.op, "update");
+  assert.deepEqual(env.value, { id: 42, name: "Ada" });
+  assert.deepEqual(env.before, { id: 42, name: "Ad" });
+  assert.equal(env.xid, 750);
+  assert.equal(env.txIndex, 3);
+  assert.equal(hex(encode(env)), UPDATE_FULL_HEX);
+  // Without them (a table without FULL identity, a snapshot) they are absent, not
+  // undefined-valued keys, and the encoding is the seven-field one.
+  const plain = decode(bytes(INSERT_HEX));
+  assert.ok(!("before" in plain) && !("xid" in plain) && !("txIndex" in plain));
+  const { before: _b, xid: _x, txIndex: _t, ...seven } = env;
+  assert.equal(bytes(hex(encode(seven)))[0], 0x87);
+  // A wrong type is an error.
+  const bad = bytes(UPDATE_FULL_HEX.replace("a3786964cd02ee", "a3786964a178"));
+  assert.throws(() => decode(bad), /"xid"/);
 });
 
 test("insert vector: decodes to the documented envelope and encodes back byte for byte", () => {
