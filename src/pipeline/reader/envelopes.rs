@@ -20,7 +20,7 @@ use crate::source::catalog::Catalog;
 use crate::source::chunks::TableInfo;
 use crate::source::{ConnectParams, SourceError};
 use crate::state::StateStore;
-use crate::wire::{Lsn, Op};
+use crate::wire::Op;
 
 /// Per-table change counters, resolved once (no label lookups on the hot path).
 struct TableCounters {
@@ -319,17 +319,7 @@ impl Envelopes {
     ) -> Result<(), PipelineError> {
         // The catalog's shape is the one in force now (not at the start of the WAL).
         let now = self.catalog.current_wal_lsn().await?;
-        self.register_relation_at(info, now).await
-    }
-
-    /// The table as the catalog described it at `at` (a WAL position read after the
-    /// description), made known to the envelope stage as in force from there.
-    pub(super) async fn register_relation_at(
-        &mut self,
-        info: &TableInfo,
-        at: Lsn,
-    ) -> Result<(), PipelineError> {
-        self.builder.set_catalog_position(at);
+        self.builder.set_catalog_position(now);
         let columns: Vec<RelationColumn<'_>> = info
             .columns
             .iter()

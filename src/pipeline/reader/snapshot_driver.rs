@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::envelopes::Envelopes;
 use super::handover::Handover;
-use super::snapshot_read::Described;
 use super::ChangeReader;
+use crate::envelope::Outgoing;
 use crate::ops::metrics::Metrics;
 use crate::pipeline::snapshot::{Chunk, Progress, Snapshot, SnapshotMode, SnapshotSettings};
 use crate::pipeline::PipelineError;
@@ -39,9 +39,6 @@ pub(super) struct SnapshotDriver {
     /// opened): the tables' shapes replayed before are known by then, so a table
     /// described from the catalog numbers its version after them.
     pub(super) start_after: Lsn,
-    /// The next table as the catalog described it, where the WAL was then, and the
-    /// keys the stream changed since (while the stream catches up to there).
-    pub(super) described: Option<Described>,
     /// Where the next chunk's first envelope sits, when its high watermark is the
     /// previous chunk's (snapshot and repair chunks are numbered on together).
     next: Position,
@@ -85,7 +82,6 @@ impl SnapshotDriver {
             only_done: false,
             next: Position::default(),
             start_after: Lsn(0),
-            described: None,
         }
     }
 
@@ -203,6 +199,20 @@ impl SnapshotDriver {
     pub(super) fn forget_pending(&mut self) {
         if let Some(s) = self.snapshot.as_mut() {
             s.pending = None;
+        }
+    }
+
+    /// Live changes while a chunk waits: the stream has the newer value of their keys.
+    pub(super) fn live_changes(&mut self, built: &[Outgoing]) {
+        let Some(chunk) = self.snapshot.as_mut().and_then(|s| s.pending.as_mut()) else {
+            return;
+        };
+        for o in built {
+            let key = o
+                .msg_id
+                .rsplit_once(':')
+                .map_or(o.msg_id.as_str(), |(k, _)| k);
+            chunk.removed.insert(key.to_string());
         }
     }
 
@@ -363,9 +373,7 @@ impl ChangeReader {
         stream: &mut ReplicationStream,
     ) -> Result<(), PipelineError> {
         let read = if self.snapshot.wants_chunk() {
-            self.snapshot
-                .read_chunk(&mut self.envelopes, self.status.cp.received())
-                .await?
+            self.snapshot.read_chunk(&mut self.envelopes).await?
         } else {
             let limit = self.settings.snapshot.chunk_rows;
             self.repairs.read_chunk(&mut self.envelopes, limit).await?;

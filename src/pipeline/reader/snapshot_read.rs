@@ -7,91 +7,36 @@ use std::collections::HashSet;
 use super::envelopes::Envelopes;
 use super::snapshot_driver::SnapshotDriver;
 use crate::decode::pgoutput::TupleValue;
-use crate::envelope::Outgoing;
 use crate::pipeline::snapshot::{Chunk, Snapshot};
 use crate::pipeline::PipelineError;
 use crate::source::chunks::TableInfo;
 use crate::state::StateStore;
 use crate::wire::key::{make_key, parse_key, parse_key_token, TRUNCATE_TOKEN};
-use crate::wire::Lsn;
 
 impl SnapshotDriver {
     /// Read the next chunk of the table being read (starting the next table when none
-    /// is); `false` when there was nothing to read. A table is started only once the
-    /// stream (at `received`) has passed the WAL position at which the catalog
-    /// described it: a DDL the stream has yet to deliver would otherwise be numbered
-    /// from the catalog ahead of the changes before it (the chunk waits for
-    /// `start_after` instead, keeping the description).
-    pub(super) async fn read_chunk(
-        &mut self,
-        env: &mut Envelopes,
-        received: Lsn,
-    ) -> Result<bool, PipelineError> {
+    /// is); `false` when there was nothing to read.
+    pub(super) async fn read_chunk(&mut self, env: &mut Envelopes) -> Result<bool, PipelineError> {
         let Some(snapshot) = self.snapshot.as_mut() else {
             return Ok(false);
         };
-        let mut changed = HashSet::new();
         if let Some(name) = snapshot.next_table() {
-            let described = match self.described.take() {
-                Some(d) if d.info.qualified() == name => d,
-                _ => Described {
-                    info: env.catalog.table_info(&name).await?,
-                    at: env.catalog.current_wal_lsn().await?,
-                    changed: HashSet::new(),
-                },
-            };
-            if received < described.at {
-                self.start_after = self.start_after.max(described.at);
-                self.described = Some(described);
-                return Ok(true);
-            }
-            env.register_relation_at(&described.info, described.at)
-                .await?;
-            snapshot.start_table(described.info);
-            changed = described.changed;
+            let info = env.catalog.table_info(&name).await?;
+            env.register_relation(&info).await?;
+            snapshot.start_table(info);
         }
         let Some((info, after)) = snapshot.current() else {
             return Ok(false);
         };
         let (info, after) = (info.clone(), after.map(<[String]>::to_vec));
-        let mut chunk = if snapshot.sweep().is_some() {
+        let chunk = if snapshot.sweep().is_some() {
             read_sweep_chunk(snapshot, env, &info, after).await?
         } else {
             read_rows_chunk(snapshot, env, &info, after).await?
         };
-        chunk.removed.extend(changed);
         snapshot.pending = Some(chunk);
         Ok(true)
     }
-
-    /// Live changes while a chunk waits, or while a table waits to be read: the
-    /// stream has their keys' value (or a newer one than the chunk's).
-    pub(super) fn live_changes(&mut self, built: &[Outgoing]) {
-        let pending = self.snapshot.as_mut().and_then(|s| s.pending.as_mut());
-        let (removed, table_prefix) = match (pending, self.described.as_mut()) {
-            (Some(chunk), _) => (&mut chunk.removed, None),
-            (None, Some(d)) => (&mut d.changed, Some(format!("{}:", d.info.qualified()))),
-            (None, None) => return,
-        };
-        for o in built {
-            let key = o
-                .msg_id
-                .rsplit_once(':')
-                .map_or(o.msg_id.as_str(), |(k, _)| k);
-            if table_prefix.as_ref().is_none_or(|p| key.starts_with(p)) {
-                removed.insert(key.to_string());
-            }
-        }
-    }
-}
-
-/// A table described from the catalog at `at`, waiting for the stream to get there;
-/// the keys of it the stream changed meanwhile (their rows need no snapshot envelope:
-/// the stream carries their value, or a newer change will).
-pub(crate) struct Described {
-    pub info: TableInfo,
-    pub at: Lsn,
-    pub changed: HashSet<String>,
 }
 
 /// The next rows of the table, in key order.
