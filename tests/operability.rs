@@ -146,7 +146,8 @@ async fn metrics_health_and_no_secrets_in_logs() {
     let mut w = Walcast::start(args).await;
     // DDL racing the initial snapshot's description of the table can number a
     // version twice (a known limit); this test is about the metrics.
-    w.wait_for_log("snapshot complete", 1, WAIT).await;
+    w.wait_for_log("snapshot complete", 1, Duration::from_secs(30))
+        .await;
     exec(
         &db,
         "INSERT INTO t VALUES (1, 'a'); UPDATE t SET v = 'b'; DELETE FROM t;",
