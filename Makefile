@@ -11,12 +11,15 @@ NATS  := $(VENV)/bin/nats-server
 ## binaries and Prometheus (promtool) from Debian's packages, installed when missing
 ## (as root; otherwise the exact command is printed and make stops).
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
+# Debian's prometheus package would start a server of its own: a policy-rc.d that
+# refuses service starts while the package installs (the tests start their own).
+NO_DAEMON_START = { [ -e /usr/sbin/policy-rc.d ] || { printf '\#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && trap 'rm -f /usr/sbin/policy-rc.d' EXIT; }; } &&
 deps: $(NATS)
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && id postgres >/dev/null 2>&1 || \
 	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && $(APT_INSTALL) postgresql >/dev/null; } || \
 	  { echo "PostgreSQL server binaries missing: run 'sudo apt-get update && sudo apt-get install -y postgresql'"; exit 1; }
 	@{ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; } || \
-	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && $(APT_INSTALL) prometheus >/dev/null && { pkill -x prometheus || true; }; } || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && $(NO_DAEMON_START) $(APT_INSTALL) prometheus >/dev/null; } || \
 	  { echo "prometheus/promtool missing (the deploy tests need them): run 'sudo apt-get install -y prometheus'"; exit 1; }
 
 $(NATS):
