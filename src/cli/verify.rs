@@ -30,8 +30,7 @@ use anyhow::bail;
 use crate::client::{redact_url, StoredEnvelope};
 use crate::config::tables::{settings_problems, table_settings};
 use crate::config::{Delivery, VerifyConfig};
-use crate::decode::pgoutput::{RelationColumn, TupleValue};
-use crate::decode::relation;
+use crate::decode::pgoutput::{text_tuple as tuple, RelationColumn};
 use crate::decode::types::TypeRegistry;
 use crate::envelope::sequence::SequenceMode;
 use crate::envelope::EnvelopeBuilder;
@@ -241,26 +240,19 @@ impl Verifier {
                 type_modifier: *typmod,
             })
             .collect();
-        let oids: Vec<u32> = columns.iter().map(|c| c.type_oid).collect();
-        for _ in 0..8 {
-            let missing = self.types.missing(oids.iter().copied());
-            if missing.is_empty() {
-                break;
-            }
-            let rows = self.catalog.types(&missing).await?;
-            if rows.is_empty() {
-                break;
-            }
-            self.types.add_rows(rows);
-        }
-        let key = self.catalog.key_columns(info.relation_id).await?;
-        let identity = info.replica_identity;
-        let resolved = relation::resolve(&mut self.types, identity, &columns, &key);
+        let resolved = crate::pipeline::resolve_from_catalog(
+            &self.catalog,
+            &mut self.types,
+            info.relation_id,
+            info.replica_identity,
+            &columns,
+        )
+        .await?;
         self.builder.on_relation(
             info.relation_id,
             &info.schema,
             &info.name,
-            identity,
+            info.replica_identity,
             resolved.columns,
             resolved.key,
         )?;
@@ -433,28 +425,4 @@ fn key_of_envelope(subject: String, stored: &StoredEnvelope) -> Option<KeyRef> {
         subject,
         values: parsed.values,
     })
-}
-
-/// Column texts as the replication stream would carry them.
-fn tuple(texts: &[Option<String>]) -> Vec<TupleValue<'_>> {
-    texts
-        .iter()
-        .map(|t| match t {
-            Some(s) => TupleValue::Text(s.as_bytes()),
-            None => TupleValue::Null,
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn column_texts_become_a_tuple() {
-        let texts = vec![Some("1".to_string()), None];
-        let t = tuple(&texts);
-        assert!(matches!(t[0], TupleValue::Text(b"1")));
-        assert!(matches!(t[1], TupleValue::Null));
-    }
 }

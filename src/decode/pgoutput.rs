@@ -48,6 +48,17 @@ pub enum TupleValue<'a> {
     Binary(&'a [u8]),
 }
 
+/// Column texts (a table read in text form) as the replication stream would carry them.
+pub fn text_tuple(texts: &[Option<String>]) -> Vec<TupleValue<'_>> {
+    texts
+        .iter()
+        .map(|t| match t {
+            Some(s) => TupleValue::Text(s.as_bytes()),
+            None => TupleValue::Null,
+        })
+        .collect()
+}
+
 /// A column description in a Relation message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelationColumn<'a> {

@@ -12,6 +12,7 @@
 mod background;
 mod error;
 mod reader;
+pub(crate) use reader::resolve_from_catalog;
 pub mod requests;
 pub mod snapshot;
 mod supervise;

@@ -185,3 +185,11 @@ fn arbitrary_bytes_never_panic() {
         let _ = parse(&buf);
     }
 }
+
+#[test]
+fn column_texts_become_a_tuple() {
+    let texts = vec![Some("1".to_string()), None];
+    let t = text_tuple(&texts);
+    assert!(matches!(t[0], TupleValue::Text(b"1")));
+    assert!(matches!(t[1], TupleValue::Null));
+}

@@ -259,33 +259,14 @@ impl Envelopes {
         Ok(())
     }
 
-    /// Column types the registry lacks (domains and arrays down to their base) and
-    /// the key's column names, from the catalog.
     async fn resolve_relation(
         &mut self,
         relation_id: u32,
         replica_identity: u8,
         columns: &[RelationColumn<'_>],
     ) -> Result<ResolvedRelation, SourceError> {
-        let oids: Vec<u32> = columns.iter().map(|c| c.type_oid).collect();
-        for _ in 0..8 {
-            let missing = self.types.missing(oids.iter().copied());
-            if missing.is_empty() {
-                break;
-            }
-            let rows = self.catalog.types(&missing).await?;
-            if rows.is_empty() {
-                break;
-            }
-            self.types.add_rows(rows);
-        }
-        let key = self.catalog.key_columns(relation_id).await?;
-        Ok(relation::resolve(
-            &mut self.types,
-            replica_identity,
-            columns,
-            &key,
-        ))
+        let (catalog, types) = (&self.catalog, &mut self.types);
+        resolve_from_catalog(catalog, types, relation_id, replica_identity, columns).await
     }
 
     /// A schema version change and settings that name columns the table lost.
@@ -412,4 +393,29 @@ impl Envelopes {
             Err(e) => tracing::warn!(error = %e, "catalog connection not back yet"),
         }
     }
+}
+
+/// A relation's columns resolved: the types the registry lacks (domains and arrays
+/// down to their base) and the key's column names, from the catalog.
+pub(crate) async fn resolve_from_catalog(
+    catalog: &Catalog,
+    types: &mut TypeRegistry,
+    relation_id: u32,
+    replica_identity: u8,
+    columns: &[RelationColumn<'_>],
+) -> Result<ResolvedRelation, SourceError> {
+    let oids: Vec<u32> = columns.iter().map(|c| c.type_oid).collect();
+    for _ in 0..8 {
+        let missing = types.missing(oids.iter().copied());
+        if missing.is_empty() {
+            break;
+        }
+        let rows = catalog.types(&missing).await?;
+        if rows.is_empty() {
+            break;
+        }
+        types.add_rows(rows);
+    }
+    let key = catalog.key_columns(relation_id).await?;
+    Ok(relation::resolve(types, replica_identity, columns, &key))
 }

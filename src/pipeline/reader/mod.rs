@@ -19,6 +19,7 @@
 mod answerer;
 mod changes;
 mod envelopes;
+pub(crate) use envelopes::resolve_from_catalog;
 mod handover;
 mod open;
 mod prefetch;

@@ -182,13 +182,4 @@ pub(super) async fn published_already(
     Ok(last.envelope.value == env.builder.row_value(relation_id, row)?)
 }
 
-/// Column texts as the replication stream would carry them.
-pub(super) fn tuple(texts: &[Option<String>]) -> Vec<TupleValue<'_>> {
-    texts
-        .iter()
-        .map(|t| match t {
-            Some(s) => TupleValue::Text(s.as_bytes()),
-            None => TupleValue::Null,
-        })
-        .collect()
-}
+pub(super) use crate::decode::pgoutput::text_tuple as tuple;
