@@ -18,14 +18,6 @@ fn ids(received: &[(String, walcast::wire::Envelope, Vec<u8>)]) -> BTreeSet<i64>
         .collect()
 }
 
-async fn insert_range(db: &tokio_postgres::Client, from: i64, to: i64) {
-    exec(
-        db,
-        &format!("INSERT INTO t SELECT g FROM generate_series({from}, {to}) g"),
-    )
-    .await;
-}
-
 /// Defect 1: a clean (`-m fast`) PostgreSQL restart is a transient condition.
 #[tokio::test]
 async fn clean_postgres_restart_mid_stream_loses_nothing() {

@@ -11,14 +11,6 @@ use walcast::testing::{free_port, NatsServer, PgOptions};
 const PG_SECRET: &str = "Pg-S3cret-7781";
 const NATS_SECRET: &str = "Nats-S3cret-4410";
 
-async fn insert_range(db: &tokio_postgres::Client, from: i64, to: i64) {
-    exec(
-        db,
-        &format!("INSERT INTO t SELECT g FROM generate_series({from}, {to}) g"),
-    )
-    .await;
-}
-
 /// Defect 4: no password in any output, at any log level, on any path.
 #[tokio::test]
 async fn no_output_carries_a_password() {

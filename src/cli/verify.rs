@@ -30,7 +30,7 @@ use anyhow::bail;
 use crate::client::{redact_url, StoredEnvelope};
 use crate::config::tables::{settings_problems, table_settings};
 use crate::config::{Delivery, VerifyConfig};
-use crate::decode::pgoutput::{text_tuple as tuple, RelationColumn};
+use crate::decode::pgoutput::text_tuple as tuple;
 use crate::decode::types::TypeRegistry;
 use crate::envelope::sequence::SequenceMode;
 use crate::envelope::EnvelopeBuilder;
@@ -230,16 +230,7 @@ impl Verifier {
     /// Tell the envelope stage about a table the way the reader does: column types
     /// (domains and arrays down to their base) and the key from the catalog.
     async fn register(&mut self, info: &TableInfo) -> anyhow::Result<()> {
-        let columns: Vec<RelationColumn<'_>> = info
-            .columns
-            .iter()
-            .map(|(name, oid, typmod, _)| RelationColumn {
-                flags: 0,
-                name,
-                type_oid: *oid,
-                type_modifier: *typmod,
-            })
-            .collect();
+        let columns = crate::pipeline::catalog_columns(info);
         let resolved = crate::pipeline::resolve_from_catalog(
             &self.catalog,
             &mut self.types,

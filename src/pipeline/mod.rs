@@ -12,7 +12,7 @@
 mod background;
 mod error;
 mod reader;
-pub(crate) use reader::resolve_from_catalog;
+pub(crate) use reader::{catalog_columns, resolve_from_catalog};
 pub mod requests;
 pub mod snapshot;
 mod supervise;

@@ -120,18 +120,7 @@ impl Catalog {
             .map(|c| format!("{c}::text"))
             .chain([version.to_string()])
             .collect();
-        let tuples: Vec<String> = keys
-            .iter()
-            .map(|values| format!("({})", typed_key(table, values).join(", ")))
-            .collect();
-        let sql = format!(
-            "SELECT {} FROM {}.{} WHERE ({}) IN ({})",
-            select.join(", "),
-            quote_ident(&table.schema),
-            quote_ident(&table.name),
-            key_cols.join(", "),
-            tuples.join(", "),
-        );
+        let sql = select_by_keys(table, &select, &key_cols, keys);
         let (k, n) = (key_cols.len(), columns.len());
         Ok(self
             .text_rows(&sql)
@@ -239,18 +228,7 @@ impl Catalog {
         }
         let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.0)).collect();
         let key: Vec<&str> = table.key.iter().map(|&i| cols[i].as_str()).collect();
-        let tuples: Vec<String> = keys
-            .iter()
-            .map(|values| format!("({})", typed_key(table, values).join(", ")))
-            .collect();
-        let sql = format!(
-            "SELECT {} FROM {}.{} WHERE ({}) IN ({})",
-            cols.join(", "),
-            quote_ident(&table.schema),
-            quote_ident(&table.name),
-            key.join(", "),
-            tuples.join(", ")
-        );
+        let sql = select_by_keys(table, &cols, &key, keys);
         self.text_rows(&sql).await
     }
 
@@ -302,4 +280,32 @@ impl Catalog {
         );
         self.text_rows(&sql).await
     }
+}
+
+/// `SELECT <select> FROM <table> WHERE (<key columns>) IN (<each key, typed>)`.
+fn select_by_keys(
+    table: &TableInfo,
+    select: &[impl AsRef<str>],
+    key_cols: &[impl AsRef<str>],
+    keys: &[Vec<String>],
+) -> String {
+    fn join(items: &[impl AsRef<str>]) -> String {
+        items
+            .iter()
+            .map(AsRef::as_ref)
+            .collect::<Vec<&str>>()
+            .join(", ")
+    }
+    let tuples: Vec<String> = keys
+        .iter()
+        .map(|values| format!("({})", typed_key(table, values).join(", ")))
+        .collect();
+    format!(
+        "SELECT {} FROM {}.{} WHERE ({}) IN ({})",
+        join(select),
+        quote_ident(&table.schema),
+        quote_ident(&table.name),
+        join(key_cols),
+        tuples.join(", ")
+    )
 }

@@ -437,6 +437,15 @@ pub async fn exec(client: &tokio_postgres::Client, sql: &str) {
         .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
 }
 
+/// Rows `from..=to` into table `t` (its key column only).
+pub async fn insert_range(db: &tokio_postgres::Client, from: i64, to: i64) {
+    exec(
+        db,
+        &format!("INSERT INTO t SELECT g FROM generate_series({from}, {to}) g"),
+    )
+    .await;
+}
+
 /// Install the column-mode helper (`sql/sequence_column.sql`) in the database.
 pub async fn install_sequence_helper(db: &tokio_postgres::Client) {
     let sql = std::fs::read_to_string(concat!(

@@ -301,16 +301,7 @@ impl Envelopes {
         // The catalog's shape is the one in force now (not at the start of the WAL).
         let now = self.catalog.current_wal_lsn().await?;
         self.builder.set_catalog_position(now);
-        let columns: Vec<RelationColumn<'_>> = info
-            .columns
-            .iter()
-            .map(|(name, oid, typmod, _)| RelationColumn {
-                flags: 0,
-                name,
-                type_oid: *oid,
-                type_modifier: *typmod,
-            })
-            .collect();
+        let columns = catalog_columns(info);
         self.on_relation(
             info.relation_id,
             &info.schema,
@@ -418,4 +409,18 @@ pub(crate) async fn resolve_from_catalog(
     }
     let key = catalog.key_columns(relation_id).await?;
     Ok(relation::resolve(types, replica_identity, columns, &key))
+}
+
+/// A table's columns as the catalog describes them, in the form a Relation message
+/// carries them.
+pub(crate) fn catalog_columns(info: &TableInfo) -> Vec<RelationColumn<'_>> {
+    info.columns
+        .iter()
+        .map(|(name, oid, typmod, _)| RelationColumn {
+            flags: 0,
+            name,
+            type_oid: *oid,
+            type_modifier: *typmod,
+        })
+        .collect()
 }

@@ -19,7 +19,7 @@
 mod answerer;
 mod changes;
 mod envelopes;
-pub(crate) use envelopes::resolve_from_catalog;
+pub(crate) use envelopes::{catalog_columns, resolve_from_catalog};
 mod handover;
 mod open;
 mod prefetch;
