@@ -77,6 +77,7 @@ impl EnvelopeBuilder {
         if let RowVersion::Xmin { .. } = source.version {
             source.version = RowVersion::Xmin { xid };
         }
+        source.xid = xid;
         Some(rel.toast_needed(relation_id, toast_key, new, &missing, source))
     }
 

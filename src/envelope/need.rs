@@ -43,6 +43,10 @@ pub struct ToastSource {
     /// the table's current row, valid only while it is still the version this change
     /// wrote; otherwise the value is published as unavailable.
     pub version: RowVersion,
+    /// The change's (top-level) transaction: once a read of the table saw it
+    /// committed, a row that is not its version was changed after it, and asking
+    /// again cannot bring that version back.
+    pub xid: u32,
 }
 
 /// How to tell that the table's current row is the version a change wrote.

@@ -114,18 +114,18 @@ impl EnvelopeBuilder {
         let stream_subject = self
             .tracked(rel)
             .then(|| moved_from.map_or(subject, |(_, s)| s.as_str()).to_string());
+        let xid = self.tx.map(|t| t.xid).unwrap_or_default();
         let version = match (rel.sequence_column, rel.sequence_text(new)) {
             (Some(i), Some(expected)) => RowVersion::SequenceColumn {
                 column: rel.shape.columns[i].name.clone(),
                 expected,
             },
-            _ => RowVersion::Xmin {
-                xid: self.tx.map(|t| t.xid).unwrap_or_default(),
-            },
+            _ => RowVersion::Xmin { xid },
         };
         ToastSource {
             stream_subject,
             version,
+            xid,
         }
     }
 

@@ -34,6 +34,19 @@ impl TableInfo {
 /// Rows read by key: key column texts → (column texts, version text).
 pub type RowsByKey = std::collections::HashMap<Vec<String>, (Vec<Option<String>>, Option<String>)>;
 
+/// Rows read by key, and which transactions the read saw for certain.
+pub struct RowsRead {
+    pub rows: RowsByKey,
+    /// The read's snapshot `xmin` (32 bits; `None`: no row came back): every
+    /// transaction before it had ended when the rows were read, so a committed one
+    /// before it is visible in them.
+    pub visible_before: Option<u32>,
+}
+
+/// The 32-bit `xmin` of the statement's snapshot, as text.
+const SNAPSHOT_XMIN: &str =
+    "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint % 4294967296)::text";
+
 /// `'text'` as an SQL literal.
 fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
@@ -105,9 +118,13 @@ impl Catalog {
         keys: &[Vec<String>],
         columns: &[String],
         version: &str,
-    ) -> Result<RowsByKey, SourceError> {
+    ) -> Result<RowsRead, SourceError> {
+        let mut read = RowsRead {
+            rows: RowsByKey::new(),
+            visible_before: None,
+        };
         if keys.is_empty() {
-            return Ok(RowsByKey::new());
+            return Ok(read);
         }
         let key_cols: Vec<String> = table
             .key
@@ -118,22 +135,20 @@ impl Catalog {
             .iter()
             .chain(&columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>())
             .map(|c| format!("{c}::text"))
-            .chain([version.to_string()])
+            .chain([version.to_string(), SNAPSHOT_XMIN.to_string()])
             .collect();
         let sql = select_by_keys(table, &select, &key_cols, keys);
         let (k, n) = (key_cols.len(), columns.len());
-        Ok(self
-            .text_rows(&sql)
-            .await?
-            .into_iter()
-            .map(|mut row| {
-                let version = row.pop().flatten();
-                let texts = row.split_off(k);
-                let key = row.into_iter().map(Option::unwrap_or_default).collect();
-                debug_assert_eq!(texts.len(), n);
-                (key, (texts, version))
-            })
-            .collect())
+        for mut row in self.text_rows(&sql).await? {
+            let xmin = row.pop().flatten();
+            read.visible_before = xmin.and_then(|x| x.parse().ok());
+            let version = row.pop().flatten();
+            let texts = row.split_off(k);
+            let key = row.into_iter().map(Option::unwrap_or_default).collect();
+            debug_assert_eq!(texts.len(), n);
+            read.rows.insert(key, (texts, version));
+        }
+        Ok(read)
     }
 
     /// A heartbeat: a non-transactional logical decoding message holding the time.

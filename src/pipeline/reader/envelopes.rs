@@ -194,11 +194,17 @@ impl Envelopes {
     async fn toast_from_table(&mut self, needed: &ToastNeeded) -> Result<usize, PipelineError> {
         self.metrics.envelope.toast_fetches.inc();
         let (check, expected) = needed.source.version.check();
-        let ahead = self.toast_rows.remove(&needed.key);
+        // Kept for the key's later changes in the same read: the last may be the
+        // version read.
+        let ahead = self.toast_rows.get(&needed.key);
         if let Some((row, texts)) = ahead.and_then(|r| r.pick(&needed.columns).map(|t| (r, t))) {
-            // Read ahead at this change's version: exact. Otherwise ask again now.
-            if row.version.as_deref() == Some(expected.as_str()) {
-                return Ok(self.builder.provide_toast(needed, &texts, true)?);
+            // Read ahead at this change's version: exact. Read after this change was
+            // visible, at another version: the row changed since, and a new read
+            // cannot bring the value back. Otherwise (the change may not have been
+            // visible to that read yet) ask again now.
+            let same = row.version.as_deref() == Some(expected.as_str());
+            if same || row.saw_committed(needed.source.xid) {
+                return Ok(self.builder.provide_toast(needed, &texts, same)?);
             }
         }
         self.missed = true;

@@ -151,10 +151,19 @@ pub(super) struct FetchedRow {
     pub(super) texts: Vec<Option<String>>,
     /// The row's version (`xmin` or the sequence column); `None`: no row.
     pub(super) version: Option<String>,
+    /// The read's snapshot `xmin`: transactions before it were visible to the read.
+    pub(super) visible_before: Option<u32>,
 }
 
 impl FetchedRow {
     /// The texts of `wanted` columns, if the row was read with all of them.
+    /// Whether the read saw the committed transaction `xid`: then a row that is not
+    /// the version `xid` wrote was changed (or removed) after it.
+    pub(super) fn saw_committed(&self, xid: u32) -> bool {
+        self.visible_before
+            .is_some_and(|xmin| (xmin.wrapping_sub(xid) as i32) > 0)
+    }
+
     pub(super) fn pick(&self, wanted: &[String]) -> Option<Vec<Option<String>>> {
         wanted
             .iter()
@@ -248,17 +257,18 @@ impl Envelopes {
                 .iter()
                 .map(|n| n.key_columns.iter().map(|(_, v)| v.clone()).collect())
                 .collect();
-            let rows = self
+            let read = self
                 .catalog
                 .read_rows_columns(&info, &keys, &columns, &version)
                 .await?;
             self.metrics.envelope.toast_fetch_queries.inc();
             for (need, key) in needs.into_iter().zip(keys) {
-                let (texts, version) = rows.get(&key).cloned().unwrap_or_default();
+                let (texts, version) = read.rows.get(&key).cloned().unwrap_or_default();
                 let row = FetchedRow {
                     columns: columns.clone(),
                     texts,
                     version,
+                    visible_before: read.visible_before,
                 };
                 self.toast_rows.insert(need.key, row);
             }

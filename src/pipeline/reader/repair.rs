@@ -121,7 +121,8 @@ impl Repairs {
         let rows = env
             .catalog
             .read_rows_columns(&info, &values, &names, "NULL")
-            .await?;
+            .await?
+            .rows;
         let high = env.catalog.current_wal_lsn().await?;
         let rows = keys
             .into_iter()
