@@ -150,6 +150,11 @@ impl Contender {
         ]
     }
 
+    /// The limit's drain: run twice a repetition, the faster kept.
+    pub fn kind_is_drain(&self) -> bool {
+        matches!(self.kind, Kind::Drain)
+    }
+
     pub fn is_limit(&self) -> bool {
         matches!(self.kind, Kind::PgRecvlogical | Kind::Drain)
     }

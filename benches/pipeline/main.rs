@@ -11,7 +11,10 @@
 //! backlog's end and, for a publisher, its subscriber counted everything; interpreter
 //! and process start-up are outside. **The limit** is the better of `pg_recvlogical`
 //! and a minimal drain (`drain`) whose read pacing is swept first and the best kept;
-//! a contender faster than the limit in a repetition is reported loudly.
+//! the drain runs twice in each repetition (at its turn in the rotation and again
+//! after every other contender) and the faster run is that repetition's: a limit is an
+//! upper bound, so it gets the better of two draws. A contender faster than the limit
+//! in a repetition is reported loudly.
 //!
 //! Files: `setup` (servers, schema, the bench's handles), `scenarios` (what is
 //! drained, in which order), `contenders` (one run of each kind), `walcast_run`,

@@ -135,7 +135,14 @@ async fn prepare(b: &Bench, sc: &Scenario, list: &[(usize, Contender)]) -> (Lsn,
     let slots = |want_early: bool| -> Vec<String> {
         list.iter()
             .filter(|(_, c)| early(c) == want_early)
-            .flat_map(|(i, _)| (0..runs).map(move |r| format!("s_{}", tag(sc, *i, r))))
+            .flat_map(|(i, c)| {
+                let second = c.kind_is_drain();
+                (0..runs).flat_map(move |r| {
+                    let slot = format!("s_{}", tag(sc, *i, r));
+                    let again = second.then(|| format!("{slot}{AGAIN}"));
+                    std::iter::once(slot).chain(again)
+                })
+            })
             .collect()
     };
     b.make_slots(&slots(true), "pgoutput").await;
@@ -186,22 +193,32 @@ pub async fn run(b: &Bench, sc: &Scenario) -> Outcome {
         .chain(bare::ALL.iter().map(|n| runs(n, sc.rows)))
         .collect();
     for rep in 0..b.settings.runs {
+        let job = |i: usize, c: &Contender, again: &str| Job {
+            slot: format!("s_{}{again}", tag(sc, i, rep)),
+            publication: sc.publication.into(),
+            endpos,
+            expected: rows_of(c),
+            tag: tag(sc, i, rep),
+            pacing,
+        };
         for k in 0..list.len() {
             let at = (k + rep) % list.len();
             let (i, c) = list[at];
-            let job = Job {
-                slot: format!("s_{}", tag(sc, i, rep)),
-                publication: sc.publication.into(),
-                endpos,
-                expected: rows_of(&c),
-                tag: tag(sc, i, rep),
-                pacing,
-            };
-            let result = contenders::run(b, &c, &job).await;
-            print_run(c.name, rep, &result);
-            b.wait_slot_free(&job.slot).await;
-            b.drop_slot(&job.slot).await;
+            let result = run_one(b, &c, &job(i, &c, ""), rep).await;
             results[at].runs.push(result);
+        }
+        // The drain again, after every other contender of the repetition: the
+        // repetition's limit is the faster of its two runs.
+        for (at, (i, c)) in list
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, c))| c.kind_is_drain())
+        {
+            let again = run_one(b, c, &job(*i, c, AGAIN), rep).await;
+            let first = results[at].runs.last_mut().expect("ran");
+            if again.seconds < first.seconds || first.seconds.is_nan() {
+                *first = again;
+            }
         }
         run_bare(b, sc, rep, &mut results).await;
     }
@@ -213,6 +230,18 @@ pub async fn run(b: &Bench, sc: &Scenario) -> Outcome {
         pacing,
         sweep,
     }
+}
+
+/// The suffix of the drain's second slot in a repetition.
+const AGAIN: &str = "_again";
+
+/// One run of a contender on its slot, printed; the slot dropped after.
+async fn run_one(b: &Bench, c: &Contender, job: &Job, rep: usize) -> RunResult {
+    let result = contenders::run(b, c, job).await;
+    print_run(c.name, rep, &result);
+    b.wait_slot_free(&job.slot).await;
+    b.drop_slot(&job.slot).await;
+    result
 }
 
 /// The bare publishers of one repetition, with the envelope size walcast JetStream
