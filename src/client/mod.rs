@@ -15,6 +15,9 @@
 //!   NATS subscription (local fan-out), torn down with the last one (subscriber GC).
 //! - [`Replica`]: one key's reconciled value (parse gate, stale drop, gap detection,
 //!   schema-version gate, refetch), like para-sync's `createClientReplica`.
+//! - Catch-up ([`changes_since`], [`follow_since`], [`latest_position`]): a consumer
+//!   that was offline reads what walcast's stream holds since its last position, page
+//!   by page, then follows live with no gap and no duplicate at the hand-over.
 //!
 //! **Slow subscribers.** Every local subscriber has its own bounded queue
 //! (`queue_capacity`). Delivery never waits for a subscriber: when its queue is full
@@ -23,6 +26,7 @@
 //! a [`Replica`] sees the next one as a gap and refetches: a slow subscriber recovers
 //! by itself and never delays the others.
 
+mod catchup;
 mod in_process;
 mod nats;
 mod replica;
@@ -38,6 +42,7 @@ use futures::Stream;
 use tokio::sync::mpsc;
 
 pub use crate::wire::Envelope;
+pub use catchup::{changes_since, follow_since, latest_position, ChangeFilter, Page};
 pub use in_process::InProcessTransport;
 pub use nats::NatsTransport;
 pub use replica::{Refetch, Replica, ReplicaMeta, ReplicaOptions, ReplicaStats, Status};
@@ -63,6 +68,13 @@ pub enum ClientError {
     NotFound(String),
     #[error("invalid NATS URL: {0}")]
     Url(String),
+    /// A catch-up from a position whose successors have left the stream's window.
+    #[error("position {position} is older than the stream's retention (its oldest message is {oldest}): changes after it are gone; refetch (snapshot) the keys instead, then follow from latest_position()")]
+    PositionTooOld { position: u64, oldest: u64 },
+    #[error("invalid catch-up filter: {0}")]
+    Filter(String),
+    #[error("undecodable envelope: {0}")]
+    Decode(String),
 }
 
 /// What a transport carries: one key's change envelopes.

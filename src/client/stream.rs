@@ -25,13 +25,21 @@ pub struct StoredEnvelope {
 impl StoredEnvelope {
     /// Decode a message read from the stream.
     pub fn read(msg: StreamMessage) -> Result<Self, DecodeEnvelopeError> {
+        Self::from_parts(&msg.payload, Some(&msg.headers), msg.sequence)
+    }
+
+    /// Decode a stored message from its payload, headers and stream sequence.
+    pub fn from_parts(
+        payload: &[u8],
+        headers: Option<&async_nats::HeaderMap>,
+        stream_sequence: u64,
+    ) -> Result<Self, DecodeEnvelopeError> {
         Ok(StoredEnvelope {
-            envelope: codec::decode(&msg.payload)?,
-            position: msg
-                .headers
-                .get(POSITION_HEADER)
+            envelope: codec::decode(payload)?,
+            position: headers
+                .and_then(|h| h.get(POSITION_HEADER))
                 .and_then(|v| Position::from_header(v.as_str())),
-            stream_sequence: msg.sequence,
+            stream_sequence,
         })
     }
 }

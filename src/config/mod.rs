@@ -209,6 +209,14 @@ pub struct RunConfig {
     /// Messages the stream keeps per subject (1: each key's last state).
     #[arg(long, env = "WALCAST_STREAM_HISTORY", default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..))]
     pub stream_history: i64,
+    /// Seconds the stream keeps an envelope (0: for good). A window for catch-up;
+    /// column-mode tables only (a tracked table's last envelope is its key's sequence).
+    #[arg(long, env = "WALCAST_STREAM_MAX_AGE", default_value = "0", value_parser = parse_seconds_or_off)]
+    pub stream_max_age: Duration,
+    /// Bytes the stream keeps, the oldest envelopes leaving first (0: no limit).
+    /// Column-mode tables only, as `--stream-max-age`.
+    #[arg(long, env = "WALCAST_STREAM_MAX_BYTES", default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+    pub stream_max_bytes: i64,
     /// Seconds in which JetStream drops a re-published envelope as a duplicate.
     #[arg(long, env = "WALCAST_DUPLICATE_WINDOW", default_value = "120", value_parser = parse_seconds)]
     pub duplicate_window: Duration,

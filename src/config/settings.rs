@@ -54,6 +54,7 @@ impl RunConfig {
                 toast_cache_bytes: self.toast_cache_bytes,
                 oversize: self.oversize,
                 tables: table_settings(self),
+                stream_window: !self.stream_max_age.is_zero() || self.stream_max_bytes > 0,
             },
             reader: ReaderSettings {
                 publish_linger: self.publish_linger,
@@ -90,6 +91,8 @@ impl RunConfig {
             name: self.stream_name(),
             prefix: self.subject_prefix.clone(),
             history: self.stream_history,
+            max_age: self.stream_max_age,
+            max_bytes: self.stream_max_bytes,
             duplicate_window: self.duplicate_window,
             message_ttl: !self.delete_ttls.is_empty(),
         }

@@ -54,6 +54,8 @@ pub struct EnvelopeBuilder {
     pub(super) oversize_marker: bool,
     pub(super) oversize_markers: u64,
     pub(super) encode_buffer: EncodeBuffer,
+    /// The stream has an age or size window: tracked tables are refused.
+    stream_window: bool,
 }
 
 impl EnvelopeBuilder {
@@ -81,6 +83,7 @@ impl EnvelopeBuilder {
             oversize_marker: settings.oversize == Oversize::Marker,
             oversize_markers: 0,
             encode_buffer: EncodeBuffer::new(),
+            stream_window: settings.stream_window,
         }
     }
 
@@ -127,6 +130,12 @@ impl EnvelopeBuilder {
         let qualified = format!("{schema}.{table}");
         let settings = self.tables.get(&qualified).cloned().unwrap_or_default();
         let sequence_column = settings.sequence_column_index(&columns, &qualified)?;
+        if self.stream_window
+            && sequence_column.is_none()
+            && self.default_mode == SequenceMode::Tracked
+        {
+            return Err(EnvelopeError::TrackedInWindow { table: qualified });
+        }
         let published = settings.published_columns(&columns);
         let missing_setting_columns = settings.missing_columns(&columns);
         let shape = TableShape { columns, key };

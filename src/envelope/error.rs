@@ -5,6 +5,8 @@ use crate::decode::value::ValueError;
 /// Why a change could not become an envelope.
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
+    #[error("table {table} is in tracked mode, and the stream lets envelopes go by age or size (--stream-max-age/--stream-max-bytes): its keys' last envelopes are their sequence state, so a key whose envelopes left the stream would start again at sequence 1 and reuse numbers consumers have seen; put the table in column mode (--column-sequence {table}=column, sql/sequence_column.sql), take it out of the publication, or keep history per key (--stream-history) instead of a window")]
+    TrackedInWindow { table: String },
     #[error("change for relation {0} arrived before its Relation message")]
     UnknownRelation(u32),
     #[error("table {table} has no primary key and no replica identity index: walcast cannot key its rows, its changes are not published (add a primary key, or ALTER TABLE {table} REPLICA IDENTITY USING INDEX <unique index>, or ALTER PUBLICATION ... DROP TABLE {table})")]

@@ -31,6 +31,9 @@ pub struct EnvelopeSettings {
     pub oversize: Oversize,
     /// Settings per `schema.table`.
     pub tables: HashMap<String, TableSettings>,
+    /// The stream lets envelopes go by age or size (`--stream-max-age`,
+    /// `--stream-max-bytes`): tracked tables are refused.
+    pub stream_window: bool,
 }
 
 /// Per-table settings: sequence column, published columns, published ops.

@@ -17,6 +17,10 @@ pub struct StreamSettings {
     pub prefix: String,
     /// Messages kept per subject (1: the last state of every key).
     pub history: i64,
+    /// A window (`--stream-max-age`, `--stream-max-bytes`; zero: none): envelopes
+    /// leave the stream by age or size, for a catch-up window of column-mode tables.
+    pub max_age: Duration,
+    pub max_bytes: i64,
     pub duplicate_window: Duration,
     /// Per-message TTLs (`allow_msg_ttl`, nats-server 2.11+): some table's deletes
     /// expire (`--delete-ttl`).
@@ -27,6 +31,23 @@ impl StreamSettings {
     /// Subjects of walcast's own records (schema histories): `<prefix>_meta.>`.
     pub fn meta_prefix(&self) -> String {
         format!("{}_meta", self.prefix)
+    }
+
+    /// JetStream's duplicate window may not be longer than the age limit.
+    fn duplicate_window(&self) -> Duration {
+        match self.max_age {
+            Duration::ZERO => self.duplicate_window,
+            age => self.duplicate_window.min(age),
+        }
+    }
+
+    /// The size limit as JetStream writes it (-1: none).
+    fn max_bytes_or_unlimited(&self) -> i64 {
+        if self.max_bytes > 0 {
+            self.max_bytes
+        } else {
+            -1
+        }
     }
 
     fn subjects(&self) -> Vec<String> {
@@ -44,7 +65,9 @@ impl StreamSettings {
             name: self.name.clone(),
             subjects: self.subjects(),
             max_messages_per_subject: self.history,
-            duplicate_window: self.duplicate_window,
+            max_age: self.max_age,
+            max_bytes: self.max_bytes_or_unlimited(),
+            duplicate_window: self.duplicate_window(),
             allow_direct: true,
             // Fast-ingest batches (nats-server 2.14+; an older server ignores it).
             allow_batch_publish: true,
@@ -87,8 +110,17 @@ pub fn stream_problems(c: &Config, settings: &StreamSettings) -> Vec<String> {
     if !c.allow_direct {
         problems.push("allow_direct is off".into());
     }
-    if c.max_age != Duration::ZERO || c.max_messages > 0 || c.max_bytes > 0 {
-        problems.push("it has age/count/size limits that would drop key state".into());
+    if c.max_messages > 0 {
+        problems.push("it has a message count limit that would drop key state".into());
+    }
+    if c.max_age != settings.max_age || c.max_bytes.max(0) != settings.max_bytes {
+        problems.push(format!(
+            "its window is max_age {:?} / max_bytes {}, walcast is configured for {:?} / {} (--stream-max-age, --stream-max-bytes)",
+            c.max_age,
+            c.max_bytes,
+            settings.max_age,
+            settings.max_bytes
+        ));
     }
     problems
 }
