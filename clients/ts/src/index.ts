@@ -5,3 +5,4 @@ export * from "./key.js";
 export * from "./transport.js";
 export * from "./nats.js";
 export * from "./replica.js";
+export * from "./catchup.js";
