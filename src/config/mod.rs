@@ -212,6 +212,21 @@ pub struct RunConfig {
     /// Seconds in which JetStream drops a re-published envelope as a duplicate.
     #[arg(long, env = "WALCAST_DUPLICATE_WINDOW", default_value = "120", value_parser = parse_seconds)]
     pub duplicate_window: Duration,
+    /// Servers the envelope and meta streams are replicated on when walcast creates
+    /// them (a JetStream cluster: 3 survives one server; an existing stream is scaled
+    /// to it).
+    #[arg(long, env = "WALCAST_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
+    /// JetStream cluster the streams are placed in (placement `cluster`).
+    #[arg(long, env = "WALCAST_STREAM_CLUSTER")]
+    pub stream_cluster: Option<String>,
+    /// Server tags the streams are placed on (placement `tags`, comma-separated).
+    #[arg(
+        long = "stream-tag",
+        env = "WALCAST_STREAM_TAGS",
+        value_delimiter = ','
+    )]
+    pub stream_tags: Vec<String>,
     /// Per-key sequence states kept in memory (misses are loaded from the stream).
     #[arg(long, env = "WALCAST_KEY_CACHE", default_value_t = 100_000)]
     pub key_cache: usize,

@@ -92,6 +92,9 @@ impl RunConfig {
             history: self.stream_history,
             duplicate_window: self.duplicate_window,
             message_ttl: !self.delete_ttls.is_empty(),
+            replicas: usize::from(self.stream_replicas),
+            placement_cluster: self.stream_cluster.clone(),
+            placement_tags: self.stream_tags.clone(),
         }
     }
 
