@@ -21,6 +21,7 @@ pub mod tables;
 pub use crate::envelope::Oversize;
 pub use crate::pipeline::snapshot::SnapshotMode;
 pub use crate::sink::delivery::{Delivery, PublishMode};
+pub use crate::sink::sync::FlushDelay;
 pub use file::{parse_command_line, ConfigFileError};
 pub use settings::RunSettings;
 pub use tables::TableSettingsMap;
@@ -227,6 +228,18 @@ pub struct RunConfig {
         value_delimiter = ','
     )]
     pub stream_tags: Vec<String>,
+    /// Seconds a WAL position waits, once NATS acknowledged everything before it,
+    /// before walcast reports it to PostgreSQL as flushed, or `auto`: the servers'
+    /// `sync_interval` read from --nats-monitor-url (0 with `sync_interval: always`, 0
+    /// when no monitoring URL is given). A NATS host crash that loses acknowledged,
+    /// unsynced envelopes then heals: they are published again from the slot (the
+    /// cost: that much more WAL kept).
+    #[arg(long, env = "WALCAST_FLUSH_DELAY", default_value = "auto", value_parser = |s: &str| s.parse::<FlushDelay>())]
+    pub flush_delay: FlushDelay,
+    /// A NATS server's monitoring endpoint (`http://host:8222`), where --flush-delay
+    /// auto reads the servers' `sync_interval` (`/varz`).
+    #[arg(long, env = "WALCAST_NATS_MONITOR_URL")]
+    pub nats_monitor_url: Option<String>,
     /// Per-key sequence states kept in memory (misses are loaded from the stream).
     #[arg(long, env = "WALCAST_KEY_CACHE", default_value_t = 100_000)]
     pub key_cache: usize,
