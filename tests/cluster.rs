@@ -12,7 +12,7 @@ mod workload;
 
 use std::time::Duration;
 
-use checks::inspect;
+use checks::{drain_collector, inspect, Target};
 use common::*;
 use walcast::testing::{NatsCluster, NatsServer, PgOptions, PgServer, CLUSTER_NAME};
 use workload::workload_on;
@@ -146,6 +146,116 @@ async fn r3_stream_leader_killed_under_load_loses_nothing_and_heals() {
     let r = inspect(&live_url(&c), &db, &written, &checks::KV).await;
     println!(
         "R3 leader n{leader} killed, n{next} took over: changes {}, {r:?}",
+        written.total
+    );
+    assert!(r.checked >= written.total, "{r:?}");
+    assert_eq!((r.short, r.holes, r.wrong), (0, 0, 0), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_over_disjoint_publications_read_through_one_wildcard() {
+    let (pg, db) = pg_with_tables(&["ta", "tb"]).await;
+    let c = cluster();
+    let mut live = Collector::new(&c.urls(), "cdc.*.public.>").await;
+    let a = Walcast::start(args(&pg, &c, "ta", "cdc.a")).await;
+    let b = Walcast::start(args(&pg, &c, "tb", "cdc.b")).await;
+    let (wa, wb) = tokio::join!(
+        workload_on("ta", pg.url(), 4_000, 0..100, 0xA, Duration::from_millis(2)),
+        workload_on("tb", pg.url(), 4_000, 0..100, 0xB, Duration::from_millis(2)),
+    );
+    caught_up(&db, "slot_ta", &a).await;
+    caught_up(&db, "slot_tb", &b).await;
+    drain_collector(&mut live, Duration::from_millis(500)).await;
+    for (t, written) in [
+        (
+            Target {
+                stream: "CDC_A",
+                prefix: "cdc.a",
+                table: "ta",
+            },
+            &wa,
+        ),
+        (
+            Target {
+                stream: "CDC_B",
+                prefix: "cdc.b",
+                table: "tb",
+            },
+            &wb,
+        ),
+    ] {
+        let r = inspect(&c.urls(), &db, written, &t).await;
+        println!("instance {}: changes {}, {r:?}", t.prefix, written.total);
+        assert!(r.checked >= written.total, "{r:?}");
+        assert_eq!(
+            (r.short, r.holes, r.wrong),
+            (0, 0, 0),
+            "{}: {r:?}",
+            t.prefix
+        );
+    }
+    // The wildcard got every change of both, each on its own instance's subjects.
+    let crossed: Vec<&(String, _, _)> = live
+        .received
+        .iter()
+        .filter(|(subject, e, _)| {
+            let table = if subject.starts_with("cdc.a.") {
+                "ta"
+            } else {
+                "tb"
+            };
+            !e.key.starts_with(&format!("public.{table}:"))
+        })
+        .collect();
+    assert!(
+        crossed.is_empty(),
+        "{} crossed: {:?}",
+        crossed.len(),
+        &crossed[..1]
+    );
+    let of = |p: &str| {
+        live.received
+            .iter()
+            .filter(|(s, _, _)| s.starts_with(p))
+            .count()
+    };
+    println!(
+        "wildcard: {} from cdc.a, {} from cdc.b",
+        of("cdc.a."),
+        of("cdc.b.")
+    );
+    assert!(of("cdc.a.") >= wa.total && of("cdc.b.") >= wb.total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_standby_takes_over_while_a_nats_node_is_down() {
+    let (pg, db) = pg_with_tables(&["kv"]).await;
+    let mut c = cluster();
+    let mut active = Walcast::start(args(&pg, &c, "kv", "walcast")).await;
+    let mut standby = Walcast::spawn(args(&pg, &c, "kv", "walcast"));
+    standby.wait_standing_by(WAIT).await;
+    let writer = tokio::spawn(workload_on(
+        "kv",
+        pg.url(),
+        8_000,
+        0..200,
+        0xFACE,
+        Duration::from_millis(2),
+    ));
+    active
+        .wait_metric("walcast_published_total", 500.0, WAIT)
+        .await;
+    let down = (stream_leader(&c, "WALCAST").await + 1) % 3;
+    c.kill(down);
+    active.child.start_kill().unwrap();
+    active.wait_exit(WAIT).await;
+    standby.wait_ready().await;
+    let written = writer.await.unwrap();
+    caught_up(&db, "slot_kv", &standby).await;
+    c.start_again(down).unwrap();
+    let r = inspect(&c.urls(), &db, &written, &checks::KV).await;
+    println!(
+        "standby took over with n{down} down: changes {}, {r:?}",
         written.total
     );
     assert!(r.checked >= written.total, "{r:?}");

@@ -27,7 +27,7 @@ pub const KV: Target<'static> = Target {
 
 /// Every envelope in stream `t.stream` under `t.prefix`, in stream order.
 pub async fn read_stream(nats_url: &str, t: &Target<'_>) -> Vec<Envelope> {
-    let client = async_nats::connect(nats_url).await.unwrap();
+    let client = walcast::client::connect(nats_url).await.unwrap();
     let js = async_nats::jetstream::new(client);
     let mut stream = js.get_stream(t.stream).await.unwrap();
     let state = stream.info().await.unwrap().state.clone();
