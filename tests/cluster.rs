@@ -2,11 +2,14 @@
 //! leader's server is killed -9 under a steady write workload; two instances over
 //! disjoint publications read through one wildcard; a hot standby taking over while a
 //! NATS node is down. A consumer reading the stream sees every change, per-key
-//! sequences dense from 1, the final state equal to the database.
+//! sequences dense from 1, the final state equal to the database. `flush`: the
+//! JetStream store rolled back under walcast, with and without `--flush-delay`.
 
 #[path = "durability/checks.rs"]
 mod checks;
 mod common;
+#[path = "cluster/flush.rs"]
+mod flush;
 #[path = "durability/workload.rs"]
 mod workload;
 
@@ -69,6 +72,11 @@ fn args<'a>(pg: &PgServer, c: &NatsCluster, table: &'a str, prefix: &str) -> Run
 /// The node whose server leads `stream` now (from the stream info's cluster leader),
 /// asked through any running node.
 async fn stream_leader(c: &NatsCluster, stream: &str) -> usize {
+    stream_leader_of(c, stream, 3).await
+}
+
+/// [`stream_leader`] once `stream` has `replicas` replicas.
+async fn stream_leader_of(c: &NatsCluster, stream: &str, replicas: usize) -> usize {
     let url = c
         .nodes
         .iter()
@@ -81,13 +89,13 @@ async fn stream_leader(c: &NatsCluster, stream: &str) -> usize {
         let mut s = js.get_stream(stream).await.map_err(|e| e.to_string())?;
         let info = s.info().await.map_err(|e| e.to_string())?;
         let cluster = info.cluster.clone().ok_or("no cluster info")?;
-        let replicas = info.config.num_replicas;
+        let found = info.config.num_replicas;
         let leader = cluster.leader.ok_or("no leader")?;
         let i = c
             .index_of(&leader)
             .ok_or(format!("unknown server {leader}"))?;
-        if replicas != 3 {
-            return Err(format!("{replicas} replicas"));
+        if found != replicas {
+            return Err(format!("{found} replicas"));
         }
         Ok::<usize, String>(i)
     })
@@ -262,143 +270,52 @@ async fn a_hot_standby_takes_over_while_a_nats_node_is_down() {
     assert_eq!((r.short, r.holes, r.wrong), (0, 0, 0), "{r:?}");
 }
 
-/// What a host crash of the NATS server leaves when its store had not synced: the
-/// store as it was `lag` earlier. Under a steady workload: copy the JetStream store,
-/// let the writer run `lag` more, kill -9 nats-server, put the copy back, start it
-/// again. walcast stops on seeing the stream go back and is started again (as its
-/// supervisor would); returns what a consumer reading the stream then finds.
-async fn store_rolled_back(flush_delay: &str) -> (checks::Report, usize) {
+/// Placement tags reach JetStream (`node:2`: only n2 may hold the stream), and a
+/// stream created with one replica is scaled when walcast starts with three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_is_passed_through_and_an_existing_stream_is_scaled() {
     let (pg, db) = pg_with_tables(&["kv"]).await;
-    let mut nats = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
-    let nats_url = nats.url();
-    let args = || {
-        RunArgs {
+    let c = cluster();
+    let run = |replicas: &str, tag: Option<&str>| {
+        let mut a = RunArgs {
             pg_url: pg.url(),
-            nats_url: nats_url.clone(),
+            nats_url: c.urls(),
             publication: "pub_kv",
-            slot: "walcast",
+            slot: if tag.is_some() { "placed" } else { "walcast" },
             extra: vec![],
         }
-        .args(&[
-            "--flush-delay",
-            flush_delay,
-            "--stream-history",
-            "100000",
-            "--status-interval",
-            "0.2",
-        ])
+        .args(&["--stream-replicas", replicas, "--status-interval", "0.2"]);
+        if let Some(tag) = tag {
+            a = a.args(&["--stream-tag", tag, "--subject-prefix", "placed"]);
+        }
+        a
     };
-    let mut w = Walcast::start(args()).await;
-    let writer = tokio::spawn(workload_on(
-        "kv",
-        pg.url(),
-        20_000,
-        0..300,
-        0xD15C,
-        Duration::from_millis(4),
-    ));
-    w.wait_metric("walcast_published_total", 2000.0, WAIT).await;
-    let store = nats.store_dir();
-    let copy = store.with_file_name("store-copy");
-    copy_dir(&store, &copy);
-    // The unsynced stretch a crash loses: the time is the point.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    nats.kill();
-    std::fs::remove_dir_all(&store).unwrap();
-    std::fs::rename(&copy, &store).unwrap();
-    nats.start_again().unwrap();
-    let status = w.wait_exit(WAIT).await;
-    assert!(
-        !status.success(),
-        "walcast went on after the stream went back"
+    let mut placed = Walcast::start(run("1", Some("node:2"))).await;
+    assert_eq!(
+        stream_leader_of(&c, "PLACED", 1).await,
+        2,
+        "not on the tagged server"
     );
-    assert!(w.log().contains("went back from sequence"), "{}", w.log());
-    let mut w = Walcast::start(args()).await;
-    let written = writer.await.unwrap();
-    caught_up(&db, "walcast", &w).await;
-    w.assert_running();
-    let report = inspect(&nats.url(), &db, &written, &checks::KV).await;
-    println!(
-        "store rolled back 5 s, --flush-delay {flush_delay}: changes {}, {report:?}",
-        written.total
-    );
-    (report, written.total)
-}
-
-/// `cp -a from to`.
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    let status = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(status.success(), "cp -a {from:?} {to:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_rolled_back_with_a_flush_delay_heals_every_chain() {
-    let (r, written) = store_rolled_back("15").await;
-    assert!(r.checked >= written, "{r:?}");
-    assert_eq!((r.short, r.holes, r.wrong), (0, 0, 0), "{r:?}");
-}
-
-/// The same without the delay: PostgreSQL released the WAL of what the store lost,
-/// and the hole shows (the test above can fail).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_rolled_back_without_a_flush_delay_leaves_a_hole() {
-    let (r, _) = store_rolled_back("0").await;
-    assert!(r.short > 0 || r.holes > 0, "nothing lost: {r:?}");
-}
-
-/// `walcast check`'s line on what an acknowledgement survives, from the server's
-/// `sync_interval` read through its monitoring endpoint.
-async fn acknowledgement_line(pg: &PgServer, nats: &NatsServer, extra: &[&str]) -> String {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
-        .args([
-            "check",
-            "--postgres-url",
-            &pg.url(),
-            "--nats-url",
-            &nats.url(),
-        ])
-        .args([
-            "--publication",
-            "pub_kv",
-            "--nats-monitor-url",
-            &nats.monitor_url(),
-        ])
-        .args(extra)
-        .output()
-        .await
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout).into_owned();
-    report
-        .lines()
-        .find(|l| l.contains(" acknowledgement: "))
-        .unwrap_or_else(|| panic!("no acknowledgement line in:\n{report}"))
-        .to_string()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn check_says_which_guarantee_an_acknowledgement_carries() {
-    let (pg, _db) = pg_with_tables(&["kv"]).await;
-    let nats = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
-    let line = acknowledgement_line(&pg, &nats, &["--flush-delay", "0"]).await;
-    assert!(
-        line.starts_with("warn") && line.contains("up to 120 s of acknowledged changes"),
-        "{line}"
-    );
-    let line = acknowledgement_line(&pg, &nats, &[]).await;
-    assert!(
-        line.starts_with("ok") && line.contains("held 120 s"),
-        "auto: {line}"
-    );
-    let always = NatsServer::start_with_config("jetstream { sync_interval: always }\n")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let line = acknowledgement_line(&pg, &always, &["--flush-delay", "0"]).await;
-    assert!(
-        line.starts_with("ok") && line.contains("syncs every write"),
-        "{line}"
-    );
+    placed.sigterm();
+    placed.wait_exit(WAIT).await;
+    let mut w = Walcast::start(run("1", None)).await;
+    exec(
+        &db,
+        "INSERT INTO kv SELECT g, 0 FROM generate_series(1, 100) g",
+    )
+    .await;
+    wait_caught_up(&db, &w, WAIT).await;
+    stream_leader_of(&c, "WALCAST", 1).await;
+    w.sigterm();
+    w.wait_exit(WAIT).await;
+    let w = Walcast::start(run("3", None)).await;
+    stream_leader_of(&c, "WALCAST", 3).await;
+    exec(
+        &db,
+        "INSERT INTO kv SELECT g, 0 FROM generate_series(101, 200) g",
+    )
+    .await;
+    wait_caught_up(&db, &w, WAIT).await;
+    let meta = stream_leader_of(&c, "WALCAST_META", 3).await;
+    println!("scaled to R3; meta stream led by n{meta}");
 }
