@@ -57,9 +57,12 @@ pub struct ServerSync {
 pub async fn read_sync(monitor_url: &str) -> Result<ServerSync, String> {
     let varz = http_get_json(monitor_url, "/varz").await?;
     let config = &varz["jetstream"]["config"];
-    let nanos = config["sync_interval"]
-        .as_u64()
-        .ok_or_else(|| format!("{monitor_url}/varz names no jetstream sync_interval"))?;
+    let nanos = config["sync_interval"].as_u64().ok_or_else(|| {
+        format!(
+            "{}/varz names no jetstream sync_interval",
+            crate::client::redact_url(monitor_url)
+        )
+    })?;
     Ok(ServerSync {
         interval: Duration::from_nanos(nanos),
         always: config["sync_always"].as_bool().unwrap_or(false),
@@ -104,11 +107,16 @@ pub fn guarantee(replicas: usize, delay: Duration, sync: Option<ServerSync>) -> 
 }
 
 /// GET `path` from a plain-HTTP monitoring endpoint, as JSON.
-async fn http_get_json(base: &str, path: &str) -> Result<serde_json::Value, String> {
-    let rest = base
+/// Errors name the URL redacted (a monitoring URL may carry credentials).
+async fn http_get_json(url: &str, path: &str) -> Result<serde_json::Value, String> {
+    let base = crate::client::redact_url(url);
+    let base = base.as_str();
+    let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| format!("{base}: the monitoring URL must be http://host:port"))?;
-    let host = rest.split('/').next().unwrap_or(rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    // Credentials in the URL are not sent (the monitoring endpoint is read unauthenticated).
+    let host = authority.rsplit('@').next().unwrap_or(authority);
     let fetch = async {
         let mut s = tokio::net::TcpStream::connect(host).await?;
         s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
@@ -143,6 +151,21 @@ mod tests {
         );
         assert!("-1".parse::<FlushDelay>().is_err());
         assert!("soon".parse::<FlushDelay>().is_err());
+    }
+
+    #[test]
+    fn an_unreachable_monitoring_url_is_named_without_its_password() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let url = format!("http://u:s3cret@127.0.0.1:{port}");
+        let e = rt.block_on(read_sync(&url)).unwrap_err();
+        assert!(!e.contains("s3cret") && e.contains("u:***"), "{e}");
     }
 
     #[test]
