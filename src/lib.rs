@@ -30,8 +30,10 @@
 //!   `StreamSettings`.
 //! - `sink`: one `Sink`, three publishers (JetStream fast batches, JetStream one
 //!   PubAck each, core NATS) with one sequence window and shared back-off;
-//!   `delivery`: which of them, the streams set up for it, `SinkSettings`.
-//! - `checkpoint`: which WAL position is safe to report as flushed.
+//!   `delivery`: which of them, the streams set up for it, `SinkSettings`; `sync`: what
+//!   a NATS acknowledgement guarantees and the flush horizon's delay (`--flush-delay`).
+//! - `checkpoint`: which WAL position is safe to report as flushed, and when (the
+//!   flush horizon).
 //! - [`pipeline`]: `run()` builds the stages, starts them and supervises reconnects;
 //!   `reader/` is the reading task in small parts (change loop, envelope feed,
 //!   hand-over, status reporter, snapshot driver, request answerer); the snapshot's
@@ -44,7 +46,7 @@
 //! reconciling replica, refetch from the stream), depends on [`wire`] only: services
 //! link it with `default-features = false` and compile none of the server.
 //! [`testing`] (feature `test-utils`) starts throwaway PostgreSQL and nats-server
-//! instances for the tests, the demo and the benchmarks; `hostile` (feature
+//! instances (and JetStream clusters of them) for the tests, the demo and the benchmarks; `hostile` (feature
 //! `fuzzing`, and the unit tests) holds the fuzz targets' entry points.
 
 pub mod client;

@@ -4,152 +4,20 @@
 //! (key, sequence), final values equal to the database; replays byte-identical;
 //! memory bounded.
 
+#[path = "durability/checks.rs"]
+mod checks;
 mod common;
 #[path = "durability/workload.rs"]
 mod workload;
 
-use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use checks::{check_stream_against_db, drain_collector, duplicates};
 use common::*;
 use walcast::testing::rss_kib;
-use walcast::wire::codec::{self, Envelope, Op};
-use workload::{workload, Rng, Written};
+use workload::{workload, Rng};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Every envelope in walcast's stream, in stream order.
-async fn read_stream(nats_url: &str) -> Vec<Envelope> {
-    let client = async_nats::connect(nats_url).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let mut stream = js.get_stream("WALCAST").await.unwrap();
-    let state = stream.info().await.unwrap().state.clone();
-    let mut out = Vec::with_capacity(state.messages as usize);
-    for seq in state.first_sequence..=state.last_sequence {
-        let msg = stream.get_raw_message(seq).await.unwrap();
-        if msg.subject.starts_with("walcast.") {
-            out.push(codec::decode(&msg.payload).unwrap());
-        }
-    }
-    out
-}
-
-/// The checks of a consumer reading the stream; returns (envelopes checked, keys whose
-/// sequences are not dense 1..n in stream order). The caller asserts the count.
-/// Every change `written` is there: per key, at least as many distinct sequences.
-async fn check_stream_against_db(
-    nats_url: &str,
-    db: &tokio_postgres::Client,
-    written: &Written,
-) -> (usize, usize) {
-    let envelopes = read_stream(nats_url).await;
-    let mut per_key: BTreeMap<String, Vec<&Envelope>> = BTreeMap::new();
-    for e in &envelopes {
-        per_key.entry(e.key.clone()).or_default().push(e);
-    }
-    assert_all_received(&per_key, written);
-    let mut holes = 0;
-    for (key, list) in &per_key {
-        let seqs: Vec<u64> = list.iter().map(|e| e.sequence).collect();
-        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
-        if seqs != expected {
-            if holes < 5 {
-                println!("{key}: sequences {seqs:?} are not dense and in order");
-            }
-            holes += 1;
-        }
-    }
-    let rows = db.query("SELECT id, v FROM kv", &[]).await.unwrap();
-    let in_db: BTreeMap<String, i64> = rows
-        .iter()
-        .map(|r| {
-            (
-                format!("public.kv:{}", r.get::<_, i64>(0)),
-                r.get::<_, i64>(1),
-            )
-        })
-        .collect();
-    for (key, list) in &per_key {
-        let last = list.last().unwrap();
-        match in_db.get(key) {
-            Some(v) => {
-                assert_ne!(
-                    last.op,
-                    Op::Delete,
-                    "{key} exists but its last envelope is a delete"
-                );
-                assert_eq!(last.column("v").and_then(|x| x.as_i64()), Some(*v), "{key}");
-            }
-            None => assert_eq!(
-                last.op,
-                Op::Delete,
-                "{key} is gone but its last envelope is {:?}",
-                last.op
-            ),
-        }
-    }
-    for key in in_db.keys() {
-        assert!(
-            per_key.contains_key(key),
-            "{key} is in the database, never published"
-        );
-    }
-    (envelopes.len(), holes)
-}
-
-/// Per key, at least as many distinct sequences in the stream as changes written.
-fn assert_all_received(per_key: &BTreeMap<String, Vec<&Envelope>>, written: &Written) {
-    let short: Vec<(u64, usize, usize)> = written
-        .per_key
-        .iter()
-        .filter_map(|(&k, &n)| {
-            let list = per_key.get(&format!("public.kv:{k}"));
-            let got: std::collections::HashSet<u64> =
-                list.into_iter().flatten().map(|e| e.sequence).collect();
-            (got.len() < n).then_some((k, n, got.len()))
-        })
-        .collect();
-    assert!(
-        short.is_empty(),
-        "{} keys got fewer envelopes than changes written, (id, written, received): {:?}",
-        short.len(),
-        &short[..short.len().min(5)]
-    );
-}
-
-/// Same (key, sequence) seen twice by a live subscriber: must be the same bytes.
-fn duplicates(received: &[(String, Envelope, Vec<u8>)]) -> usize {
-    let mut seen: HashMap<(String, u64), &Vec<u8>> = HashMap::new();
-    let mut dups = 0;
-    for (_, e, bytes) in received {
-        match seen.get(&(e.key.clone(), e.sequence)) {
-            Some(prev) => {
-                assert_eq!(
-                    *prev, bytes,
-                    "two different envelopes for {} #{}",
-                    e.key, e.sequence
-                );
-                dups += 1;
-            }
-            None => {
-                seen.insert((e.key.clone(), e.sequence), bytes);
-            }
-        }
-    }
-    dups
-}
-
-/// Collect until nothing arrives for `quiet` (the quiet window is the point).
-async fn drain_collector(c: &mut Collector, quiet: Duration) {
-    loop {
-        let before = c.received.len();
-        let _ =
-            tokio::time::timeout(quiet, c.until(before + 1, quiet + Duration::from_secs(1))).await;
-        if c.received.len() == before {
-            return;
-        }
-    }
-}
 
 /// Servers with the workload's table and publication.
 async fn kv_servers() -> (Servers, tokio_postgres::Client) {

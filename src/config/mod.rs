@@ -21,6 +21,7 @@ pub mod tables;
 pub use crate::envelope::Oversize;
 pub use crate::pipeline::snapshot::SnapshotMode;
 pub use crate::sink::delivery::{Delivery, PublishMode};
+pub use crate::sink::sync::FlushDelay;
 pub use file::{parse_command_line, ConfigFileError};
 pub use settings::RunSettings;
 pub use tables::TableSettingsMap;
@@ -220,6 +221,33 @@ pub struct RunConfig {
     /// Seconds in which JetStream drops a re-published envelope as a duplicate.
     #[arg(long, env = "WALCAST_DUPLICATE_WINDOW", default_value = "120", value_parser = parse_seconds)]
     pub duplicate_window: Duration,
+    /// Servers the envelope and meta streams are replicated on when walcast creates
+    /// them (a JetStream cluster: 3 survives one server; an existing stream is scaled
+    /// to it).
+    #[arg(long, env = "WALCAST_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
+    /// JetStream cluster the streams are placed in (placement `cluster`).
+    #[arg(long, env = "WALCAST_STREAM_CLUSTER")]
+    pub stream_cluster: Option<String>,
+    /// Server tags the streams are placed on (placement `tags`, comma-separated).
+    #[arg(
+        long = "stream-tag",
+        env = "WALCAST_STREAM_TAGS",
+        value_delimiter = ','
+    )]
+    pub stream_tags: Vec<String>,
+    /// Seconds a WAL position waits, once NATS acknowledged everything before it,
+    /// before walcast reports it to PostgreSQL as flushed, or `auto`: the servers'
+    /// `sync_interval` read from --nats-monitor-url (0 with `sync_interval: always`, 0
+    /// when no monitoring URL is given). A NATS host crash that loses acknowledged,
+    /// unsynced envelopes then heals: they are published again from the slot (the
+    /// cost: that much more WAL kept).
+    #[arg(long, env = "WALCAST_FLUSH_DELAY", default_value = "auto", value_parser = |s: &str| s.parse::<FlushDelay>())]
+    pub flush_delay: FlushDelay,
+    /// A NATS server's monitoring endpoint (`http://host:8222`), where --flush-delay
+    /// auto reads the servers' `sync_interval` (`/varz`).
+    #[arg(long, env = "WALCAST_NATS_MONITOR_URL")]
+    pub nats_monitor_url: Option<String>,
     /// Per-key sequence states kept in memory (misses are loaded from the stream).
     #[arg(long, env = "WALCAST_KEY_CACHE", default_value_t = 100_000)]
     pub key_cache: usize,

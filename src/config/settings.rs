@@ -10,6 +10,7 @@ use crate::envelope::EnvelopeSettings;
 use crate::pipeline::snapshot::SnapshotSettings;
 use crate::pipeline::ReaderSettings;
 use crate::sink::delivery::{DeliverySettings, NatsSettings};
+use crate::sink::sync::FlushSettings;
 use crate::sink::SinkSettings;
 use crate::source::{ConnectParams, SourceError, SourceSettings};
 use crate::state::StreamSettings;
@@ -23,6 +24,8 @@ pub struct RunSettings {
     /// With the per-table settings, built once.
     pub envelope: EnvelopeSettings,
     pub reader: ReaderSettings,
+    /// The flush horizon (`--flush-delay`, `--nats-monitor-url`).
+    pub flush: FlushSettings,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub metrics_addr: SocketAddr,
 }
@@ -60,10 +63,16 @@ impl RunConfig {
                 publish_linger: self.publish_linger,
                 shutdown_timeout: self.shutdown_timeout,
                 progress_interval: self.progress_interval,
+                // Resolved at start (`sink::sync::resolve`), from `flush`.
+                flush_delay: std::time::Duration::ZERO,
                 snapshot: SnapshotSettings {
                     mode: self.snapshot,
                     chunk_rows: self.snapshot_chunk_rows as usize,
                 },
+            },
+            flush: FlushSettings {
+                delay: self.flush_delay,
+                monitor_url: self.nats_monitor_url.clone(),
             },
             metrics_addr: self.metrics_addr,
         })
@@ -95,6 +104,9 @@ impl RunConfig {
             max_bytes: self.stream_max_bytes,
             duplicate_window: self.duplicate_window,
             message_ttl: !self.delete_ttls.is_empty(),
+            replicas: usize::from(self.stream_replicas),
+            placement_cluster: self.stream_cluster.clone(),
+            placement_tags: self.stream_tags.clone(),
         }
     }
 

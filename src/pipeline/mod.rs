@@ -50,7 +50,8 @@ pub async fn run(
         nats,
         delivery,
         envelope,
-        reader,
+        mut reader,
+        flush,
         metrics_addr,
     } = settings;
     let catalog = Catalog::connect_waiting(&source.params, source.connect_timeout).await?;
@@ -66,6 +67,9 @@ pub async fn run(
     let tracked = tracked_tables(&preflight.tables, &envelope.tables);
     let delivered =
         sink::delivery::build(&delivery, &nats, &tracked, (client, nats_state), &metrics).await?;
+    let (delay, why) = sink::sync::resolve(flush.delay, flush.monitor_url.as_deref()).await;
+    tracing::info!(flush_delay = ?delay, from = %why, "WAL positions are reported that long after NATS acknowledged them");
+    reader.flush_delay = delay;
     let (tx, rx) = mpsc::channel::<SinkBatch>(CHANNEL_BATCHES);
     let (confirmed_tx, mut confirmed_rx) = watch::channel(Confirmed::default());
     let sink_task = tokio::spawn(delivered.sink.run(rx, confirmed_tx));

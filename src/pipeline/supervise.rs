@@ -96,7 +96,7 @@ async fn supervise(
 
 /// The reconnect policy: a first connection that fails outright is a configuration
 /// problem, reported at once; an active slot (hot standby) or a failure after
-/// streaming started is waited out, with a growing delay.
+/// streaming started (or while standing by) is waited out, with a growing delay.
 #[derive(Default)]
 struct Retries {
     attempt: u32,
@@ -118,7 +118,10 @@ impl Retries {
     ) -> Result<Duration, PipelineError> {
         let retry = e.is_transient() || (self.streamed_once && e.is_server_error());
         let slot_busy = e.is_slot_busy();
-        if !retry || (!self.streamed_once && !slot_busy) {
+        // A standby (it found the slot busy) runs already: a transient failure while
+        // it waits (a NATS cluster electing a stream leader) is waited out too.
+        let started = self.streamed_once || self.waiting_announced;
+        if !retry || (!started && !slot_busy) {
             return Err(e);
         }
         self.attempt += 1;

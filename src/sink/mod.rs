@@ -27,6 +27,7 @@ pub mod fast_batch;
 pub mod jetstream;
 pub mod nats;
 pub mod permissions;
+pub mod sync;
 mod window;
 
 pub use self::core::CoreSink;

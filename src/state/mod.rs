@@ -27,6 +27,12 @@ pub use stream::{
 pub enum StateError {
     #[error("JetStream: {0}")]
     JetStream(String),
+    #[error("stream {stream} went back from sequence {written} (acknowledged to this process) to {now}: the NATS server lost acknowledged envelopes (a host crash before its store synced, or the stream was recreated). walcast stops so that it starts again from the replication slot: with --flush-delay at least the servers' sync_interval, the slot still holds what was lost and it is published again")]
+    RolledBack {
+        stream: String,
+        written: u64,
+        now: u64,
+    },
     #[error("stream {stream} exists with a configuration walcast cannot use: {problems} (fix or delete the stream, or choose another --stream)")]
     StreamConflict { stream: String, problems: String },
     #[error("stream {stream} holds a message on {subject} that was not published by walcast ({why}): another client publishes under walcast's subject prefix. Remove the message (nats stream rmm {stream} {sequence}) or purge the subject, and give walcast a prefix and stream of its own (--subject-prefix)")]
@@ -146,15 +152,26 @@ impl StateStore {
         Ok(info.state.last_sequence != ours)
     }
 
-    /// The stream's last sequence now.
+    /// The stream's last sequence now; [`StateError::RolledBack`] when it is below one
+    /// this process was acknowledged: the server lost acknowledged envelopes, and what
+    /// this process holds in memory (key sequences, the sink's chain) is ahead of it.
     pub async fn last_sequence(&self) -> Result<u64, StateError> {
         let mut stream = self.stream.clone();
-        Ok(stream
+        let last = stream
             .info()
             .await
             .map_err(|e| js_err("reading the stream state", e))?
             .state
-            .last_sequence)
+            .last_sequence;
+        let written = self.last_written.load(std::sync::atomic::Ordering::SeqCst);
+        if last < written {
+            return Err(StateError::RolledBack {
+                stream: stream.cached_info().config.name.clone(),
+                written,
+                now: last,
+            });
+        }
+        Ok(last)
     }
 
     /// A filter of every envelope subject the stream holds now.

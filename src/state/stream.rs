@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::context::{Context, GetStreamErrorKind};
-use async_nats::jetstream::stream::{Config, Stream};
+use async_nats::jetstream::stream::{Config, Placement, Stream};
 
 use super::StateError;
 
@@ -25,6 +25,13 @@ pub struct StreamSettings {
     /// Per-message TTLs (`allow_msg_ttl`, nats-server 2.11+): some table's deletes
     /// expire (`--delete-ttl`).
     pub message_ttl: bool,
+    /// Servers each stream is replicated on (`--stream-replicas`; 3 in a cluster: an
+    /// acknowledgement then means a quorum has the envelope).
+    pub replicas: usize,
+    /// Where the streams are placed: a cluster's name and server tags (`--stream-cluster`,
+    /// `--stream-tags`), passed to JetStream as they are.
+    pub placement_cluster: Option<String>,
+    pub placement_tags: Vec<String>,
 }
 
 impl StreamSettings {
@@ -60,9 +67,18 @@ impl StreamSettings {
         format!("{}_META", self.name)
     }
 
+    fn placement(&self) -> Option<Placement> {
+        (self.placement_cluster.is_some() || !self.placement_tags.is_empty()).then(|| Placement {
+            cluster: self.placement_cluster.clone(),
+            tags: self.placement_tags.clone(),
+        })
+    }
+
     fn config(&self) -> Config {
         Config {
             name: self.name.clone(),
+            num_replicas: self.replicas,
+            placement: self.placement(),
             subjects: self.subjects(),
             max_messages_per_subject: self.history,
             max_age: self.max_age,
@@ -80,6 +96,8 @@ impl StreamSettings {
     fn meta_config(&self) -> Config {
         Config {
             name: self.meta_name(),
+            num_replicas: self.replicas,
+            placement: self.placement(),
             subjects: vec![format!("{}.>", self.meta_prefix())],
             max_messages_per_subject: 1,
             allow_direct: true,
@@ -154,9 +172,36 @@ pub async fn ensure_meta_stream(
     js: &Context,
     settings: &StreamSettings,
 ) -> Result<Stream, StateError> {
-    js.get_or_create_stream(settings.meta_config())
+    let mut meta = js
+        .get_or_create_stream(settings.meta_config())
         .await
-        .map_err(|e| js_err(&format!("creating stream {}", settings.meta_name()), e))
+        .map_err(|e| js_err(&format!("creating stream {}", settings.meta_name()), e))?;
+    scale(js, &mut meta, settings.replicas).await?;
+    Ok(meta)
+}
+
+/// Replicate an existing stream on `replicas` servers (`--stream-replicas` changed
+/// since it was created): JetStream copies it to the new peers. An error when the
+/// server refuses (too few servers, no permission): walcast does not run with fewer
+/// copies than asked for.
+async fn scale(js: &Context, stream: &mut Stream, replicas: usize) -> Result<(), StateError> {
+    let mut config = stream.cached_info().config.clone();
+    if config.num_replicas.max(1) == replicas {
+        return Ok(());
+    }
+    let name = config.name.clone();
+    tracing::info!(stream = %name, from = config.num_replicas, to = replicas, "scaling the stream (--stream-replicas)");
+    config.num_replicas = replicas;
+    js.update_stream(config).await.map_err(|e| {
+        StateError::JetStream(format!(
+            "--stream-replicas {replicas}: cannot scale stream {name} to {replicas} replicas: {e}"
+        ))
+    })?;
+    stream
+        .info()
+        .await
+        .map_err(|e| js_err("re-reading the stream", e))?;
+    Ok(())
 }
 
 /// Create the stream, or check that the existing one fits.
@@ -171,6 +216,7 @@ pub async fn ensure_stream(js: &Context, settings: &StreamSettings) -> Result<St
                 .get_stream(&settings.name)
                 .await
                 .map_err(|e| js_err("opening the stream", e))?;
+            scale(js, &mut stream, settings.replicas).await?;
             let config = stream.cached_info().config.clone();
             if settings.message_ttl && !config.allow_message_ttl {
                 enable_message_ttl(js, &mut stream, config).await?;

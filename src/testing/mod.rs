@@ -7,9 +7,11 @@
 //! user (it refuses to run as root). A missing binary is an error naming the install
 //! step, never a silent skip.
 //!
-//! The parts: `postgres` ([`PgServer`]), `nats` ([`NatsServer`]) and `process`
+//! The parts: `postgres` ([`PgServer`]), `nats` ([`NatsServer`]), `cluster`
+//! ([`NatsCluster`]: a JetStream cluster of them, routed on 127.0.0.1) and `process`
 //! (free ports, waiting for a child, a process's memory and CPU time).
 
+mod cluster;
 mod nats;
 mod postgres;
 mod process;
@@ -20,6 +22,7 @@ pub use crate::source::{
     ConnectParams, ReplicationConnection, ReplicationEvent, ReplicationStream, SourceError,
 };
 
+pub use cluster::{monitor_json, NatsCluster, CLUSTER_NAME};
 pub use nats::{nats_server_bin, NatsServer};
 pub use postgres::{current_wal_lsn, postgres_bin_dir, PgOptions, PgServer};
 pub use process::{cpu_seconds, free_port, rss_kib};

@@ -139,6 +139,22 @@ impl NatsServer {
     pub fn start_again(&mut self) -> Result<(), FixtureError> {
         self.launch()
     }
+
+    /// The JetStream store directory (`-sd`): a test may copy it away and put the
+    /// copy back while the server is down (a host crash that lost unsynced pages).
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
+    }
+
+    /// Whether the process is running (started and not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
 }
 
 impl Drop for NatsServer {

@@ -1,5 +1,6 @@
 //! The durability tests' writer: a deterministic multi-key workload of inserts,
 //! updates and deletes, and what it committed.
+#![allow(dead_code)] // shared by tests/durability.rs and tests/cluster.rs
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -44,6 +45,18 @@ pub async fn workload(
     seed: u64,
     pause: Duration,
 ) -> Written {
+    workload_on("kv", url, changes, keys, seed, pause).await
+}
+
+/// [`workload`] on `table` (columns as `kv`'s: `id bigint`, `v bigint`, `pad text`).
+pub async fn workload_on(
+    table: &str,
+    url: String,
+    changes: usize,
+    keys: std::ops::Range<u64>,
+    seed: u64,
+    pause: Duration,
+) -> Written {
     // Connect, riding out a server busy with the other tests for a few seconds.
     let (db, conn) = poll_until(
         "the workload's connection",
@@ -64,12 +77,12 @@ pub async fn workload(
             touched.push(k);
             let e = exists.entry(k).or_insert(false);
             if !*e {
-                sql.push_str(&format!("INSERT INTO kv VALUES ({k}, 0, 'p{k}');"));
+                sql.push_str(&format!("INSERT INTO {table} VALUES ({k}, 0, 'p{k}');"));
                 *e = true;
             } else if rng.below(10) < 8 {
-                sql.push_str(&format!("UPDATE kv SET v = v + 1 WHERE id = {k};"));
+                sql.push_str(&format!("UPDATE {table} SET v = v + 1 WHERE id = {k};"));
             } else {
-                sql.push_str(&format!("DELETE FROM kv WHERE id = {k};"));
+                sql.push_str(&format!("DELETE FROM {table} WHERE id = {k};"));
                 *e = false;
             }
         }

@@ -60,7 +60,29 @@ pub(super) async fn checks(
     );
     if jetstream_checks(cfg, &info, r, tracked) {
         stream_checks(cfg, client, r).await;
+        durability_check(cfg, r).await;
     }
+}
+
+/// Which guarantee an acknowledgement carries with these replicas, this flush delay
+/// and the servers' sync (`sink::sync::guarantee`).
+async fn durability_check(cfg: &RunConfig, r: &mut Report) {
+    use crate::sink::sync;
+    let monitor = cfg.nats_monitor_url.as_deref();
+    let (delay, _) = sync::resolve(cfg.flush_delay, monitor).await;
+    let server = match monitor {
+        Some(url) => sync::read_sync(url).await.ok(),
+        None => None,
+    };
+    let (held, why) = sync::guarantee(usize::from(cfg.stream_replicas), delay, server);
+    r.push(
+        if held { Outcome::Ok } else { Outcome::Warn },
+        "acknowledgement",
+        why,
+        (!held).then_some(
+            "--flush-delay at least the servers' sync_interval (or auto with --nats-monitor-url), or sync_interval: always on the servers; see docs/scaling.md",
+        ),
+    );
 }
 
 /// Whether JetStream is used (and a durable sequence possible for every table);

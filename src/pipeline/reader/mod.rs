@@ -68,6 +68,9 @@ pub struct ReaderSettings {
     /// Seconds between progress lines (`--progress-interval`).
     pub progress_interval: Duration,
     pub snapshot: SnapshotSettings,
+    /// How long a confirmed WAL position waits before it is reported to PostgreSQL
+    /// (`--flush-delay`: the NATS servers' sync interval).
+    pub flush_delay: Duration,
 }
 
 /// Once a stop is asked for: the shutdown budget, shared by reaching a transaction
@@ -132,7 +135,7 @@ impl ChangeReader {
     ) -> Self {
         ChangeReader {
             handover: Handover::new(settings.publish_linger),
-            status: StatusReporter::new(metrics.clone()),
+            status: StatusReporter::new(metrics.clone(), settings.flush_delay),
             txn: Transactions::default(),
             snapshot: SnapshotDriver::new(
                 settings.snapshot.clone(),

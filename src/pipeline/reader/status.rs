@@ -29,10 +29,12 @@ pub(super) struct StatusReporter {
 }
 
 impl StatusReporter {
-    pub(super) fn new(metrics: Arc<Metrics>) -> Self {
+    /// `flush_delay`: how long a confirmed position waits before it is reported
+    /// (`--flush-delay`).
+    pub(super) fn new(metrics: Arc<Metrics>, flush_delay: Duration) -> Self {
         StatusReporter {
             metrics,
-            cp: Checkpoint::default(),
+            cp: Checkpoint::default().with_delay(flush_delay),
             unconfirmed: VecDeque::new(),
             confirmed_position: Position::default(),
             last_sent: Instant::now(),
@@ -43,11 +45,7 @@ impl StatusReporter {
     /// Start from the slot's position, keeping what this process already knows (it
     /// only grows).
     pub(super) fn resume(&mut self, start: Lsn) {
-        let mut cp = Checkpoint::starting_at(start.max(self.cp.confirmed()));
-        cp.on_received(self.cp.received());
-        cp.on_confirmed(self.cp.confirmed());
-        cp.on_handed_off(self.cp.handed_off().max(start));
-        self.cp = cp;
+        self.cp = self.cp.resumed(start);
     }
 
     /// A transaction's last envelope went to the hand-over.
@@ -137,7 +135,7 @@ mod tests {
     use super::*;
 
     fn reporter() -> StatusReporter {
-        StatusReporter::new(Metrics::new())
+        StatusReporter::new(Metrics::new(), Duration::ZERO)
     }
 
     #[test]

@@ -34,7 +34,7 @@ use super::nats::connected;
 use super::window::{is_stored, stored_prefix};
 use super::{confirm, Confirmed, Publish, Retry, SinkBatch, SinkError, SinkSettings};
 use crate::ops::metrics::Metrics;
-use crate::state::StateStore;
+use crate::state::{StateError, StateStore};
 
 /// Publishes batches as fast-ingest JetStream batches; reports confirmed transactions.
 pub struct FastBatchSink {
@@ -83,7 +83,7 @@ impl FastBatchSink {
                 let reason = f.failure.take().unwrap_or_default();
                 let what = "JetStream did not store everything; publishing the rest again";
                 retry.failed(what, &reason, inflight).await;
-                self.republish(&w, &mut f).await;
+                self.republish(&w, &mut f).await?;
                 continue;
             }
             if w.closed && w.is_empty() {
@@ -163,15 +163,16 @@ impl FastBatchSink {
     /// After a failure: read the stream's last sequence, count the messages not
     /// acknowledged that the stream holds already, and publish the rest again chained
     /// from there (the first alone: [`Flight::next_burst`]).
-    async fn republish(&self, w: &Window, f: &mut Flight) {
+    async fn republish(&self, w: &Window, f: &mut Flight) -> Result<(), SinkError> {
         f.expected.forget();
         f.batch = None;
         f.sent = f.acked;
         let last = match self.store.last_sequence().await {
             Ok(last) => last,
+            Err(e @ StateError::RolledBack { .. }) => return Err(e.into()),
             Err(e) => {
                 f.failure = Some(e.to_string());
-                return;
+                return Ok(());
             }
         };
         let unacked: Vec<&Publish> = w.items_from(f.acked + 1).map(|(_, p)| p).collect();
@@ -183,6 +184,7 @@ impl FastBatchSink {
             );
         }
         f.restart(stored as u64, last);
+        Ok(())
     }
 }
 

@@ -28,7 +28,7 @@ use super::nats::connected;
 use super::window::{is_stored, stored_prefix};
 use super::{confirm, Confirmed, Publish, Retry, SinkBatch, SinkError, SinkSettings};
 use crate::ops::metrics::Metrics;
-use crate::state::StateStore;
+use crate::state::{StateError, StateStore};
 
 /// Publishes batches through JetStream and reports confirmed transaction ends.
 pub struct JetStreamSink {
@@ -100,7 +100,7 @@ impl JetStreamSink {
                 let reason = p.failure.take().unwrap_or_default();
                 let what = "JetStream did not acknowledge everything; publishing the rest again";
                 retry.failed(what, &reason, p.unacked).await;
-                self.republish(&mut p).await;
+                self.republish(&mut p).await?;
                 continue;
             }
             if p.closed && p.is_empty() {
@@ -159,13 +159,14 @@ impl JetStreamSink {
     /// After a failure: read the stream's last sequence, count the messages not
     /// acknowledged that the stream holds already, and publish the rest again chained
     /// from there (the first alone: [`Pending::next_to_send`]).
-    async fn republish(&self, p: &mut Pending) {
+    async fn republish(&self, p: &mut Pending) -> Result<(), SinkError> {
         p.expected.forget();
         let last = match self.store.last_sequence().await {
             Ok(last) => last,
+            Err(e @ StateError::RolledBack { .. }) => return Err(e.into()),
             Err(e) => {
                 p.failure = Some(e.to_string());
-                return;
+                return Ok(());
             }
         };
         let stored = {
@@ -176,6 +177,7 @@ impl JetStreamSink {
             tracing::info!(stored, "the stream holds messages whose PubAck was lost");
         }
         p.restart(stored, last);
+        Ok(())
     }
 }
 
