@@ -13,6 +13,7 @@ use crate::sink::delivery::{DeliverySettings, NatsSettings};
 use crate::sink::SinkSettings;
 use crate::source::{ConnectParams, SourceError, SourceSettings};
 use crate::state::StreamSettings;
+use crate::wire::seal::Keyring;
 
 /// Every stage's settings, resolved from `walcast run`'s flags.
 #[derive(Debug, Clone)]
@@ -30,6 +31,7 @@ pub struct RunSettings {
 impl RunConfig {
     /// Resolve the flags into each stage's settings (the PostgreSQL URL parsed once).
     pub fn resolve(&self) -> Result<RunSettings, SourceError> {
+        let keys = self.encryption_keys()?.map(std::sync::Arc::new);
         Ok(RunSettings {
             source: self.source_settings()?,
             nats: NatsSettings {
@@ -46,7 +48,10 @@ impl RunConfig {
                     confirm_timeout: self.confirm_timeout,
                 },
                 subject_prefix: self.subject_prefix.clone(),
-                stream: self.stream_settings(),
+                stream: StreamSettings {
+                    keys: keys.clone(),
+                    ..self.stream_settings()
+                },
             },
             envelope: EnvelopeSettings {
                 subject_prefix: self.subject_prefix.clone(),
@@ -54,6 +59,7 @@ impl RunConfig {
                 toast_cache_bytes: self.toast_cache_bytes,
                 oversize: self.oversize,
                 tables: table_settings(self),
+                keys,
             },
             reader: ReaderSettings {
                 publish_linger: self.publish_linger,
@@ -84,6 +90,23 @@ impl RunConfig {
         })
     }
 
+    /// The encryption key ring (`--encryption-keys-file` or `--encryption-keys`);
+    /// `None` when neither is given. An error names the line, never a key.
+    pub fn encryption_keys(&self) -> Result<Option<Keyring>, SourceError> {
+        let ring = match (&self.encryption_keys_file, &self.encryption_keys) {
+            (Some(_), Some(_)) => {
+                return Err(SourceError::Config(
+                    "give the encryption keys once: --encryption-keys-file or WALCAST_ENCRYPTION_KEYS, not both".into(),
+                ))
+            }
+            (Some(path), None) => Keyring::from_file(path),
+            (None, Some(text)) => Keyring::parse(&text.0.replace(';', "\n")),
+            (None, None) => return Ok(None),
+        };
+        ring.map(Some)
+            .map_err(|e| SourceError::Config(e.to_string()))
+    }
+
     /// The JetStream streams walcast keeps.
     pub fn stream_settings(&self) -> StreamSettings {
         StreamSettings {
@@ -92,6 +115,8 @@ impl RunConfig {
             history: self.stream_history,
             duplicate_window: self.duplicate_window,
             message_ttl: !self.delete_ttls.is_empty(),
+            compression: self.stream_compression == super::StreamCompression::S2,
+            keys: None,
         }
     }
 

@@ -1,5 +1,5 @@
 //! The per-table settings (`--column-sequence`, `--include-column`, `--exclude-column`,
-//! `--ops`, `--delete-ttl`, or `[tables."schema.table"]` in the file), gathered once into one map, and
+//! `--ops`, `--delete-ttl`, `--compress`, `--encrypt`, or `[tables."schema.table"]` in the file), gathered once into one map, and
 //! checked against the publication's tables and columns.
 
 use std::collections::HashMap;
@@ -31,6 +31,12 @@ pub fn table_settings(cfg: &RunConfig) -> TableSettingsMap {
     }
     for (t, ttl) in &cfg.delete_ttls {
         out.entry(t.clone()).or_default().delete_ttl = Some(*ttl);
+    }
+    for (t, bytes) in &cfg.compress {
+        out.entry(t.clone()).or_default().compress_min = Some(*bytes);
+    }
+    for t in &cfg.encrypt {
+        out.entry(t.clone()).or_default().encrypt = true;
     }
     for (t, ops) in &cfg.ops {
         out.entry(t.clone())

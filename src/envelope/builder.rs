@@ -54,6 +54,8 @@ pub struct EnvelopeBuilder {
     pub(super) oversize_marker: bool,
     pub(super) oversize_markers: u64,
     pub(super) encode_buffer: EncodeBuffer,
+    /// The encryption keys, for the tables that are encrypted.
+    keys_ring: Option<std::sync::Arc<crate::wire::seal::Keyring>>,
 }
 
 impl EnvelopeBuilder {
@@ -69,6 +71,7 @@ impl EnvelopeBuilder {
             histories: HashMap::new(),
             default_mode,
             tables: settings.tables,
+            keys_ring: settings.keys,
             keys: KeyStateCache::new(key_cache, authoritative),
             toast: ToastCache::new(settings.toast_cache_bytes),
             pending_toast: None,
@@ -129,6 +132,7 @@ impl EnvelopeBuilder {
         let sequence_column = settings.sequence_column_index(&columns, &qualified)?;
         let published = settings.published_columns(&columns);
         let missing_setting_columns = settings.missing_columns(&columns);
+        let seal = settings.seal_plan(self.keys_ring.as_deref(), &qualified)?;
         let shape = TableShape { columns, key };
         let previous = self.relations.get(&id).map(|r| r.version);
         let at = self.tx.map_or(self.catalog_position, |t| t.commit_lsn);
@@ -153,6 +157,7 @@ impl EnvelopeBuilder {
             published,
             ops: settings.ops,
             delete_ttl: settings.delete_ttl,
+            seal,
             shape,
         };
         self.relations.insert(id, rel);

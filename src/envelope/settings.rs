@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use super::schema::Column;
 use super::EnvelopeError;
+use super::SealPlan;
 use crate::wire::codec::Op;
+use crate::wire::seal::Keyring;
 
 /// What to do with an envelope larger than the NATS server's `max_payload`
 /// (`--oversize`).
@@ -31,6 +33,9 @@ pub struct EnvelopeSettings {
     pub oversize: Oversize,
     /// Settings per `schema.table`.
     pub tables: HashMap<String, TableSettings>,
+    /// The encryption keys (`--encryption-keys-file`, `WALCAST_ENCRYPTION_KEYS`):
+    /// the newest seals the tables with `encrypt`.
+    pub keys: Option<std::sync::Arc<Keyring>>,
 }
 
 /// Per-table settings: sequence column, published columns, published ops.
@@ -46,6 +51,10 @@ pub struct TableSettings {
     pub ops: Option<Vec<Op>>,
     /// Column mode only: `delete` envelopes leave the stream after this long.
     pub delete_ttl: Option<std::time::Duration>,
+    /// Compress rows whose encoding is at least this many bytes (`--compress`).
+    pub compress_min: Option<usize>,
+    /// Encrypt the rows under the key ring's newest key (`--encrypt`).
+    pub encrypt: bool,
 }
 
 impl TableSettings {
@@ -66,6 +75,27 @@ impl TableSettings {
                 column: name.clone(),
             }),
         }
+    }
+
+    /// How the table's rows are sealed (`None`: neither compressed nor encrypted);
+    /// an error when it must be encrypted and there is no key.
+    pub(super) fn seal_plan(
+        &self,
+        keys: Option<&Keyring>,
+        qualified: &str,
+    ) -> Result<Option<SealPlan>, EnvelopeError> {
+        if self.compress_min.is_none() && !self.encrypt {
+            return Ok(None);
+        }
+        let key = match (self.encrypt, keys.and_then(Keyring::newest)) {
+            (false, _) => None,
+            (true, Some(key)) => Some(key.clone()),
+            (true, None) => return Err(EnvelopeError::NoEncryptionKey(qualified.to_string())),
+        };
+        Ok(Some(SealPlan {
+            compress_min: self.compress_min,
+            key,
+        }))
     }
 
     /// Which of `columns` the envelope's value carries.

@@ -48,6 +48,7 @@ impl StateStore {
             stream,
             js,
             last_written: Arc::default(),
+            keys: None,
         }))
     }
 

@@ -39,6 +39,8 @@ fn test_vectors_match_the_documentation() {
         xid: None,
         tx_index: None,
         before: None,
+        compression: None,
+        key_id: None,
     };
     let bytes = encode(&insert).unwrap();
     assert_eq!(
@@ -71,6 +73,8 @@ fn test_vectors_match_the_documentation() {
         xid: None,
         tx_index: None,
         before: None,
+        compression: None,
+        key_id: None,
     };
     let bytes = encode(&delete).unwrap();
     assert_eq!(
@@ -110,6 +114,8 @@ fn optional_fields_vector() {
         xid: Some(750),
         tx_index: Some(3),
         before: Some(row(&old)),
+        compression: None,
+        key_id: None,
     };
     let bytes = encode(&update).unwrap();
     assert_eq!(
