@@ -122,6 +122,12 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// JetStream's store directory (`-sd`): the stream's files, for tests that look
+    /// at what the server keeps on disk.
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
     /// The monitoring endpoint base URL (`/subsz`, `/connz`, `/jsz`).
     pub fn monitor_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.monitor_port)
