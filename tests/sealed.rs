@@ -317,3 +317,36 @@ async fn key_rotation_mid_stream() {
     assert_eq!(got.iter().filter(|r| r.envelope.is_err()).count(), 2);
     drop(w);
 }
+
+/// `--stream-compression s2` is JetStream's own setting: a stream walcast made
+/// without it gets it on the next start with the flag, and envelopes still flow
+/// unchanged (the wire is not compressed by it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_compression_s2_is_set_on_the_stream() {
+    use async_nats::jetstream::stream::Compression;
+    let (s, db) = with_sql(servers_with(PgOptions::default()), TABLES).await;
+    let js = async_nats::jetstream::new(walcast::client::connect(&s.nats.url()).await.unwrap());
+    let compression = || async {
+        let mut stream = js.get_stream("WALCAST").await.unwrap();
+        stream.info().await.unwrap().config.compression.clone()
+    };
+    let mut w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
+    assert_ne!(compression().await, Some(Compression::S2));
+    w.sigterm();
+    w.wait_exit(Duration::from_secs(30)).await;
+    let args = RunArgs::new(&s, "walcast", "walcast").args(&["--stream-compression", "s2"]);
+    let _w = Walcast::start(args).await;
+    assert_eq!(compression().await, Some(Compression::S2));
+    let sub = subscribe(&s.nats.url()).await;
+    exec(
+        &db,
+        &format!("INSERT INTO plain VALUES (7, '{PLAIN_MARKER}')"),
+    )
+    .await;
+    let got = receive(sub, None, 1).await;
+    let env = &ok(&got)[0];
+    assert_eq!(
+        (env.key.as_str(), env.compression.as_deref()),
+        ("public.plain:7", None)
+    );
+}
