@@ -49,7 +49,7 @@ fn sealed_vectors_open_to_their_rows_or_fail_clearly() {
     let doc: serde_json::Value = serde_json::from_str(text).unwrap();
     let ring = Keyring::parse(doc["keys"].as_str().unwrap()).unwrap();
     let vectors = doc["vectors"].as_array().unwrap();
-    assert_eq!(vectors.len(), 4);
+    assert_eq!(vectors.len(), 5);
     for v in vectors {
         let name = v["name"].as_str().unwrap();
         let hex = v["hex"].as_str().unwrap();

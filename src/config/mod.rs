@@ -233,6 +233,10 @@ pub struct RunConfig {
     /// clear (docs/encryption.md).
     #[arg(long = "encrypt", env = "WALCAST_ENCRYPT", value_delimiter = ',', value_parser = parse_table_name)]
     pub encrypt: Vec<String>,
+    /// Encrypt only this column of a table, as `schema.table=column` (repeatable): each
+    /// chosen column's value is sealed on its own; the rest of the row stays clear.
+    #[arg(long = "encrypt-column", env = "WALCAST_ENCRYPT_COLUMN", value_delimiter = ',', value_parser = parse_table_value)]
+    pub encrypt_columns: Vec<(String, String)>,
     /// A file holding the encryption key ring: one `<id>:<64 hex digits>` a line,
     /// oldest first; the newest encrypts, every one decrypts.
     #[arg(long = "encryption-keys-file", env = "WALCAST_ENCRYPTION_KEYS_FILE")]

@@ -132,7 +132,7 @@ impl EnvelopeBuilder {
         let sequence_column = settings.sequence_column_index(&columns, &qualified)?;
         let published = settings.published_columns(&columns);
         let missing_setting_columns = settings.missing_columns(&columns);
-        let seal = settings.seal_plan(self.keys_ring.as_deref(), &qualified)?;
+        let seal = settings.seal_plan(self.keys_ring.as_deref(), &columns, &qualified)?;
         let shape = TableShape { columns, key };
         let previous = self.relations.get(&id).map(|r| r.version);
         let at = self.tx.map_or(self.catalog_position, |t| t.commit_lsn);

@@ -205,6 +205,7 @@ impl EnvelopeBuilder {
             before: None,
             compression: None,
             key_id: None,
+            sealed_columns: None,
         };
         let mut out = Vec::with_capacity(256);
         super::seal::encode_to(&mut out, rel.seal.as_ref(), &envelope)?;

@@ -55,10 +55,10 @@ impl EncodeBuffer {
     }
 
     /// `envelope` encoded, as an exact-size view of the current block.
-    fn encode<V: serde::Serialize>(
+    fn encode<C: AsRef<str>>(
         &mut self,
         seal: Option<&SealPlan>,
-        envelope: &EnvelopeRef<'_, V>,
+        envelope: &EnvelopeRef<'_, RowRef<'_, C>>,
     ) -> Result<Bytes, EnvelopeError> {
         if self.encoded.capacity() < ENCODE_BLOCK / 8 {
             self.encoded.reserve(ENCODE_BLOCK);
@@ -73,10 +73,10 @@ impl EncodeBuffer {
 /// An envelope encoded as it is published: without its `before` when only that makes
 /// it too large for NATS (a courtesy is left out rather than fail the change), then
 /// as `--oversize` says (`limit`: `max_payload` and whether to mark; `true`: marked).
-fn encode_fitted<V: serde::Serialize>(
+fn encode_fitted<C: AsRef<str>>(
     (buffer, seal): (&mut EncodeBuffer, Option<&SealPlan>),
     (max_payload, marker): (usize, bool),
-    mut envelope: EnvelopeRef<'_, V>,
+    mut envelope: EnvelopeRef<'_, RowRef<'_, C>>,
     msg_id: &str,
 ) -> Result<(Bytes, bool), EnvelopeError> {
     let mut payload = buffer.encode(seal, &envelope)?;
@@ -138,6 +138,7 @@ impl EnvelopeBuilder {
             before: row.before.map(row_ref),
             compression: None,
             key_id: None,
+            sealed_columns: None,
         };
         // Column mode repeats a key's sequences after a delete: the id names the commit
         // too, so only a replay (same commit) is a duplicate.

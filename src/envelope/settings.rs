@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use super::schema::Column;
+use super::seal::SealedColumns;
 use super::EnvelopeError;
 use super::SealPlan;
 use crate::wire::codec::Op;
@@ -55,6 +56,8 @@ pub struct TableSettings {
     pub compress_min: Option<usize>,
     /// Encrypt the rows under the key ring's newest key (`--encrypt`).
     pub encrypt: bool,
+    /// Encrypt only these columns, each on its own (`--encrypt-column`).
+    pub encrypt_columns: Vec<String>,
 }
 
 impl TableSettings {
@@ -82,19 +85,42 @@ impl TableSettings {
     pub(super) fn seal_plan(
         &self,
         keys: Option<&Keyring>,
+        columns: &[Column],
         qualified: &str,
     ) -> Result<Option<SealPlan>, EnvelopeError> {
-        if self.compress_min.is_none() && !self.encrypt {
+        let by_column = !self.encrypt && !self.encrypt_columns.is_empty();
+        if self.compress_min.is_none() && !self.encrypt && !by_column {
             return Ok(None);
         }
-        let key = match (self.encrypt, keys.and_then(Keyring::newest)) {
-            (false, _) => None,
-            (true, Some(key)) => Some(key.clone()),
-            (true, None) => return Err(EnvelopeError::NoEncryptionKey(qualified.to_string())),
+        let newest = || {
+            keys.and_then(Keyring::newest)
+                .cloned()
+                .ok_or_else(|| EnvelopeError::NoEncryptionKey(qualified.to_string()))
+        };
+        let key = if self.encrypt { Some(newest()?) } else { None };
+        let columns = if by_column {
+            let mask: Vec<bool> = columns
+                .iter()
+                .map(|c| self.encrypt_columns.contains(&c.name))
+                .collect();
+            let names = columns
+                .iter()
+                .zip(&mask)
+                .filter(|(_, &sealed)| sealed)
+                .map(|(c, _)| c.name.clone())
+                .collect();
+            Some(SealedColumns {
+                key: newest()?,
+                mask,
+                names,
+            })
+        } else {
+            None
         };
         Ok(Some(SealPlan {
             compress_min: self.compress_min,
             key,
+            columns,
         }))
     }
 
@@ -117,6 +143,7 @@ impl TableSettings {
             .iter()
             .flatten()
             .chain(&self.exclude_columns)
+            .chain(&self.encrypt_columns)
             .filter(|name| !columns.iter().any(|c| &c.name == *name))
             .cloned()
             .collect()

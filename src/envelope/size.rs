@@ -64,6 +64,7 @@ pub(super) fn fit_size<V: serde::Serialize>(
         before: None,
         compression: None,
         key_id: None,
+        sealed_columns: None,
     })?;
     Ok((Bytes::from(marked), true))
 }

@@ -104,9 +104,13 @@ pub struct EnvelopeRef<'a, V: Serialize> {
     /// `value` and `before` are zstd frames (`"zstd"`): `--compress`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compression: Option<&'a str>,
-    /// `value` and `before` are AES-256-GCM sealed under this key id: `--encrypt`.
+    /// `value` and `before` are AES-256-GCM sealed under this key id: `--encrypt`
+    /// (or, with `sealed_columns`, only those columns, each on its own).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_id: Option<&'a str>,
+    /// The columns sealed one by one (`--encrypt-column`); absent: the whole row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sealed_columns: Option<&'a [String]>,
 }
 
 /// Why an envelope could not be encoded (a value MessagePack cannot carry).
@@ -203,6 +207,7 @@ impl Envelope {
             before: self.before.as_ref(),
             compression: None,
             key_id: None,
+            sealed_columns: None,
         })
         .expect("a decoded envelope encodes again")
     }
@@ -239,7 +244,7 @@ pub fn decode_with(
     let mut lsn = None;
     let mut commit_ts = None;
     let (mut xid, mut tx_index, mut before) = (None, None, None);
-    let (mut compression, mut key_id) = (None, None);
+    let (mut compression, mut key_id, mut columns) = (None, None, None);
     for (k, v) in fields {
         match k.as_str() {
             Some("key") => key = v.as_str().map(str::to_string),
@@ -257,6 +262,7 @@ pub fn decode_with(
             Some("before") => before = Some(v),
             Some("compression") => compression = Some(text(v, "compression")?),
             Some("key_id") => key_id = Some(text(v, "key_id")?),
+            Some("sealed_columns") => columns = Some(texts(v, "sealed_columns")?),
             _ => {}
         }
     }
@@ -266,6 +272,7 @@ pub fn decode_with(
     let sealing = Sealing {
         compression: compression.as_deref(),
         key_id: key_id.as_deref(),
+        columns: columns.as_deref(),
     };
     let row = |field| RowOf {
         key: &key,
@@ -292,6 +299,14 @@ pub fn decode_with(
         compression,
         key_id,
     })
+}
+
+/// An optional field that must be an array of str when present.
+fn texts(v: rmpv::Value, name: &'static str) -> Result<Vec<String>, DecodeEnvelopeError> {
+    match v {
+        rmpv::Value::Array(items) => items.into_iter().map(|i| text(i, name)).collect(),
+        _ => Err(DecodeEnvelopeError::Field(name)),
+    }
 }
 
 /// An optional field that must be a str when present.

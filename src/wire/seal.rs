@@ -5,7 +5,8 @@
 //!
 //! The [`Keyring`] holds the keys (newest last: it encrypts; every key decrypts), read
 //! from a file or an environment variable; key material is never printed (`Debug`
-//! shows the ids only). Both the publisher and the client use this module.
+//! shows the ids only). Both the publisher and the client use this module; `rows.rs`
+//! seals and opens an envelope's rows (whole, or column by column).
 
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -188,11 +189,12 @@ fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
 /// op and sequence, and which field it is, so a ciphertext moved to another key,
 /// sequence, op, field or key id does not authenticate. Layout: `walcast-seal-v1`,
 /// then each of key id, key, op, field as a 0 byte and the UTF-8 text, then a 0 byte
-/// and the sequence as 8 bytes big-endian.
-pub fn associated_data(key_id: &str, key: &str, op: &str, field: Field, sequence: u64) -> Vec<u8> {
-    let mut ad = Vec::with_capacity(48 + key_id.len() + key.len());
+/// and the sequence as 8 bytes big-endian. `field` is `value` or `before` for a whole
+/// row, `value.<column>` or `before.<column>` for one sealed column.
+pub fn associated_data(key_id: &str, key: &str, op: &str, field: &str, sequence: u64) -> Vec<u8> {
+    let mut ad = Vec::with_capacity(48 + key_id.len() + key.len() + field.len());
     ad.extend_from_slice(b"walcast-seal-v1");
-    for part in [key_id, key, op, field.as_str()] {
+    for part in [key_id, key, op, field] {
         ad.push(0);
         ad.extend_from_slice(part.as_bytes());
     }
@@ -256,98 +258,8 @@ pub fn open(key: &SealKey, ad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
         .ok()
 }
 
-/// How an envelope's rows travel: its `compression` and `key_id` fields.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Sealing<'a> {
-    pub compression: Option<&'a str>,
-    pub key_id: Option<&'a str>,
-}
-
-/// The envelope a sealed row belongs to (its clear fields, bound as associated data).
-#[derive(Debug, Clone, Copy)]
-pub struct RowOf<'a> {
-    pub key: &'a str,
-    pub op: &'a str,
-    pub sequence: u64,
-    pub field: Field,
-}
-
-impl RowOf<'_> {
-    fn ad(&self, key_id: &str) -> Vec<u8> {
-        associated_data(key_id, self.key, self.op, self.field, self.sequence)
-    }
-}
-
-/// A row's MessagePack encoding sealed as the publisher sends it: compressed when
-/// `compress`, then encrypted under `key` when given.
-pub fn seal_row(plain: &[u8], compress_it: bool, key: Option<&SealKey>, row: RowOf<'_>) -> Vec<u8> {
-    let packed = if compress_it {
-        compress(plain)
-    } else {
-        plain.to_vec()
-    };
-    match key {
-        Some(key) => seal(key, &row.ad(&key.id), &packed),
-        None => packed,
-    }
-}
-
-/// A row value as the consumer reads it: `value` itself when the envelope is not
-/// sealed (or the row is nil), else the `bin` opened with `keys` and inflated, then
-/// read as MessagePack.
-pub fn open_row(
-    value: rmpv::Value,
-    sealing: Sealing<'_>,
-    row: RowOf<'_>,
-    keys: Option<&Keyring>,
-) -> Result<rmpv::Value, SealError> {
-    if sealing == Sealing::default() || value.is_nil() {
-        return Ok(value);
-    }
-    let (key, field) = (row.key.to_string(), row.field.as_str());
-    let rmpv::Value::Binary(bytes) = value else {
-        return Err(SealError::NotBinary { key, field });
-    };
-    let opened = match sealing.key_id {
-        None => bytes,
-        Some(key_id) => {
-            let keys = keys.ok_or_else(|| SealError::NoKeys {
-                key: key.clone(),
-                key_id: key_id.to_string(),
-            })?;
-            let sealer = keys.get(key_id).ok_or_else(|| SealError::UnknownKey {
-                key: key.clone(),
-                key_id: key_id.to_string(),
-                have: keys.ids().join(", "),
-            })?;
-            open(sealer, &row.ad(key_id), &bytes).ok_or_else(|| SealError::Authentication {
-                key: key.clone(),
-                key_id: key_id.to_string(),
-                field,
-            })?
-        }
-    };
-    let plain = match sealing.compression {
-        None => opened,
-        Some(ZSTD) => decompress(&opened).map_err(|why| SealError::Decompress {
-            key: key.clone(),
-            field,
-            why,
-        })?,
-        Some(other) => {
-            return Err(SealError::UnknownCompression {
-                key,
-                field,
-                compression: other.to_string(),
-            })
-        }
-    };
-    rmpv::decode::read_value(&mut plain.as_slice()).map_err(|e| SealError::Decompress {
-        key,
-        field,
-        why: format!("not MessagePack inside: {e}"),
-    })
-}
+mod rows;
+pub use rows::{open_row, seal_row, ColumnSealedRow, RowOf, Sealing};
 
 #[cfg(test)]
 mod tests;

@@ -25,7 +25,7 @@
 import { Unpackr, addExtension } from "msgpackr";
 import { pack } from "./msgpack.js";
 import { Timestamp } from "./timestamp.js";
-import { openRow, type Keyring, type SealedField } from "./seal.js";
+import { openColumn, openRow, type Keyring, type SealedField } from "./seal.js";
 
 export type Op = "insert" | "update" | "delete" | "snapshot" | "truncate";
 export const OPS: readonly Op[] = ["insert", "update", "delete", "snapshot", "truncate"];
@@ -152,7 +152,7 @@ export function decode(bytes: Uint8Array, options: DecodeOptions = {}): Envelope
   }
   if (!isPlainObject(v)) throw new DecodeError("envelope is not a map");
   const field = (name: string) => new DecodeError(`envelope field ${JSON.stringify(name)} is missing or has the wrong type`);
-  const { key, op, schema_version, sequence, lsn, commit_ts, xid, tx_index, compression, key_id } = v;
+  const { key, op, schema_version, sequence, lsn, commit_ts, xid, tx_index, compression, key_id, sealed_columns } = v;
   let { value, before } = v;
   if (typeof key !== "string") throw field("key");
   if (typeof op !== "string") throw field("op");
@@ -162,12 +162,26 @@ export function decode(bytes: Uint8Array, options: DecodeOptions = {}): Envelope
   if (seq === undefined) throw field("sequence");
   if (compression !== undefined && typeof compression !== "string") throw field("compression");
   if (key_id !== undefined && typeof key_id !== "string") throw field("key_id");
+  if (sealed_columns !== undefined && !(Array.isArray(sealed_columns) && sealed_columns.every((c) => typeof c === "string"))) {
+    throw field("sealed_columns");
+  }
   if (compression !== undefined || key_id !== undefined) {
-    const sealing = { compression, keyId: key_id };
+    const columns = sealed_columns as string[] | undefined;
+    const sealing = { compression, keyId: key_id, columns };
     const open = (row: unknown, f: SealedField) => {
       if (row === null || row === undefined) return row;
+      const of = { key, op, sequence: seq, field: f };
       try {
-        return decodeValue(openRow(row, sealing, { key, op, sequence: seq, field: f }, options.keys));
+        let opened = compression !== undefined || columns === undefined ? decodeValue(openRow(row, sealing, of, options.keys)) : row;
+        if (key_id !== undefined && columns !== undefined && isPlainObject(opened)) {
+          opened = { ...opened };
+          for (const c of columns) {
+            if (c in (opened as object)) {
+              (opened as Record<string, unknown>)[c] = decodeValue(openColumn((opened as Record<string, unknown>)[c], key_id, c, of, options.keys));
+            }
+          }
+        }
+        return opened;
       } catch (e) {
         if (e instanceof DecodeError) throw e;
         throw new DecodeError((e as Error).message, { cause: e });

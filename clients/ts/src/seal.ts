@@ -90,7 +90,7 @@ export class Keyring {
 }
 
 /** The associated data a sealed row is bound to (see docs/encryption.md). */
-export function associatedData(keyId: string, key: string, op: string, field: SealedField, sequence: number | bigint): Uint8Array {
+export function associatedData(keyId: string, key: string, op: string, field: string, sequence: number | bigint): Uint8Array {
   const parts = [keyId, key, op, field].map((p) => Buffer.from(p, "utf8"));
   const seq = Buffer.alloc(8);
   seq.writeBigUInt64BE(BigInt(sequence));
@@ -102,6 +102,8 @@ export function associatedData(keyId: string, key: string, op: string, field: Se
 export interface Sealing {
   compression?: string;
   keyId?: string;
+  /** `sealed_columns`: only these columns are sealed, each on its own. */
+  columns?: string[];
 }
 
 /** The envelope a sealed row belongs to. */
@@ -119,7 +121,7 @@ export interface RowOf {
 export function openRow(sealed: unknown, sealing: Sealing, row: RowOf, keys: Keyring | undefined): Uint8Array {
   if (!(sealed instanceof Uint8Array)) throw new SealError(`the ${row.field} of ${row.key} is sealed but is not MessagePack bin`);
   let bytes: Uint8Array = sealed;
-  if (sealing.keyId !== undefined) bytes = openAead(bytes, sealing.keyId, row, keys);
+  if (sealing.keyId !== undefined && sealing.columns === undefined) bytes = openAead(bytes, sealing.keyId, row, keys, row.field);
   if (sealing.compression === undefined) return bytes;
   if (sealing.compression !== ZSTD) {
     throw new SealError(`the ${row.field} of ${row.key} is compressed with ${JSON.stringify(sealing.compression)}, which this consumer does not know`);
@@ -131,7 +133,13 @@ export function openRow(sealed: unknown, sealing: Sealing, row: RowOf, keys: Key
   }
 }
 
-function openAead(sealed: Uint8Array, keyId: string, row: RowOf, keys: Keyring | undefined): Uint8Array {
+/** The MessagePack bytes of one sealed column (`sealed_columns`) of a row. */
+export function openColumn(sealed: unknown, keyId: string, column: string, row: RowOf, keys: Keyring | undefined): Uint8Array {
+  if (!(sealed instanceof Uint8Array)) throw new SealError(`the ${row.field} of ${row.key} is sealed but is not MessagePack bin`);
+  return openAead(sealed, keyId, row, keys, `${row.field}.${column}`);
+}
+
+function openAead(sealed: Uint8Array, keyId: string, row: RowOf, keys: Keyring | undefined, field: string): Uint8Array {
   const id = JSON.stringify(keyId);
   if (keys === undefined) {
     throw new SealError(
@@ -149,7 +157,7 @@ function openAead(sealed: Uint8Array, keyId: string, row: RowOf, keys: Keyring |
   const tag = sealed.subarray(sealed.length - TAG_LEN);
   try {
     const decipher = createDecipheriv("aes-256-gcm", key, nonce);
-    decipher.setAAD(associatedData(keyId, row.key, row.op, row.field, row.sequence));
+    decipher.setAAD(associatedData(keyId, row.key, row.op, field, row.sequence));
     decipher.setAuthTag(tag);
     return new Uint8Array(Buffer.concat([decipher.update(body), decipher.final()]));
   } catch {

@@ -41,6 +41,7 @@ fn test_vectors_match_the_documentation() {
         before: None,
         compression: None,
         key_id: None,
+        sealed_columns: None,
     };
     let bytes = encode(&insert).unwrap();
     assert_eq!(
@@ -75,6 +76,7 @@ fn test_vectors_match_the_documentation() {
         before: None,
         compression: None,
         key_id: None,
+        sealed_columns: None,
     };
     let bytes = encode(&delete).unwrap();
     assert_eq!(
@@ -116,6 +118,7 @@ fn optional_fields_vector() {
         before: Some(row(&old)),
         compression: None,
         key_id: None,
+        sealed_columns: None,
     };
     let bytes = encode(&update).unwrap();
     assert_eq!(

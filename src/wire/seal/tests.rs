@@ -50,6 +50,7 @@ fn sealed_rows_open_only_with_their_key_and_associated_data() {
     let sealing = Sealing {
         compression: Some(ZSTD),
         key_id: Some("k2"),
+        columns: None,
     };
     let open = |s: Sealing<'_>, r: RowOf<'_>, keys: Option<&Keyring>| {
         open_row(rmpv::Value::Binary(sealed.clone()), s, r, keys)
@@ -141,6 +142,7 @@ fn print_sealed_vectors() {
             before: rows.1.as_deref().map(serde_bytes::Bytes::new),
             compression: sealing.compression,
             key_id: sealing.key_id,
+            sealed_columns: sealing.columns,
         })
         .unwrap()
     };
@@ -159,6 +161,7 @@ fn print_sealed_vectors() {
         Sealing {
             compression: Some(ZSTD),
             key_id: None,
+            columns: None,
         },
     );
     let k2 = ring.get("k2").unwrap();
@@ -172,6 +175,7 @@ fn print_sealed_vectors() {
         Sealing {
             compression: None,
             key_id: Some("k2"),
+            columns: None,
         },
     );
     let k1 = ring.get("k1").unwrap();
@@ -196,6 +200,7 @@ fn print_sealed_vectors() {
         Sealing {
             compression: Some(ZSTD),
             key_id: Some("k1"),
+            columns: None,
         },
     );
     let d = envelope(
@@ -206,9 +211,37 @@ fn print_sealed_vectors() {
         Sealing {
             compression: None,
             key_id: Some("k2"),
+            columns: None,
         },
     );
-    for v in [a, b, c, d] {
+    let ssn = rmp_serde::to_vec("078-05-1120").unwrap();
+    let column_ad = row("public.users:42", "insert", 1, Field::Value).column_ad("k2", "ssn");
+    let sealed_ssn = seal_with_nonce(k2, &[0x30; 12], &column_ad, &ssn);
+    let names = vec!["ssn".to_string()];
+    let e = codec::encode(&EnvelopeRef {
+        key: "public.users:42",
+        op: Op::Insert,
+        value: Some(rmpv::Value::Map(vec![
+            ("id".into(), 42.into()),
+            ("name".into(), "Ada".into()),
+            ("ssn".into(), rmpv::Value::Binary(sealed_ssn)),
+        ])),
+        schema_version: "1.0",
+        sequence: 1,
+        lsn: 0x16_b374_d848,
+        commit_ts: Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 123_456_000,
+        },
+        xid: Some(750),
+        tx_index: Some(0),
+        before: None,
+        compression: None,
+        key_id: Some("k2"),
+        sealed_columns: Some(&names),
+    })
+    .unwrap();
+    for v in [a, b, c, d, e] {
         println!("{}", hex(&v));
     }
 }

@@ -64,7 +64,8 @@ describe("compressed and encrypted tables (walcast --compress / --encrypt)", () 
     await pg.psql(`CREATE TABLE docs (id int PRIMARY KEY, body text);
       CREATE TABLE secrets (id int PRIMARY KEY, note text);
       CREATE TABLE plain (id int PRIMARY KEY, note text);
-      CREATE PUBLICATION walcast FOR TABLE docs, secrets, plain;`);
+      CREATE TABLE people (id int PRIMARY KEY, name text, ssn text);
+      CREATE PUBLICATION walcast FOR TABLE docs, secrets, plain, people;`);
     nc = await connect({ servers: nats.url(), name: "sealed-e2e" });
   });
 
@@ -78,7 +79,7 @@ describe("compressed and encrypted tables (walcast --compress / --encrypt)", () 
   test("round trips, clear errors without the key, no plaintext in the store, key rotation", { timeout: 120_000 }, async (t) => {
     writeFileSync(ringFile, `${K1}\n`);
     const args = ["--snapshot", "never", "--compress", "public.docs=200", "--compress", "public.secrets=200",
-      "--encrypt", "public.secrets", "--encryption-keys-file", ringFile];
+      "--encrypt", "public.secrets", "--encrypt-column", "public.people=ssn", "--encryption-keys-file", ringFile];
     const received = collect(nc!);
     await nc!.flush();
     let walcast = await Walcast.start(pg!, nats!, args);
@@ -86,8 +87,9 @@ describe("compressed and encrypted tables (walcast --compress / --encrypt)", () 
     try {
       await pg!.psql(`INSERT INTO docs VALUES (1, '${LONG}'), (2, 'short');
         INSERT INTO secrets VALUES (1, '${SECRET} one'), (2, '${SECRET} ${LONG}');
-        INSERT INTO plain VALUES (1, '${PLAIN}');`);
-      const first = await received.take(5);
+        INSERT INTO plain VALUES (1, '${PLAIN}');
+        INSERT INTO people VALUES (1, 'Ada Clear', '${SECRET} ssn');`);
+      const first = await received.take(6);
       const envs = first.map((m) => decode(m.data, { keys: k1 }));
       const big = find(envs, "public.docs:1", "insert");
       assert.deepEqual([big.compression, big.keyId, big.value], ["zstd", undefined, { id: 1, body: LONG }]);
@@ -96,8 +98,15 @@ describe("compressed and encrypted tables (walcast --compress / --encrypt)", () 
       assert.deepEqual([s1.keyId, s1.value], ["k1", { id: 1, note: `${SECRET} one` }]);
       const s2 = find(envs, "public.secrets:2", "insert");
       assert.deepEqual([s2.compression, s2.keyId], ["zstd", "k1"]);
+      const person = find(envs, "public.people:1", "insert");
+      assert.deepEqual([person.keyId, person.value], ["k1", { id: 1, name: "Ada Clear", ssn: `${SECRET} ssn` }]);
       for (const m of first) {
         const clear = m.subject.includes(".plain.");
+        if (m.subject.includes(".people.")) {
+          assert.ok(Buffer.from(m.data).includes("Ada Clear") && !Buffer.from(m.data).includes(SECRET), "only ssn is sealed");
+          assert.throws(() => decode(m.data), /key id "k1" and this consumer has no encryption keys/);
+          continue;
+        }
         assert.equal(Buffer.from(m.data).includes("TS-MARKER-91c4"), clear, m.subject);
         if (m.subject.includes(".secrets.")) {
           assert.throws(() => decode(m.data), (e: Error) => e instanceof DecodeError && /key id "k1" and this consumer has no encryption keys/.test(e.message));
