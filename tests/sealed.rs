@@ -428,4 +428,26 @@ async fn a_sealed_column_opens_with_the_key_and_the_rest_stays_clear() {
     )
     .await;
     assert!(!contains(&files_under(&store), SECRET_MARKER));
+
+    // walcast tail --stored with the key ring shows the opened row, without it says
+    // which key it lacks; neither prints the key.
+    for (with_keys, expect) in [(true, SECRET_MARKER), (false, "\"k1\"")] {
+        let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_walcast"));
+        tail.args([
+            "tail",
+            "walcast.>",
+            "--stored",
+            "--json",
+            "--nats-url",
+            &s.nats.url(),
+        ]);
+        if with_keys {
+            tail.env("WALCAST_ENCRYPTION_KEYS", K1);
+        }
+        let out = tail.output().await.unwrap();
+        let all = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(all.contains(expect), "tail (keys: {with_keys}):\n{all}");
+        assert!(!all.contains(&K1[3..20]), "tail printed the key:\n{all}");
+    }
 }

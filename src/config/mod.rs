@@ -370,6 +370,28 @@ pub struct TailConfig {
     /// from JetStream) and exit, instead of following new envelopes.
     #[arg(long)]
     pub stored: bool,
+    /// The encryption key ring file, to show encrypted tables' rows (as `run` takes it).
+    #[arg(long = "encryption-keys-file", env = "WALCAST_ENCRYPTION_KEYS_FILE")]
+    pub encryption_keys_file: Option<std::path::PathBuf>,
+    /// The key ring as text (lines separated by `;`), for the environment variable.
+    #[arg(
+        long = "encryption-keys",
+        env = "WALCAST_ENCRYPTION_KEYS",
+        hide_env_values = true
+    )]
+    pub encryption_keys: Option<SecretText>,
+}
+
+impl TailConfig {
+    /// The key ring, when given (`None` otherwise); an error names the line, never a key.
+    pub fn keys(&self) -> Result<Option<crate::wire::seal::Keyring>, crate::wire::seal::SealError> {
+        use crate::wire::seal::Keyring;
+        match (&self.encryption_keys_file, &self.encryption_keys) {
+            (Some(path), _) => Keyring::from_file(path).map(Some),
+            (None, Some(text)) => Keyring::parse(&text.0.replace(';', "\n")).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 #[cfg(test)]
