@@ -161,6 +161,8 @@ mod tests {
             xid: Some(750),
             tx_index: Some(0),
             before: None,
+            compression: None,
+            key_id: None,
         }
         .to_bytes();
         for i in 0..100_000u32 {

@@ -45,6 +45,8 @@ fn envelope(key: &str, seq: u64, version: &str, balance: rmpv::Value) -> Envelop
         xid: None,
         tx_index: None,
         before: None,
+        compression: None,
+        key_id: None,
     }
 }
 

@@ -174,6 +174,8 @@ async fn tail_drops_replays() {
         xid: None,
         tx_index: None,
         before: None,
+        compression: None,
+        key_id: None,
     };
     for seq in [1, 1, 1, 2] {
         client

@@ -155,3 +155,98 @@ async fn no_output_carries_a_password() {
         );
     }
 }
+
+/// No encryption key material in any output: a running walcast at trace level with
+/// the key ring in its environment, its `--help` with the variable set, a bad key
+/// ring (the error names the line, not the key), and a consumer without the key
+/// (`tail` says which key id it lacks).
+#[tokio::test]
+async fn no_output_carries_an_encryption_key() {
+    const KEY_HEX: &str = "5ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2";
+    let (s, db) = servers_with_table(PgOptions::default()).await;
+    let ring = format!("k9:{KEY_HEX}");
+    let env = [
+        ("WALCAST_LOG", "trace"),
+        ("WALCAST_ENCRYPTION_KEYS", ring.as_str()),
+    ];
+    let args = RunArgs::new(&s, "walcast", "walcast").args(&["--encrypt", "public.t"]);
+    let mut w = Walcast::spawn_with_env(args, &env);
+    w.wait_ready().await;
+    let before = subscriptions_to(&s.nats, "walcast.>").await;
+    let tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
+        .args([
+            "tail",
+            "walcast.>",
+            "--nats-url",
+            &s.nats.url(),
+            "--count",
+            "1",
+        ])
+        .env("WALCAST_LOG", "trace")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let tail = tokio::spawn(tail);
+    wait_subscribed(&s.nats, "walcast.>", before + 1).await;
+    insert_range(&db, 1, 1).await;
+    wait_caught_up(&db, &w, Duration::from_secs(30)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bad_ring = dir.path().join("keys");
+    std::fs::write(&bad_ring, format!("k1:{}\n", &KEY_HEX[..63])).unwrap();
+    let bad_ring = bad_ring.to_string_lossy().into_owned();
+    let mut outputs = vec![("run".to_string(), w.log())];
+    for (args, env) in [
+        (vec!["run", "--help"], env.to_vec()),
+        (
+            vec![
+                "run",
+                "--postgres-url",
+                &s.pg.url(),
+                "--encrypt",
+                "public.t",
+                "--encryption-keys-file",
+                &bad_ring,
+            ],
+            vec![("WALCAST_LOG", "trace")],
+        ),
+    ] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
+            .args(&args)
+            .envs(env)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        outputs.push((args.join(" "), all));
+    }
+    assert!(
+        outputs[2].1.contains("encryption keys line 1"),
+        "{}",
+        outputs[2].1
+    );
+    let tail = tokio::time::timeout(Duration::from_secs(5), tail).await;
+    if let Ok(Ok(Ok(out))) = tail {
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            all.contains("\"k9\""),
+            "tail does not name the key id it lacks: {all}"
+        );
+        outputs.push(("tail".into(), all));
+    }
+    for (what, out) in &outputs {
+        assert!(!out.is_empty(), "{what} printed nothing");
+        assert!(
+            !out.contains(&KEY_HEX[..16]),
+            "{what} printed the key:\n{out}"
+        );
+    }
+}

@@ -1,13 +1,14 @@
 //! `walcast tail`: the envelopes of a subject pattern, one line (or JSON object) each:
 //! as they are published, or (`--stored`) what the stream holds now, the last
-//! envelope of each matching subject, then exit.
+//! envelope of each matching subject, then exit. With the key ring, encrypted rows are
+//! shown opened; without it, each is a line saying which key id it lacks.
 
 use std::collections::HashMap;
 
 use anyhow::Context;
 use futures::StreamExt;
 
-use crate::client::{envelopes, redact_url};
+use crate::client::{envelopes_with, redact_url};
 use crate::config::TailConfig;
 use crate::state::{StateStore, STORED_PAGE};
 use crate::wire::{codec, Envelope, Lsn};
@@ -23,7 +24,7 @@ pub(super) async fn tail(cfg: TailConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot subscribe to {}", cfg.pattern))?;
     client.flush().await.context("NATS flush")?;
     eprintln!("tailing {} on {}", cfg.pattern, redact_url(&cfg.nats.url));
-    let mut received = envelopes(sub);
+    let mut received = envelopes_with(sub, cfg.keys()?.map(std::sync::Arc::new));
     let mut seen = 0u64;
     // Replays (after an outage or a restart walcast publishes unconfirmed changes
     // again, same bytes and sequence) are dropped, as a consumer does.
@@ -54,7 +55,8 @@ pub(super) async fn tail(cfg: TailConfig) -> anyhow::Result<()> {
 /// direct gets; then exit.
 async fn stored(cfg: TailConfig, client: async_nats::Client) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(client);
-    let Some(store) = StateStore::reading(js, &cfg.pattern).await? else {
+    let keys = cfg.keys()?.map(std::sync::Arc::new);
+    let Some(store) = StateStore::reading(js, &cfg.pattern, keys).await? else {
         anyhow::bail!(
             "no JetStream stream on {} holds {}: --stored reads walcast's stream (none with --delivery core; check --subject-prefix)",
             redact_url(&cfg.nats.url),

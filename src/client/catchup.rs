@@ -21,6 +21,7 @@ use futures::{Stream, StreamExt};
 use super::stream::StoredEnvelope;
 use super::{ClientError, Envelope};
 use crate::wire::key::{subject_for_key, subject_for_table};
+use crate::wire::seal::Keyring;
 use crate::wire::Op;
 
 /// How long a page waits for a message the consumer said was pending.
@@ -38,6 +39,9 @@ pub struct ChangeFilter {
     /// Keys matching this pattern only: `*` stands for any run of characters
     /// (`public.orders:42*`).
     pub key_pattern: Option<String>,
+    /// The keys encrypted rows are opened with (`None`: an encrypted row is an error
+    /// that says so).
+    pub keyring: Option<std::sync::Arc<Keyring>>,
 }
 
 impl ChangeFilter {
@@ -189,7 +193,7 @@ pub async fn changes_since(
             Ok(None) => return Err(nats(&"the consumer ended")),
             Err(_) => return Err(nats(&"no message within 10 s though some were pending")),
         };
-        let (stored, pending) = read_message(&msg)?;
+        let (stored, pending) = read_message(&msg, filter.keyring.as_deref())?;
         page.next = stored.stream_sequence;
         page.has_more = pending > 0;
         if filter.accepts(&stored.envelope) {
@@ -220,7 +224,7 @@ pub async fn follow_since(
         .map_err(|e| ClientError::Nats(format!("follow: {e}")))?;
     Ok(messages.filter_map(move |m| {
         let out = match m {
-            Ok(msg) => read_message(&msg)
+            Ok(msg) => read_message(&msg, filter.keyring.as_deref())
                 .map(|(stored, _)| stored)
                 .map(|s| filter.accepts(&s.envelope).then_some(s))
                 .transpose(),
@@ -233,12 +237,13 @@ pub async fn follow_since(
 /// A message of an ordered consumer: its envelope, and how many more the consumer had.
 fn read_message(
     msg: &async_nats::jetstream::Message,
+    keys: Option<&Keyring>,
 ) -> Result<(StoredEnvelope, u64), ClientError> {
     let info = msg
         .info()
         .map_err(|e| ClientError::Nats(format!("message info: {e}")))?;
     let (seq, pending) = (info.stream_sequence, info.pending);
-    let stored = StoredEnvelope::from_parts(&msg.payload, msg.headers.as_ref(), seq)
+    let stored = StoredEnvelope::from_parts(&msg.payload, msg.headers.as_ref(), seq, keys)
         .map_err(|e| ClientError::Decode(format!("stream sequence {seq}: {e}")))?;
     Ok((stored, pending))
 }

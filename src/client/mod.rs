@@ -47,7 +47,8 @@ pub use in_process::InProcessTransport;
 pub use nats::NatsTransport;
 pub use replica::{Refetch, Replica, ReplicaMeta, ReplicaOptions, ReplicaStats, Status};
 pub use stream::{
-    envelopes, last_envelope, refetch_from_stream, refetch_from_walcast, Received, StoredEnvelope,
+    envelopes, envelopes_with, last_envelope, last_envelope_with, refetch_from_stream,
+    refetch_from_walcast, Received, StoredEnvelope,
 };
 pub use url::{connect, connect_with_auth, redact_url, NatsAuth, NatsUrl};
 

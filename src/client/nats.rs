@@ -11,9 +11,10 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 
-use super::stream::envelopes;
+use super::stream::envelopes_with;
 use super::{subscription, ClientError, Envelope, LocalSubscriber, Subscription, Transport};
 use crate::wire::key::{subject_for_key, subject_for_table};
+use crate::wire::seal::Keyring;
 
 struct Shared {
     /// subject → its local subscribers and the task reading its NATS subscription.
@@ -35,6 +36,8 @@ pub struct NatsTransport {
     shared: Arc<Shared>,
     next_id: Arc<AtomicU64>,
     queue_capacity: usize,
+    /// Opens the rows of encrypted tables.
+    keys: Option<Arc<Keyring>>,
 }
 
 impl NatsTransport {
@@ -49,7 +52,15 @@ impl NatsTransport {
             }),
             next_id: Arc::default(),
             queue_capacity,
+            keys: None,
         }
+    }
+
+    /// Open the envelopes of encrypted tables with `keys` (docs/encryption.md);
+    /// without them such envelopes count as undecodable, with the reason logged.
+    pub fn with_keys(mut self, keys: Arc<Keyring>) -> Self {
+        self.keys = Some(keys);
+        self
     }
 
     /// Messages received that did not decode as envelopes (skipped).
@@ -88,7 +99,7 @@ impl NatsTransport {
                 None => {
                     let subscribers = Arc::new(Mutex::new(vec![local]));
                     let reader = tokio::spawn(read_subject(
-                        nats_sub,
+                        envelopes_with(nats_sub, self.keys.clone()),
                         subscribers.clone(),
                         self.shared.clone(),
                     ));
@@ -124,11 +135,10 @@ impl NatsTransport {
 }
 
 async fn read_subject(
-    nats_sub: async_nats::Subscriber,
+    mut received: impl futures::Stream<Item = super::Received> + Unpin,
     subscribers: Arc<Mutex<Vec<LocalSubscriber>>>,
     shared: Arc<Shared>,
 ) {
-    let mut received = envelopes(nats_sub);
     while let Some(msg) = received.next().await {
         match msg.envelope {
             Ok(env) => {

@@ -10,6 +10,7 @@ use futures::{Stream, StreamExt};
 
 use super::{ClientError, Envelope};
 use crate::wire::key::{refetch_subject, subject_for_key, REFETCH_ERROR_HEADER, REFETCH_NOT_FOUND};
+use crate::wire::seal::Keyring;
 use crate::wire::{codec, DecodeEnvelopeError, Position, POSITION_HEADER};
 
 /// A key's last envelope as the stream holds it.
@@ -23,19 +24,30 @@ pub struct StoredEnvelope {
 }
 
 impl StoredEnvelope {
-    /// Decode a message read from the stream.
+    /// Decode a message read from the stream (encrypted rows are an error: see
+    /// [`StoredEnvelope::read_with`]).
     pub fn read(msg: StreamMessage) -> Result<Self, DecodeEnvelopeError> {
-        Self::from_parts(&msg.payload, Some(&msg.headers), msg.sequence)
+        Self::read_with(msg, None)
     }
 
-    /// Decode a stored message from its payload, headers and stream sequence.
+    /// Decode a message read from the stream, opening encrypted rows with `keys`.
+    pub fn read_with(
+        msg: StreamMessage,
+        keys: Option<&Keyring>,
+    ) -> Result<Self, DecodeEnvelopeError> {
+        Self::from_parts(&msg.payload, Some(&msg.headers), msg.sequence, keys)
+    }
+
+    /// Decode a stored message from its payload, headers and stream sequence, opening
+    /// encrypted rows with `keys`.
     pub fn from_parts(
         payload: &[u8],
         headers: Option<&async_nats::HeaderMap>,
         stream_sequence: u64,
+        keys: Option<&Keyring>,
     ) -> Result<Self, DecodeEnvelopeError> {
         Ok(StoredEnvelope {
-            envelope: codec::decode(payload)?,
+            envelope: codec::decode_with(payload, keys)?,
             position: headers
                 .and_then(|h| h.get(POSITION_HEADER))
                 .and_then(|v| Position::from_header(v.as_str())),
@@ -52,13 +64,24 @@ pub async fn last_envelope(
     prefix: &str,
     key: &str,
 ) -> Result<Option<StoredEnvelope>, ClientError> {
+    last_envelope_with(js, stream, prefix, key, None).await
+}
+
+/// [`last_envelope`], opening an encrypted row with `keys`.
+pub async fn last_envelope_with(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    prefix: &str,
+    key: &str,
+    keys: Option<&Keyring>,
+) -> Result<Option<StoredEnvelope>, ClientError> {
     let subject = subject_for_key(prefix, key).map_err(|e| ClientError::Key(key.to_string(), e))?;
     let stream = js
         .get_stream(stream)
         .await
         .map_err(|e| ClientError::Refetch(e.to_string()))?;
     match stream.direct_get_last_for_subject(subject).await {
-        Ok(msg) => StoredEnvelope::read(msg)
+        Ok(msg) => StoredEnvelope::read_with(msg, keys)
             .map(Some)
             .map_err(|e| ClientError::Refetch(e.to_string())),
         Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
@@ -123,8 +146,17 @@ pub struct Received {
 /// message under walcast's prefix is an envelope; anything else shows as a decoding
 /// error).
 pub fn envelopes(sub: async_nats::Subscriber) -> impl Stream<Item = Received> + Send + Unpin {
-    sub.map(|msg| Received {
-        envelope: codec::decode(&msg.payload),
+    envelopes_with(sub, None)
+}
+
+/// [`envelopes`], opening encrypted rows with `keys` (without them, or with the wrong
+/// ones, an encrypted envelope is a decoding error that says so).
+pub fn envelopes_with(
+    sub: async_nats::Subscriber,
+    keys: Option<std::sync::Arc<Keyring>>,
+) -> impl Stream<Item = Received> + Send + Unpin {
+    sub.map(move |msg| Received {
+        envelope: codec::decode_with(&msg.payload, keys.as_deref()),
         subject: msg.subject,
         payload: msg.payload,
     })

@@ -19,8 +19,8 @@ pub struct ConfigFileError {
 /// `WALCAST_CONFIG`) as the defaults of the flags it names: clap then gives a flag
 /// precedence over its variable, and the variable over the file. Top-level keys are
 /// the flag names with `_` (`postgres_url = "..."`); `[tables."schema.table"]`
-/// sections take `sequence_column`, `include_columns`, `exclude_columns`, `ops` and
-/// `delete_ttl`.
+/// sections take `sequence_column`, `include_columns`, `exclude_columns`, `ops`,
+/// `delete_ttl`, `compress` (bytes), `encrypt` (true) and `encrypt_columns`.
 /// A bad command line exits the process with clap's message, as `Cli::parse` does.
 pub fn parse_command_line(args: &[std::ffi::OsString]) -> Result<Cli, ConfigFileError> {
     let mut command = <Cli as clap::CommandFactory>::command();
@@ -232,6 +232,17 @@ fn table_sections(
                 "exclude_columns" | "exclude_column" => ("exclude-column", list(v)),
                 "ops" => ("ops", vec![list(v).join("+")]),
                 "delete_ttl" => ("delete-ttl", list(v)),
+                "compress" => ("compress", list(v)),
+                "encrypt_columns" | "encrypt_column" => ("encrypt-column", list(v)),
+                "encrypt" => {
+                    if v.as_bool() != Some(true) {
+                        let problem = format!("tables.\"{name}\".encrypt: expected true (leave it out for a table in the clear)");
+                        return Err((path(&["tables", name, "encrypt"]), problem));
+                    }
+                    let names = defaults.entry("encrypt".to_string()).or_default();
+                    names.push(name.clone());
+                    continue;
+                }
                 other => {
                     let known = [
                         "sequence_column",
@@ -239,6 +250,9 @@ fn table_sections(
                         "exclude_columns",
                         "ops",
                         "delete_ttl",
+                        "compress",
+                        "encrypt",
+                        "encrypt_columns",
                     ];
                     let meant = closest(other, known)
                         .map(|m| format!(" (did you mean {m:?}?)"))
@@ -297,6 +311,21 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(run.slot, "fromflag");
+    }
+
+    #[test]
+    fn tables_sections_compress_and_encrypt() {
+        let toml = "postgres_url = \"postgres://u@h/db\"\n[tables.\"public.docs\"]\ncompress = 512\nencrypt = true\nencrypt_columns = [\"ssn\"]\n";
+        let Command::Run(run) = parse_with_file(toml, &["run"]).unwrap().command else {
+            panic!("not run")
+        };
+        let tables = crate::config::tables::table_settings(&run);
+        let docs = &tables["public.docs"];
+        assert_eq!((docs.compress_min, docs.encrypt), (Some(512), true));
+        assert_eq!(docs.encrypt_columns, vec!["ssn".to_string()]);
+        let bad = "[tables.\"public.docs\"]\nencrypt = \"yes\"\n";
+        let e = parse_with_file(bad, &["run"]).unwrap_err().to_string();
+        assert!(e.contains("encrypt: expected true"), "{e}");
     }
 
     #[test]

@@ -31,8 +31,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::wire::Op;
 use parse::{
     parse_listen_addr, parse_millis, parse_prefix, parse_seconds, parse_seconds_or_off,
-    parse_slot_name, parse_subject_pattern, parse_table_ops, parse_table_seconds,
-    parse_table_value,
+    parse_slot_name, parse_subject_pattern, parse_table_bytes, parse_table_name, parse_table_ops,
+    parse_table_seconds, parse_table_value,
 };
 
 /// walcast: PostgreSQL logical replication to per-key MessagePack envelopes on NATS.
@@ -260,6 +260,35 @@ pub struct RunConfig {
     /// TTL). Refused for tracked tables: their last envelope is the key's sequence.
     #[arg(long = "delete-ttl", env = "WALCAST_DELETE_TTL", value_delimiter = ',', value_parser = parse_table_seconds)]
     pub delete_ttls: Vec<(String, Duration)>,
+    /// Compress a table's rows (zstd) whose encoding is at least this many bytes, as
+    /// `schema.table=bytes` (repeatable); the envelope says so (`compression`).
+    #[arg(long = "compress", env = "WALCAST_COMPRESS", value_delimiter = ',', value_parser = parse_table_bytes)]
+    pub compress: Vec<(String, usize)>,
+    /// Encrypt a table's rows end to end (AES-256-GCM) under the newest key of the
+    /// key ring, as `schema.table` (repeatable); key, subject, op and sequence stay
+    /// clear (docs/encryption.md).
+    #[arg(long = "encrypt", env = "WALCAST_ENCRYPT", value_delimiter = ',', value_parser = parse_table_name)]
+    pub encrypt: Vec<String>,
+    /// Encrypt only this column of a table, as `schema.table=column` (repeatable): each
+    /// chosen column's value is sealed on its own; the rest of the row stays clear.
+    #[arg(long = "encrypt-column", env = "WALCAST_ENCRYPT_COLUMN", value_delimiter = ',', value_parser = parse_table_value)]
+    pub encrypt_columns: Vec<(String, String)>,
+    /// A file holding the encryption key ring: one `<id>:<64 hex digits>` a line,
+    /// oldest first; the newest encrypts, every one decrypts.
+    #[arg(long = "encryption-keys-file", env = "WALCAST_ENCRYPTION_KEYS_FILE")]
+    pub encryption_keys_file: Option<std::path::PathBuf>,
+    /// The key ring itself (same form; lines separated by newlines or `;`), for an
+    /// environment variable: never on the command line, where `ps` shows it.
+    #[arg(
+        long = "encryption-keys",
+        env = "WALCAST_ENCRYPTION_KEYS",
+        hide_env_values = true
+    )]
+    pub encryption_keys: Option<SecretText>,
+    /// JetStream's own compression of the stream's files: `none` or `s2` (applies when
+    /// walcast creates or updates the stream).
+    #[arg(long, env = "WALCAST_STREAM_COMPRESSION", value_enum, default_value_t = StreamCompression::None)]
+    pub stream_compression: StreamCompression,
     /// Publish only these columns of a table, as `schema.table=column` (repeatable).
     #[arg(long = "include-column", env = "WALCAST_INCLUDE_COLUMN", value_delimiter = ',', value_parser = parse_table_value)]
     pub include_columns: Vec<(String, String)>,
@@ -288,6 +317,30 @@ pub struct RunConfig {
     /// Bytes kept for unchanged-TOAST columns of tables without REPLICA IDENTITY FULL.
     #[arg(long, env = "WALCAST_TOAST_CACHE_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub toast_cache_bytes: usize,
+}
+
+/// A secret given as text (the encryption key ring): never shown by `Debug`.
+#[derive(Clone)]
+pub struct SecretText(pub String);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for SecretText {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(SecretText(s.to_string()))
+    }
+}
+
+/// JetStream's compression of the stream's files (`--stream-compression`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StreamCompression {
+    None,
+    S2,
 }
 
 /// How to reach NATS: the URL(s) and what authenticates beyond them.
@@ -353,6 +406,28 @@ pub struct TailConfig {
     /// from JetStream) and exit, instead of following new envelopes.
     #[arg(long)]
     pub stored: bool,
+    /// The encryption key ring file, to show encrypted tables' rows (as `run` takes it).
+    #[arg(long = "encryption-keys-file", env = "WALCAST_ENCRYPTION_KEYS_FILE")]
+    pub encryption_keys_file: Option<std::path::PathBuf>,
+    /// The key ring as text (lines separated by `;`), for the environment variable.
+    #[arg(
+        long = "encryption-keys",
+        env = "WALCAST_ENCRYPTION_KEYS",
+        hide_env_values = true
+    )]
+    pub encryption_keys: Option<SecretText>,
+}
+
+impl TailConfig {
+    /// The key ring, when given (`None` otherwise); an error names the line, never a key.
+    pub fn keys(&self) -> Result<Option<crate::wire::seal::Keyring>, crate::wire::seal::SealError> {
+        use crate::wire::seal::Keyring;
+        match (&self.encryption_keys_file, &self.encryption_keys) {
+            (Some(path), _) => Keyring::from_file(path).map(Some),
+            (None, Some(text)) => Keyring::parse(&text.0.replace(';', "\n")).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 #[cfg(test)]

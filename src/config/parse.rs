@@ -86,6 +86,25 @@ pub(super) fn parse_table_seconds(s: &str) -> Result<(String, Duration), String>
     }
 }
 
+/// `schema.table=bytes` (`--compress`: the smallest row encoding compressed).
+pub(super) fn parse_table_bytes(s: &str) -> Result<(String, usize), String> {
+    let (table, bytes) = parse_table_value(s)?;
+    let bytes = bytes
+        .parse::<usize>()
+        .map_err(|_| format!("{s:?}: expected schema.table=<bytes>"))?;
+    Ok((table, bytes))
+}
+
+/// `schema.table` (`--encrypt`).
+pub(super) fn parse_table_name(s: &str) -> Result<String, String> {
+    match s.split_once('.') {
+        Some((schema, table)) if !schema.is_empty() && !table.is_empty() && !s.contains('=') => {
+            Ok(s.to_string())
+        }
+        _ => Err(format!("{s:?}: expected schema.table")),
+    }
+}
+
 pub(super) fn parse_table_ops(s: &str) -> Result<(String, Vec<Op>), String> {
     let (table, ops) = parse_table_value(s)?;
     let ops = ops

@@ -14,6 +14,7 @@ use crate::sink::sync::FlushSettings;
 use crate::sink::SinkSettings;
 use crate::source::{ConnectParams, SourceError, SourceSettings};
 use crate::state::StreamSettings;
+use crate::wire::seal::Keyring;
 
 /// Every stage's settings, resolved from `walcast run`'s flags.
 #[derive(Debug, Clone)]
@@ -33,6 +34,7 @@ pub struct RunSettings {
 impl RunConfig {
     /// Resolve the flags into each stage's settings (the PostgreSQL URL parsed once).
     pub fn resolve(&self) -> Result<RunSettings, SourceError> {
+        let keys = self.encryption_keys()?.map(std::sync::Arc::new);
         Ok(RunSettings {
             source: self.source_settings()?,
             nats: NatsSettings {
@@ -49,7 +51,10 @@ impl RunConfig {
                     confirm_timeout: self.confirm_timeout,
                 },
                 subject_prefix: self.subject_prefix.clone(),
-                stream: self.stream_settings(),
+                stream: StreamSettings {
+                    keys: keys.clone(),
+                    ..self.stream_settings()
+                },
             },
             envelope: EnvelopeSettings {
                 subject_prefix: self.subject_prefix.clone(),
@@ -58,6 +63,7 @@ impl RunConfig {
                 oversize: self.oversize,
                 tables: table_settings(self),
                 stream_window: !self.stream_max_age.is_zero() || self.stream_max_bytes > 0,
+                keys,
             },
             reader: ReaderSettings {
                 publish_linger: self.publish_linger,
@@ -94,6 +100,23 @@ impl RunConfig {
         })
     }
 
+    /// The encryption key ring (`--encryption-keys-file` or `--encryption-keys`);
+    /// `None` when neither is given. An error names the line, never a key.
+    pub fn encryption_keys(&self) -> Result<Option<Keyring>, SourceError> {
+        let ring = match (&self.encryption_keys_file, &self.encryption_keys) {
+            (Some(_), Some(_)) => {
+                return Err(SourceError::Config(
+                    "give the encryption keys once: --encryption-keys-file or WALCAST_ENCRYPTION_KEYS, not both".into(),
+                ))
+            }
+            (Some(path), None) => Keyring::from_file(path),
+            (None, Some(text)) => Keyring::parse(&text.0.replace(';', "\n")),
+            (None, None) => return Ok(None),
+        };
+        ring.map(Some)
+            .map_err(|e| SourceError::Config(e.to_string()))
+    }
+
     /// The JetStream streams walcast keeps.
     pub fn stream_settings(&self) -> StreamSettings {
         StreamSettings {
@@ -107,6 +130,8 @@ impl RunConfig {
             replicas: usize::from(self.stream_replicas),
             placement_cluster: self.stream_cluster.clone(),
             placement_tags: self.stream_tags.clone(),
+            compression: self.stream_compression == super::StreamCompression::S2,
+            keys: None,
         }
     }
 

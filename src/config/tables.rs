@@ -1,5 +1,5 @@
 //! The per-table settings (`--column-sequence`, `--include-column`, `--exclude-column`,
-//! `--ops`, `--delete-ttl`, or `[tables."schema.table"]` in the file), gathered once into one map, and
+//! `--ops`, `--delete-ttl`, `--compress`, `--encrypt`, `--encrypt-column`, or `[tables."schema.table"]` in the file), gathered once into one map, and
 //! checked against the publication's tables and columns.
 
 use std::collections::HashMap;
@@ -31,6 +31,18 @@ pub fn table_settings(cfg: &RunConfig) -> TableSettingsMap {
     }
     for (t, ttl) in &cfg.delete_ttls {
         out.entry(t.clone()).or_default().delete_ttl = Some(*ttl);
+    }
+    for (t, bytes) in &cfg.compress {
+        out.entry(t.clone()).or_default().compress_min = Some(*bytes);
+    }
+    for t in &cfg.encrypt {
+        out.entry(t.clone()).or_default().encrypt = true;
+    }
+    for (t, c) in &cfg.encrypt_columns {
+        out.entry(t.clone())
+            .or_default()
+            .encrypt_columns
+            .push(c.clone());
     }
     for (t, ops) in &cfg.ops {
         out.entry(t.clone())
@@ -82,7 +94,8 @@ pub fn settings_problems(
             .sequence_column
             .iter()
             .chain(s.include_columns.iter().flatten())
-            .chain(&s.exclude_columns);
+            .chain(&s.exclude_columns)
+            .chain(&s.encrypt_columns);
         for column in named {
             if !have.contains(column) {
                 problems.push(format!(

@@ -56,6 +56,8 @@ pub struct EnvelopeBuilder {
     pub(super) encode_buffer: EncodeBuffer,
     /// The stream has an age or size window: tracked tables are refused.
     stream_window: bool,
+    /// The encryption keys, for the tables that are encrypted.
+    keys_ring: Option<std::sync::Arc<crate::wire::seal::Keyring>>,
 }
 
 impl EnvelopeBuilder {
@@ -71,6 +73,7 @@ impl EnvelopeBuilder {
             histories: HashMap::new(),
             default_mode,
             tables: settings.tables,
+            keys_ring: settings.keys,
             keys: KeyStateCache::new(key_cache, authoritative),
             toast: ToastCache::new(settings.toast_cache_bytes),
             pending_toast: None,
@@ -138,6 +141,7 @@ impl EnvelopeBuilder {
         }
         let published = settings.published_columns(&columns);
         let missing_setting_columns = settings.missing_columns(&columns);
+        let seal = settings.seal_plan(self.keys_ring.as_deref(), &columns, &qualified)?;
         let shape = TableShape { columns, key };
         let previous = self.relations.get(&id).map(|r| r.version);
         let at = self.tx.map_or(self.catalog_position, |t| t.commit_lsn);
@@ -162,6 +166,7 @@ impl EnvelopeBuilder {
             published,
             ops: settings.ops,
             delete_ttl: settings.delete_ttl,
+            seal,
             shape,
         };
         self.relations.insert(id, rel);

@@ -9,7 +9,7 @@ use super::toast_fill::{effective, full_old};
 use super::{EnvelopeBuilder, EnvelopeError, Need, Outgoing, Relation};
 use crate::decode::pgoutput::{OldTuple, TupleValue};
 use crate::decode::value::parse_text;
-use crate::wire::codec::{self, EnvelopeRef, RowRef};
+use crate::wire::codec::{EnvelopeRef, RowRef};
 use crate::wire::{Lsn, Op, Timestamp, Value};
 
 /// An update's old key and subject when it changed the key.
@@ -203,8 +203,13 @@ impl EnvelopeBuilder {
             xid: None,
             tx_index: None,
             before: None,
+            compression: None,
+            key_id: None,
+            sealed_columns: None,
         };
-        Ok(Some(codec::encode(&envelope)?))
+        let mut out = Vec::with_capacity(256);
+        super::seal::encode_to(&mut out, rel.seal.as_ref(), &envelope)?;
+        Ok(Some(out))
     }
 
     fn delete(

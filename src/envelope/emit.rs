@@ -1,13 +1,13 @@
 //! The last step of every change: its position in the WAL order, its sequence, its
-//! envelope encoded exactly once, checked against the size limit, and queued for the
+//! envelope encoded exactly once (its rows sealed as the table says), checked against the size limit, and queued for the
 //! sink as an [`Outgoing`].
 
 use bytes::{Bytes, BytesMut};
 
 use super::sequence::{KeyState, Lookup, Position};
 use super::size::{fit_size, fits, message_id};
-use super::{EnvelopeBuilder, EnvelopeError};
-use crate::wire::codec::{self, EnvelopeRef, Op, RowRef};
+use super::{EnvelopeBuilder, EnvelopeError, SealPlan};
+use crate::wire::codec::{EnvelopeRef, Op, RowRef};
 use crate::wire::Value;
 
 /// One encoded envelope ready for the sink.
@@ -55,15 +55,16 @@ impl EncodeBuffer {
     }
 
     /// `envelope` encoded, as an exact-size view of the current block.
-    fn encode<V: serde::Serialize>(
+    fn encode<C: AsRef<str>>(
         &mut self,
-        envelope: &EnvelopeRef<'_, V>,
+        seal: Option<&SealPlan>,
+        envelope: &EnvelopeRef<'_, RowRef<'_, C>>,
     ) -> Result<Bytes, EnvelopeError> {
         if self.encoded.capacity() < ENCODE_BLOCK / 8 {
             self.encoded.reserve(ENCODE_BLOCK);
         }
         self.scratch.clear();
-        codec::encode_to(&mut self.scratch, envelope)?;
+        super::seal::encode_to(&mut self.scratch, seal, envelope)?;
         self.encoded.extend_from_slice(&self.scratch);
         Ok(self.encoded.split().freeze())
     }
@@ -72,16 +73,16 @@ impl EncodeBuffer {
 /// An envelope encoded as it is published: without its `before` when only that makes
 /// it too large for NATS (a courtesy is left out rather than fail the change), then
 /// as `--oversize` says (`limit`: `max_payload` and whether to mark; `true`: marked).
-fn encode_fitted<V: serde::Serialize>(
-    buffer: &mut EncodeBuffer,
+fn encode_fitted<C: AsRef<str>>(
+    (buffer, seal): (&mut EncodeBuffer, Option<&SealPlan>),
     (max_payload, marker): (usize, bool),
-    mut envelope: EnvelopeRef<'_, V>,
+    mut envelope: EnvelopeRef<'_, RowRef<'_, C>>,
     msg_id: &str,
 ) -> Result<(Bytes, bool), EnvelopeError> {
-    let mut payload = buffer.encode(&envelope)?;
+    let mut payload = buffer.encode(seal, &envelope)?;
     if envelope.before.is_some() && !fits(max_payload, &payload, msg_id) {
         envelope.before = None;
-        payload = buffer.encode(&envelope)?;
+        payload = buffer.encode(seal, &envelope)?;
     }
     fit_size(max_payload, marker, payload, &envelope, msg_id)
 }
@@ -135,12 +136,16 @@ impl EnvelopeBuilder {
             xid: in_tx.then_some(tx.xid),
             tx_index: in_tx.then_some(position.ordinal),
             before: row.before.map(row_ref),
+            compression: None,
+            key_id: None,
+            sealed_columns: None,
         };
         // Column mode repeats a key's sequences after a delete: the id names the commit
         // too, so only a replay (same commit) is a duplicate.
         let msg_id = message_id(&key, sequence, column_seq.map(|_| tx.commit_lsn));
         let limit = (self.max_payload, self.oversize_marker);
-        let (payload, marked) = encode_fitted(&mut self.encode_buffer, limit, envelope, &msg_id)?;
+        let encoder = (&mut self.encode_buffer, rel.seal.as_ref());
+        let (payload, marked) = encode_fitted(encoder, limit, envelope, &msg_id)?;
         self.oversize_markers += u64::from(marked);
         let ttl = rel.delete_ttl.filter(|_| op == Op::Delete);
         out.push(Outgoing {

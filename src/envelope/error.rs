@@ -49,6 +49,8 @@ pub enum EnvelopeError {
         bytes: usize,
         max: usize,
     },
+    #[error("table {0} is to be encrypted (--encrypt) but no encryption key is given (--encryption-keys-file or WALCAST_ENCRYPTION_KEYS)")]
+    NoEncryptionKey(String),
     #[error("decoding a row value again failed: {0}")]
     Decode(String),
     #[error("encoding the envelope failed: {0}")]

@@ -16,7 +16,8 @@
 //! - `change.rs`: Insert, Update, Delete and snapshot rows;
 //! - `toast_fill.rs`: unchanged-TOAST values, found, asked for, provided, remembered;
 //! - `emit.rs`: the last step of every change: position, sequence, encoding,
-//!   [`Outgoing`]; `size.rs`: the NATS size limit and the message id;
+//!   [`Outgoing`]; `size.rs`: the NATS size limit and the message id; `seal.rs`: rows
+//!   compressed and encrypted per table ([`SealPlan`]);
 //! - `need.rs`: what the caller is asked for ([`Need`]); `lookahead.rs`: what
 //!   changes still in the read buffer will ask for, found ahead; `error.rs`:
 //!   [`EnvelopeError`]; `settings.rs`: the stage's settings ([`EnvelopeSettings`]) and per-table
@@ -30,6 +31,7 @@ mod lookahead;
 mod need;
 mod relation;
 pub mod schema;
+mod seal;
 pub mod sequence;
 mod settings;
 mod size;
@@ -41,6 +43,7 @@ pub use emit::Outgoing;
 pub use error::EnvelopeError;
 pub use need::{Need, RowVersion, ToastNeeded, ToastSource};
 pub use relation::{Relation, RelationUpdate};
+pub use seal::SealPlan;
 pub use settings::{EnvelopeSettings, Oversize, TableSettings};
 pub use toast_fill::marked_in;
 

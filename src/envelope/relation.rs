@@ -34,6 +34,8 @@ pub struct Relation {
     pub(super) ops: Option<Vec<Op>>,
     /// How long its `delete` envelopes stay in the stream (`None`: for good).
     pub(super) delete_ttl: Option<std::time::Duration>,
+    /// How its rows are compressed and encrypted (`None`: in the clear, as is).
+    pub(super) seal: Option<super::SealPlan>,
 }
 
 /// What a Relation message changed.

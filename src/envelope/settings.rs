@@ -5,8 +5,11 @@
 use std::collections::HashMap;
 
 use super::schema::Column;
+use super::seal::SealedColumns;
 use super::EnvelopeError;
+use super::SealPlan;
 use crate::wire::codec::Op;
+use crate::wire::seal::Keyring;
 
 /// What to do with an envelope larger than the NATS server's `max_payload`
 /// (`--oversize`).
@@ -34,6 +37,9 @@ pub struct EnvelopeSettings {
     /// The stream lets envelopes go by age or size (`--stream-max-age`,
     /// `--stream-max-bytes`): tracked tables are refused.
     pub stream_window: bool,
+    /// The encryption keys (`--encryption-keys-file`, `WALCAST_ENCRYPTION_KEYS`):
+    /// the newest seals the tables with `encrypt`.
+    pub keys: Option<std::sync::Arc<Keyring>>,
 }
 
 /// Per-table settings: sequence column, published columns, published ops.
@@ -49,6 +55,12 @@ pub struct TableSettings {
     pub ops: Option<Vec<Op>>,
     /// Column mode only: `delete` envelopes leave the stream after this long.
     pub delete_ttl: Option<std::time::Duration>,
+    /// Compress rows whose encoding is at least this many bytes (`--compress`).
+    pub compress_min: Option<usize>,
+    /// Encrypt the rows under the key ring's newest key (`--encrypt`).
+    pub encrypt: bool,
+    /// Encrypt only these columns, each on its own (`--encrypt-column`).
+    pub encrypt_columns: Vec<String>,
 }
 
 impl TableSettings {
@@ -71,6 +83,50 @@ impl TableSettings {
         }
     }
 
+    /// How the table's rows are sealed (`None`: neither compressed nor encrypted);
+    /// an error when it must be encrypted and there is no key.
+    pub(super) fn seal_plan(
+        &self,
+        keys: Option<&Keyring>,
+        columns: &[Column],
+        qualified: &str,
+    ) -> Result<Option<SealPlan>, EnvelopeError> {
+        let by_column = !self.encrypt && !self.encrypt_columns.is_empty();
+        if self.compress_min.is_none() && !self.encrypt && !by_column {
+            return Ok(None);
+        }
+        let newest = || {
+            keys.and_then(Keyring::newest)
+                .cloned()
+                .ok_or_else(|| EnvelopeError::NoEncryptionKey(qualified.to_string()))
+        };
+        let key = if self.encrypt { Some(newest()?) } else { None };
+        let columns = if by_column {
+            let mask: Vec<bool> = columns
+                .iter()
+                .map(|c| self.encrypt_columns.contains(&c.name))
+                .collect();
+            let names = columns
+                .iter()
+                .zip(&mask)
+                .filter(|(_, &sealed)| sealed)
+                .map(|(c, _)| c.name.clone())
+                .collect();
+            Some(SealedColumns {
+                key: newest()?,
+                mask,
+                names,
+            })
+        } else {
+            None
+        };
+        Ok(Some(SealPlan {
+            compress_min: self.compress_min,
+            key,
+            columns,
+        }))
+    }
+
     /// Which of `columns` the envelope's value carries.
     pub(super) fn published_columns(&self, columns: &[Column]) -> Vec<bool> {
         columns
@@ -90,6 +146,7 @@ impl TableSettings {
             .iter()
             .flatten()
             .chain(&self.exclude_columns)
+            .chain(&self.encrypt_columns)
             .filter(|name| !columns.iter().any(|c| &c.name == *name))
             .cloned()
             .collect()

@@ -62,6 +62,9 @@ pub(super) fn fit_size<V: serde::Serialize>(
         xid: envelope.xid,
         tx_index: envelope.tx_index,
         before: None,
+        compression: None,
+        key_id: None,
+        sealed_columns: None,
     })?;
     Ok((Bytes::from(marked), true))
 }

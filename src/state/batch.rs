@@ -95,7 +95,7 @@ impl StateStore {
         }
         let msg = StreamMessage::try_from(reply).map_err(|e| js_err("a batched get reply", e))?;
         let (subject, sequence) = (msg.subject.to_string(), msg.sequence);
-        let stored = StoredEnvelope::read(msg)
+        let stored = StoredEnvelope::read_with(msg, self.keys.as_deref())
             .map_err(|e| self.foreign(&subject, sequence, format!("not an envelope: {e}")))?;
         Ok((subject, stored))
     }

@@ -111,6 +111,8 @@ pub struct StateStore {
     last_written: Arc<std::sync::atomic::AtomicU64>,
     /// The server answers batched `multi_last` gets (2.11+).
     multi_last: bool,
+    /// Opens the envelopes of encrypted tables.
+    keys: Option<Arc<crate::wire::seal::Keyring>>,
 }
 
 impl StateStore {
@@ -123,6 +125,7 @@ impl StateStore {
             prefix: settings.prefix.clone(),
             meta_prefix: settings.meta_prefix(),
             last_written: Arc::default(),
+            keys: settings.keys.clone(),
         }
     }
 
@@ -222,7 +225,7 @@ impl StateStore {
         match self.stream.direct_get_last_for_subject(subject).await {
             Ok(msg) => {
                 let sequence = msg.sequence;
-                StoredEnvelope::read(msg)
+                StoredEnvelope::read_with(msg, self.keys.as_deref())
                     .map(Some)
                     .map_err(|e| self.foreign(subject, sequence, format!("not an envelope: {e}")))
             }

@@ -15,8 +15,13 @@ pub const STORED_PAGE: usize = batch::MULTI_LAST_MAX;
 
 impl StateStore {
     /// A store that reads the stream holding `pattern`'s subjects (walcast's envelope
-    /// stream); `None` when no stream holds them. It never writes.
-    pub async fn reading(js: Context, pattern: &str) -> Result<Option<StateStore>, StateError> {
+    /// stream); `None` when no stream holds them. It never writes. `keys` open the
+    /// envelopes of encrypted tables.
+    pub async fn reading(
+        js: Context,
+        pattern: &str,
+        keys: Option<Arc<crate::wire::seal::Keyring>>,
+    ) -> Result<Option<StateStore>, StateError> {
         let name = match js.stream_by_subject(pattern).await {
             Ok(name) => name,
             Err(e) if e.kind() == GetStreamByNameErrorKind::NotFound => return Ok(None),
@@ -48,6 +53,7 @@ impl StateStore {
             stream,
             js,
             last_written: Arc::default(),
+            keys,
         }))
     }
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::context::{Context, GetStreamErrorKind};
-use async_nats::jetstream::stream::{Config, Placement, Stream};
+use async_nats::jetstream::stream::{Compression, Config, Placement, Stream};
 
 use super::StateError;
 
@@ -32,6 +32,11 @@ pub struct StreamSettings {
     /// `--stream-tags`), passed to JetStream as they are.
     pub placement_cluster: Option<String>,
     pub placement_tags: Vec<String>,
+    /// JetStream's own s2 compression of the stream's files (`--stream-compression`).
+    pub compression: bool,
+    /// The key ring the stream's encrypted envelopes are opened with (walcast reads
+    /// its keys' last envelopes back: sequences, unchanged TOAST values).
+    pub keys: Option<std::sync::Arc<crate::wire::seal::Keyring>>,
 }
 
 impl StreamSettings {
@@ -88,6 +93,7 @@ impl StreamSettings {
             // Fast-ingest batches (nats-server 2.14+; an older server ignores it).
             allow_batch_publish: true,
             allow_message_ttl: self.message_ttl,
+            compression: self.compression.then_some(Compression::S2),
             storage: async_nats::jetstream::stream::StorageType::File,
             ..Default::default()
         }
@@ -222,6 +228,10 @@ pub async fn ensure_stream(js: &Context, settings: &StreamSettings) -> Result<St
                 enable_message_ttl(js, &mut stream, config).await?;
             }
             let config = stream.cached_info().config.clone();
+            if settings.compression && config.compression != Some(Compression::S2) {
+                enable_compression(js, &mut stream, config).await?;
+            }
+            let config = stream.cached_info().config.clone();
             if !config.allow_batch_publish {
                 enable_batches(js, &mut stream, config).await;
             }
@@ -255,6 +265,24 @@ async fn enable_batches(js: &Context, stream: &mut Stream, mut config: Config) {
             "cannot enable fast-ingest batches on the stream (allow_batched): publishing with one PubAck per message"
         ),
     }
+}
+
+/// Turn s2 compression on for an existing stream (`--stream-compression s2`): the
+/// server compresses its blocks from then on.
+async fn enable_compression(
+    js: &Context,
+    stream: &mut Stream,
+    mut config: Config,
+) -> Result<(), StateError> {
+    config.compression = Some(Compression::S2);
+    js.update_stream(config)
+        .await
+        .map_err(|e| js_err("turning on the stream's s2 compression", e))?;
+    stream
+        .info()
+        .await
+        .map_err(|e| js_err("re-reading the stream", e))?;
+    Ok(())
 }
 
 /// Turn per-message TTLs on for an existing stream (`--delete-ttl`): an error when

@@ -140,8 +140,9 @@ impl NatsServer {
         self.launch()
     }
 
-    /// The JetStream store directory (`-sd`): a test may copy it away and put the
-    /// copy back while the server is down (a host crash that lost unsynced pages).
+    /// The JetStream store directory (`-sd`): the stream's files, for tests that look
+    /// at what the server keeps on disk, or copy it away and put the copy back while
+    /// the server is down (a host crash that lost unsynced pages).
     pub fn store_dir(&self) -> PathBuf {
         self.dir.path().join("store")
     }

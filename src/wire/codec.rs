@@ -9,6 +9,7 @@
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
+use super::seal::{open_row, Field, RowOf, Sealing};
 use super::{Lsn, Timestamp, Value};
 
 /// The kind of change an envelope carries.
@@ -100,6 +101,16 @@ pub struct EnvelopeRef<'a, V: Serialize> {
     /// The row before the change (update and delete of a `REPLICA IDENTITY FULL` table).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub before: Option<V>,
+    /// `value` and `before` are zstd frames (`"zstd"`): `--compress`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compression: Option<&'a str>,
+    /// `value` and `before` are AES-256-GCM sealed under this key id: `--encrypt`
+    /// (or, with `sealed_columns`, only those columns, each on its own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<&'a str>,
+    /// The columns sealed one by one (`--encrypt-column`); absent: the whole row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sealed_columns: Option<&'a [String]>,
 }
 
 /// Why an envelope could not be encoded (a value MessagePack cannot carry).
@@ -140,6 +151,9 @@ pub enum DecodeEnvelopeError {
     Field(&'static str),
     #[error("unknown op {0:?}")]
     UnknownOp(String),
+    /// A compressed or encrypted row that could not be opened (no key, wrong key…).
+    #[error(transparent)]
+    Sealed(#[from] super::seal::SealError),
 }
 
 /// A decoded envelope, owned.
@@ -160,6 +174,10 @@ pub struct Envelope {
     /// The row before the change: updates and deletes of `REPLICA IDENTITY FULL`
     /// tables only (`None` elsewhere, and where it would not fit the size limit).
     pub before: Option<rmpv::Value>,
+    /// How the rows travelled (already opened here): compression (`"zstd"`)…
+    pub compression: Option<String>,
+    /// … and the id of the key they were encrypted under.
+    pub key_id: Option<String>,
 }
 
 impl Envelope {
@@ -172,8 +190,9 @@ impl Envelope {
             .map(|(_, v)| v)
     }
 
-    /// Encode this envelope again (byte-identical to what the publisher wrote), with
-    /// the same encoder.
+    /// Encode this envelope again (byte-identical to what the publisher wrote, for an
+    /// envelope that travelled unsealed), with the same encoder. The rows are written
+    /// in the clear: a sealed envelope re-encodes as its plain form.
     pub fn to_bytes(&self) -> Vec<u8> {
         encode(&EnvelopeRef {
             key: &self.key,
@@ -186,6 +205,9 @@ impl Envelope {
             xid: self.xid,
             tx_index: self.tx_index,
             before: self.before.as_ref(),
+            compression: None,
+            key_id: None,
+            sealed_columns: None,
         })
         .expect("a decoded envelope encodes again")
     }
@@ -199,8 +221,17 @@ pub fn timestamp_of(v: &rmpv::Value) -> Option<Timestamp> {
     }
 }
 
-/// Decode an envelope.
-pub fn decode(mut bytes: &[u8]) -> Result<Envelope, DecodeEnvelopeError> {
+/// Decode an envelope: compressed rows are inflated; an encrypted one is an error
+/// ([`DecodeEnvelopeError::Sealed`]) — use [`decode_with`] and the key ring.
+pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeEnvelopeError> {
+    decode_with(bytes, None)
+}
+
+/// Decode an envelope, opening its rows with `keys` when they are encrypted.
+pub fn decode_with(
+    mut bytes: &[u8],
+    keys: Option<&super::seal::Keyring>,
+) -> Result<Envelope, DecodeEnvelopeError> {
     let v = rmpv::decode::read_value(&mut bytes)?;
     let rmpv::Value::Map(fields) = v else {
         return Err(DecodeEnvelopeError::NotAMap);
@@ -213,6 +244,7 @@ pub fn decode(mut bytes: &[u8]) -> Result<Envelope, DecodeEnvelopeError> {
     let mut lsn = None;
     let mut commit_ts = None;
     let (mut xid, mut tx_index, mut before) = (None, None, None);
+    let (mut compression, mut key_id, mut columns) = (None, None, None);
     for (k, v) in fields {
         match k.as_str() {
             Some("key") => key = v.as_str().map(str::to_string),
@@ -228,21 +260,61 @@ pub fn decode(mut bytes: &[u8]) -> Result<Envelope, DecodeEnvelopeError> {
             Some("xid") => xid = Some(small_uint(&v, "xid")?),
             Some("tx_index") => tx_index = Some(small_uint(&v, "tx_index")?),
             Some("before") => before = Some(v),
+            Some("compression") => compression = Some(text(v, "compression")?),
+            Some("key_id") => key_id = Some(text(v, "key_id")?),
+            Some("sealed_columns") => columns = Some(texts(v, "sealed_columns")?),
             _ => {}
         }
     }
+    let key = key.ok_or(DecodeEnvelopeError::Field("key"))?;
+    let op = op.ok_or(DecodeEnvelopeError::Field("op"))?;
+    let sequence = sequence.ok_or(DecodeEnvelopeError::Field("sequence"))?;
+    let sealing = Sealing {
+        compression: compression.as_deref(),
+        key_id: key_id.as_deref(),
+        columns: columns.as_deref(),
+    };
+    let row = |field| RowOf {
+        key: &key,
+        op: op.as_str(),
+        sequence,
+        field,
+    };
+    let value = open_row(value, sealing, row(Field::Value), keys)?;
+    let before = match before {
+        Some(b) => Some(open_row(b, sealing, row(Field::Before), keys)?),
+        None => None,
+    };
     Ok(Envelope {
-        key: key.ok_or(DecodeEnvelopeError::Field("key"))?,
-        op: op.ok_or(DecodeEnvelopeError::Field("op"))?,
+        key,
+        op,
         value,
         schema_version: schema_version.ok_or(DecodeEnvelopeError::Field("schema_version"))?,
-        sequence: sequence.ok_or(DecodeEnvelopeError::Field("sequence"))?,
+        sequence,
         lsn: lsn.ok_or(DecodeEnvelopeError::Field("lsn"))?,
         commit_ts: commit_ts.ok_or(DecodeEnvelopeError::Field("commit_ts"))?,
         xid,
         tx_index,
         before,
+        compression,
+        key_id,
     })
+}
+
+/// An optional field that must be an array of str when present.
+fn texts(v: rmpv::Value, name: &'static str) -> Result<Vec<String>, DecodeEnvelopeError> {
+    match v {
+        rmpv::Value::Array(items) => items.into_iter().map(|i| text(i, name)).collect(),
+        _ => Err(DecodeEnvelopeError::Field(name)),
+    }
+}
+
+/// An optional field that must be a str when present.
+fn text(v: rmpv::Value, name: &'static str) -> Result<String, DecodeEnvelopeError> {
+    match v {
+        rmpv::Value::String(s) => s.into_str().ok_or(DecodeEnvelopeError::Field(name)),
+        _ => Err(DecodeEnvelopeError::Field(name)),
+    }
 }
 
 /// An optional field that must be a uint of 32 bits when present.

@@ -3,6 +3,7 @@
 //! - [`Op`], [`Timestamp`], [`Value`]: an envelope's vocabulary;
 //! - [`codec`]: THE encoder and decoder of envelopes (MessagePack, named fields,
 //!   `docs/envelope.md`), used by the publisher and the client alike;
+//! - [`seal`]: compressed and encrypted rows (zstd, AES-256-GCM) and the key ring;
 //! - [`key`]: the key grammar and the NATS subjects derived from keys;
 //! - [`Lsn`] and [`Position`]: WAL positions, and the `Walcast-Position` header.
 //!
@@ -13,10 +14,13 @@ pub mod json;
 pub mod key;
 mod lsn;
 mod position;
+pub mod seal;
 pub mod timestamp;
 mod value;
 
-pub use codec::{decode, encode_into, DecodeEnvelopeError, Envelope, EnvelopeRef, Op, RowRef};
+pub use codec::{
+    decode, decode_with, encode_into, DecodeEnvelopeError, Envelope, EnvelopeRef, Op, RowRef,
+};
 pub use json::Json;
 pub use lsn::{Lsn, LsnParseError};
 pub use position::{Position, POSITION_HEADER};

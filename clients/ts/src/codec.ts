@@ -25,6 +25,7 @@
 import { Unpackr, addExtension } from "msgpackr";
 import { pack } from "./msgpack.js";
 import { Timestamp } from "./timestamp.js";
+import { openColumn, openRow, type Keyring, type SealedField } from "./seal.js";
 
 export type Op = "insert" | "update" | "delete" | "snapshot" | "truncate";
 export const OPS: readonly Op[] = ["insert", "update", "delete", "snapshot", "truncate"];
@@ -53,6 +54,16 @@ export interface Envelope {
    * FULL` only; absent elsewhere.
    */
   before?: Record<string, unknown>;
+  /** How the rows travelled (already inflated here): `"zstd"`; absent when plain. */
+  compression?: string;
+  /** The id of the key the rows were encrypted under (already opened here). */
+  keyId?: string;
+}
+
+/** What {@link decode} opens encrypted rows with. */
+export interface DecodeOptions {
+  /** The key ring (`Keyring.parse` / `Keyring.fromFile`). */
+  keys?: Keyring;
 }
 
 /**
@@ -127,8 +138,12 @@ function asSafeNumber(v: unknown): number | undefined {
   return undefined;
 }
 
-/** Decode an envelope. Unknown fields are ignored. Throws {@link DecodeError}. */
-export function decode(bytes: Uint8Array): Envelope {
+/**
+ * Decode an envelope. Unknown fields are ignored. Compressed rows are inflated;
+ * encrypted ones are opened with `options.keys`. Throws {@link DecodeError} (with a
+ * clear message for an encrypted row without its key or with the wrong one).
+ */
+export function decode(bytes: Uint8Array, options: DecodeOptions = {}): Envelope {
   let v: unknown;
   try {
     v = decodeValue(bytes);
@@ -137,14 +152,45 @@ export function decode(bytes: Uint8Array): Envelope {
   }
   if (!isPlainObject(v)) throw new DecodeError("envelope is not a map");
   const field = (name: string) => new DecodeError(`envelope field ${JSON.stringify(name)} is missing or has the wrong type`);
-  const { key, op, value, schema_version, sequence, lsn, commit_ts, xid, tx_index, before } = v;
+  const { key, op, schema_version, sequence, lsn, commit_ts, xid, tx_index, compression, key_id, sealed_columns } = v;
+  let { value, before } = v;
   if (typeof key !== "string") throw field("key");
   if (typeof op !== "string") throw field("op");
   if (!OPS.includes(op as Op)) throw new DecodeError(`unknown op ${JSON.stringify(op)}`);
-  if (value !== null && value !== undefined && !isPlainObject(value)) throw field("value");
   if (typeof schema_version !== "string") throw field("schema_version");
   const seq = asSafeNumber(sequence);
   if (seq === undefined) throw field("sequence");
+  if (compression !== undefined && typeof compression !== "string") throw field("compression");
+  if (key_id !== undefined && typeof key_id !== "string") throw field("key_id");
+  if (sealed_columns !== undefined && !(Array.isArray(sealed_columns) && sealed_columns.every((c) => typeof c === "string"))) {
+    throw field("sealed_columns");
+  }
+  if (compression !== undefined || key_id !== undefined) {
+    const columns = sealed_columns as string[] | undefined;
+    const sealing = { compression, keyId: key_id, columns };
+    const open = (row: unknown, f: SealedField) => {
+      if (row === null || row === undefined) return row;
+      const of = { key, op, sequence: seq, field: f };
+      try {
+        let opened = compression !== undefined || columns === undefined ? decodeValue(openRow(row, sealing, of, options.keys)) : row;
+        if (key_id !== undefined && columns !== undefined && isPlainObject(opened)) {
+          opened = { ...opened };
+          for (const c of columns) {
+            if (c in (opened as object)) {
+              (opened as Record<string, unknown>)[c] = decodeValue(openColumn((opened as Record<string, unknown>)[c], key_id, c, of, options.keys));
+            }
+          }
+        }
+        return opened;
+      } catch (e) {
+        if (e instanceof DecodeError) throw e;
+        throw new DecodeError((e as Error).message, { cause: e });
+      }
+    };
+    value = open(value, "value");
+    before = open(before, "before");
+  }
+  if (value !== null && value !== undefined && !isPlainObject(value)) throw field("value");
   let lsnBig: bigint;
   if (typeof lsn === "number" && Number.isSafeInteger(lsn) && lsn >= 0) lsnBig = BigInt(lsn);
   else if (typeof lsn === "bigint" && lsn >= 0n) lsnBig = lsn;
@@ -166,6 +212,8 @@ export function decode(bytes: Uint8Array): Envelope {
     if (!isPlainObject(before)) throw field("before");
     env.before = before;
   }
+  if (typeof compression === "string") env.compression = compression;
+  if (typeof key_id === "string") env.keyId = key_id;
   return env;
 }
 
@@ -176,7 +224,9 @@ function uint32(v: unknown, name: string): number {
 
 /**
  * Encode an envelope as walcast does: a map of the seven fields in wire order, then
- * the optional ones present (`xid`, `tx_index`, `before`). The row values follow
+ * the optional ones present (`xid`, `tx_index`, `before`). Rows are written in the
+ * clear: an envelope that travelled compressed or encrypted encodes as its plain form
+ * (`compression` and `keyId` are not written). The row values follow
  * ./msgpack.ts (use `Float32`/`Float64` to force float widths).
  */
 export function encode(env: Envelope): Uint8Array {

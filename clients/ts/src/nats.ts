@@ -6,6 +6,7 @@
 import type { Msg, NatsConnection, NatsError } from "nats";
 import { decode, encode, type Envelope } from "./codec.js";
 import { DEFAULT_PREFIX, subjectForTable, subjectOf } from "./key.js";
+import type { Keyring } from "./seal.js";
 import {
   DEFAULT_QUEUE_CAPACITY,
   defaultHandlerErrorHook,
@@ -73,6 +74,8 @@ export interface NatsTransportOptions {
   onHandlerError?: HandlerErrorHook;
   /** Told about each message on a subscribed subject that is not an envelope (skipped). */
   onUndecodable?: (error: unknown, subject: string) => void;
+  /** Opens the rows of encrypted tables (with the default codec); without it their envelopes are undecodable, with the reason. */
+  keys?: Keyring;
 }
 
 interface SubjectEntry {
@@ -103,7 +106,8 @@ export class NatsTransport implements Transport {
   constructor(options: NatsTransportOptions) {
     this.nc = isNatsJs(options.connection) ? fromNatsConnection(options.connection) : options.connection;
     this.prefix = options.prefix ?? DEFAULT_PREFIX;
-    this.codec = options.codec ?? { encode, decode };
+    const keys = options.keys;
+    this.codec = options.codec ?? { encode, decode: (payload) => decode(payload, { keys }) };
     this.capacity = options.queueCapacity ?? DEFAULT_QUEUE_CAPACITY;
     this.onError = options.onHandlerError ?? defaultHandlerErrorHook;
     this.onUndecodable =
@@ -203,6 +207,8 @@ export interface StreamRefetchOptions {
   apiPrefix?: string;
   /** Request timeout in ms (default 5000). */
   timeoutMs?: number;
+  /** Opens the rows of encrypted tables. */
+  keys?: Keyring;
 }
 
 const textEncoder = new TextEncoder();
@@ -230,7 +236,7 @@ export async function refetchFromStream(nc: NatsConnection, key: string, options
     msg = await nc.request(`${api}.DIRECT.GET.${stream}`, body, { timeout });
   } catch (e) {
     if (!isNoResponders(e)) throw new RefetchError(`direct get of ${subject} from ${stream}: ${(e as Error).message}`, false, { cause: e });
-    return fromStreamApi(nc, `${api}.STREAM.MSG.GET.${stream}`, body, subject, stream, timeout);
+    return fromStreamApi(nc, `${api}.STREAM.MSG.GET.${stream}`, body, subject, stream, timeout, options.keys);
   }
   const h = msg.headers;
   if (h && (h.hasError || (h.code !== 0 && h.code >= 300))) {
@@ -239,7 +245,7 @@ export async function refetchFromStream(nc: NatsConnection, key: string, options
   }
   if (msg.data.length === 0) throw new RefetchError(`${stream} has no message on ${subject}`, true);
   try {
-    return decode(msg.data);
+    return decode(msg.data, { keys: options.keys });
   } catch (e) {
     throw new RefetchError(`the last message on ${subject} is not an envelope: ${(e as Error).message}`, false, { cause: e });
   }
@@ -252,6 +258,7 @@ async function fromStreamApi(
   subject: string,
   stream: string,
   timeout: number,
+  keys: Keyring | undefined,
 ): Promise<Envelope> {
   let msg: Msg;
   try {
@@ -275,7 +282,7 @@ async function fromStreamApi(
   const data = reply.message?.data;
   if (typeof data !== "string") throw new RefetchError(`${stream} has no message on ${subject}`, true);
   try {
-    return decode(new Uint8Array(Buffer.from(data, "base64")));
+    return decode(new Uint8Array(Buffer.from(data, "base64")), { keys });
   } catch (e) {
     throw new RefetchError(`the last message on ${subject} is not an envelope: ${(e as Error).message}`, false, { cause: e });
   }
@@ -296,6 +303,8 @@ export interface WalcastRefetchOptions {
   prefix?: string;
   /** Request timeout in ms (default 5000). */
   timeoutMs?: number;
+  /** Opens the row of an encrypted table. */
+  keys?: Keyring;
 }
 
 /**
@@ -317,7 +326,7 @@ export async function refetchFromWalcast(nc: NatsConnection, key: string, option
   if (refused === "not-found") throw new RefetchError(`${key} has no row`, true);
   if (refused) throw new RefetchError(`walcast: ${refused}`);
   try {
-    return decode(msg.data);
+    return decode(msg.data, { keys: options.keys });
   } catch (e) {
     throw new RefetchError(`walcast's answer for ${key} is not an envelope: ${(e as Error).message}`, false, { cause: e });
   }

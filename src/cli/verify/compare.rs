@@ -143,6 +143,8 @@ mod tests {
                 xid: None,
                 tx_index: None,
                 before: None,
+                compression: None,
+                key_id: None,
             },
             position: Some(Position {
                 commit_lsn: Lsn(at),

@@ -39,6 +39,9 @@ fn test_vectors_match_the_documentation() {
         xid: None,
         tx_index: None,
         before: None,
+        compression: None,
+        key_id: None,
+        sealed_columns: None,
     };
     let bytes = encode(&insert).unwrap();
     assert_eq!(
@@ -71,6 +74,9 @@ fn test_vectors_match_the_documentation() {
         xid: None,
         tx_index: None,
         before: None,
+        compression: None,
+        key_id: None,
+        sealed_columns: None,
     };
     let bytes = encode(&delete).unwrap();
     assert_eq!(
@@ -110,6 +116,9 @@ fn optional_fields_vector() {
         xid: Some(750),
         tx_index: Some(3),
         before: Some(row(&old)),
+        compression: None,
+        key_id: None,
+        sealed_columns: None,
     };
     let bytes = encode(&update).unwrap();
     assert_eq!(
