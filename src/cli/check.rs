@@ -145,10 +145,10 @@ async fn postgres_checks(
 
 fn server_checks(server: &ServerFacts, slot_exists: bool, r: &mut Report) {
     r.check(
-        server.server_version_num >= 140_000,
+        server.version_problem().is_none(),
         "server version",
         server.server_version.clone(),
-        "walcast needs PostgreSQL 14 or later (pgoutput messages and protocol features)",
+        "walcast needs PostgreSQL 14 or later (pgoutput's messages option, which carries the heartbeat, and protocol 2 streaming arrived in 14): upgrade the server",
     );
     r.check(
         server.wal_level == "logical",
