@@ -20,6 +20,9 @@ pub struct SourceSettings {
     pub status_interval: Duration,
     /// Create the slot again when lost although streamed from (`--recreate-slot`).
     pub recreate_slot: bool,
+    /// Ask for large transactions streamed while in progress
+    /// (`--stream-large-transactions`).
+    pub streaming: bool,
     /// Between heartbeats; zero: off (`--heartbeat-interval`).
     pub heartbeat_interval: Duration,
 }

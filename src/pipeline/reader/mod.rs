@@ -29,6 +29,7 @@ mod repair;
 mod snapshot_driver;
 mod snapshot_read;
 mod status;
+mod streamed;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,7 +50,7 @@ use crate::source::{ReplicationEvent, ReplicationStream};
 use crate::state::StateStore;
 
 use answerer::RequestAnswerer;
-use changes::Transactions;
+use changes::{Replaying, Transactions};
 use envelopes::Envelopes;
 use handover::Handover;
 use progress::{HeartbeatAge, Progress};
@@ -57,12 +58,17 @@ use publication::PublicationWatch;
 use repair::Repairs;
 use snapshot_driver::SnapshotDriver;
 use status::StatusReporter;
+use streamed::StreamBuffers;
 
 /// How the reader hands over, reports and stops (`config/` builds it from the flags).
 #[derive(Debug, Clone)]
 pub struct ReaderSettings {
     /// How long a completed transaction may wait for the next ones (`--publish-linger`).
     pub publish_linger: Duration,
+    /// Bytes of streamed, uncommitted changes held in memory (`--stream-memory`).
+    pub stream_memory: usize,
+    /// Where the rest goes (`--stream-spill-dir`).
+    pub stream_spill_dir: std::path::PathBuf,
     /// The budget of a shutdown (`--shutdown-timeout`).
     pub shutdown_timeout: Duration,
     /// Seconds between progress lines (`--progress-interval`).
@@ -104,6 +110,9 @@ pub(super) struct ChangeReader {
     handover: Handover,
     status: StatusReporter,
     txn: Transactions,
+    /// Streamed transactions in progress, and the committed one being worked through.
+    streams: StreamBuffers,
+    replay: Option<Replaying>,
     snapshot: SnapshotDriver,
     repairs: Repairs,
     answerer: RequestAnswerer,
@@ -134,6 +143,8 @@ impl ChangeReader {
             handover: Handover::new(settings.publish_linger),
             status: StatusReporter::new(metrics.clone()),
             txn: Transactions::default(),
+            streams: StreamBuffers::new(settings.stream_memory, settings.stream_spill_dir.clone()),
+            replay: None,
             snapshot: SnapshotDriver::new(
                 settings.snapshot.clone(),
                 source.slot.clone(),
@@ -205,7 +216,10 @@ impl ChangeReader {
                         permit.send(b);
                     }
                 }
-                event = stream.next_event(), if reading => {
+                _ = std::future::ready(()), if reading && self.replay.is_some() => {
+                    self.replay_some().await?;
+                }
+                event = stream.next_event(), if reading && self.replay.is_none() => {
                     let event = event?;
                     self.load_ahead(Some(&event), &stream).await?;
                     self.handle(event, &mut stream).await?;
@@ -282,7 +296,11 @@ impl ChangeReader {
         stopping: bool,
     ) -> Result<(), PipelineError> {
         let mut budget = 4096;
-        while !self.handover.is_blocked() && budget > 0 && (!stopping || self.in_transaction()) {
+        while !self.handover.is_blocked()
+            && self.replay.is_none()
+            && budget > 0
+            && (!stopping || self.in_transaction())
+        {
             budget -= 1;
             self.load_ahead_when_due(stream).await?;
             match stream.buffered_event()? {
