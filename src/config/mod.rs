@@ -172,6 +172,11 @@ pub struct RunConfig {
     /// streamed from it before (changes may be lost: every table is snapshotted again).
     #[arg(long, env = "WALCAST_RECREATE_SLOT")]
     pub recreate_slot: bool,
+    /// Create the slot with FAILOVER true (or make the existing one so) so that a
+    /// standby with sync_replication_slots keeps it, and walcast goes on from the
+    /// promoted standby (PostgreSQL 17+; refused on older servers).
+    #[arg(long, env = "WALCAST_FAILOVER_SLOT")]
+    pub failover_slot: bool,
     /// Ask PostgreSQL to stream transactions larger than its logical_decoding_work_mem
     /// while they are in progress (pgoutput protocol 2 on 14, 3 on 15, 4 on 16+)
     /// instead of spilling them to its disk until they commit; walcast holds them

@@ -86,6 +86,7 @@ impl RunConfig {
             status_interval: self.status_interval,
             recreate_slot: self.recreate_slot,
             streaming: self.stream_large_transactions,
+            failover_slot: self.failover_slot,
             heartbeat_interval: self.heartbeat_interval,
         })
     }

@@ -69,12 +69,18 @@ impl ReplicationConnection {
         })
     }
 
-    /// `CREATE_REPLICATION_SLOT <slot> LOGICAL pgoutput`: a permanent slot. Returns the
-    /// consistent point.
-    pub async fn create_slot(&mut self, slot: &str) -> Result<Lsn, SourceError> {
+    /// `CREATE_REPLICATION_SLOT <slot> LOGICAL pgoutput`: a permanent slot, with
+    /// `failover` one a standby synchronises (PostgreSQL 17+). Returns the consistent
+    /// point.
+    pub async fn create_slot(&mut self, slot: &str, failover: bool) -> Result<Lsn, SourceError> {
+        let options = if failover {
+            "(SNAPSHOT 'nothing', FAILOVER true)"
+        } else {
+            "NOEXPORT_SNAPSHOT"
+        };
         let rows = self
             .simple_query(&format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {options}",
                 quote_ident(slot)
             ))
             .await?;

@@ -23,6 +23,8 @@ pub struct SourceSettings {
     /// Ask for large transactions streamed while in progress
     /// (`--stream-large-transactions`).
     pub streaming: bool,
+    /// Create the slot as a failover slot, or make it one (`--failover-slot`, 17+).
+    pub failover_slot: bool,
     /// Between heartbeats; zero: off (`--heartbeat-interval`).
     pub heartbeat_interval: Duration,
 }

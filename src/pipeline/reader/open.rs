@@ -60,8 +60,13 @@ impl ChangeReader {
             None => false,
         };
         let may_create = self.source.recreate_slot || !(known || self.streamed_before);
-        let (start, created) =
-            slot::ensure_slot(conn, &self.envelopes.catalog, slot, may_create).await?;
+        let (start, created) = slot::ensure_slot(
+            conn,
+            &self.envelopes.catalog,
+            slot,
+            (may_create, self.source.failover_slot),
+        )
+        .await?;
         if let (true, Some(store)) = (created || !known, &self.envelopes.store) {
             store.record_slot(slot, &start.to_string()).await?;
         }
