@@ -38,7 +38,7 @@ deps-matrix: deps
 ## WALCAST_PG_BIN (`make test` covers Debian's 15, the default).
 MATRIX_TESTS ?= --test pipeline --test sequence_modes --test snapshot --test streaming --test prepared --test failover_slot --test generated_columns
 test-matrix: deps-matrix
-	$(CARGO) build --tests $(MATRIX_TESTS)
+	$(CARGO) test --no-run $(MATRIX_TESTS)
 	@for bin in $(CURDIR)/.pg/*/bin; do \
 	  echo "test-matrix: $$($$bin/postgres --version)"; \
 	  WALCAST_PG_BIN=$$bin $(CARGO) test $(MATRIX_TESTS) || exit 1; \
