@@ -46,6 +46,8 @@ async fn stored_generated_columns_are_published_when_the_publication_includes_th
     .await;
     let mut collector = Collector::new(&s.nats.url(), "walcast.public.g.*").await;
     let _w = Walcast::start(RunArgs::new(&s, "walcast", "walcast")).await;
+    // The snapshot's envelope first (a change to the row before it would supersede it).
+    collector.until(1, WAIT).await;
     exec(
         &db,
         "INSERT INTO g (id, a) VALUES (2, 21); UPDATE g SET a = 11 WHERE id = 1",
