@@ -7,6 +7,8 @@
 //! [`ChangeReader::stream`] is a `select!` that dispatches to small owned parts:
 //! - [`open`]: the slot and the replication stream opened (again);
 //! - [`changes`]: the change loop (pgoutput messages into the envelope stage);
+//! - [`streamed`]: large transactions streamed while in progress, held (in memory,
+//!   then spill files) until their commit replays them through the change loop;
 //! - [`envelopes`]: the envelope builder and its loaders (key states, TOAST, catalog);
 //! - [`prefetch`]: the key states the read buffer will ask for, loaded in batches;
 //! - [`handover`]: batches for the sink, with the linger;
