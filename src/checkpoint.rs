@@ -29,6 +29,10 @@ pub struct Checkpoint {
     /// End LSN of the last transaction the sink confirmed.
     confirmed: Lsn,
     in_transaction: bool,
+    /// Streamed transactions are in progress: a keepalive's position may lie past
+    /// their start (only confirmed commits move the flush position then, which is
+    /// safe: the server keeps their WAL and streams them again from their start).
+    streams_open: bool,
     /// Highest position reported as flushed.
     reported: Lsn,
     /// How long a confirmed position waits before it is reported (`--flush-delay`).
@@ -45,6 +49,7 @@ impl Checkpoint {
             handed_off: lsn,
             confirmed: lsn,
             in_transaction: false,
+            streams_open: false,
             reported: lsn,
             delay: Duration::ZERO,
             horizon: VecDeque::new(),
@@ -110,9 +115,13 @@ impl Checkpoint {
         self.safe(self.confirmed);
     }
 
-    /// Nothing is waiting on the sink and no transaction is open.
+    pub fn set_streams_open(&mut self, open: bool) {
+        self.streams_open = open;
+    }
+
+    /// Nothing is waiting on the sink and no transaction is open (streamed or not).
     pub fn is_idle(&self) -> bool {
-        !self.in_transaction && self.confirmed >= self.handed_off
+        !self.in_transaction && !self.streams_open && self.confirmed >= self.handed_off
     }
 
     /// A keepalive: when idle, its position is safe to report.
@@ -194,5 +203,24 @@ mod tests {
         assert_eq!(cp.flush_position(), Lsn(160));
         cp.on_keepalive(Lsn(170));
         assert_eq!(cp.flush_position(), Lsn(160));
+    }
+
+    #[test]
+    fn an_open_streamed_transaction_holds_keepalives_back_not_commits() {
+        let mut cp = Checkpoint::starting_at(Lsn(100));
+        cp.set_streams_open(true);
+        cp.on_keepalive(Lsn(300));
+        assert_eq!(
+            cp.flush_position(),
+            Lsn(100),
+            "keepalive past a stream's start"
+        );
+        cp.on_begin();
+        cp.on_handed_off(Lsn(200));
+        cp.on_confirmed(Lsn(200));
+        assert_eq!(cp.flush_position(), Lsn(200), "a confirmed commit");
+        cp.set_streams_open(false);
+        cp.on_keepalive(Lsn(300));
+        assert_eq!(cp.flush_position(), Lsn(300));
     }
 }

@@ -19,7 +19,8 @@
 //! - `source`: the replication connection (startup, auth, framing), the CopyBoth
 //!   stream and its status updates, the slot, catalog queries, the slot monitor and
 //!   heartbeat; `SourceSettings`.
-//! - `decode`: pgoutput messages (zero-copy), type OIDs, text values into typed values,
+//! - `decode`: pgoutput messages of protocols 1–4 (zero-copy; streamed and two-phase
+//!   messages in `pgoutput::streaming`), type OIDs, text values into typed values,
 //!   Relation messages into typed columns and keys. No I/O: what the catalog must
 //!   answer, the reader asks.
 //! - `envelope`: keys, schema versions, per-key sequences, unchanged-TOAST fill: one
@@ -36,7 +37,8 @@
 //!   flush horizon).
 //! - [`pipeline`]: `run()` builds the stages, starts them and supervises reconnects;
 //!   `reader/` is the reading task in small parts (change loop, envelope feed,
-//!   hand-over, status reporter, snapshot driver, request answerer); the snapshot's
+//!   hand-over, status reporter, snapshot driver, request answerer, streamed
+//!   transactions held until their commit); the snapshot's
 //!   plan and progress; refetch and re-snapshot requests over NATS.
 //! - [`config`]: flags, environment and config file, resolved once into each stage's
 //!   settings (`RunSettings`); [`cli`]: `run`, `tail`, `check`, `teardown`, `snapshot`,

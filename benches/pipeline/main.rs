@@ -16,7 +16,8 @@
 //! upper bound, so it gets the better of two draws. A contender faster than the limit
 //! in a repetition is reported loudly.
 //!
-//! Files: `setup` (servers, schema, the bench's handles), `scenarios` (what is
+//! Files: `large_txn` (one 1,000,000-row transaction, protocol 1 against streaming),
+//! `setup` (servers, schema, the bench's handles), `scenarios` (what is
 //! drained, in which order), `contenders` (one run of each kind), `walcast_run`,
 //! `drain` (the limit's drain and its sweep), `watch` (the timing rule), `bare` (bare
 //! JetStream publishers), `report` (table, ratios, the limit's check), `targets`, `latency` and `consumer`
@@ -24,7 +25,7 @@
 //!
 //! Environment: `BENCH_RUNS` (3), `BENCH_SCALE` (1.0, multiplies the row counts),
 //! `BENCH_LATENCY_SECS` (30), `BENCH_OUT` (docs/benchmarks.json), `BENCH_ONLY`
-//! (`a,b,c,d,lat,linger,mem`; also `ceil`), `BENCH_CONTENDERS` (substrings of
+//! (`a,b,c,d,lat,linger,mem,big`; also `ceil`), `BENCH_CONTENDERS` (substrings of
 //! contender names; the limit always runs), `BENCH_DRAIN_SWEEP`
 //! (`nap_us:floor:below,...`), `BENCH_COMMAND` (recorded in the JSON after the `BENCH_*`
 //! variables set; `make bench` sets it),
@@ -35,6 +36,7 @@ mod bare;
 mod consumer;
 mod contenders;
 mod drain;
+mod large_txn;
 mod latency;
 mod machine;
 mod memory;
@@ -90,7 +92,8 @@ impl Settings {
             runs: (env_f64("BENCH_RUNS", 3.0) as usize).max(1),
             scale: env_f64("BENCH_SCALE", 1.0),
             latency_secs: env_f64("BENCH_LATENCY_SECS", 30.0) as u64,
-            only: std::env::var("BENCH_ONLY").unwrap_or_else(|_| "a,b,c,d,lat,linger,mem".into()),
+            only: std::env::var("BENCH_ONLY")
+                .unwrap_or_else(|_| "a,b,c,d,lat,linger,mem,big".into()),
             contenders: std::env::var("BENCH_CONTENDERS").ok(),
             sweep: drain::Pacing::sweep_from_env(),
             out,
@@ -146,6 +149,11 @@ async fn bench(settings: Settings) -> Result<(), DynError> {
     } else {
         serde_json::Value::Null
     };
+    let large_transaction = if settings.want("big") {
+        large_txn::run(&b).await
+    } else {
+        serde_json::Value::Null
+    };
     let targets = targets::all(&throughput, &latency, &memory);
     println!("\n{}", targets::table(&targets));
     let report = serde_json::json!({
@@ -162,6 +170,7 @@ async fn bench(settings: Settings) -> Result<(), DynError> {
         "limit_violations": throughput.violations(),
         "latency": latency.json(),
         "memory": memory,
+        "large_transaction": large_transaction,
         "targets": targets,
         "tables_markdown": {
             "throughput": throughput.table(),

@@ -145,10 +145,10 @@ async fn postgres_checks(
 
 fn server_checks(server: &ServerFacts, slot_exists: bool, r: &mut Report) {
     r.check(
-        server.server_version_num >= 140_000,
+        server.version_problem().is_none(),
         "server version",
         server.server_version.clone(),
-        "walcast needs PostgreSQL 14 or later (pgoutput messages and protocol features)",
+        "walcast needs PostgreSQL 14 or later (pgoutput's messages option, which carries the heartbeat, and protocol 2 streaming arrived in 14): upgrade the server",
     );
     r.check(
         server.wal_level == "logical",
@@ -307,6 +307,40 @@ async fn slot_checks(catalog: &Catalog, cfg: &RunConfig, slot: SlotFound<'_>, r:
     );
     if let Ok(Some(h)) = catalog.slot_health(&cfg.slot).await {
         slot_wal(cfg, &h, slot.recorded == Some(true), r);
+    }
+    failover_check(catalog, cfg, r).await;
+}
+
+/// The slot as a failover slot (PostgreSQL 17+): whether it is one, and whether the
+/// primary holds walcast back until the standby's copy of the slot has caught up.
+async fn failover_check(catalog: &Catalog, cfg: &RunConfig, r: &mut Report) {
+    const NAME: &str = "failover slot";
+    match catalog.slot_failover(&cfg.slot).await {
+        Ok(Some(f)) if f.failover && f.standby_slots.is_empty() => r.push(
+            Outcome::Warn,
+            NAME,
+            "FAILOVER true, but synchronized_standby_slots is empty: walcast may publish changes the standby has not received, which a failover then loses",
+            Some("set synchronized_standby_slots on the primary to the standby's physical slot"),
+        ),
+        Ok(Some(f)) if f.failover => r.ok(
+            NAME,
+            format!("FAILOVER true; the primary keeps walcast behind the standby slot(s) {} (on the standby, pg_replication_slots.synced says whether the copy is synchronised)", f.standby_slots),
+        ),
+        Ok(Some(_)) if cfg.failover_slot => r.push(
+            Outcome::Warn,
+            NAME,
+            "FAILOVER false: `walcast run --failover-slot` makes it one at start",
+            None,
+        ),
+        Ok(Some(_)) => r.ok(NAME, "FAILOVER false (--failover-slot makes it one a standby keeps)"),
+        Ok(None) if cfg.failover_slot => r.push(
+            Outcome::Fail,
+            NAME,
+            "--failover-slot needs PostgreSQL 17 or later",
+            Some("leave --failover-slot off, or upgrade"),
+        ),
+        Ok(None) => {}
+        Err(e) => r.push(Outcome::Warn, NAME, e.to_string(), None),
     }
 }
 

@@ -173,6 +173,25 @@ pub struct RunConfig {
     /// streamed from it before (changes may be lost: every table is snapshotted again).
     #[arg(long, env = "WALCAST_RECREATE_SLOT")]
     pub recreate_slot: bool,
+    /// Create the slot with FAILOVER true (or make the existing one so) so that a
+    /// standby with sync_replication_slots keeps it, and walcast goes on from the
+    /// promoted standby (PostgreSQL 17+; refused on older servers).
+    #[arg(long, env = "WALCAST_FAILOVER_SLOT")]
+    pub failover_slot: bool,
+    /// Ask PostgreSQL to stream transactions larger than its logical_decoding_work_mem
+    /// while they are in progress (pgoutput protocol 2 on 14, 3 on 15, 4 on 16+)
+    /// instead of spilling them to its disk until they commit; walcast holds them
+    /// (--stream-memory, then --stream-spill-dir) and publishes them at commit.
+    #[arg(long, env = "WALCAST_STREAM_LARGE_TRANSACTIONS")]
+    pub stream_large_transactions: bool,
+    /// MiB of streamed, uncommitted changes walcast holds in memory over all open
+    /// transactions; beyond, they go to files in --stream-spill-dir.
+    #[arg(long, env = "WALCAST_STREAM_MEMORY", default_value_t = 4)]
+    pub stream_memory: usize,
+    /// Directory of the spill files of streamed transactions (unnamed files, gone when
+    /// walcast exits, crashes included); default: $TMPDIR, else /tmp.
+    #[arg(long, env = "WALCAST_STREAM_SPILL_DIR")]
+    pub stream_spill_dir: Option<std::path::PathBuf>,
     /// Seconds between heartbeats (a logical decoding message walcast writes and
     /// recognises when it comes back: `walcast_heartbeat_age_seconds`); 0: off (a
     /// role without EXECUTE on pg_logical_emit_message).

@@ -68,6 +68,11 @@ impl RunConfig {
             reader: ReaderSettings {
                 publish_linger: self.publish_linger,
                 shutdown_timeout: self.shutdown_timeout,
+                stream_memory: self.stream_memory.saturating_mul(1 << 20),
+                stream_spill_dir: self
+                    .stream_spill_dir
+                    .clone()
+                    .unwrap_or_else(std::env::temp_dir),
                 progress_interval: self.progress_interval,
                 // Resolved at start (`sink::sync::resolve`), from `flush`.
                 flush_delay: std::time::Duration::ZERO,
@@ -96,6 +101,8 @@ impl RunConfig {
             connect_timeout: self.connect_timeout,
             status_interval: self.status_interval,
             recreate_slot: self.recreate_slot,
+            streaming: self.stream_large_transactions,
+            failover_slot: self.failover_slot,
             heartbeat_interval: self.heartbeat_interval,
         })
     }

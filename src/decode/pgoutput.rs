@@ -1,5 +1,8 @@
-//! The `pgoutput` logical replication message format (protocol version 1), parsed
-//! without copying: every name and tuple value borrows from the received buffer.
+//! The `pgoutput` logical replication message format (protocol versions 1 to 4), parsed
+//! without copying: every name and tuple value borrows from the received buffer. The
+//! messages of protocol 2+ (streamed transactions) and 3+ (two-phase commit) are in
+//! [`streaming`]; a change inside a stream block carries its (sub)transaction's xid
+//! after the tag, which [`streaming::split_stream_xid`] takes off.
 //!
 //! Reference: PostgreSQL's "Logical Replication Message Formats". Malformed input
 //! (truncated buffers, unknown tags, bad lengths) is a [`DecodeError`], never a panic.
@@ -146,6 +149,58 @@ pub enum PgOutput<'a> {
         prefix: &'a str,
         content: &'a [u8],
     },
+    /// `S` (protocol 2+): the changes up to Stream Stop belong to `xid`, in progress.
+    StreamStart {
+        xid: u32,
+        first_segment: bool,
+    },
+    /// `E`: the end of a stream block.
+    StreamStop,
+    /// `c`: the streamed transaction `xid` committed.
+    StreamCommit {
+        xid: u32,
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_ts: PgTimestamp,
+    },
+    /// `A`: the streamed (sub)transaction `subxid` of `xid` aborted (the whole
+    /// transaction when they are equal); protocol 4 in parallel mode adds where.
+    StreamAbort {
+        xid: u32,
+        subxid: u32,
+        abort_lsn: Option<Lsn>,
+    },
+    /// `b` (protocol 3+, two-phase): the changes up to Prepare belong to prepared `xid`.
+    BeginPrepare {
+        prepare_lsn: Lsn,
+        end_lsn: Lsn,
+        prepare_ts: PgTimestamp,
+        xid: u32,
+        gid: &'a str,
+    },
+    /// `P` (or `p` for a streamed transaction): `xid` is prepared.
+    Prepare {
+        streamed: bool,
+        prepare_lsn: Lsn,
+        end_lsn: Lsn,
+        xid: u32,
+        gid: &'a str,
+    },
+    /// `K`: the prepared transaction committed.
+    CommitPrepared {
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_ts: PgTimestamp,
+        xid: u32,
+        gid: &'a str,
+    },
+    /// `r`: the prepared transaction was rolled back.
+    RollbackPrepared {
+        prepare_end_lsn: Lsn,
+        rollback_end_lsn: Lsn,
+        xid: u32,
+        gid: &'a str,
+    },
 }
 
 /// A bounds-checked reader over one message.
@@ -242,6 +297,14 @@ pub fn parse(buf: &[u8]) -> Result<PgOutput<'_>, DecodeError> {
         b'D' => "Delete",
         b'T' => "Truncate",
         b'M' => "Message",
+        b'S' => "Stream Start",
+        b'E' => "Stream Stop",
+        b'c' => "Stream Commit",
+        b'A' => "Stream Abort",
+        b'b' => "Begin Prepare",
+        b'P' | b'p' => "Prepare",
+        b'K' => "Commit Prepared",
+        b'r' => "Rollback Prepared",
         other => return Err(DecodeError::UnknownTag(other as char)),
     };
     let mut r = Cursor { buf, pos: 1, what };
@@ -272,6 +335,8 @@ pub fn parse(buf: &[u8]) -> Result<PgOutput<'_>, DecodeError> {
         b'D' => r.delete()?,
         b'T' => r.truncate()?,
         b'M' => r.message()?,
+        b'S' | b'E' | b'c' | b'A' => r.stream_control(tag)?,
+        b'b' | b'P' | b'p' | b'K' | b'r' => r.two_phase(tag)?,
         _ => unreachable!("tag checked above"),
     };
     Ok(msg)
@@ -378,5 +443,6 @@ impl<'a> Cursor<'a> {
     }
 }
 
+pub mod streaming;
 #[cfg(test)]
 mod tests;

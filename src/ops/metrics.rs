@@ -40,6 +40,7 @@ pub struct Metrics {
 /// The replication connection and the slot.
 pub struct SourceMetrics {
     pub bytes_received: IntCounter,
+    pub stream_spilled_bytes: IntCounter,
     pub keepalives: IntCounter,
     pub reconnects: IntCounter,
     pub streaming: IntGauge,
@@ -122,6 +123,7 @@ impl SourceMetrics {
     fn new(r: &Registrar<'_>) -> Self {
         SourceMetrics {
             bytes_received: r.counter(&names::BYTES_RECEIVED),
+            stream_spilled_bytes: r.counter(&names::STREAM_SPILLED_BYTES),
             keepalives: r.counter(&names::KEEPALIVES),
             reconnects: r.counter(&names::RECONNECTS),
             streaming: r.gauge(&names::STREAMING),

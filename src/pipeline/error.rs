@@ -36,6 +36,12 @@ pub enum PipelineError {
     Store(#[from] StateError),
     #[error("{0}")]
     Config(String),
+    #[error("spilling a streamed transaction to {dir}: {source} (--stream-spill-dir must be a writable directory with room)")]
+    Spill {
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl PipelineError {

@@ -34,6 +34,14 @@ pub struct SlotInfo {
     pub confirmed_flush_lsn: Option<String>,
 }
 
+/// A failover slot's settings (PostgreSQL 17+).
+#[derive(Debug, Clone)]
+pub struct SlotFailover {
+    pub failover: bool,
+    /// The primary's `synchronized_standby_slots` (empty: it waits for no standby).
+    pub standby_slots: String,
+}
+
 /// A slot's health, for metrics and `walcast check`.
 #[derive(Debug, Clone)]
 pub struct SlotHealth {
@@ -241,6 +249,32 @@ impl Catalog {
             database: r.get(1),
             active: r.get(2),
             confirmed_flush_lsn: r.get(3),
+        }))
+    }
+
+    /// A slot's failover settings (PostgreSQL 17+; `None` before 17 or without the
+    /// slot): whether it is a failover slot, and the primary's
+    /// `synchronized_standby_slots` (the standbys it waits for).
+    pub async fn slot_failover(&self, name: &str) -> Result<Option<SlotFailover>, SourceError> {
+        let version: i32 = self
+            .client
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await?
+            .get(0);
+        if version < 170_000 {
+            return Ok(None);
+        }
+        let row = self
+            .client
+            .query_opt(
+                "SELECT failover, current_setting('synchronized_standby_slots')
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&name],
+            )
+            .await?;
+        Ok(row.map(|r| SlotFailover {
+            failover: r.get(0),
+            standby_slots: r.get(1),
         }))
     }
 

@@ -16,8 +16,9 @@ pub struct TableInfo {
     pub name: String,
     /// `d`, `n`, `f` or `i`, as `pg_class.relreplident`.
     pub replica_identity: u8,
-    /// Columns as the replication stream sends them (not dropped, not generated):
-    /// name, type OID, type modifier, SQL type name.
+    /// Columns as the replication stream sends them (not dropped; not generated,
+    /// except stored ones of a table whose publication has `publish_generated_columns
+    /// = stored`, PostgreSQL 18): name, type OID, type modifier, SQL type name.
     pub columns: Vec<(String, u32, i32, String)>,
     /// Indexes into `columns` of the key, in key order.
     pub key: Vec<usize>,
@@ -84,7 +85,12 @@ impl Catalog {
             .query(
                 "SELECT attname::text, atttypid, atttypmod, format_type(atttypid, atttypmod)
                  FROM pg_attribute
-                 WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = ''
+                 WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped
+                   AND (attgenerated = '' OR (attgenerated = 's' AND EXISTS (
+                        SELECT 1 FROM pg_publication p
+                        WHERE to_jsonb(p) ->> 'pubgencols' = 's'
+                          AND (p.puballtables OR EXISTS (SELECT 1 FROM pg_publication_rel r
+                               WHERE r.prpubid = p.oid AND r.prrelid = $1)))))
                  ORDER BY attnum",
                 &[&relation_id],
             )

@@ -42,7 +42,21 @@ pub struct ServerFacts {
     pub database: Option<String>,
 }
 
+/// The oldest server walcast runs against, as `server_version_num`: PostgreSQL 14, whose
+/// pgoutput is the first with the `messages` option (walcast's heartbeat travels as a
+/// logical decoding message) and with protocol 2 (large transactions streamed while
+/// in progress).
+pub const MIN_SERVER_VERSION_NUM: i32 = 140_000;
+
 impl ServerFacts {
+    /// Why this server is too old for walcast, if it is.
+    pub fn version_problem(&self) -> Option<String> {
+        (self.server_version_num < MIN_SERVER_VERSION_NUM).then(|| format!(
+            "PostgreSQL {} is too old: walcast needs PostgreSQL 14 or later (pgoutput's messages option, which carries walcast's heartbeat, and protocol 2 streaming arrived in 14)",
+            self.server_version
+        ))
+    }
+
     pub fn wal_level_problem(&self) -> Option<String> {
         (self.wal_level != "logical").then(|| format!(
             "wal_level is '{}', logical replication needs 'logical': run ALTER SYSTEM SET wal_level = logical and restart PostgreSQL",
@@ -167,7 +181,10 @@ impl Catalog {
     /// one-line error with the fix.
     pub async fn preflight(&self, publication: &str) -> Result<Preflight, SourceError> {
         let server = self.server_facts().await?;
-        if let Some(problem) = server.wal_level_problem() {
+        if let Some(problem) = server
+            .version_problem()
+            .or_else(|| server.wal_level_problem())
+        {
             return Err(SourceError::Preflight(problem));
         }
         if !self.publication_exists(publication).await? {
@@ -209,3 +226,34 @@ impl Catalog {
 
 /// What a table with TOASTable columns and no FULL identity costs (nothing to fix).
 pub const TOAST_NOTE: &str = "TOASTable columns without REPLICA IDENTITY FULL: an unchanged large value walcast has not seen is read exactly, from the key's last envelope or from the table (batched: one query per table and read), so FULL is not needed; FULL would carry it in the WAL instead, at the cost of the whole old row written to the WAL and streamed for every UPDATE and DELETE";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(version: &str, num: i32) -> ServerFacts {
+        ServerFacts {
+            wal_level: "logical".into(),
+            server_version: version.into(),
+            server_version_num: num,
+            max_replication_slots: 10,
+            replication_slots: 0,
+            max_wal_senders: 10,
+            wal_senders: 0,
+            superuser: false,
+            replication: true,
+            user: "walcast".into(),
+            database: None,
+        }
+    }
+
+    #[test]
+    fn servers_older_than_14_are_refused_with_the_reason() {
+        let old = facts("13.23", 130_023)
+            .version_problem()
+            .expect("13 refused");
+        assert!(old.contains("PostgreSQL 13.23 is too old") && old.contains("14 or later"));
+        assert_eq!(facts("14.23", 140_023).version_problem(), None);
+        assert_eq!(facts("18.4", 180_004).version_problem(), None);
+    }
+}

@@ -20,6 +20,11 @@ pub struct SourceSettings {
     pub status_interval: Duration,
     /// Create the slot again when lost although streamed from (`--recreate-slot`).
     pub recreate_slot: bool,
+    /// Ask for large transactions streamed while in progress
+    /// (`--stream-large-transactions`).
+    pub streaming: bool,
+    /// Create the slot as a failover slot, or make it one (`--failover-slot`, 17+).
+    pub failover_slot: bool,
     /// Between heartbeats; zero: off (`--heartbeat-interval`).
     pub heartbeat_interval: Duration,
 }

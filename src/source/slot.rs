@@ -34,8 +34,18 @@ pub async fn ensure_slot(
     conn: &mut ReplicationConnection,
     catalog: &Catalog,
     slot: &str,
-    may_create: bool,
+    (may_create, failover): (bool, bool),
 ) -> Result<(Lsn, bool), SourceError> {
+    if failover {
+        let version = conn.server_version_num().await?;
+        if version < 170_000 {
+            return Err(SourceError::Preflight(format!(
+                "--failover-slot needs PostgreSQL 17 or later (the server is {}.{}): leave it off, or upgrade",
+                version / 10_000,
+                version % 10_000
+            )));
+        }
+    }
     let system = conn.identify_system().await?;
     tracing::debug!(
         system_id = %system.system_id,
@@ -65,7 +75,7 @@ pub async fn ensure_slot(
     match existing {
         None if !may_create => return Err(lost("no longer exists")),
         None => {
-            let at = conn.create_slot(slot).await?;
+            let at = conn.create_slot(slot, failover).await?;
             created = true;
             tracing::info!(slot = %slot, consistent_point = %at, "created replication slot");
         }
@@ -75,6 +85,19 @@ pub async fn ensure_slot(
                     slot: slot.to_string(),
                     problem,
                 });
+            }
+            if failover
+                && catalog
+                    .slot_failover(slot)
+                    .await?
+                    .is_some_and(|f| !f.failover)
+            {
+                conn.simple_query(&format!(
+                    "ALTER_REPLICATION_SLOT {} (FAILOVER true)",
+                    super::commands::quote_ident(slot)
+                ))
+                .await?;
+                tracing::info!(slot = %slot, "the slot is a failover slot now (--failover-slot)");
             }
         }
     }

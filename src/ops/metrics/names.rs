@@ -14,6 +14,10 @@ pub(super) const BYTES_RECEIVED: Metric = Metric {
     name: "walcast_received_bytes_total",
     help: "pgoutput bytes received from PostgreSQL",
 };
+pub(super) const STREAM_SPILLED_BYTES: Metric = Metric {
+    name: "walcast_stream_spilled_bytes_total",
+    help: "bytes of streamed, uncommitted transactions written to --stream-spill-dir",
+};
 pub(super) const KEEPALIVES: Metric = Metric {
     name: "walcast_keepalives_total",
     help: "Keepalive messages received from PostgreSQL",

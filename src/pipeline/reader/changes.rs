@@ -1,10 +1,13 @@
 //! The change loop: each replication event and pgoutput message applied to the
 //! envelope stage, transaction by transaction, with replays after a reconnect skipped
-//! and completed transactions handed over.
+//! and completed transactions handed over. Streamed transactions (protocol 2+) are held
+//! in [`super::streamed`] until they commit, then replayed here a part at a time.
 
 use bytes::Bytes;
 
+use super::streamed::Replay;
 use super::ChangeReader;
+use crate::decode::pgoutput::streaming::split_stream_xid;
 use crate::decode::pgoutput::{self, OldTuple, PgOutput, RelationColumn, TupleValue};
 use crate::envelope::EnvelopeError;
 use crate::pipeline::PipelineError;
@@ -33,6 +36,13 @@ impl Default for Transactions {
             },
         }
     }
+}
+
+/// A committed streamed transaction being worked through.
+pub(super) struct Replaying {
+    replay: Replay,
+    commit_lsn: Lsn,
+    end_lsn: Lsn,
 }
 
 impl ChangeReader {
@@ -70,8 +80,71 @@ impl ChangeReader {
     }
 
     async fn on_message(&mut self, at: Lsn, data: Bytes) -> Result<(), PipelineError> {
-        let msg =
-            pgoutput::parse(&data).map_err(|source| PipelineError::Decode { lsn: at, source })?;
+        let decode = |source| PipelineError::Decode { lsn: at, source };
+        if self.streams.block.is_some() {
+            if let Some((subxid, change)) = split_stream_xid(&data).map_err(decode)? {
+                return self.streams.push(subxid, change);
+            }
+        }
+        match pgoutput::parse(&data).map_err(decode)? {
+            PgOutput::StreamStart { xid, first_segment } => self.streams.start(xid, first_segment),
+            PgOutput::StreamStop => self.streams.block = None,
+            PgOutput::StreamAbort { xid, subxid, .. } => self.streams.abort(xid, subxid),
+            PgOutput::StreamCommit {
+                xid,
+                commit_lsn,
+                end_lsn,
+                commit_ts,
+            } => {
+                let replay = self.streams.take(xid)?;
+                self.on_begin(commit_lsn, commit_ts, xid).await?;
+                self.replay = Some(Replaying {
+                    replay,
+                    commit_lsn,
+                    end_lsn,
+                });
+            }
+            msg => self.dispatch(msg).await?,
+        }
+        self.status.cp.set_streams_open(self.streams.any_open());
+        let spilled = std::mem::take(&mut self.streams.spilled_bytes);
+        self.metrics.source.stream_spilled_bytes.inc_by(spilled);
+        Ok(())
+    }
+
+    /// Work through part of a committed streamed transaction (while the sink has room);
+    /// its end completes the transaction like a Commit.
+    pub(super) async fn replay_some(&mut self) -> Result<(), PipelineError> {
+        let mut budget = 4096;
+        while budget > 0 && !self.handover.is_blocked() {
+            budget -= 1;
+            let Some(r) = self.replay.as_mut() else {
+                return Ok(());
+            };
+            let at = r.commit_lsn;
+            match r.replay.next_change()? {
+                Some(change) => {
+                    let msg = pgoutput::parse(&change)
+                        .map_err(|source| PipelineError::Decode { lsn: at, source })?;
+                    self.dispatch(msg).await?;
+                }
+                None => {
+                    let Replaying {
+                        commit_lsn,
+                        end_lsn,
+                        ..
+                    } = self.replay.take().expect("replaying");
+                    self.on_commit(commit_lsn, end_lsn);
+                    self.handover.batch_if_full();
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A message of a transaction (or outside one) applied to the envelope stage.
+    async fn dispatch(&mut self, msg: PgOutput<'_>) -> Result<(), PipelineError> {
         let skipping = self.txn.skipping;
         match msg {
             PgOutput::Begin {

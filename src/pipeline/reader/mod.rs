@@ -7,6 +7,8 @@
 //! [`ChangeReader::stream`] is a `select!` that dispatches to small owned parts:
 //! - [`open`]: the slot and the replication stream opened (again);
 //! - [`changes`]: the change loop (pgoutput messages into the envelope stage);
+//! - [`streamed`]: large transactions streamed while in progress, held (in memory,
+//!   then spill files) until their commit replays them through the change loop;
 //! - [`envelopes`]: the envelope builder and its loaders (key states, TOAST, catalog);
 //! - [`prefetch`]: the key states the read buffer will ask for, loaded in batches;
 //! - [`handover`]: batches for the sink, with the linger;
@@ -29,6 +31,7 @@ mod repair;
 mod snapshot_driver;
 mod snapshot_read;
 mod status;
+mod streamed;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,7 +52,7 @@ use crate::source::{ReplicationEvent, ReplicationStream};
 use crate::state::StateStore;
 
 use answerer::RequestAnswerer;
-use changes::Transactions;
+use changes::{Replaying, Transactions};
 use envelopes::Envelopes;
 use handover::Handover;
 use progress::{HeartbeatAge, Progress};
@@ -57,12 +60,17 @@ use publication::PublicationWatch;
 use repair::Repairs;
 use snapshot_driver::SnapshotDriver;
 use status::StatusReporter;
+use streamed::StreamBuffers;
 
 /// How the reader hands over, reports and stops (`config/` builds it from the flags).
 #[derive(Debug, Clone)]
 pub struct ReaderSettings {
     /// How long a completed transaction may wait for the next ones (`--publish-linger`).
     pub publish_linger: Duration,
+    /// Bytes of streamed, uncommitted changes held in memory (`--stream-memory`).
+    pub stream_memory: usize,
+    /// Where the rest goes (`--stream-spill-dir`).
+    pub stream_spill_dir: std::path::PathBuf,
     /// The budget of a shutdown (`--shutdown-timeout`).
     pub shutdown_timeout: Duration,
     /// Seconds between progress lines (`--progress-interval`).
@@ -107,6 +115,9 @@ pub(super) struct ChangeReader {
     handover: Handover,
     status: StatusReporter,
     txn: Transactions,
+    /// Streamed transactions in progress, and the committed one being worked through.
+    streams: StreamBuffers,
+    replay: Option<Replaying>,
     snapshot: SnapshotDriver,
     repairs: Repairs,
     answerer: RequestAnswerer,
@@ -137,6 +148,8 @@ impl ChangeReader {
             handover: Handover::new(settings.publish_linger),
             status: StatusReporter::new(metrics.clone(), settings.flush_delay),
             txn: Transactions::default(),
+            streams: StreamBuffers::new(settings.stream_memory, settings.stream_spill_dir.clone()),
+            replay: None,
             snapshot: SnapshotDriver::new(
                 settings.snapshot.clone(),
                 source.slot.clone(),
@@ -208,7 +221,10 @@ impl ChangeReader {
                         permit.send(b);
                     }
                 }
-                event = stream.next_event(), if reading => {
+                _ = std::future::ready(()), if reading && self.replay.is_some() => {
+                    self.replay_some().await?;
+                }
+                event = stream.next_event(), if reading && self.replay.is_none() => {
                     let event = event?;
                     self.load_ahead(Some(&event), &stream).await?;
                     self.handle(event, &mut stream).await?;
@@ -285,7 +301,11 @@ impl ChangeReader {
         stopping: bool,
     ) -> Result<(), PipelineError> {
         let mut budget = 4096;
-        while !self.handover.is_blocked() && budget > 0 && (!stopping || self.in_transaction()) {
+        while !self.handover.is_blocked()
+            && self.replay.is_none()
+            && budget > 0
+            && (!stopping || self.in_transaction())
+        {
             budget -= 1;
             self.load_ahead_when_due(stream).await?;
             match stream.buffered_event()? {

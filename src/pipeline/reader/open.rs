@@ -15,7 +15,12 @@ impl ChangeReader {
         let (start, slot) = self.ensure_slot(&mut conn).await?;
         self.streamed_before = true;
         let stream = conn
-            .start_replication(&self.source.slot, Lsn(0), &self.source.publication)
+            .start_replication(
+                &self.source.slot,
+                Lsn(0),
+                &self.source.publication,
+                self.source.streaming,
+            )
             .await?;
         self.forget_if_others_wrote().await?;
         self.envelopes.forget_ahead();
@@ -25,6 +30,9 @@ impl ChangeReader {
         // An open transaction's envelopes built so far stay: the stream starts again
         // at or before its Begin, recognises them as already built, and goes on.
         self.txn.skipping = false;
+        // Streamed transactions still open are streamed again from their start.
+        self.streams.clear();
+        self.replay = None;
         tracing::info!(slot = %self.source.slot, from = %start, "streaming");
         self.snapshot.forget_pending();
         self.repairs.forget_pending();
@@ -52,8 +60,13 @@ impl ChangeReader {
             None => false,
         };
         let may_create = self.source.recreate_slot || !(known || self.streamed_before);
-        let (start, created) =
-            slot::ensure_slot(conn, &self.envelopes.catalog, slot, may_create).await?;
+        let (start, created) = slot::ensure_slot(
+            conn,
+            &self.envelopes.catalog,
+            slot,
+            (may_create, self.source.failover_slot),
+        )
+        .await?;
         if let (true, Some(store)) = (created || !known, &self.envelopes.store) {
             store.record_slot(slot, &start.to_string()).await?;
         }

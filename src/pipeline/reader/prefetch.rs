@@ -29,10 +29,12 @@ pub(super) struct Wanted {
     pub(super) toast: Vec<ToastNeeded>,
     /// The transaction the message looked at belongs to.
     xid: Option<u32>,
+    /// The message looked at is inside a stream block (held, not built now).
+    in_stream: bool,
 }
 
 impl Wanted {
-    fn new(limit: usize, xid: Option<u32>) -> Self {
+    fn new(limit: usize, xid: Option<u32>, in_stream: bool) -> Self {
         Wanted {
             limit,
             seen: HashSet::new(),
@@ -40,6 +42,7 @@ impl Wanted {
             toast_seen: HashSet::new(),
             toast: Vec::new(),
             xid,
+            in_stream,
         }
     }
 
@@ -77,7 +80,11 @@ impl ChangeReader {
             return Ok(());
         }
         let room = self.envelopes.builder.lookahead_room().min(AHEAD_MAX);
-        let mut wanted = Wanted::new(room, self.envelopes.builder.transaction_xid());
+        let mut wanted = Wanted::new(
+            room,
+            self.envelopes.builder.transaction_xid(),
+            self.streams.block.is_some(),
+        );
         let first = match first {
             Some(ReplicationEvent::XLogData { data, .. }) => Some(&data[..]),
             _ => None,
@@ -109,6 +116,14 @@ impl ChangeReader {
 
 /// What one pgoutput message will ask for (changes of relations described so far).
 fn look_at(envelopes: &Envelopes, data: &[u8], wanted: &mut Wanted) {
+    match data.first() {
+        Some(b'S') => wanted.in_stream = true,
+        Some(b'E') => wanted.in_stream = false,
+        _ => {}
+    }
+    if wanted.in_stream {
+        return; // changes of a streamed transaction wait for its commit
+    }
     let Ok(msg) = pgoutput::parse(data) else {
         return; // reported when the message is worked through
     };
