@@ -6,6 +6,7 @@
 // "Catch-up since a position"), on JetStream ordered consumers with subject filters.
 import { DeliverPolicy, type JsMsg, type NatsConnection } from "nats";
 import { decode, type Envelope, type Op } from "./codec.js";
+import type { Keyring } from "./seal.js";
 import { DEFAULT_PREFIX, subjectForKey, subjectForTable } from "./key.js";
 
 /** Which envelopes a catch-up returns (all when a list is empty or absent). */
@@ -24,6 +25,8 @@ export interface CatchUpOptions {
   stream?: string;
   /** walcast's subject prefix (default `walcast`). */
   prefix?: string;
+  /** The keys encrypted rows are opened with (without them an encrypted row throws). */
+  keys?: Keyring;
 }
 
 /** An envelope as the stream holds it, with its position. */
@@ -102,8 +105,8 @@ async function orderedFrom(nc: NatsConnection, stream: string, prefix: string, p
   });
 }
 
-function stored(m: JsMsg): StoredChange {
-  return { envelope: decode(m.data), streamSequence: m.info.streamSequence };
+function stored(m: JsMsg, keys: Keyring | undefined): StoredChange {
+  return { envelope: decode(m.data, { keys }), streamSequence: m.info.streamSequence };
 }
 
 /** Up to `pageSize` envelopes after `position` that `filter` wants. */
@@ -130,7 +133,7 @@ export async function changesSince(
     let pending = 1;
     for await (const m of batch) {
       got++;
-      const s = stored(m);
+      const s = stored(m, options.keys);
       page.next = s.streamSequence;
       pending = m.info.pending;
       if (accepts(filter, s.envelope)) page.changes.push(s);
@@ -160,7 +163,7 @@ export async function* followSince(
   const messages = await consumer.consume();
   try {
     for await (const m of messages) {
-      const s = stored(m);
+      const s = stored(m, options.keys);
       if (accepts(filter, s.envelope)) yield s;
     }
   } finally {
