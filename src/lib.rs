@@ -45,7 +45,8 @@
 //!   `verify` (the tables against the stream, key by key).
 //!
 //! The consumer side, [`client`] (transports with local fan-out and subscriber GC, a
-//! reconciling replica, refetch from the stream), depends on [`wire`] only: services
+//! reconciling replica, refetch from the stream, catch-up since a position), depends
+//! on [`wire`] only: services
 //! link it with `default-features = false` and compile none of the server.
 //! [`testing`] (feature `test-utils`) starts throwaway PostgreSQL and nats-server
 //! instances (and JetStream clusters of them) for the tests, the demo and the benchmarks; `hostile` (feature

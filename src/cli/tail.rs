@@ -24,7 +24,13 @@ pub(super) async fn tail(cfg: TailConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot subscribe to {}", cfg.pattern))?;
     client.flush().await.context("NATS flush")?;
     eprintln!("tailing {} on {}", cfg.pattern, redact_url(&cfg.nats.url));
-    let mut received = envelopes_with(sub, cfg.keys()?.map(std::sync::Arc::new));
+    let mut received = envelopes_with(
+        sub,
+        cfg.keyring
+            .keys()
+            .map_err(anyhow::Error::msg)?
+            .map(std::sync::Arc::new),
+    );
     let mut seen = 0u64;
     // Replays (after an outage or a restart walcast publishes unconfirmed changes
     // again, same bytes and sequence) are dropped, as a consumer does.
@@ -55,7 +61,11 @@ pub(super) async fn tail(cfg: TailConfig) -> anyhow::Result<()> {
 /// direct gets; then exit.
 async fn stored(cfg: TailConfig, client: async_nats::Client) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(client);
-    let keys = cfg.keys()?.map(std::sync::Arc::new);
+    let keys = cfg
+        .keyring
+        .keys()
+        .map_err(anyhow::Error::msg)?
+        .map(std::sync::Arc::new);
     let Some(store) = StateStore::reading(js, &cfg.pattern, keys).await? else {
         anyhow::bail!(
             "no JetStream stream on {} holds {}: --stored reads walcast's stream (none with --delivery core; check --subject-prefix)",

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 mod file;
+mod keys;
 pub mod names;
 mod parse;
 pub mod settings;
@@ -23,6 +24,7 @@ pub use crate::pipeline::snapshot::SnapshotMode;
 pub use crate::sink::delivery::{Delivery, PublishMode};
 pub use crate::sink::sync::FlushDelay;
 pub use file::{parse_command_line, ConfigFileError};
+pub use keys::{KeyRingArgs, SecretText};
 pub use settings::RunSettings;
 pub use tables::TableSettingsMap;
 
@@ -292,18 +294,8 @@ pub struct RunConfig {
     /// chosen column's value is sealed on its own; the rest of the row stays clear.
     #[arg(long = "encrypt-column", env = "WALCAST_ENCRYPT_COLUMN", value_delimiter = ',', value_parser = parse_table_value)]
     pub encrypt_columns: Vec<(String, String)>,
-    /// A file holding the encryption key ring: one `<id>:<64 hex digits>` a line,
-    /// oldest first; the newest encrypts, every one decrypts.
-    #[arg(long = "encryption-keys-file", env = "WALCAST_ENCRYPTION_KEYS_FILE")]
-    pub encryption_keys_file: Option<std::path::PathBuf>,
-    /// The key ring itself (same form; lines separated by newlines or `;`), for an
-    /// environment variable: never on the command line, where `ps` shows it.
-    #[arg(
-        long = "encryption-keys",
-        env = "WALCAST_ENCRYPTION_KEYS",
-        hide_env_values = true
-    )]
-    pub encryption_keys: Option<SecretText>,
+    #[command(flatten)]
+    pub keyring: KeyRingArgs,
     /// JetStream's own compression of the stream's files: `none` or `s2` (applies when
     /// walcast creates or updates the stream).
     #[arg(long, env = "WALCAST_STREAM_COMPRESSION", value_enum, default_value_t = StreamCompression::None)]
@@ -336,23 +328,6 @@ pub struct RunConfig {
     /// Bytes kept for unchanged-TOAST columns of tables without REPLICA IDENTITY FULL.
     #[arg(long, env = "WALCAST_TOAST_CACHE_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub toast_cache_bytes: usize,
-}
-
-/// A secret given as text (the encryption key ring): never shown by `Debug`.
-#[derive(Clone)]
-pub struct SecretText(pub String);
-
-impl std::fmt::Debug for SecretText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl std::str::FromStr for SecretText {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(SecretText(s.to_string()))
-    }
 }
 
 /// JetStream's compression of the stream's files (`--stream-compression`).
@@ -425,28 +400,9 @@ pub struct TailConfig {
     /// from JetStream) and exit, instead of following new envelopes.
     #[arg(long)]
     pub stored: bool,
-    /// The encryption key ring file, to show encrypted tables' rows (as `run` takes it).
-    #[arg(long = "encryption-keys-file", env = "WALCAST_ENCRYPTION_KEYS_FILE")]
-    pub encryption_keys_file: Option<std::path::PathBuf>,
-    /// The key ring as text (lines separated by `;`), for the environment variable.
-    #[arg(
-        long = "encryption-keys",
-        env = "WALCAST_ENCRYPTION_KEYS",
-        hide_env_values = true
-    )]
-    pub encryption_keys: Option<SecretText>,
-}
-
-impl TailConfig {
-    /// The key ring, when given (`None` otherwise); an error names the line, never a key.
-    pub fn keys(&self) -> Result<Option<crate::wire::seal::Keyring>, crate::wire::seal::SealError> {
-        use crate::wire::seal::Keyring;
-        match (&self.encryption_keys_file, &self.encryption_keys) {
-            (Some(path), _) => Keyring::from_file(path).map(Some),
-            (None, Some(text)) => Keyring::parse(&text.0.replace(';', "\n")).map(Some),
-            (None, None) => Ok(None),
-        }
-    }
+    /// The encryption key ring, to show encrypted tables' rows (as `run` takes it).
+    #[command(flatten)]
+    pub keyring: KeyRingArgs,
 }
 
 #[cfg(test)]

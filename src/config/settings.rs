@@ -110,18 +110,7 @@ impl RunConfig {
     /// The encryption key ring (`--encryption-keys-file` or `--encryption-keys`);
     /// `None` when neither is given. An error names the line, never a key.
     pub fn encryption_keys(&self) -> Result<Option<Keyring>, SourceError> {
-        let ring = match (&self.encryption_keys_file, &self.encryption_keys) {
-            (Some(_), Some(_)) => {
-                return Err(SourceError::Config(
-                    "give the encryption keys once: --encryption-keys-file or WALCAST_ENCRYPTION_KEYS, not both".into(),
-                ))
-            }
-            (Some(path), None) => Keyring::from_file(path),
-            (None, Some(text)) => Keyring::parse(&text.0.replace(';', "\n")),
-            (None, None) => return Ok(None),
-        };
-        ring.map(Some)
-            .map_err(|e| SourceError::Config(e.to_string()))
+        self.keyring.keys().map_err(SourceError::Config)
     }
 
     /// The JetStream streams walcast keeps.
