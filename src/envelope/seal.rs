@@ -64,7 +64,7 @@ pub(super) fn encode_to<C: AsRef<str>>(
 }
 
 /// `envelope`'s clear fields, without rows.
-fn copy_fields<'a, V: Serialize, W: Serialize>(
+pub(super) fn copy_fields<'a, V: Serialize, W: Serialize>(
     envelope: &EnvelopeRef<'a, V>,
 ) -> EnvelopeRef<'a, W> {
     EnvelopeRef {

@@ -52,19 +52,11 @@ pub(super) fn fit_size<V: serde::Serialize>(
     }
     let marker = [(TOO_LARGE_KEY, payload.len() as u64)];
     let marked = codec::encode(&EnvelopeRef {
-        key: envelope.key,
-        op: envelope.op,
         value: Some(MarkerRow(&marker)),
-        schema_version: envelope.schema_version,
-        sequence: envelope.sequence,
-        lsn: envelope.lsn,
-        commit_ts: envelope.commit_ts,
-        xid: envelope.xid,
-        tx_index: envelope.tx_index,
-        before: None,
         compression: None,
         key_id: None,
         sealed_columns: None,
+        ..super::seal::copy_fields(envelope)
     })?;
     Ok((Bytes::from(marked), true))
 }
