@@ -291,7 +291,7 @@ impl Verifier {
         let info = &table.info;
         let texts = self
             .catalog
-            .read_chunk(info, after.as_deref(), self.chunk_rows)
+            .read_chunk(info, (after.as_deref(), self.chunk_rows), &[])
             .await?;
         let mut rows = Vec::with_capacity(texts.len());
         for row in &texts {
@@ -346,7 +346,7 @@ impl Verifier {
         let values: Vec<Vec<String>> = keys.iter().map(|k| k.values.clone()).collect();
         let existing: HashSet<Vec<String>> = self
             .catalog
-            .existing_keys(&table.info, &values)
+            .existing_keys(&table.info, &values, &[])
             .await?
             .into_iter()
             .collect();

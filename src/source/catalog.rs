@@ -9,6 +9,7 @@ use tokio_postgres::{Client, NoTls};
 
 use super::conn::quote_ident;
 use super::params::ConnectParams;
+use super::visibility::{SeenSnapshot, SNAPSHOT_TEXT};
 use super::SourceError;
 
 pub use super::preflight::{missing_publication, Preflight, ServerFacts, TableFacts, TOAST_NOTE};
@@ -103,6 +104,9 @@ fn connect_error(e: tokio_postgres::Error, target: String) -> SourceError {
         None => SourceError::Query(e),
     }
 }
+
+/// Column texts, the version text and the read's snapshot of one row.
+pub type FetchedColumns = (Vec<Option<String>>, Option<String>, Option<SeenSnapshot>);
 
 impl Catalog {
     /// Connect, waiting up to `timeout` for a server that is down or starting
@@ -297,7 +301,8 @@ impl Catalog {
     }
 
     /// Current text values of `columns` of the row whose key columns have these text
-    /// values; `None` values when the row no longer exists.
+    /// values, the text of `version`, and the snapshot of the read; `None` values (and
+    /// no snapshot) when the row no longer exists.
     pub async fn fetch_row_columns(
         &self,
         schema: &str,
@@ -305,11 +310,11 @@ impl Catalog {
         key: &[(String, String)],
         columns: &[String],
         version: &str,
-    ) -> Result<(Vec<Option<String>>, Option<String>), SourceError> {
+    ) -> Result<FetchedColumns, SourceError> {
         let select = columns
             .iter()
             .map(|c| format!("{}::text", quote_ident(c)))
-            .chain([version.to_string()])
+            .chain([version.to_string(), SNAPSHOT_TEXT.to_string()])
             .collect::<Vec<_>>()
             .join(", ");
         let filter = key
@@ -332,8 +337,9 @@ impl Catalog {
             Some(r) => (
                 (0..columns.len()).map(|i| r.get(i)).collect(),
                 r.get(columns.len()),
+                SeenSnapshot::parse(r.get(columns.len() + 1)),
             ),
-            None => (vec![None; columns.len()], None),
+            None => (vec![None; columns.len()], None, None),
         })
     }
 }

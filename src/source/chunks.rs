@@ -5,6 +5,7 @@ use tokio_postgres::SimpleQueryMessage;
 
 use super::catalog::Catalog;
 use super::conn::quote_ident;
+use super::visibility::{SeenSnapshot, TextRows};
 use super::SourceError;
 use crate::wire::Lsn;
 
@@ -35,18 +36,11 @@ impl TableInfo {
 /// Rows read by key: key column texts → (column texts, version text).
 pub type RowsByKey = std::collections::HashMap<Vec<String>, (Vec<Option<String>>, Option<String>)>;
 
-/// Rows read by key, and which transactions the read saw for certain.
+/// Rows read by key, and the snapshot they were read in.
 pub struct RowsRead {
     pub rows: RowsByKey,
-    /// The read's snapshot `xmin` (32 bits; `None`: no row came back): every
-    /// transaction before it had ended when the rows were read, so a committed one
-    /// before it is visible in them.
-    pub visible_before: Option<u32>,
+    pub seen: SeenSnapshot,
 }
-
-/// The 32-bit `xmin` of the statement's snapshot, as text.
-const SNAPSHOT_XMIN: &str =
-    "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint % 4294967296)::text";
 
 /// `'text'` as an SQL literal.
 fn literal(text: &str) -> String {
@@ -117,21 +111,15 @@ impl Catalog {
 
     /// Some columns of the rows with these keys (key column texts in key order), and
     /// beside them the text of `version` (an SQL expression), in one statement: by key
-    /// texts, the column texts and the version text.
+    /// texts, the column texts and the version text. The read sees the committed
+    /// transactions `must_see` (it waits for them).
     pub async fn read_rows_columns(
         &self,
         table: &TableInfo,
         keys: &[Vec<String>],
         columns: &[String],
-        version: &str,
+        (version, must_see): (&str, &[u32]),
     ) -> Result<RowsRead, SourceError> {
-        let mut read = RowsRead {
-            rows: RowsByKey::new(),
-            visible_before: None,
-        };
-        if keys.is_empty() {
-            return Ok(read);
-        }
         let key_cols: Vec<String> = table
             .key
             .iter()
@@ -141,13 +129,16 @@ impl Catalog {
             .iter()
             .chain(&columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>())
             .map(|c| format!("{c}::text"))
-            .chain([version.to_string(), SNAPSHOT_XMIN.to_string()])
+            .chain([version.to_string()])
             .collect();
         let sql = select_by_keys(table, &select, &key_cols, keys);
+        let (texts, seen) = self.text_rows_seeing(&sql, must_see).await?;
+        let mut read = RowsRead {
+            rows: RowsByKey::new(),
+            seen,
+        };
         let (k, n) = (key_cols.len(), columns.len());
-        for mut row in self.text_rows(&sql).await? {
-            let xmin = row.pop().flatten();
-            read.visible_before = xmin.and_then(|x| x.parse().ok());
+        for mut row in texts {
             let version = row.pop().flatten();
             let texts = row.split_off(k);
             let key = row.into_iter().map(Option::unwrap_or_default).collect();
@@ -204,11 +195,13 @@ impl Catalog {
         Ok(self.text_rows(&sql).await?.into_iter().next())
     }
 
-    /// Which of `keys` (key column texts, in key order) have a row now.
+    /// Which of `keys` (key column texts, in key order) have a row now, read in a
+    /// snapshot that sees the committed transactions `must_see`.
     pub async fn existing_keys(
         &self,
         table: &TableInfo,
         keys: &[Vec<String>],
+        must_see: &[u32],
     ) -> Result<Vec<Vec<String>>, SourceError> {
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -230,53 +223,47 @@ impl Catalog {
             cols = cols.join(", "),
         );
         Ok(self
-            .text_rows(&sql)
+            .text_rows_seeing(&sql, must_see)
             .await?
+            .0
             .into_iter()
             .map(|row| row.into_iter().map(Option::unwrap_or_default).collect())
             .collect())
     }
 
     /// The rows of `keys` (key column texts, in key order) that exist, each column in
-    /// its text form, in no particular order.
+    /// its text form, in no particular order, read in a snapshot that sees the
+    /// committed transactions `must_see`.
     pub async fn read_rows(
         &self,
         table: &TableInfo,
         keys: &[Vec<String>],
-    ) -> Result<Vec<Vec<Option<String>>>, SourceError> {
+        must_see: &[u32],
+    ) -> Result<TextRows, SourceError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.0)).collect();
         let key: Vec<&str> = table.key.iter().map(|&i| cols[i].as_str()).collect();
         let sql = select_by_keys(table, &cols, &key, keys);
-        self.text_rows(&sql).await
+        Ok(self.text_rows_seeing(&sql, must_see).await?.0)
     }
 
     /// The rows of a simple query, each column in its text form.
-    async fn text_rows(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, SourceError> {
-        let mut rows = Vec::new();
-        for message in self.client.simple_query(sql).await? {
-            if let SimpleQueryMessage::Row(row) = message {
-                rows.push(
-                    (0..row.len())
-                        .map(|i| row.get(i).map(str::to_string))
-                        .collect(),
-                );
-            }
-        }
-        Ok(rows)
+    async fn text_rows(&self, sql: &str) -> Result<TextRows, SourceError> {
+        Ok(rows_of(self.client.simple_query(sql).await?))
     }
 
     /// Up to `limit` rows after the key `after` (in key order), each column in its
     /// text form (the form the replication stream sends, this connection having the
-    /// same session settings).
+    /// same session settings), read in a snapshot that sees the committed
+    /// transactions `must_see`.
     pub async fn read_chunk(
         &self,
         table: &TableInfo,
-        after: Option<&[String]>,
-        limit: usize,
-    ) -> Result<Vec<Vec<Option<String>>>, SourceError> {
+        (after, limit): (Option<&[String]>, usize),
+        must_see: &[u32],
+    ) -> Result<TextRows, SourceError> {
         let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.0)).collect();
         let key: Vec<&String> = table.key.iter().map(|&i| &cols[i]).collect();
         let key_list = key
@@ -299,8 +286,23 @@ impl Catalog {
             quote_ident(&table.schema),
             quote_ident(&table.name)
         );
-        self.text_rows(&sql).await
+        Ok(self.text_rows_seeing(&sql, must_see).await?.0)
     }
+}
+
+/// The rows among the messages of a simple query, each column in its text form.
+pub(super) fn rows_of(messages: Vec<SimpleQueryMessage>) -> TextRows {
+    messages
+        .into_iter()
+        .filter_map(|message| match message {
+            SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_string))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
 }
 
 /// `SELECT <select> FROM <table> WHERE (<key columns>) IN (<each key, typed>)`.

@@ -39,6 +39,11 @@ pub enum SourceError {
     SlotLost { slot: String, why: String },
     #[error("PostgreSQL ended the replication stream")]
     StreamEnded,
+    #[error("transaction {xid}, streamed as committed, was still not visible to other sessions after {waited:?} (a synchronous standby that does not answer holds commits so): walcast reads the table again later")]
+    NotVisible {
+        xid: u32,
+        waited: std::time::Duration,
+    },
     #[error("PostgreSQL: {}", describe(.0))]
     Query(tokio_postgres::Error),
 }
@@ -94,7 +99,8 @@ impl SourceError {
             SourceError::Connect { .. }
             | SourceError::Io { .. }
             | SourceError::Closed
-            | SourceError::StreamEnded => true,
+            | SourceError::StreamEnded
+            | SourceError::NotVisible { .. } => true,
             // 57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now,
             // 55006 object in use (the slot is active in another process).
             SourceError::Server(e) => {

@@ -43,6 +43,7 @@ pub mod slot;
 mod socket;
 pub mod stream;
 pub mod tls;
+pub mod visibility;
 
 pub use conn::ReplicationConnection;
 pub use error::SourceError;

@@ -75,7 +75,7 @@ impl Verifier {
         keys: &[KeyRef],
     ) -> anyhow::Result<HashMap<String, rmpv::Value>> {
         let values: Vec<Vec<String>> = keys.iter().map(|k| k.values.clone()).collect();
-        let texts = self.catalog.read_rows(&table.info, &values).await?;
+        let texts = self.catalog.read_rows(&table.info, &values, &[]).await?;
         let mut out = HashMap::with_capacity(texts.len());
         for row in &texts {
             let (key, value) = self.key_and_value(&table.info, row)?;

@@ -138,8 +138,13 @@ impl ChangeReader {
         info: &TableInfo,
         values: &[Vec<String>],
     ) -> Result<Chunk, PipelineError> {
-        let catalog = &self.envelopes.catalog;
-        let texts = catalog.read_rows(info, values).await?;
+        let env = &mut self.envelopes;
+        let texts = env
+            .catalog
+            .read_rows(info, values, env.recent.must_see())
+            .await?;
+        env.recent.all_seen();
+        let catalog = &env.catalog;
         let high = catalog.current_wal_lsn().await?;
         let mut rows = Vec::with_capacity(texts.len());
         for row in texts {

@@ -23,6 +23,8 @@ pub(super) struct Transactions {
     pub(super) last_handed_commit: Lsn,
     /// Commit time of the open (or last) transaction.
     pub(super) commit_ts: Timestamp,
+    /// Transaction id of the open (or last) transaction.
+    xid: u32,
 }
 
 impl Default for Transactions {
@@ -34,6 +36,7 @@ impl Default for Transactions {
                 seconds: 0,
                 nanos: 0,
             },
+            xid: 0,
         }
     }
 }
@@ -232,11 +235,13 @@ impl ChangeReader {
         self.envelopes.builder.begin(final_lsn, commit_ts, xid);
         self.status.cp.on_begin();
         self.txn.commit_ts = Timestamp::from_pg_micros(commit_ts);
+        self.txn.xid = xid;
         Ok(())
     }
 
     fn on_commit(&mut self, commit_lsn: Lsn, end_lsn: Lsn) {
         self.envelopes.builder.commit();
+        self.envelopes.recent.committed(self.txn.xid);
         if self.txn.skipping {
             self.txn.skipping = false;
             self.status.cp.on_skipped_commit();

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use prometheus::IntCounter;
 
 use super::prefetch::FetchedRow;
+use super::recent::RecentCommits;
 use crate::client::StoredEnvelope;
 use crate::decode::pgoutput::RelationColumn;
 use crate::decode::relation::{self, ResolvedRelation};
@@ -65,6 +66,8 @@ pub(super) struct Envelopes {
     pub(super) toast_rows: HashMap<String, FetchedRow, foldhash::fast::RandomState>,
     /// Tables TOAST fills read, by relation id.
     pub(super) table_infos: HashMap<u32, TableInfo>,
+    /// Commits streamed that a read of a table must see.
+    pub(super) recent: RecentCommits,
 }
 
 impl Envelopes {
@@ -85,6 +88,7 @@ impl Envelopes {
             unavailable_seen: false,
             ahead: HashMap::default(),
             toast_rows: HashMap::default(),
+            recent: RecentCommits::default(),
             table_infos: HashMap::new(),
         }
     }
@@ -193,7 +197,7 @@ impl Envelopes {
     /// now).
     async fn toast_from_table(&mut self, needed: &ToastNeeded) -> Result<usize, PipelineError> {
         self.metrics.envelope.toast_fetches.inc();
-        let (check, expected) = needed.source.version.check();
+        let (_, expected) = needed.source.version.check();
         // Kept for the key's later changes in the same read: the last may be the
         // version read.
         let ahead = self.toast_rows.get(&needed.key);
@@ -208,18 +212,7 @@ impl Envelopes {
             }
         }
         self.missed = true;
-        self.metrics.envelope.toast_fetch_queries.inc();
-        let (texts, found) = self
-            .catalog
-            .fetch_row_columns(
-                &needed.schema,
-                &needed.table,
-                &needed.key_columns,
-                &needed.columns,
-                &check,
-            )
-            .await?;
-        let same = found.as_deref() == Some(expected.as_str());
+        let (texts, same) = self.fetch_toast_now(needed).await?;
         Ok(self.builder.provide_toast(needed, &texts, same)?)
     }
 

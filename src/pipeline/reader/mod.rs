@@ -27,6 +27,7 @@ mod open;
 mod prefetch;
 mod progress;
 mod publication;
+mod recent;
 mod repair;
 mod snapshot_driver;
 mod snapshot_read;

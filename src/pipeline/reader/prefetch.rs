@@ -6,6 +6,7 @@
 //! look at the buffer).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use super::envelopes::Envelopes;
 use super::ChangeReader;
@@ -13,6 +14,7 @@ use crate::decode::pgoutput::{self, PgOutput};
 use crate::envelope::{marked_in, Outgoing, ToastNeeded};
 use crate::pipeline::PipelineError;
 use crate::source::chunks::TableInfo;
+use crate::source::visibility::SeenSnapshot;
 use crate::source::{ReplicationEvent, ReplicationStream};
 use crate::wire::Op;
 
@@ -166,19 +168,18 @@ pub(super) struct FetchedRow {
     pub(super) texts: Vec<Option<String>>,
     /// The row's version (`xmin` or the sequence column); `None`: no row.
     pub(super) version: Option<String>,
-    /// The read's snapshot `xmin`: transactions before it were visible to the read.
-    pub(super) visible_before: Option<u32>,
+    /// The read's snapshot.
+    pub(super) seen: Arc<SeenSnapshot>,
 }
 
 impl FetchedRow {
-    /// The texts of `wanted` columns, if the row was read with all of them.
     /// Whether the read saw the committed transaction `xid`: then a row that is not
     /// the version `xid` wrote was changed (or removed) after it.
     pub(super) fn saw_committed(&self, xid: u32) -> bool {
-        self.visible_before
-            .is_some_and(|xmin| (xmin.wrapping_sub(xid) as i32) > 0)
+        self.seen.sees(xid)
     }
 
+    /// The texts of `wanted` columns, if the row was read with all of them.
     pub(super) fn pick(&self, wanted: &[String]) -> Option<Vec<Option<String>>> {
         wanted
             .iter()
@@ -274,16 +275,17 @@ impl Envelopes {
                 .collect();
             let read = self
                 .catalog
-                .read_rows_columns(&info, &keys, &columns, &version)
+                .read_rows_columns(&info, &keys, &columns, (&version, &[]))
                 .await?;
             self.metrics.envelope.toast_fetch_queries.inc();
+            let seen = Arc::new(read.seen);
             for (need, key) in needs.into_iter().zip(keys) {
                 let (texts, version) = read.rows.get(&key).cloned().unwrap_or_default();
                 let row = FetchedRow {
                     columns: columns.clone(),
                     texts,
                     version,
-                    visible_before: read.visible_before,
+                    seen: seen.clone(),
                 };
                 self.toast_rows.insert(need.key, row);
             }

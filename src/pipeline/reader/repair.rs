@@ -120,9 +120,10 @@ impl Repairs {
         let names: Vec<String> = info.columns.iter().map(|c| c.0.clone()).collect();
         let rows = env
             .catalog
-            .read_rows_columns(&info, &values, &names, "NULL")
+            .read_rows_columns(&info, &values, &names, ("NULL", env.recent.must_see()))
             .await?
             .rows;
+        env.recent.all_seen();
         let high = env.catalog.current_wal_lsn().await?;
         let rows = keys
             .into_iter()

@@ -49,8 +49,9 @@ async fn read_rows_chunk(
     let limit = snapshot.chunk_rows;
     let texts = env
         .catalog
-        .read_chunk(info, after.as_deref(), limit)
+        .read_chunk(info, (after.as_deref(), limit), env.recent.must_see())
         .await?;
+    env.recent.all_seen();
     let high = env.catalog.current_wal_lsn().await?;
     let mut rows = Vec::with_capacity(texts.len());
     for row in texts {
@@ -113,10 +114,11 @@ async fn read_sweep_chunk(
     }
     let existing: HashSet<Vec<String>> = env
         .catalog
-        .existing_keys(info, &keys)
+        .existing_keys(info, &keys, env.recent.must_see())
         .await?
         .into_iter()
         .collect();
+    env.recent.all_seen();
     let high = env.catalog.current_wal_lsn().await?;
     let vanished = keys
         .into_iter()
