@@ -36,7 +36,7 @@ deps-matrix: deps
 
 ## test-matrix: the end-to-end subset (MATRIX_TESTS) on each major in .pg/ through
 ## WALCAST_PG_BIN (`make test` covers Debian's 15, the default).
-MATRIX_TESTS ?= --test pipeline --test sequence_modes --test snapshot --test streaming --test prepared --test failover_slot --test generated_columns
+MATRIX_TESTS ?= --test pipeline --test sequence_modes --test snapshot --test visibility --test streaming --test prepared --test failover_slot --test generated_columns
 test-matrix: deps-matrix
 	$(CARGO) test --no-run $(MATRIX_TESTS)
 	@for bin in $(CURDIR)/.pg/*/bin; do \

@@ -160,3 +160,52 @@ async fn a_resnapshot_never_publishes_a_row_older_than_its_last_change() {
         .unwrap();
     assert_eq!(row.get::<_, i64>(0), 1);
 }
+
+/// Rows the stream changes while the initial snapshot is still on its way to them:
+/// their chunk, read after the change, is not published again (the stream carries
+/// the row's value already), so no key gets a snapshot envelope repeating the value
+/// of its previous envelope, and every key ends equal to the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_the_stream_changed_before_their_chunk_are_not_published_twice() {
+    let (rows, updated_from) = (20_000, 15_001);
+    let (s, db) = with_sql(
+        servers_with(PgOptions::default()),
+        &format!(
+            "CREATE TABLE s (id bigint PRIMARY KEY, version bigint NOT NULL);
+             INSERT INTO s SELECT g, 0 FROM generate_series(1, {rows}) g;
+             CREATE PUBLICATION walcast FOR TABLE s;"
+        ),
+    )
+    .await;
+    let mut c = Collector::new(&s.nats.url(), "walcast.public.s.*").await;
+    let args = RunArgs::new(&s, "walcast", "walcast").args(&["--snapshot-chunk-rows", "500"]);
+    let w = Walcast::start(args).await;
+    exec(
+        &db,
+        &format!("UPDATE s SET version = 1 WHERE id >= {updated_from}"),
+    )
+    .await;
+    w.wait_for_log("snapshot complete", 1, WAIT).await;
+    wait_caught_up(&db, &w, WAIT).await;
+    c.collect_for(Duration::from_secs(1)).await;
+
+    let mut last: std::collections::HashMap<&str, &Envelope> = Default::default();
+    let mut repeated = 0;
+    for (_, e, _) in &c.received {
+        if let Some(before) = last.insert(&e.key, e) {
+            if e.op == Op::Snapshot && before.value == e.value {
+                repeated += 1;
+            }
+        }
+    }
+    assert_eq!(
+        repeated, 0,
+        "snapshot envelopes repeating the stream's value"
+    );
+    assert_eq!(last.len(), rows as usize);
+    for (key, e) in &last {
+        let id: i64 = key.rsplit(':').next().unwrap().parse().unwrap();
+        let want = i64::from(id >= updated_from);
+        assert_eq!(version(e), Some(want), "{key}");
+    }
+}

@@ -15,6 +15,7 @@
 //! stored key, and rows already published with the same value are not published again.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -90,6 +91,37 @@ pub(super) struct Chunk {
     pub last: bool,
 }
 
+/// Keys the stream changed since the snapshot began or last queued tables (hashes):
+/// a chunk read after such a change sees it (the read waits until it does), so the
+/// stream already carries the row's value and the row is not published again.
+/// Bounded: past the bound, rows are published again (duplicates, never a loss).
+#[derive(Default)]
+pub(super) struct StreamedKeys {
+    hashes: HashSet<u64>,
+    state: std::hash::RandomState,
+}
+
+/// How many keys [`StreamedKeys`] holds at most (about 16 MiB).
+const STREAMED_KEYS_MAX: usize = 1 << 20;
+
+impl StreamedKeys {
+    pub fn record(&mut self, key: &str) {
+        if self.hashes.len() < STREAMED_KEYS_MAX {
+            self.hashes.insert(self.state.hash_one(key));
+        }
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        !self.hashes.is_empty() && self.hashes.contains(&self.state.hash_one(key))
+    }
+
+    /// Tables were queued (again): what the stream carried may be older than their
+    /// rows (changes made while a table was out of the publication).
+    pub fn forget(&mut self) {
+        self.hashes = HashSet::new();
+    }
+}
+
 /// A table being read.
 struct TableRun {
     info: TableInfo,
@@ -112,6 +144,7 @@ pub(super) struct Snapshot {
     unstored: VecDeque<(Position, Progress)>,
     /// Tables resumed after a crash: rows equal to the stream's are not published again.
     pub verify: HashSet<String>,
+    pub streamed: StreamedKeys,
     pub started: Instant,
     pub rows_total: u64,
 }
@@ -139,6 +172,7 @@ impl Snapshot {
             progress,
             unstored: VecDeque::new(),
             verify,
+            streamed: StreamedKeys::default(),
             started: Instant::now(),
             rows_total: 0,
         }
@@ -174,6 +208,7 @@ impl Snapshot {
     /// not published again; keys without a row get a `delete`). Returns the tables
     /// queued (not already queued or being read).
     pub fn add_tables(&mut self, tables: &[String]) -> Vec<String> {
+        self.streamed.forget();
         let reading = self.current.as_ref().map(|r| r.info.qualified());
         let mut added = Vec::new();
         for t in tables {

@@ -9,7 +9,9 @@ use super::handover::Handover;
 use super::ChangeReader;
 use crate::envelope::Outgoing;
 use crate::ops::metrics::Metrics;
-use crate::pipeline::snapshot::{Chunk, Progress, Snapshot, SnapshotMode, SnapshotSettings};
+use crate::pipeline::snapshot::{
+    Chunk, Progress, Snapshot, SnapshotMode, SnapshotSettings, StreamedKeys,
+};
 use crate::pipeline::PipelineError;
 use crate::source::ReplicationStream;
 use crate::state::StateStore;
@@ -202,17 +204,18 @@ impl SnapshotDriver {
         }
     }
 
-    /// Live changes while a chunk waits: the stream has the newer value of their keys.
+    /// Live changes during a snapshot: the stream has the newest value of their keys
+    /// (a waiting chunk drops them; a later chunk skips them).
     pub(super) fn live_changes(&mut self, built: &[Outgoing]) {
-        let Some(chunk) = self.snapshot.as_mut().and_then(|s| s.pending.as_mut()) else {
+        let Some(snapshot) = self.snapshot.as_mut() else {
             return;
         };
         for o in built {
-            let key = o
-                .msg_id
-                .rsplit_once(':')
-                .map_or(o.msg_id.as_str(), |(k, _)| k);
-            chunk.removed.insert(key.to_string());
+            let key = o.msg_id.rsplit_once(':').map_or(&*o.msg_id, |(k, _)| k);
+            snapshot.streamed.record(key);
+            if let Some(chunk) = snapshot.pending.as_mut() {
+                chunk.removed.insert(key.to_string());
+            }
         }
     }
 
@@ -249,7 +252,8 @@ impl SnapshotDriver {
         let verify = snapshot.verify.contains(&chunk.table);
         env.builder.begin_snapshot(position, Timestamp::now());
         let before = handover.built.len();
-        let published = publish_rows(env, handover, &chunk, verify).await?;
+        let streamed = &snapshot.streamed;
+        let published = publish_rows(env, handover, (&chunk, streamed), verify).await?;
         let deleted = publish_deletes(env, handover, &chunk).await?;
         let next = env
             .builder
@@ -320,17 +324,17 @@ impl SnapshotDriver {
     }
 }
 
-/// The chunk's rows the stream did not change meanwhile (and, when verifying, whose
+/// The chunk's rows the stream did not change since the snapshot began (and, when verifying, whose
 /// key's last envelope differs), as snapshot envelopes; how many.
 async fn publish_rows(
     env: &mut Envelopes,
     handover: &mut Handover,
-    chunk: &Chunk,
+    (chunk, streamed): (&Chunk, &StreamedKeys),
     verify: bool,
 ) -> Result<u64, PipelineError> {
     let mut published = 0u64;
     for (key, texts) in &chunk.rows {
-        if chunk.removed.contains(key) {
+        if chunk.removed.contains(key) || streamed.contains(key) {
             continue;
         }
         let row = super::snapshot_read::tuple(texts);
