@@ -15,17 +15,6 @@ fn big(c: char) -> String {
     std::iter::repeat_n(c, 5000).collect()
 }
 
-/// `t(id, small, big)` with `big` stored out of line, in the publication.
-async fn toast_table(opts: PgOptions) -> (Servers, tokio_postgres::Client) {
-    with_sql(
-        servers_with(opts),
-        "CREATE TABLE t (id int PRIMARY KEY, small int, big text);
-         ALTER TABLE t ALTER big SET STORAGE EXTERNAL;
-         CREATE PUBLICATION walcast FOR TABLE t;",
-    )
-    .await
-}
-
 fn column_str(e: &Envelope, name: &str) -> Option<String> {
     e.column(name).and_then(|v| v.as_str()).map(str::to_string)
 }
@@ -121,14 +110,7 @@ async fn unchanged_toast_without_an_exact_source_is_marked_unavailable() {
 #[tokio::test]
 async fn unchanged_toast_read_from_the_table_while_it_is_current() {
     let (s, db) = toast_table(PgOptions::default()).await;
-    let args = RunArgs::new(&s, "walcast", "walcast").args(&[
-        "--delivery",
-        "core",
-        "--volatile-sequences",
-        "--toast-cache-bytes",
-        "16",
-    ]);
-    let w = Walcast::start(args).await;
+    let w = Walcast::start(toast_read_from_table(&s)).await;
     let mut c = Collector::new(&s.nats.url(), "walcast.public.t.*").await;
     exec(&db, &format!("INSERT INTO t VALUES (1, 0, '{}')", big('C'))).await;
     c.until(1, WAIT).await;

@@ -68,21 +68,8 @@ fn version(e: &Envelope) -> Option<i64> {
 /// unavailable marker.
 #[tokio::test]
 async fn unchanged_toast_waits_for_its_change_to_become_visible() {
-    let (s, db) = with_sql(
-        servers_with(PgOptions::default()),
-        "CREATE TABLE t (id int PRIMARY KEY, small int, big text);
-         ALTER TABLE t ALTER big SET STORAGE EXTERNAL;
-         CREATE PUBLICATION walcast FOR TABLE t;",
-    )
-    .await;
-    let args = RunArgs::new(&s, "walcast", "walcast").args(&[
-        "--delivery",
-        "core",
-        "--volatile-sequences",
-        "--toast-cache-bytes",
-        "16",
-    ]);
-    let w = Walcast::start(args).await;
+    let (s, db) = toast_table(PgOptions::default()).await;
+    let w = Walcast::start(toast_read_from_table(&s)).await;
     let mut c = Collector::new(&s.nats.url(), "walcast.public.t.*").await;
     exec(&db, &format!("INSERT INTO t VALUES (1, 0, '{}')", big('C'))).await;
     c.until(1, WAIT).await;

@@ -11,6 +11,10 @@ use futures::StreamExt;
 use walcast::testing::{free_port, NatsServer, PgOptions, PgServer};
 use walcast::wire::{Envelope, Lsn};
 
+mod toast;
+#[allow(unused_imports)]
+pub use toast::*;
+
 /// How often [`poll_until`] asks again.
 const POLL_EVERY: Duration = Duration::from_millis(20);
 
