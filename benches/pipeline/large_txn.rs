@@ -3,8 +3,9 @@
 //! spill files and sends it after the commit) against `--stream-large-transactions`
 //! (sent while it runs, held by walcast). For each: seconds from the COMMIT to the
 //! last envelope the subscriber got, walcast's peak RSS (VmHWM), PostgreSQL's
-//! `spill_bytes` for the slot and the bytes walcast spilled. `BENCH_ONLY=big` runs it
-//! alone.
+//! `spill_bytes` for the slot and the bytes walcast spilled; then both again through
+//! core NATS (`--delivery core`), which shows how much of the wait is JetStream's
+//! publishing. `BENCH_ONLY=big` runs it alone.
 
 use std::time::{Duration, Instant};
 
@@ -20,14 +21,20 @@ pub async fn run(b: &Bench) -> serde_json::Value {
     let rows = b.settings.rows(1_000_000.0);
     b.exec(
         "CREATE TABLE bench_large (id int PRIMARY KEY, v int NOT NULL);
-         CREATE PUBLICATION bench_large FOR TABLE bench_large;
-         ALTER SYSTEM SET logical_decoding_work_mem = '64kB'; SELECT pg_reload_conf();",
+         CREATE PUBLICATION bench_large FOR TABLE bench_large;",
     )
     .await;
-    let plain = one(b, false, 1, rows).await;
-    let streamed = one(b, true, rows + 1, rows).await;
-    b.exec("ALTER SYSTEM RESET logical_decoding_work_mem; SELECT pg_reload_conf();")
+    // ALTER SYSTEM runs outside a transaction block: one statement per call.
+    b.exec("ALTER SYSTEM SET logical_decoding_work_mem = '64kB'")
         .await;
+    b.exec("SELECT pg_reload_conf()").await;
+    let plain = one(b, (false, Delivery::JetStream), 1, rows).await;
+    let streamed = one(b, (true, Delivery::JetStream), rows + 1, rows).await;
+    // The same through core NATS: how much of the wait is JetStream's publishing.
+    let plain_core = one(b, (false, Delivery::Core), 2 * rows + 1, rows).await;
+    let streamed_core = one(b, (true, Delivery::Core), 3 * rows + 1, rows).await;
+    b.exec("ALTER SYSTEM RESET logical_decoding_work_mem").await;
+    b.exec("SELECT pg_reload_conf()").await;
     let ratio = plain["commit_to_last_s"].as_f64().unwrap_or(f64::NAN)
         / streamed["commit_to_last_s"].as_f64().unwrap_or(f64::NAN);
     println!("1M-row transaction: commit to last envelope {ratio:.1}x shorter streamed");
@@ -37,12 +44,30 @@ pub async fn run(b: &Bench) -> serde_json::Value {
         "protocol_1": plain,
         "streaming": streamed,
         "commit_to_last_ratio": ratio,
+        "protocol_1_core": plain_core,
+        "streaming_core": streamed_core,
     })
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Delivery {
+    JetStream,
+    Core,
+}
+
 /// One run: walcast on a slot of its own, then the transaction, then the wait.
-async fn one(b: &Bench, streaming: bool, from: u64, rows: u64) -> serde_json::Value {
-    let tag = if streaming { "bigstream" } else { "bigplain" };
+async fn one(
+    b: &Bench,
+    (streaming, delivery): (bool, Delivery),
+    from: u64,
+    rows: u64,
+) -> serde_json::Value {
+    let tag = match (streaming, delivery) {
+        (true, Delivery::JetStream) => "bigstream",
+        (false, Delivery::JetStream) => "bigplain",
+        (true, Delivery::Core) => "bigstreamcore",
+        (false, Delivery::Core) => "bigplaincore",
+    };
     let (prefix, stream) = names(tag);
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut args: Vec<String> = [
@@ -69,6 +94,9 @@ async fn one(b: &Bench, streaming: bool, from: u64, rows: u64) -> serde_json::Va
     if streaming {
         args.push("--stream-large-transactions".into());
     }
+    if delivery == Delivery::Core {
+        args.extend(["--delivery", "core", "--volatile-sequences"].map(String::from));
+    }
     let counter = Counter::start(b.nats.url(), format!("{prefix}.>")).await;
     let child = spawn(b, &args);
     let pid = child.id();
@@ -80,7 +108,11 @@ async fn one(b: &Bench, streaming: bool, from: u64, rows: u64) -> serde_json::Va
     .await;
     let committed = Instant::now();
     let deadline = committed + DEADLINE;
+    let mut first = None;
     while counter.count() < rows && Instant::now() < deadline {
+        if first.is_none() && counter.count() > 0 {
+            first = Some(committed.elapsed().as_secs_f64());
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let last = counter.last_at().unwrap_or(committed);
@@ -105,14 +137,15 @@ async fn one(b: &Bench, streaming: bool, from: u64, rows: u64) -> serde_json::Va
     b.drop_slot(tag).await;
     b.delete_streams(&[format!("{stream}_META"), stream]).await;
     let seconds = last.saturating_duration_since(committed).as_secs_f64();
+    let first = first.unwrap_or(seconds);
     println!(
-        "1M-row transaction, {}: commit to last envelope {seconds:.2} s, RSS peak {:.1} MiB, PostgreSQL spilled {pg_spill} B, walcast spilled {walcast_spilled} B",
-        if streaming { "streamed" } else { "protocol 1" },
+        "1M-row transaction, {tag}: commit to first envelope {first:.2} s, to last {seconds:.2} s, RSS peak {:.1} MiB, PostgreSQL spilled {pg_spill} B, walcast spilled {walcast_spilled} B",
         peak_rss_kib as f64 / 1024.0
     );
     serde_json::json!({
         "delivered": delivered,
         "complete": delivered >= rows,
+        "commit_to_first_s": first,
         "commit_to_last_s": seconds,
         "peak_rss_kib": peak_rss_kib,
         "postgres_spill_bytes": pg_spill,
