@@ -91,7 +91,7 @@ pub struct ReplicaOptions {
     pub schema_version: Option<String>,
 }
 
-/// Where a replica refetches its key from (see [`ReplicaOptions::refetch_from`]).
+/// Where a replica refetches its key from (`ReplicaOptions::refetch_from`).
 #[derive(Clone)]
 pub enum RefetchFrom {
     /// The key's last envelope in walcast's JetStream stream (`refetch_from_stream`).
