@@ -83,18 +83,7 @@ pub fn all(s: &Settings) -> Vec<Scenario> {
             contenders: with(Contender::existing_rows()),
             bare: true,
         },
-        // Issue 26: compression and encryption on (c)'s backlog (run alone: after (c)
-        // the wide rows exist and the same procedure writes another mix).
-        Scenario {
-            part: "seal",
-            name: "(seal) 50k mixed narrow + wide (new rows): --compress, --encrypt, s2",
-            publication: "bench_mixed",
-            prelude: None,
-            generate: format!("CALL mixed({c})"),
-            rows: c,
-            contenders: [Contender::limits(), crate::seal::contenders()].concat(),
-            bare: false,
-        },
+        crate::seal::scenario(c),
     ]
 }
 

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use crate::contenders::{walcast, Contender, WalcastSpec, JETSTREAM};
 use crate::report::median;
-use crate::scenarios::{Outcome, Runs};
+use crate::scenarios::{Outcome, Runs, Scenario};
 
 /// What a walcast run seals.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -41,6 +41,22 @@ pub const S2: &str = "walcast jetstream, --stream-compression s2";
 const TABLES: [&str; 2] = ["public.bench_wide", "public.bench_narrow"];
 /// `--compress`'s threshold: the README's example.
 const COMPRESS_MIN: usize = 1024;
+
+/// The part's scenario: (c)'s backlog of `rows` changes, the limit and the five
+/// variants. Run it alone: after (c) the wide rows exist and the same procedure
+/// writes another mix.
+pub fn scenario(rows: u64) -> Scenario {
+    Scenario {
+        part: "seal",
+        name: "(seal) 50k mixed narrow + wide (new rows): --compress, --encrypt, s2",
+        publication: "bench_mixed",
+        prelude: None,
+        generate: format!("CALL mixed({rows})"),
+        rows,
+        contenders: [Contender::limits(), contenders()].concat(),
+        bare: false,
+    }
+}
 
 /// The five walcast variants.
 pub fn contenders() -> Vec<Contender> {
