@@ -27,7 +27,8 @@
 //!   encoded envelope per change. Synchronous: what it lacks it asks for (`Need`);
 //!   `EnvelopeSettings` with the per-table settings.
 //! - `state`: the durable state in JetStream (each key's last envelope, schema
-//!   histories, snapshot progress, the streams, what they hold for `tail --stored`);
+//!   histories, snapshot progress, the streams and their window, what they hold for
+//!   `tail --stored`);
 //!   `StreamSettings`.
 //! - `sink`: one `Sink`, three publishers (JetStream fast batches, JetStream one
 //!   PubAck each, core NATS) with one sequence window and shared back-off;

@@ -39,6 +39,8 @@ pub struct WalcastSpec {
     pub snapshot: bool,
     /// Its slot is made before the scenario's pre-existing rows: it sees them inserted.
     pub early_slot: bool,
+    /// `--compress`, `--encrypt`, `--stream-compression` (the `seal` part).
+    pub seal: crate::seal::Seal,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -62,7 +64,7 @@ pub struct Contender {
     pub kind: Kind,
 }
 
-const fn walcast(name: &'static str, spec: WalcastSpec) -> Contender {
+pub const fn walcast(name: &'static str, spec: WalcastSpec) -> Contender {
     Contender {
         name,
         kind: Kind::Walcast(spec),
@@ -75,15 +77,16 @@ const CORE: WalcastSpec = WalcastSpec {
     key_cache: None,
     snapshot: false,
     early_slot: false,
+    seal: crate::seal::Seal::NONE,
 };
-const JETSTREAM: WalcastSpec = WalcastSpec {
+pub const JETSTREAM: WalcastSpec = WalcastSpec {
     jetstream: true,
     ..CORE
 };
 
 impl Contender {
-    /// The limit, walcast in both modes and the three peers.
-    pub fn standard() -> Vec<Contender> {
+    /// The limit: `pg_recvlogical` and the drain.
+    pub fn limits() -> Vec<Contender> {
         vec![
             Contender {
                 name: PG_RECVLOGICAL,
@@ -93,6 +96,12 @@ impl Contender {
                 name: DRAIN,
                 kind: Kind::Drain,
             },
+        ]
+    }
+
+    /// The limit, walcast in both modes and the three peers.
+    pub fn standard() -> Vec<Contender> {
+        let others = vec![
             walcast(WALCAST_CORE, CORE),
             walcast(WALCAST_JETSTREAM, JETSTREAM),
             Contender {
@@ -107,7 +116,8 @@ impl Contender {
                 name: NODE_PEER_JETSTREAM,
                 kind: Kind::Peer(PeerKind::NodeJetStream),
             },
-        ]
+        ];
+        [Contender::limits(), others].concat()
     }
 
     /// A restart on a warm stream, with the default key cache and a small one.
@@ -196,6 +206,12 @@ pub struct RunResult {
     /// Confirmed at the end, and everything delivered.
     pub complete: bool,
     pub mean_payload_bytes: f64,
+    /// Payload bytes the subscriber received (what went over the wire).
+    pub payload_bytes: u64,
+    /// walcast JetStream: the stream's `state.bytes` at the end, and the size of its
+    /// files in the server's store directory.
+    pub stored_bytes: Option<u64>,
+    pub disk_bytes: Option<u64>,
     /// walcast's counters at the end of the run.
     pub counters: BTreeMap<String, f64>,
     pub note: String,

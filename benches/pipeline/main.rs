@@ -23,9 +23,13 @@
 //! JetStream publishers), `report` (table, ratios, the limit's check), `targets`, `latency` and `consumer`
 //! (walcast against a bare `pg_recvlogical` in the same run), `memory`, `machine`.
 //!
+//! `seal` (issue 26): walcast JetStream plain, `--compress`, `--encrypt`, both and
+//! `--stream-compression s2` on the wide-mixed backlog, with bytes on the wire and
+//! stored; not in the default set (run it alone: `BENCH_ONLY=seal`).
+//!
 //! Environment: `BENCH_RUNS` (3), `BENCH_SCALE` (1.0, multiplies the row counts),
 //! `BENCH_LATENCY_SECS` (30), `BENCH_OUT` (docs/benchmarks.json), `BENCH_ONLY`
-//! (`a,b,c,d,lat,linger,mem,big`; also `ceil`), `BENCH_CONTENDERS` (substrings of
+//! (`a,b,c,d,lat,linger,mem,big`; also `ceil`, `seal`), `BENCH_CONTENDERS` (substrings of
 //! contender names; the limit always runs), `BENCH_DRAIN_SWEEP`
 //! (`nap_us:floor:below,...`), `BENCH_COMMAND` (recorded in the JSON after the `BENCH_*`
 //! variables set; `make bench` sets it),
@@ -42,6 +46,7 @@ mod machine;
 mod memory;
 mod report;
 mod scenarios;
+mod seal;
 mod setup;
 mod targets;
 mod walcast_run;
@@ -142,6 +147,10 @@ async fn bench(settings: Settings) -> Result<(), DynError> {
     }
     let throughput = report::Throughput::new(outcomes);
     println!("\n{}", throughput.table());
+    let (seal_table, seal) = throughput
+        .find("seal")
+        .map_or((String::new(), serde_json::Value::Null), seal::report);
+    println!("{seal_table}");
     println!("{}", throughput.violations_text());
     let latency = latency::all(&b).await;
     let memory = if settings.want("mem") {
@@ -171,6 +180,7 @@ async fn bench(settings: Settings) -> Result<(), DynError> {
         "latency": latency.json(),
         "memory": memory,
         "large_transaction": large_transaction,
+        "seal": seal,
         "targets": targets,
         "tables_markdown": {
             "throughput": throughput.table(),

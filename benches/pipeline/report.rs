@@ -7,6 +7,7 @@
 use crate::bare;
 use crate::contenders::{self as c, RunResult};
 use crate::scenarios::{Outcome, Runs};
+use crate::seal;
 
 /// Every scenario's runs.
 pub struct Throughput {
@@ -97,6 +98,9 @@ impl Outcome {
             }
             c::CORE_SNAPSHOT => vec![of("walcast core", self.rate(c::WALCAST_CORE))],
             c::JETSTREAM_SNAPSHOT => vec![of("walcast jetstream", self.rate(c::WALCAST_JETSTREAM))],
+            seal::ZSTD | seal::AES | seal::BOTH | seal::S2 => {
+                vec![of("plain", self.rate(seal::PLAIN))]
+            }
             _ => vec![],
         };
         let text: Vec<String> = parts.into_iter().flatten().collect();

@@ -26,6 +26,8 @@ pub struct Scenario {
     /// Row changes the backlog holds.
     pub rows: u64,
     pub contenders: Vec<Contender>,
+    /// The bare publishers run too, with walcast JetStream's envelope size.
+    pub bare: bool,
 }
 
 pub fn all(s: &Settings) -> Vec<Scenario> {
@@ -45,6 +47,7 @@ pub fn all(s: &Settings) -> Vec<Scenario> {
             generate: format!("CALL updates({a}, 2000)"),
             rows: a,
             contenders: with(Contender::warm()),
+            bare: true,
         },
         Scenario {
             part: "b",
@@ -54,6 +57,7 @@ pub fn all(s: &Settings) -> Vec<Scenario> {
             generate: format!("CALL updates({b}, 1)"),
             rows: b,
             contenders: with(Contender::warm()),
+            bare: true,
         },
         Scenario {
             part: "c",
@@ -63,6 +67,7 @@ pub fn all(s: &Settings) -> Vec<Scenario> {
             generate: format!("CALL mixed({c})"),
             rows: c,
             contenders: Contender::standard(),
+            bare: true,
         },
         Scenario {
             part: "d",
@@ -76,7 +81,9 @@ pub fn all(s: &Settings) -> Vec<Scenario> {
             generate: format!("CALL existing({d})"),
             rows: d,
             contenders: with(Contender::existing_rows()),
+            bare: true,
         },
+        crate::seal::scenario(c),
     ]
 }
 
@@ -220,7 +227,9 @@ pub async fn run(b: &Bench, sc: &Scenario) -> Outcome {
                 *first = again;
             }
         }
-        run_bare(b, sc, rep, &mut results).await;
+        if sc.bare {
+            run_bare(b, sc, rep, &mut results).await;
+        }
     }
     Outcome {
         scenario: sc.name.into(),

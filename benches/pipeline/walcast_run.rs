@@ -59,6 +59,7 @@ fn args(b: &Bench, spec: WalcastSpec, job: &Job, metrics_addr: &str) -> Vec<Stri
     if let Some(n) = spec.key_cache {
         args.extend(["--key-cache".to_string(), n.to_string()]);
     }
+    args.extend(crate::seal::args(spec.seal));
     args
 }
 
@@ -115,13 +116,29 @@ pub async fn run(b: &Bench, spec: WalcastSpec, job: &Job) -> RunResult {
     let mut result = RunResult::new(&watched, counter.last_at(), expected);
     result.delivered = Some(counter.count());
     result.mean_payload_bytes = counter.mean_payload();
+    result.payload_bytes = counter.bytes();
     result.complete &= delivered;
     result.counters = counters;
     counter.stop();
     if spec.jetstream {
+        (result.stored_bytes, result.disk_bytes) = stored(b, &stream).await;
         b.delete_streams(&[format!("{stream}_META"), stream]).await;
     }
     result
+}
+
+/// The stream's `state.bytes` and the size of its files in the store directory.
+async fn stored(b: &Bench, stream: &str) -> (Option<u64>, Option<u64>) {
+    let Ok(client) = async_nats::connect(b.nats.url()).await else {
+        return (None, None);
+    };
+    let js = async_nats::jetstream::new(client);
+    let Ok(mut s) = js.get_stream(stream).await else {
+        return (None, None);
+    };
+    let bytes = s.info().await.ok().map(|i| i.state.bytes);
+    let dir = b.nats.store_dir().join("jetstream/$G/streams").join(stream);
+    (bytes, Some(crate::seal::dir_bytes(&dir)))
 }
 
 /// With a snapshot the envelope count is known at the end only: wait for the slot at

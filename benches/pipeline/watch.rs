@@ -209,6 +209,11 @@ impl Counter {
         self.bytes.load(Ordering::Relaxed) as f64 / self.count().max(1) as f64
     }
 
+    /// Payload bytes so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
     /// When the last message came.
     pub fn last_at(&self) -> Option<Instant> {
         match self.last_nanos.load(Ordering::Relaxed) {

@@ -45,10 +45,13 @@ pub use crate::wire::Envelope;
 pub use catchup::{changes_since, follow_since, latest_position, ChangeFilter, Page};
 pub use in_process::InProcessTransport;
 pub use nats::NatsTransport;
-pub use replica::{Refetch, Replica, ReplicaMeta, ReplicaOptions, ReplicaStats, Status};
+pub use replica::{
+    Refetch, RefetchFrom, Replica, ReplicaMeta, ReplicaOptions, ReplicaStats, Status,
+};
 pub use stream::{
     envelopes, envelopes_with, last_envelope, last_envelope_with, refetch_from_stream,
-    refetch_from_walcast, Received, StoredEnvelope,
+    refetch_from_stream_with, refetch_from_walcast, refetch_from_walcast_with, Received,
+    StoredEnvelope,
 };
 pub use url::{connect, connect_with_auth, redact_url, NatsAuth, NatsUrl};
 

@@ -15,15 +15,23 @@
 //! A `delete` envelope applies as "no value" (`None`), as does a refetch that finds no
 //! row ([`ClientError::NotFound`]). Without a refetch function a
 //! needed recovery leaves the status `stale`; a failed refetch does too.
+//!
+//! An encrypted table's replica: the transport opens live envelopes
+//! (`NatsTransport::with_keys`), the replica's refetch opens the refetched one
+//! ([`ReplicaOptions::with_keys`] with [`RefetchFrom`], or a `refetch` of your own
+//! calling `refetch_from_stream_with`).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
+use super::stream::{refetch_from_stream_with, refetch_from_walcast_with};
 use super::{ClientError, Envelope, Subscription, Transport};
+use crate::wire::seal::Keyring;
 use crate::wire::Op;
 
 /// Fetches the authoritative current envelope of the key.
@@ -72,8 +80,57 @@ pub struct ReplicaOptions {
     pub seed: Option<Envelope>,
     /// Recovery: fetch the current authoritative envelope.
     pub refetch: Option<Refetch>,
+    /// Recovery from walcast's stream or walcast itself, when `refetch` is not set:
+    /// the key's envelope, encrypted rows opened with `keyring`.
+    pub refetch_from: Option<RefetchFrom>,
+    /// The key ring an encrypted table's rows are opened with (`docs/encryption.md`)
+    /// on refetch (`refetch_from`). Live envelopes are opened by the transport: give
+    /// it the same ring (`NatsTransport::with_keys`).
+    pub keyring: Option<Arc<Keyring>>,
     /// The schema version (`major.minor`) the client's `T` was written for.
     pub schema_version: Option<String>,
+}
+
+/// Where a replica refetches its key from (`ReplicaOptions::refetch_from`).
+#[derive(Clone)]
+pub enum RefetchFrom {
+    /// The key's last envelope in walcast's JetStream stream (`refetch_from_stream`).
+    Stream {
+        js: async_nats::jetstream::Context,
+        stream: String,
+        prefix: String,
+    },
+    /// walcast answers from the table (column mode: `refetch_from_walcast`).
+    Walcast {
+        client: async_nats::Client,
+        prefix: String,
+        timeout: Duration,
+    },
+}
+
+impl RefetchFrom {
+    /// The refetch of `key`, opening encrypted rows with `keys`.
+    fn refetch(self, key: String, keys: Option<Arc<Keyring>>) -> Refetch {
+        let from = Arc::new(self);
+        Arc::new(move || {
+            let (from, key, keys) = (from.clone(), key.clone(), keys.clone());
+            Box::pin(async move {
+                match &*from {
+                    RefetchFrom::Stream { js, stream, prefix } => {
+                        refetch_from_stream_with(js, stream, prefix, &key, keys.as_deref()).await
+                    }
+                    RefetchFrom::Walcast {
+                        client,
+                        prefix,
+                        timeout,
+                    } => {
+                        refetch_from_walcast_with(client, prefix, &key, *timeout, keys.as_deref())
+                            .await
+                    }
+                }
+            })
+        })
+    }
 }
 
 impl ReplicaOptions {
@@ -82,8 +139,31 @@ impl ReplicaOptions {
             key: key.into(),
             seed: None,
             refetch: None,
+            refetch_from: None,
+            keyring: None,
             schema_version: None,
         }
+    }
+
+    /// Open encrypted rows with `keys` (on refetch; see [`ReplicaOptions::keyring`]).
+    pub fn with_keys(mut self, keys: Arc<Keyring>) -> Self {
+        self.keyring = Some(keys);
+        self
+    }
+
+    /// Refetch from `from` (unless `refetch` is set).
+    pub fn refetch_from(mut self, from: RefetchFrom) -> Self {
+        self.refetch_from = Some(from);
+        self
+    }
+
+    /// The refetch the replica uses: `refetch`, else one built from `refetch_from`
+    /// with the key ring.
+    fn take_refetch(&mut self) -> Option<Refetch> {
+        let from = self.refetch_from.take();
+        self.refetch
+            .take()
+            .or_else(|| from.map(|f| f.refetch(self.key.clone(), self.keyring.clone())))
     }
 }
 
@@ -256,7 +336,8 @@ where
     }
 
     /// Start reconciling from an existing subscription to the key.
-    pub fn from_subscription(mut sub: Subscription, options: ReplicaOptions) -> Replica<T> {
+    pub fn from_subscription(mut sub: Subscription, mut options: ReplicaOptions) -> Replica<T> {
+        let refetch = options.take_refetch();
         let inner = Arc::new(Inner {
             expected_major: options
                 .schema_version
@@ -264,7 +345,7 @@ where
                 .and_then(major)
                 .map(str::to_string),
             key: options.key,
-            refetch: options.refetch,
+            refetch,
             state: Mutex::new(State {
                 value: None,
                 meta: ReplicaMeta {

@@ -97,7 +97,18 @@ pub async fn refetch_from_stream(
     prefix: &str,
     key: &str,
 ) -> Result<Envelope, ClientError> {
-    last_envelope(js, stream, prefix, key)
+    refetch_from_stream_with(js, stream, prefix, key, None).await
+}
+
+/// [`refetch_from_stream`], opening an encrypted row with `keys`.
+pub async fn refetch_from_stream_with(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    prefix: &str,
+    key: &str,
+    keys: Option<&Keyring>,
+) -> Result<Envelope, ClientError> {
+    last_envelope_with(js, stream, prefix, key, keys)
         .await?
         .map(|stored| stored.envelope)
         .ok_or_else(|| ClientError::NotFound(key.to_string()))
@@ -111,6 +122,18 @@ pub async fn refetch_from_walcast(
     prefix: &str,
     key: &str,
     timeout: std::time::Duration,
+) -> Result<Envelope, ClientError> {
+    refetch_from_walcast_with(client, prefix, key, timeout, None).await
+}
+
+/// [`refetch_from_walcast`], opening an encrypted row with `keys` (walcast seals its
+/// answers as it seals the table's changes).
+pub async fn refetch_from_walcast_with(
+    client: &async_nats::Client,
+    prefix: &str,
+    key: &str,
+    timeout: std::time::Duration,
+    keys: Option<&Keyring>,
 ) -> Result<Envelope, ClientError> {
     let request = client.request(
         refetch_subject(prefix),
@@ -128,7 +151,8 @@ pub async fn refetch_from_walcast(
     match refused {
         Some(why) if why == REFETCH_NOT_FOUND => Err(ClientError::NotFound(key.to_string())),
         Some(why) => Err(ClientError::Refetch(format!("walcast: {why}"))),
-        None => codec::decode(&reply.payload).map_err(|e| ClientError::Refetch(e.to_string())),
+        None => codec::decode_with(&reply.payload, keys)
+            .map_err(|e| ClientError::Refetch(e.to_string())),
     }
 }
 

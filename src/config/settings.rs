@@ -121,6 +121,12 @@ impl RunConfig {
             history: self.stream_history,
             max_age: self.stream_max_age,
             max_bytes: self.stream_max_bytes,
+            tracked: !self.volatile_sequences,
+            column_tables: table_settings(self)
+                .into_iter()
+                .filter(|(_, t)| t.sequence_column.is_some())
+                .map(|(name, _)| name)
+                .collect(),
             duplicate_window: self.duplicate_window,
             message_ttl: !self.delete_ttls.is_empty(),
             replicas: usize::from(self.stream_replicas),

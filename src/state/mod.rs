@@ -6,6 +6,7 @@
 mod batch;
 mod stored;
 pub mod stream;
+pub mod window;
 
 use std::sync::Arc;
 
@@ -32,6 +33,13 @@ pub enum StateError {
         stream: String,
         written: u64,
         now: u64,
+    },
+    #[error("stream {stream} has no window ({from}) and may hold the last envelopes of tracked tables ({tables}), which are their keys' sequence state: walcast will not change its window to {to} (--stream-max-age, --stream-max-bytes), which would let those envelopes go and a key start again at sequence 1. Put those tables in column mode (--column-sequence, sql/sequence_column.sql), or use a new stream (--stream) for the window")]
+    WindowDropsKeyState {
+        stream: String,
+        from: String,
+        to: String,
+        tables: String,
     },
     #[error("stream {stream} exists with a configuration walcast cannot use: {problems} (fix or delete the stream, or choose another --stream)")]
     StreamConflict { stream: String, problems: String },

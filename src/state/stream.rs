@@ -19,8 +19,14 @@ pub struct StreamSettings {
     pub history: i64,
     /// A window (`--stream-max-age`, `--stream-max-bytes`; zero: none): envelopes
     /// leave the stream by age or size, for a catch-up window of column-mode tables.
+    /// An existing stream is given it (`window.rs`).
     pub max_age: Duration,
     pub max_bytes: i64,
+    /// Tables are tracked unless in column mode (not `--volatile-sequences`): their
+    /// keys' last envelopes in the stream are their sequence state.
+    pub tracked: bool,
+    /// The tables in column mode (`schema.table`, `--column-sequence`).
+    pub column_tables: Vec<String>,
     pub duplicate_window: Duration,
     /// Per-message TTLs (`allow_msg_ttl`, nats-server 2.11+): some table's deletes
     /// expire (`--delete-ttl`).
@@ -137,15 +143,7 @@ pub fn stream_problems(c: &Config, settings: &StreamSettings) -> Vec<String> {
     if c.max_messages > 0 {
         problems.push("it has a message count limit that would drop key state".into());
     }
-    if c.max_age != settings.max_age || c.max_bytes.max(0) != settings.max_bytes {
-        problems.push(format!(
-            "its window is max_age {:?} / max_bytes {}, walcast is configured for {:?} / {} (--stream-max-age, --stream-max-bytes)",
-            c.max_age,
-            c.max_bytes,
-            settings.max_age,
-            settings.max_bytes
-        ));
-    }
+    // Another window is not a problem: walcast changes it (window.rs).
     problems
 }
 
@@ -210,7 +208,8 @@ async fn scale(js: &Context, stream: &mut Stream, replicas: usize) -> Result<(),
     Ok(())
 }
 
-/// Create the stream, or check that the existing one fits.
+/// Create the stream, or check that the existing one fits (and give it the
+/// configured window, replicas, TTLs, compression and batches).
 pub async fn ensure_stream(js: &Context, settings: &StreamSettings) -> Result<Stream, StateError> {
     match inspect_stream(js, settings).await? {
         Some(problems) if !problems.is_empty() => Err(StateError::StreamConflict {
@@ -223,6 +222,7 @@ pub async fn ensure_stream(js: &Context, settings: &StreamSettings) -> Result<St
                 .await
                 .map_err(|e| js_err("opening the stream", e))?;
             scale(js, &mut stream, settings.replicas).await?;
+            super::window::apply_window(js, &mut stream, settings).await?;
             let config = stream.cached_info().config.clone();
             if settings.message_ttl && !config.allow_message_ttl {
                 enable_message_ttl(js, &mut stream, config).await?;

@@ -2,6 +2,7 @@ export * from "./timestamp.js";
 export { Float32, Float64, pack } from "./msgpack.js";
 export * from "./codec.js";
 export * from "./seal.js";
+export { MAX_INFLATED } from "./inflate.js";
 export * from "./key.js";
 export * from "./transport.js";
 export * from "./nats.js";

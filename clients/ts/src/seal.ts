@@ -1,14 +1,14 @@
 /**
  * Compressed and encrypted rows (docs/envelope.md, "Compressed and encrypted rows";
  * docs/encryption.md): an envelope with `compression: "zstd"` carries its `value` and
- * `before` as one zstd frame (inflated with fzstd), one with `key_id` as AES-256-GCM
- * sealed bytes (nonce ‖ ciphertext ‖ tag, opened with node:crypto) under that key of
- * the {@link Keyring}. {@link decode} opens them transparently; without the key, or
+ * `before` as one zstd frame (inflated with fzstd, to at most `MAX_INFLATED` bytes:
+ * inflate.ts), one with `key_id` as AES-256-GCM sealed bytes (nonce ‖ ciphertext ‖
+ * tag, opened with node:crypto) under that key of the {@link Keyring}. {@link decode} opens them transparently; without the key, or
  * with the wrong one, it throws a {@link DecodeError} that says so — never garbage.
  */
 import { createDecipheriv, createSecretKey, type KeyObject } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { decompress } from "fzstd";
+import { inflateBounded } from "./inflate.js";
 
 /** The `compression` value of zstd frames. */
 export const ZSTD = "zstd";
@@ -127,7 +127,7 @@ export function openRow(sealed: unknown, sealing: Sealing, row: RowOf, keys: Key
     throw new SealError(`the ${row.field} of ${row.key} is compressed with ${JSON.stringify(sealing.compression)}, which this consumer does not know`);
   }
   try {
-    return decompress(bytes);
+    return inflateBounded(bytes);
   } catch (e) {
     throw new SealError(`the ${row.field} of ${row.key} does not decompress: ${(e as Error).message}`);
   }

@@ -118,6 +118,25 @@ fn jetstream_checks(
     true
 }
 
+/// What walcast will do with the existing stream's window ("" when it is the same).
+async fn window_note(
+    js: &async_nats::jetstream::Context,
+    stream: &crate::state::StreamSettings,
+) -> String {
+    let Ok(mut s) = js.get_stream(&stream.name).await else {
+        return String::new();
+    };
+    let Ok(info) = s.info().await else {
+        return String::new();
+    };
+    match crate::state::window::window_change(&info.config, stream) {
+        Some((from, to)) => format!(
+            "; walcast changes its window from {from} to {to} at start (refused when that could drop tracked key state)"
+        ),
+        None => String::new(),
+    }
+}
+
 /// The stream exists and fits, or does not exist yet.
 async fn stream_checks(cfg: &RunConfig, client: async_nats::Client, r: &mut Report) {
     let js = async_nats::jetstream::new(client);
@@ -134,7 +153,11 @@ async fn stream_checks(cfg: &RunConfig, client: async_nats::Client, r: &mut Repo
             problems.is_empty(),
             "stream",
             if problems.is_empty() {
-                format!("\"{}\" fits", stream.name)
+                format!(
+                    "\"{}\" fits{}",
+                    stream.name,
+                    window_note(&js, &stream).await
+                )
             } else {
                 format!("\"{}\": {}", stream.name, problems.join("; "))
             },
