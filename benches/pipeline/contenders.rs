@@ -39,6 +39,11 @@ pub struct WalcastSpec {
     pub snapshot: bool,
     /// Its slot is made before the scenario's pre-existing rows: it sees them inserted.
     pub early_slot: bool,
+    /// Its stream stays after the run (the next run restarts on it).
+    pub keep_stream: bool,
+    /// 0: the bench's single server; N ≥ 1: the 3-node cluster with
+    /// `--stream-replicas N`.
+    pub replicas: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -62,7 +67,7 @@ pub struct Contender {
     pub kind: Kind,
 }
 
-const fn walcast(name: &'static str, spec: WalcastSpec) -> Contender {
+pub const fn walcast(name: &'static str, spec: WalcastSpec) -> Contender {
     Contender {
         name,
         kind: Kind::Walcast(spec),
@@ -75,8 +80,10 @@ const CORE: WalcastSpec = WalcastSpec {
     key_cache: None,
     snapshot: false,
     early_slot: false,
+    keep_stream: false,
+    replicas: 0,
 };
-const JETSTREAM: WalcastSpec = WalcastSpec {
+pub const JETSTREAM: WalcastSpec = WalcastSpec {
     jetstream: true,
     ..CORE
 };

@@ -21,11 +21,19 @@
 //! drained, in which order), `contenders` (one run of each kind), `walcast_run`,
 //! `drain` (the limit's drain and its sweep), `watch` (the timing rule), `bare` (bare
 //! JetStream publishers), `report` (table, ratios, the limit's check), `targets`, `latency` and `consumer`
-//! (walcast against a bare `pg_recvlogical` in the same run), `memory`, `machine`.
+//! (walcast against a bare `pg_recvlogical` in the same run), `memory`, `machine`,
+//! `scale` and `churn` (1,000,000 keys in the stream: nats-server memory, key-state
+//! load, direct gets; the client's subscribe/unsubscribe churn), `replicas` (R1
+//! against R3 on a 3-node cluster).
+//!
+//! Opt-in parts, not in the default list (each takes minutes and was measured for
+//! docs/scaling.md): `scale` (about 10 minutes on 2 cores) and `r3` (a 3-node
+//! cluster; about 5 minutes):
+//! `BENCH_ONLY=scale,r3 BENCH_OUT=/tmp/scale.json cargo bench --bench pipeline`.
 //!
 //! Environment: `BENCH_RUNS` (3), `BENCH_SCALE` (1.0, multiplies the row counts),
 //! `BENCH_LATENCY_SECS` (30), `BENCH_OUT` (docs/benchmarks.json), `BENCH_ONLY`
-//! (`a,b,c,d,lat,linger,mem,big`; also `ceil`), `BENCH_CONTENDERS` (substrings of
+//! (`a,b,c,d,lat,linger,mem,big`; also `ceil`, `scale`, `r3`), `BENCH_CONTENDERS` (substrings of
 //! contender names; the limit always runs), `BENCH_DRAIN_SWEEP`
 //! (`nap_us:floor:below,...`), `BENCH_COMMAND` (recorded in the JSON after the `BENCH_*`
 //! variables set; `make bench` sets it),
@@ -33,6 +41,7 @@
 //! (`error`), `BENCH_WALCAST_BIN` (another walcast build, to compare commits).
 
 mod bare;
+mod churn;
 mod consumer;
 mod contenders;
 mod drain;
@@ -40,7 +49,9 @@ mod large_txn;
 mod latency;
 mod machine;
 mod memory;
+mod replicas;
 mod report;
+mod scale;
 mod scenarios;
 mod setup;
 mod targets;
@@ -154,6 +165,13 @@ async fn bench(settings: Settings) -> Result<(), DynError> {
     } else {
         serde_json::Value::Null
     };
+    let scale = opt_in(&settings, "scale", || async {
+        let mut v = scale::run(&b).await;
+        v["churn"] = churn::run(&b).await;
+        v
+    })
+    .await;
+    let replication = opt_in(&settings, "r3", || replicas::run(&b)).await;
     let targets = targets::all(&throughput, &latency, &memory);
     println!("\n{}", targets::table(&targets));
     let report = serde_json::json!({
@@ -171,6 +189,8 @@ async fn bench(settings: Settings) -> Result<(), DynError> {
         "latency": latency.json(),
         "memory": memory,
         "large_transaction": large_transaction,
+        "scale": scale,
+        "replication": replication,
         "targets": targets,
         "tables_markdown": {
             "throughput": throughput.table(),
@@ -181,4 +201,17 @@ async fn bench(settings: Settings) -> Result<(), DynError> {
     std::fs::write(&settings.out, serde_json::to_string_pretty(&report)?)?;
     println!("raw numbers written to {}", settings.out);
     Ok(())
+}
+
+/// An opt-in part's figures, or null when `BENCH_ONLY` does not name it.
+async fn opt_in<F, Fut>(settings: &Settings, part: &str, run: F) -> serde_json::Value
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = serde_json::Value>,
+{
+    if settings.want(part) {
+        run().await
+    } else {
+        serde_json::Value::Null
+    }
 }
