@@ -54,6 +54,7 @@ fn stream_state(b: &Bench, stream: &str) -> serde_json::Value {
 fn spec(keep_stream: bool) -> WalcastSpec {
     WalcastSpec {
         keep_stream,
+        patient: true,
         ..JETSTREAM
     }
 }
@@ -113,12 +114,13 @@ pub async fn run(b: &Bench) -> serde_json::Value {
     .await;
     let fill_end = b.current_lsn().await;
     let fill = drain(b, "scale_fill", "scalewarm", fill_end, keys, true).await;
-    print("fill (1M inserts, new stream)", keys, &fill);
+    print(&format!("fill ({keys} inserts, new stream)"), keys, &fill);
     let (prefix, stream) = names("scalewarm");
     let filled = nats_memory(pid);
     let state = stream_state(b, &stream);
     println!("nats-server before {before}, with {keys} keys {filled}; stream {state}");
     let gets = direct_gets(b, &prefix, &stream, keys).await;
+    let listing = list_subjects(b, &prefix, &stream).await;
     let (warm, new) = restart(b, keys).await;
     let after = nats_memory(pid);
     b.delete_streams(&[format!("{stream}_META"), stream]).await;
@@ -130,6 +132,7 @@ pub async fn run(b: &Bench) -> serde_json::Value {
         "stream_state_with_keys": state,
         "fill_new_stream": fill,
         "direct_get": gets,
+        "subject_listing": listing,
         "backlog_restart_on_filled_stream": warm,
         "backlog_new_stream": new,
         "key_state_load_seconds": warm.seconds - new.seconds,
@@ -160,6 +163,33 @@ async fn restart(b: &Bench, keys: u64) -> (RunResult, RunResult) {
     let new = drain(b, "scale_new", "scalenew", end, keys, false).await;
     print("backlog, walcast on a new stream", keys, &new);
     (warm, new)
+}
+
+/// How long listing every subject of the stream takes (what walcast does first when
+/// it starts on a stream: `info_with_subjects`, page by page), with nats-server's CPU
+/// and memory peak after it.
+async fn list_subjects(b: &Bench, prefix: &str, stream: &str) -> serde_json::Value {
+    use futures::TryStreamExt;
+    let client = async_nats::connect(b.nats.url()).await.expect("connecting");
+    let js = async_nats::jetstream::new(client);
+    let handle = js.get_stream(stream).await.expect("the filled stream");
+    let (cpu, t) = (b.nats_cpu(), std::time::Instant::now());
+    let mut subjects = handle
+        .info_with_subjects(format!("{prefix}.>"))
+        .await
+        .expect("listing subjects");
+    let mut n = 0u64;
+    while subjects.try_next().await.expect("a page").is_some() {
+        n += 1;
+    }
+    let out = json!({
+        "subjects": n,
+        "seconds": t.elapsed().as_secs_f64(),
+        "nats_cpu_s": b.nats_cpu() - cpu,
+        "nats_memory_after": nats_memory(b.nats_pid()),
+    });
+    println!("listing the stream's subjects: {out}");
+    out
 }
 
 /// Latency of the last message of random keys' subjects.

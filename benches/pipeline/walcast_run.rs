@@ -110,7 +110,7 @@ pub async fn run(b: &Bench, spec: WalcastSpec, job: &Job) -> RunResult {
     let (delivered, expected) = if spec.snapshot {
         await_snapshot(&watch, &counter, &metrics_addr, job.expected).await
     } else {
-        let done = await_delivery(&watch, &counter, job.expected).await;
+        let done = await_delivery(&watch, &counter, job.expected, spec.patient).await;
         (done, job.expected)
     };
     let watched = watch.finish().await;
