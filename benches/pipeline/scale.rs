@@ -1,11 +1,11 @@
-//! `BENCH_ONLY=scale` (opt-in: about 10 minutes at full scale on 2 cores): 1,000,000
-//! keys in walcast's stream (tracked mode, one subject per key; `BENCH_SCALE`
+//! `BENCH_ONLY=scale` (in the default list; 2.5 minutes at full scale on 2 cores):
+//! 1,000,000 keys in walcast's stream (tracked mode, one subject per key; `BENCH_SCALE`
 //! multiplies the count, `BENCH_RUNS` does not apply: one run of each).
 //!
 //! 1. The fill: walcast (JetStream, its defaults) streams a 1,000,000-row insert into
 //!    a new stream, which it keeps. nats-server's VmRSS and VmHWM (/proc) before and
 //!    after, with the stream's messages, subjects and bytes.
-//! 2. Direct gets on that stream (`directget`): the last message of random keys'
+//! 2. Direct gets on that stream: the last message of random keys'
 //!    subjects, sequential, as a held stream handle asks it and as the client's
 //!    `refetch_from_stream` (a replica's refetch) asks it; then 32 in flight.
 //! 3. The key-state load: a backlog that updates every key once (100 transactions of
@@ -142,8 +142,11 @@ pub async fn run(b: &Bench) -> serde_json::Value {
 /// The backlog touching every key once, drained by walcast restarted on the filled
 /// stream and by walcast on a new stream: (warm, new).
 async fn restart(b: &Bench, keys: u64) -> (RunResult, RunResult) {
-    b.make_slots(&["scale_warm".to_string(), "scale_new".to_string()], "pgoutput")
-        .await;
+    b.make_slots(
+        &["scale_warm".to_string(), "scale_new".to_string()],
+        "pgoutput",
+    )
+    .await;
     let chunk = keys.div_ceil(100);
     let t = std::time::Instant::now();
     b.exec(&format!(
@@ -159,7 +162,11 @@ async fn restart(b: &Bench, keys: u64) -> (RunResult, RunResult) {
         t.elapsed().as_secs_f64()
     );
     let warm = drain(b, "scale_warm", "scalewarm", end, keys, true).await;
-    print("backlog, walcast restarted on the filled stream", keys, &warm);
+    print(
+        "backlog, walcast restarted on the filled stream",
+        keys,
+        &warm,
+    );
     let new = drain(b, "scale_new", "scalenew", end, keys, false).await;
     print("backlog, walcast on a new stream", keys, &new);
     (warm, new)

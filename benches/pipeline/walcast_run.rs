@@ -99,7 +99,11 @@ pub async fn stop(mut child: std::process::Child) {
 pub async fn run(b: &Bench, spec: WalcastSpec, job: &Job) -> RunResult {
     let (prefix, stream) = names(&job.tag);
     let url = b.nats_url(spec.replicas);
-    let counter = Counter::start(url.split(',').next().unwrap_or(&url).into(), format!("{prefix}.>")).await;
+    let counter = Counter::start(
+        url.split(',').next().unwrap_or(&url).into(),
+        format!("{prefix}.>"),
+    )
+    .await;
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let child = spawn(b, &args(b, spec, job, &metrics_addr));
     let pids = Pids {
