@@ -41,6 +41,14 @@ pub struct WalcastSpec {
     pub early_slot: bool,
     /// `--compress`, `--encrypt`, `--stream-compression` (the `seal` part).
     pub seal: crate::seal::Seal,
+    /// Its stream stays after the run (the next run restarts on it).
+    pub keep_stream: bool,
+    /// 0: the bench's single server; N ≥ 1: the 3-node cluster with
+    /// `--stream-replicas N`.
+    pub replicas: u8,
+    /// Silence before the first envelope is not a stall (a restart on a stream of
+    /// 1,000,000 keys lists their subjects first): only the deadline ends it.
+    pub patient: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -78,6 +86,9 @@ const CORE: WalcastSpec = WalcastSpec {
     snapshot: false,
     early_slot: false,
     seal: crate::seal::Seal::NONE,
+    keep_stream: false,
+    replicas: 0,
+    patient: false,
 };
 pub const JETSTREAM: WalcastSpec = WalcastSpec {
     jetstream: true,
@@ -307,8 +318,14 @@ async fn run_limit(b: &Bench, job: &Job, mut cmd: std::process::Command) -> RunR
 }
 
 /// Wait until the slot is confirmed at the end and the subscriber counted `expected`;
-/// false when it stalls (nothing new for `QUIET`) or the deadline passes.
-pub async fn await_delivery(watch: &SlotWatch, counter: &Counter, expected: u64) -> bool {
+/// false when it stalls (nothing new for `QUIET`; `patient`: not before the first
+/// message) or the deadline passes.
+pub async fn await_delivery(
+    watch: &SlotWatch,
+    counter: &Counter,
+    expected: u64,
+    patient: bool,
+) -> bool {
     let deadline = Instant::now() + DEADLINE;
     let (mut seen, mut progress_at) = (0, Instant::now());
     loop {
@@ -316,7 +333,7 @@ pub async fn await_delivery(watch: &SlotWatch, counter: &Counter, expected: u64)
         if watch.confirmed() && count >= expected {
             return true;
         }
-        if count != seen || !watch.started() {
+        if count != seen || !watch.started() || (patient && count == 0) {
             (seen, progress_at) = (count, Instant::now());
         }
         if Instant::now() > deadline || progress_at.elapsed() > QUIET {
@@ -364,7 +381,7 @@ async fn run_peer(b: &Bench, kind: PeerKind, job: &Job) -> RunResult {
         nats: b.nats_pid(),
     };
     let watch = SlotWatch::start(b.watch_db.clone(), &job.slot, job.endpos, pids);
-    let delivered = await_delivery(&watch, &counter, job.expected).await;
+    let delivered = await_delivery(&watch, &counter, job.expected, false).await;
     let watched = watch.finish().await;
     let out = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await

@@ -21,7 +21,17 @@
 //! drained, in which order), `contenders` (one run of each kind), `walcast_run`,
 //! `drain` (the limit's drain and its sweep), `watch` (the timing rule), `bare` (bare
 //! JetStream publishers), `report` (table, ratios, the limit's check), `targets`, `latency` and `consumer`
-//! (walcast against a bare `pg_recvlogical` in the same run), `memory`, `machine`.
+//! (walcast against a bare `pg_recvlogical` in the same run), `memory`, `machine`,
+//! `scale` and `churn` (1,000,000 keys in the stream: nats-server memory, key-state
+//! load, direct gets; the client's subscribe/unsubscribe churn), `replicas` (R1
+//! against R3 on a 3-node cluster).
+//!
+//! `scale` is in the default list (2.5 minutes at full scale in its run of
+//! 2026-12-03 on 2 shared cores). `r3` is opt-in: its 3-node cluster is started with
+//! the bench's servers and would run beside every other part (about 1.5 minutes):
+//! `BENCH_ONLY=r3 BENCH_OUT=/tmp/r3.json cargo bench --bench pipeline`; the scale
+//! part alone: `BENCH_ONLY=scale BENCH_OUT=/tmp/scale.json cargo bench --bench
+//! pipeline`. docs/scaling.md quotes both.
 //!
 //! `seal` (issue 26): walcast JetStream plain, `--compress`, `--encrypt`, both and
 //! `--stream-compression s2` on the wide-mixed backlog, with bytes on the wire and
@@ -29,7 +39,7 @@
 //!
 //! Environment: `BENCH_RUNS` (3), `BENCH_SCALE` (1.0, multiplies the row counts),
 //! `BENCH_LATENCY_SECS` (30), `BENCH_OUT` (docs/benchmarks.json), `BENCH_ONLY`
-//! (`a,b,c,d,lat,linger,mem,big`; also `ceil`, `seal`), `BENCH_CONTENDERS` (substrings of
+//! (`a,b,c,d,lat,linger,mem,big,scale`; also `ceil`, `r3`, `seal`), `BENCH_CONTENDERS` (substrings of
 //! contender names; the limit always runs), `BENCH_DRAIN_SWEEP`
 //! (`nap_us:floor:below,...`), `BENCH_COMMAND` (recorded in the JSON after the `BENCH_*`
 //! variables set; `make bench` sets it),
@@ -37,6 +47,7 @@
 //! (`error`), `BENCH_WALCAST_BIN` (another walcast build, to compare commits).
 
 mod bare;
+mod churn;
 mod consumer;
 mod contenders;
 mod drain;
@@ -44,7 +55,9 @@ mod large_txn;
 mod latency;
 mod machine;
 mod memory;
+mod replicas;
 mod report;
+mod scale;
 mod scenarios;
 mod seal;
 mod setup;
@@ -98,7 +111,7 @@ impl Settings {
             scale: env_f64("BENCH_SCALE", 1.0),
             latency_secs: env_f64("BENCH_LATENCY_SECS", 30.0) as u64,
             only: std::env::var("BENCH_ONLY")
-                .unwrap_or_else(|_| "a,b,c,d,lat,linger,mem,big".into()),
+                .unwrap_or_else(|_| "a,b,c,d,lat,linger,mem,big,scale".into()),
             contenders: std::env::var("BENCH_CONTENDERS").ok(),
             sweep: drain::Pacing::sweep_from_env(),
             out,
@@ -163,6 +176,7 @@ async fn bench(settings: Settings) -> Result<(), DynError> {
     } else {
         serde_json::Value::Null
     };
+    let (scale, replication) = past_one_machine(&b).await;
     let targets = targets::all(&throughput, &latency, &memory);
     println!("\n{}", targets::table(&targets));
     let report = serde_json::json!({
@@ -181,6 +195,8 @@ async fn bench(settings: Settings) -> Result<(), DynError> {
         "memory": memory,
         "large_transaction": large_transaction,
         "seal": seal,
+        "scale": scale,
+        "replication": replication,
         "targets": targets,
         "tables_markdown": {
             "throughput": throughput.table(),
@@ -191,4 +207,29 @@ async fn bench(settings: Settings) -> Result<(), DynError> {
     std::fs::write(&settings.out, serde_json::to_string_pretty(&report)?)?;
     println!("raw numbers written to {}", settings.out);
     Ok(())
+}
+
+/// The figures of docs/scaling.md: `scale` (with the churn) and `r3`, null when
+/// `BENCH_ONLY` does not name them.
+async fn past_one_machine(b: &setup::Bench) -> (serde_json::Value, serde_json::Value) {
+    let scale = opt_in(&b.settings, "scale", || async {
+        let mut v = scale::run(b).await;
+        v["churn"] = churn::run(b).await;
+        v
+    })
+    .await;
+    (scale, opt_in(&b.settings, "r3", || replicas::run(b)).await)
+}
+
+/// A part's figures, or null when `BENCH_ONLY` does not name it.
+async fn opt_in<F, Fut>(settings: &Settings, part: &str, run: F) -> serde_json::Value
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = serde_json::Value>,
+{
+    if settings.want(part) {
+        run().await
+    } else {
+        serde_json::Value::Null
+    }
 }

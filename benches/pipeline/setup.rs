@@ -3,16 +3,18 @@
 
 use std::sync::Arc;
 
-use walcast::testing::{NatsServer, PgOptions, PgServer};
+use walcast::testing::{NatsCluster, NatsServer, PgOptions, PgServer};
 use walcast::wire::Lsn;
 
 use crate::{DynError, Settings};
 
 /// The servers, two database connections (one for the bench's statements, one for
-/// the slot watcher's polls) and the walcast binary under test.
+/// the slot watcher's polls) and the walcast binary under test; a 3-node JetStream
+/// cluster too when `BENCH_ONLY` asks for `r3`.
 pub struct Bench {
     pub pg: PgServer,
     pub nats: NatsServer,
+    pub cluster: Option<NatsCluster>,
     pub db: tokio_postgres::Client,
     pub watch_db: Arc<tokio_postgres::Client>,
     pub walcast_bin: String,
@@ -102,11 +104,17 @@ impl Bench {
             ..Default::default()
         })?;
         let nats = NatsServer::start()?;
+        let cluster = if settings.want("r3") {
+            Some(NatsCluster::start(3)?)
+        } else {
+            None
+        };
         let db = connect(&pg.url()).await?;
         let watch_db = Arc::new(connect(&pg.url()).await?);
         let b = Bench {
             pg,
             nats,
+            cluster,
             db,
             watch_db,
             // BENCH_WALCAST_BIN: another build of walcast (to compare two commits).
@@ -164,9 +172,33 @@ impl Bench {
         self.nats.pid().unwrap_or(0)
     }
 
+    /// The NATS URL a run with this many stream replicas uses: 0 is the bench's single
+    /// server, 1 or more the cluster's nodes (all of them, comma-separated).
+    pub fn nats_url(&self, replicas: u8) -> String {
+        match (&self.cluster, replicas) {
+            (Some(cluster), 1..) => cluster.urls(),
+            _ => self.nats.url(),
+        }
+    }
+
+    /// The nats-server whose CPU a run samples: the bench's server, or the
+    /// cluster's first node.
+    pub fn nats_pid_for(&self, replicas: u8) -> u32 {
+        match (&self.cluster, replicas) {
+            (Some(cluster), 1..) => cluster.nodes[0].pid().unwrap_or(0),
+            _ => self.nats_pid(),
+        }
+    }
+
     /// Remove JetStream streams (missing ones are fine).
     pub async fn delete_streams(&self, names: &[String]) {
-        let Ok(client) = async_nats::connect(self.nats.url()).await else {
+        self.delete_streams_at(&self.nats.url(), names).await;
+    }
+
+    /// Remove JetStream streams of the server(s) at `url`.
+    pub async fn delete_streams_at(&self, url: &str, names: &[String]) {
+        let first = url.split(',').next().unwrap_or(url).to_string();
+        let Ok(client) = async_nats::connect(first).await else {
             return;
         };
         let js = async_nats::jetstream::new(client);

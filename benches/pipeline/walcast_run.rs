@@ -40,7 +40,7 @@ fn args(b: &Bench, spec: WalcastSpec, job: &Job, metrics_addr: &str) -> Vec<Stri
     let mut args: Vec<String> = vec!["run".into()];
     for (flag, value) in [
         ("--postgres-url", b.pg.url()),
-        ("--nats-url", b.nats.url()),
+        ("--nats-url", b.nats_url(spec.replicas)),
         ("--publication", job.publication.clone()),
         ("--slot", job.slot.clone()),
         ("--subject-prefix", prefix),
@@ -55,6 +55,9 @@ fn args(b: &Bench, spec: WalcastSpec, job: &Job, metrics_addr: &str) -> Vec<Stri
     }
     if !spec.jetstream {
         args.extend(["--delivery", "core", "--volatile-sequences"].map(String::from));
+    }
+    if spec.replicas > 0 {
+        args.extend(["--stream-replicas".to_string(), spec.replicas.to_string()]);
     }
     if let Some(n) = spec.key_cache {
         args.extend(["--key-cache".to_string(), n.to_string()]);
@@ -96,18 +99,23 @@ pub async fn stop(mut child: std::process::Child) {
 /// One walcast run over `job`.
 pub async fn run(b: &Bench, spec: WalcastSpec, job: &Job) -> RunResult {
     let (prefix, stream) = names(&job.tag);
-    let counter = Counter::start(b.nats.url(), format!("{prefix}.>")).await;
+    let url = b.nats_url(spec.replicas);
+    let counter = Counter::start(
+        url.split(',').next().unwrap_or(&url).into(),
+        format!("{prefix}.>"),
+    )
+    .await;
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let child = spawn(b, &args(b, spec, job, &metrics_addr));
     let pids = Pids {
         contender: child.id(),
-        nats: b.nats_pid(),
+        nats: b.nats_pid_for(spec.replicas),
     };
     let watch = SlotWatch::start(b.watch_db.clone(), &job.slot, job.endpos, pids);
     let (delivered, expected) = if spec.snapshot {
         await_snapshot(&watch, &counter, &metrics_addr, job.expected).await
     } else {
-        let done = await_delivery(&watch, &counter, job.expected).await;
+        let done = await_delivery(&watch, &counter, job.expected, spec.patient).await;
         (done, job.expected)
     };
     let watched = watch.finish().await;
@@ -121,8 +129,13 @@ pub async fn run(b: &Bench, spec: WalcastSpec, job: &Job) -> RunResult {
     result.counters = counters;
     counter.stop();
     if spec.jetstream {
-        (result.stored_bytes, result.disk_bytes) = stored(b, &stream).await;
-        b.delete_streams(&[format!("{stream}_META"), stream]).await;
+        if spec.replicas == 0 {
+            (result.stored_bytes, result.disk_bytes) = stored(b, &stream).await;
+        }
+        if !spec.keep_stream {
+            b.delete_streams_at(&url, &[format!("{stream}_META"), stream])
+                .await;
+        }
     }
     result
 }
