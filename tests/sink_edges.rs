@@ -105,8 +105,9 @@ async fn workload(url: String, changes: usize, keys: u64, pause: Duration) -> us
     written
 }
 
-/// Keys whose sequences in walcast's stream are not 1..n in stream order.
-async fn stream_holes(nats_url: &str) -> usize {
+/// Keys whose sequences in walcast's stream are not 1..n in stream order, and the
+/// envelopes the stream holds.
+async fn stream_holes(nats_url: &str) -> (usize, usize) {
     let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.unwrap());
     let mut stream = js.get_stream("WALCAST").await.unwrap();
     let state = stream.info().await.unwrap().state.clone();
@@ -116,10 +117,11 @@ async fn stream_holes(nats_url: &str) -> usize {
         let e: Envelope = codec::decode(&msg.payload).unwrap();
         per_key.entry(e.key).or_default().push(e.sequence);
     }
-    per_key
+    let holes = per_key
         .values()
         .filter(|seqs| **seqs != (1..=seqs.len() as u64).collect::<Vec<_>>())
-        .count()
+        .count();
+    (holes, per_key.values().map(Vec::len).sum())
 }
 
 async fn kv_servers() -> (Servers, tokio_postgres::Client) {
@@ -148,8 +150,10 @@ fn walcast(s: &Servers, extra: &[&str], max_inflight: usize) -> Walcast {
 }
 
 /// NATS is killed for `outage` while a writer runs, then started again on the same
-/// port and store; walcast's stream must have no hole, and the plain subscriber must
-/// have received every change, and nothing but envelopes.
+/// port and store; walcast's stream must hold every change with no hole, and the
+/// plain subscriber nothing but envelopes. (A plain subscriber is at most once across
+/// a server restart: what walcast publishes before it has subscribed again is not
+/// delivered to it, so its count is printed, and completeness is the stream's.)
 async fn outage(extra: &[&str], max_inflight: usize, outage: Duration) -> Counts {
     let (mut s, db) = kv_servers().await;
     let seen = plain_subscriber(&s.nats.url(), "walcast.>").await;
@@ -170,19 +174,23 @@ async fn outage(extra: &[&str], max_inflight: usize, outage: Duration) -> Counts
         "walcast exited:\n{}",
         w.log()
     );
-    let holes = stream_holes(&s.nats.url()).await;
+    let (holes, stored) = stream_holes(&s.nats.url()).await;
     let metric = w.metric("walcast_publish_retries_total").await;
     let seen = seen.lock().unwrap();
     let distinct = seen.envelopes.iter().collect::<HashSet<_>>().len();
     let received = seen.envelopes.len();
     println!(
-        "NATS outage {outage:?} ({extra:?}, --max-inflight {max_inflight}): changes {written}, envelopes received {received}, distinct {distinct}, duplicates {}, publish retries {}, holes {holes}",
+        "NATS outage {outage:?} ({extra:?}, --max-inflight {max_inflight}): changes {written}, in the stream {stored}, envelopes received {received}, distinct {distinct}, duplicates {}, publish retries {}, holes {holes}",
         received - distinct,
         metric.unwrap_or(0.0)
     );
     assert_eq!(holes, 0, "keys with holes in the stream");
+    assert_eq!(stored, written, "changes the stream does not hold");
     assert_eq!(seen.undecodable, 0, "messages that are no envelope");
-    assert_eq!(distinct, written, "changes the subscriber never received");
+    assert!(
+        distinct <= written,
+        "{distinct} distinct envelopes for {written} changes"
+    );
     Counts {
         written,
         received,
