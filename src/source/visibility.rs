@@ -63,6 +63,34 @@ impl SeenSnapshot {
     }
 }
 
+/// Waiting for a streamed commit to become visible: pauses of 1, 2, 4 … 100 ms, for
+/// at most a bound.
+pub struct VisibleWait {
+    started: Instant,
+    pause: Duration,
+    bound: Duration,
+}
+
+impl VisibleWait {
+    pub fn new(bound: Duration) -> VisibleWait {
+        VisibleWait {
+            started: Instant::now(),
+            pause: Duration::from_millis(1),
+            bound,
+        }
+    }
+
+    /// Pause before the next read; `false` (at once) when the bound has passed.
+    pub async fn pause(&mut self) -> bool {
+        if self.started.elapsed() >= self.bound {
+            return false;
+        }
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(Duration::from_millis(100));
+        true
+    }
+}
+
 impl Catalog {
     /// The rows of `sql` read in one snapshot that sees every transaction of
     /// `must_see` (committed ones walcast streamed already): read again after a short
@@ -72,22 +100,19 @@ impl Catalog {
         sql: &str,
         must_see: &[u32],
     ) -> Result<(TextRows, SeenSnapshot), SourceError> {
-        let started = Instant::now();
-        let mut pause = Duration::from_millis(1);
+        let mut wait = VisibleWait::new(VISIBLE_WAIT);
         loop {
             let (rows, seen) = self.text_rows_in_snapshot(sql).await?;
             let Some(xid) = seen.first_unseen(must_see) else {
                 return Ok((rows, seen));
             };
-            if started.elapsed() >= VISIBLE_WAIT {
+            tracing::debug!(xid, "a streamed commit is not visible yet: reading again");
+            if !wait.pause().await {
                 return Err(SourceError::NotVisible {
                     xid,
                     waited: VISIBLE_WAIT,
                 });
             }
-            tracing::debug!(xid, "a streamed commit is not visible yet: reading again");
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(100));
         }
     }
 

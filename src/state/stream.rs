@@ -196,11 +196,25 @@ async fn scale(js: &Context, stream: &mut Stream, replicas: usize) -> Result<(),
     let name = config.name.clone();
     tracing::info!(stream = %name, from = config.num_replicas, to = replicas, "scaling the stream (--stream-replicas)");
     config.num_replicas = replicas;
-    js.update_stream(config).await.map_err(|e| {
+    update_config(js, stream, config, |e| {
         StateError::JetStream(format!(
             "--stream-replicas {replicas}: cannot scale stream {name} to {replicas} replicas: {e}"
         ))
-    })?;
+    })
+    .await
+}
+
+/// Give the stream `config`, then read its state again; `refused` words the server's
+/// refusal.
+pub(super) async fn update_config(
+    js: &Context,
+    stream: &mut Stream,
+    config: Config,
+    refused: impl FnOnce(String) -> StateError,
+) -> Result<(), StateError> {
+    js.update_stream(config)
+        .await
+        .map_err(|e| refused(e.to_string()))?;
     stream
         .info()
         .await
@@ -275,14 +289,10 @@ async fn enable_compression(
     mut config: Config,
 ) -> Result<(), StateError> {
     config.compression = Some(Compression::S2);
-    js.update_stream(config)
-        .await
-        .map_err(|e| js_err("turning on the stream's s2 compression", e))?;
-    stream
-        .info()
-        .await
-        .map_err(|e| js_err("re-reading the stream", e))?;
-    Ok(())
+    update_config(js, stream, config, |e| {
+        js_err("turning on the stream's s2 compression", e)
+    })
+    .await
 }
 
 /// Turn per-message TTLs on for an existing stream (`--delete-ttl`): an error when

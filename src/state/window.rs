@@ -17,7 +17,7 @@ use async_nats::jetstream::context::Context;
 use async_nats::jetstream::stream::{Config, Stream};
 use futures::TryStreamExt;
 
-use super::stream::{js_err, not_found, StreamSettings};
+use super::stream::{js_err, not_found, update_config, StreamSettings};
 use super::StateError;
 use crate::wire::key;
 
@@ -101,17 +101,13 @@ pub(super) async fn apply_window(
     if !config.max_age.is_zero() {
         config.duplicate_window = config.duplicate_window.min(config.max_age);
     }
-    js.update_stream(config).await.map_err(|e| {
+    update_config(js, stream, config, |e| {
         StateError::JetStream(format!(
             "changing stream {}'s window from {from} to {to} (--stream-max-age, --stream-max-bytes): {e}",
             settings.name
         ))
-    })?;
-    stream
-        .info()
-        .await
-        .map_err(|e| js_err("re-reading the stream", e))?;
-    Ok(())
+    })
+    .await
 }
 
 /// The tables whose schema histories the meta stream holds (tables walcast published

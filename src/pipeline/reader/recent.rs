@@ -5,11 +5,10 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use super::envelopes::Envelopes;
 use crate::envelope::ToastNeeded;
 use crate::pipeline::PipelineError;
+use crate::source::visibility::VisibleWait;
 
 /// How many of the latest commits are kept. A commit older than that many others is
 /// visible long since (its backend had only to leave the process array).
@@ -54,8 +53,7 @@ impl Envelopes {
         needed: &ToastNeeded,
     ) -> Result<(Vec<Option<String>>, bool), PipelineError> {
         let (check, expected) = needed.source.version.check();
-        let started = Instant::now();
-        let mut pause = Duration::from_millis(1);
+        let mut wait = VisibleWait::new(TOAST_VISIBLE_WAIT);
         loop {
             self.metrics.envelope.toast_fetch_queries.inc();
             let (texts, found, seen) = self
@@ -70,11 +68,9 @@ impl Envelopes {
                 .await?;
             let same = found.as_deref() == Some(expected.as_str());
             let unseen = seen.is_some_and(|s| !s.sees(needed.source.xid));
-            if same || !unseen || started.elapsed() >= TOAST_VISIBLE_WAIT {
+            if same || !unseen || !wait.pause().await {
                 return Ok((texts, same));
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(100));
         }
     }
 }
